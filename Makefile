@@ -1,0 +1,31 @@
+# Two entry points on a fresh machine: `make demo` and `make test`. Both set up .venv first.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.tokenlm-installed
+RECIPE ?= recipes/demo.yaml
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+# torch: keep one that is already installed (a CUDA build on a GPU box); otherwise take the
+# CPU build 2.13.0, never an unpinned torch (which pulls several GB of CUDA wheels).
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]"
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps tinysoundfont
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/tokenlm run $(RECIPE)
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	for script in scripts/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+clean:
+	rm -rf runs data/demo .pytest_cache

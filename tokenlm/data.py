@@ -1,0 +1,266 @@
+"""Dataset layouts -> clips (id, path, label, group, fold), and train/val/test splits.
+
+Layouts read: ESC-50 (meta/esc50.csv, 5 folds), UrbanSound8K (metadata/UrbanSound8K.csv,
+10 folds), GTZAN (genres/<genre>/*), Speech Commands (validation_list.txt/testing_list.txt),
+a CSV/JSONL manifest (path,label[,split|fold|group]) and folder-per-class (DIR/<label>/*).
+
+Splits: official splits or folds when the dataset has them; otherwise a deterministic split
+that keeps each ``group`` (speaker, instrument, source recording) on one side only, so a
+probe never meets a test speaker it trained on.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from tokenlm.errors import ConfigError
+
+AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".au", ".aif", ".aiff", ".opus"}
+SPLITS = ("train", "val", "test")
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                  "validation": "val", "dev": "val", "test": "test", "testing": "test", "eval": "test"}
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One input file and what is known about it before decoding."""
+
+    id: str
+    path: str
+    label: str | None = None
+    group: str | None = None
+    fold: int | None = None
+    split: str | None = None
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """How clips without an official split are divided."""
+
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    test_fold: int | None = None  # fold datasets: the test fold (default: the last one)
+    seed: int = 0
+
+    def __post_init__(self):
+        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1
+                and self.val_fraction + self.test_fraction < 1):
+            raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum below 1")
+
+
+# ---- layouts ----------------------------------------------------------------------------
+
+def detect_layout(root: str | Path) -> str:
+    """Name of the layout of ``root`` (a folder or a manifest file)."""
+    root = Path(root)
+    if root.is_file():
+        return "manifest"
+    if not root.is_dir():
+        raise ConfigError(f"data not found: {root}")
+    if (root / "meta" / "esc50.csv").is_file():
+        return "esc50"
+    if (root / "metadata" / "UrbanSound8K.csv").is_file():
+        return "urbansound8k"
+    if (root / "genres").is_dir():
+        return "gtzan"
+    if (root / "testing_list.txt").is_file() and (root / "validation_list.txt").is_file():
+        return "speechcommands"
+    if _manifest_in(root):
+        return "manifest"
+    return "folders"
+
+
+def scan_dataset(root: str | Path) -> tuple[str, list[Clip]]:
+    """Every clip the dataset at ``root`` lists, with the layout's name. Files are not opened."""
+    layout = detect_layout(root)
+    readers = {
+        "esc50": read_esc50,
+        "urbansound8k": read_urbansound8k,
+        "gtzan": read_gtzan,
+        "speechcommands": read_speechcommands,
+        "manifest": read_manifest,
+        "folders": read_folders,
+    }
+    clips = readers[layout](Path(root))
+    if not clips:
+        raise ConfigError(f"no audio files found in {root} (layout: {layout})")
+    ids = [c.id for c in clips]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{root}: clip ids are not unique (two entries name the same file?)")
+    return layout, clips
+
+
+def read_folders(root: Path) -> list[Clip]:
+    """DIR/<label>/**/<file>: the label is the first folder under DIR."""
+    clips = []
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()):
+        rel = path.relative_to(root)
+        label = rel.parts[0] if len(rel.parts) > 1 else None
+        clips.append(Clip(id=_clip_id(rel), path=str(path), label=label))
+    return clips
+
+
+def read_manifest(root: Path) -> list[Clip]:
+    """A CSV or JSONL file with columns path,label[,split|fold|group]; paths relative to it."""
+    path = root if root.is_file() else _manifest_in(root)
+    base = path.parent
+    if path.suffix == ".jsonl":
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    else:
+        with open(path, newline="") as f:
+            records = list(csv.DictReader(f))
+    if records and "path" not in records[0]:
+        raise ConfigError(f"{path}: a manifest needs a 'path' column (has: {', '.join(records[0])})")
+    clips = []
+    for rec in records:
+        rel = Path(rec["path"])
+        clips.append(Clip(
+            id=str(rec.get("id") or _clip_id(rel)),
+            path=str(rel if rel.is_absolute() else base / rel),
+            label=_text(rec.get("label")),
+            group=_text(rec.get("group")),
+            fold=_int(rec.get("fold")),
+            split=_split_name(rec.get("split"), path),
+        ))
+    return clips
+
+
+def read_esc50(root: Path) -> list[Clip]:
+    """ESC-50: meta/esc50.csv (filename, fold, category, src_file), audio/ folder, 5 folds.
+    Clips cut from the same source recording share a group."""
+    with open(root / "meta" / "esc50.csv", newline="") as f:
+        return [
+            Clip(id=Path(r["filename"]).stem, path=str(root / "audio" / r["filename"]),
+                 label=r["category"], group=r.get("src_file") or None, fold=int(r["fold"]))
+            for r in csv.DictReader(f)
+        ]
+
+
+def read_urbansound8k(root: Path) -> list[Clip]:
+    """UrbanSound8K: metadata/UrbanSound8K.csv, audio/fold<k>/<slice_file_name>, 10 folds.
+    Slices of the same freesound recording (fsID) share a group."""
+    with open(root / "metadata" / "UrbanSound8K.csv", newline="") as f:
+        return [
+            Clip(id=Path(r["slice_file_name"]).stem,
+                 path=str(root / "audio" / f"fold{r['fold']}" / r["slice_file_name"]),
+                 label=r["class"], group=r["fsID"], fold=int(r["fold"]))
+            for r in csv.DictReader(f)
+        ]
+
+
+def read_gtzan(root: Path) -> list[Clip]:
+    """GTZAN: genres/<genre>/<genre>.000NN.{au,wav}; no official split."""
+    return read_folders(root / "genres")
+
+
+def read_speechcommands(root: Path) -> list[Clip]:
+    """Speech Commands: <word>/<speaker>_nohash_<n>.wav with official validation/testing lists.
+    The speaker hash is the group. _background_noise_ is not a class and is left out."""
+    val = set((root / "validation_list.txt").read_text().split())
+    test = set((root / "testing_list.txt").read_text().split())
+    clips = []
+    for clip in read_folders(root):
+        if clip.label is None or clip.label.startswith("_"):
+            continue
+        rel = Path(clip.path).relative_to(root).as_posix()
+        split = "val" if rel in val else "test" if rel in test else "train"
+        speaker = Path(rel).name.split("_nohash_")[0]
+        clips.append(replace(clip, group=speaker, split=split))
+    return clips
+
+
+def _manifest_in(root: Path) -> Path | None:
+    for name in ("meta.csv", "manifest.csv", "manifest.jsonl"):
+        if (root / name).is_file():
+            return root / name
+    return None
+
+
+def _clip_id(rel: Path) -> str:
+    return rel.with_suffix("").as_posix()
+
+
+def _text(value) -> str | None:
+    return None if value in (None, "") else str(value)
+
+
+def _int(value) -> int | None:
+    return None if value in (None, "") else int(value)
+
+
+def _split_name(value, where) -> str | None:
+    if value in (None, ""):
+        return None
+    name = _SPLIT_ALIASES.get(str(value).lower())
+    if name is None:
+        raise ConfigError(f"{where}: unknown split '{value}' (use train, val or test)")
+    return name
+
+
+# ---- splits -----------------------------------------------------------------------------
+
+def assign_splits(clips: list[Clip], config: SplitConfig) -> list[Clip]:
+    """Give every clip a split: official ones kept, folds mapped, else a group-aware split."""
+    if all(c.split for c in clips):
+        return clips
+    if all(c.fold is not None for c in clips):
+        return _split_by_fold(clips, config)
+    return _split_by_group(clips, config)
+
+
+def _split_by_fold(clips: list[Clip], config: SplitConfig) -> list[Clip]:
+    """The test fold is test, the fold before it (cyclically) is val, the rest train."""
+    folds = sorted({c.fold for c in clips})
+    test_fold = folds[-1] if config.test_fold is None else config.test_fold
+    if test_fold not in folds:
+        raise ConfigError(f"test_fold {test_fold} is not one of the dataset's folds {folds}")
+    val_fold = folds[folds.index(test_fold) - 1]
+    names = {test_fold: "test", val_fold: "val"}
+    return [replace(c, split=names.get(c.fold, "train")) for c in clips]
+
+
+def _split_by_group(clips: list[Clip], config: SplitConfig) -> list[Clip]:
+    """Whole groups go to one split. When no group spans two labels, each label is split on
+    its own (stratified), so every class appears in val and test; else groups are split
+    globally. A clip without a group is its own group."""
+    groups_of_clip = [c.group or f"clip:{c.id}" for c in clips]
+    labels_per_group: dict[str, set] = {}
+    for clip, group in zip(clips, groups_of_clip):
+        labels_per_group.setdefault(group, set()).add(clip.label)
+    stratify = all(len(labels) == 1 for labels in labels_per_group.values())
+
+    strata: dict[object, dict[str, int]] = {}  # stratum -> group -> clip count
+    for clip, group in zip(clips, groups_of_clip):
+        stratum = clip.label if stratify else None
+        strata.setdefault(stratum, {}).setdefault(group, 0)
+        strata[stratum][group] += 1
+
+    split_of_group: dict[str, str] = {}
+    for group_sizes in strata.values():
+        split_of_group.update(_allocate_groups(group_sizes, config))
+    return [replace(c, split=split_of_group[g]) for c, g in zip(clips, groups_of_clip)]
+
+
+def _allocate_groups(group_sizes: dict[str, int], config: SplitConfig) -> dict[str, str]:
+    """Walk the groups in a seeded hash order (independent of file order), giving each to the
+    split furthest below its target clip count. With three or more groups, test and val are
+    first given one group each, so no split is left empty."""
+    order = sorted(group_sizes, key=lambda g: hashlib.sha256(f"{config.seed}:{g}".encode()).hexdigest())
+    total = sum(group_sizes.values())
+    fractions = {"train": 1 - config.val_fraction - config.test_fraction,
+                 "val": config.val_fraction, "test": config.test_fraction}
+    filled = dict.fromkeys(SPLITS, 0)
+    result = {}
+    seeded = [s for s in ("test", "val") if fractions[s] > 0] if len(order) >= 3 else []
+    for group, split in zip(order, seeded):
+        result[group] = split
+        filled[split] += group_sizes[group]
+    for group in order[len(seeded):]:
+        split = max(SPLITS, key=lambda s: fractions[s] * total - filled[s])
+        result[group] = split
+        filled[split] += group_sizes[group]
+    return result

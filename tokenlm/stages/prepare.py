@@ -1,0 +1,188 @@
+"""Stage 1: dataset -> manifest + log-mel features of every clip, streamed.
+
+Writes RUN/features/ ({split}.bin float16 frames, {split}.index.jsonl, meta.json with the
+feature config and train-only normalisation statistics) and RUN/manifest.jsonl (one line per
+input clip with its status and, for skipped clips, the reason).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from tokenlm.artifacts import Stage, features_dir, fingerprint, read_json, write_json, write_jsonl
+from tokenlm.audio import load_audio
+from tokenlm.config import build, recipe_section, to_dict
+from tokenlm.data import SPLITS, Clip, SplitConfig, assign_splits, scan_dataset
+from tokenlm.errors import AudioError, TokenlmError
+from tokenlm.features import FeatureConfig, LogMel, RunningStats
+from tokenlm.store import RaggedWriter
+
+MANIFEST = "manifest.jsonl"
+
+
+def prepare(
+    data: str | Path,
+    run: str | Path,
+    features: FeatureConfig = FeatureConfig(),
+    split: SplitConfig = SplitConfig(),
+    *,
+    strict: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Scan ``data``, split it, and write log-mel features of every usable clip into ``run``.
+
+    Unusable clips are skipped and recorded in the manifest; with ``strict`` any skip is an
+    error (raised after the manifest is written, so the reasons can be read).
+    """
+    run = Path(run)
+    layout, clips = scan_dataset(data)
+    clips = assign_splits(clips, split)
+    stage = Stage(
+        features_dir(run),
+        config={"features": to_dict(features), "split": to_dict(split), "layout": layout},
+        inputs={"data": _fingerprint_files(clips)},
+    )
+    if stage.done and not strict:
+        _say(f"features up to date: {stage.out_dir}")
+        return stage.out_dir
+    if stage.done:
+        _check_strict(run / MANIFEST)
+        return stage.out_dir
+
+    work = stage.start()
+    manifest, meta = _extract(clips, features, work, progress)
+    meta.update(layout=layout, data=str(data))
+    write_json(work / "meta.json", meta)
+    write_jsonl(work / MANIFEST, manifest)
+    run.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(work / MANIFEST, run / MANIFEST)
+    _print_summary(manifest)
+    if strict:
+        _check_strict(run / MANIFEST)
+    stage.finish(extra={"clips_ok": meta["clips_ok"], "clips_skipped": meta["clips_skipped"]})
+    _say(f"features: {stage.out_dir}\nmanifest: {run / MANIFEST}")
+    return stage.out_dir
+
+
+def _extract(clips: list[Clip], features: FeatureConfig, work: Path, progress: bool):
+    """Decode and featurise every clip; returns (manifest rows, meta dict)."""
+    log_mel = LogMel(features)
+    stats = RunningStats(features.n_mels)
+    writers = {name: RaggedWriter(work, name, "float16", width=features.n_mels) for name in SPLITS}
+    manifest = []
+    # Decoding and resampling release the GIL, so a small thread pool overlaps file I/O and
+    # soxr with the STFT; map() keeps the clip order, so the output is deterministic.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        decoded = pool.map(lambda c: _decode(c, features), clips)
+        for clip, (wav, error) in tqdm(zip(clips, decoded), total=len(clips), desc="features",
+                                       unit="clip", disable=not progress):
+            row = {"id": clip.id, "path": clip.path, "label": clip.label, "split": clip.split,
+                   "group": clip.group, "fold": clip.fold}
+            if error is not None:
+                manifest.append({**row, "duration": None, "status": "skipped", "reason": error})
+                continue
+            with torch.inference_mode():
+                frames = log_mel(torch.from_numpy(wav)).numpy()  # (frames, M)
+            writers[clip.split].add(
+                {"id": clip.id, "label": clip.label, "group": clip.group, "fold": clip.fold,
+                 "padded": frames.shape[0] < features.patch_frames},
+                frames,
+            )
+            if clip.split == "train":
+                stats.update(frames)
+            manifest.append({**row, "duration": round(len(wav) / features.sample_rate, 4),
+                             "status": "ok", "reason": None})
+    for writer in writers.values():
+        writer.close()
+    ok = [m for m in manifest if m["status"] == "ok"]
+    if not any(m["split"] == "train" for m in ok):
+        raise TokenlmError("no usable clip in the train split: nothing to learn from (see the manifest)")
+    meta = {
+        **to_dict(features),
+        "norm": stats.result(),
+        "classes": sorted({m["label"] for m in ok if m["label"] is not None}),
+        "clips_ok": len(ok),
+        "clips_skipped": len(manifest) - len(ok),
+        "splits": {s: sum(1 for m in ok if m["split"] == s) for s in SPLITS},
+        "seconds": {s: round(sum(m["duration"] for m in ok if m["split"] == s), 2) for s in SPLITS},
+    }
+    return manifest, meta
+
+
+def _decode(clip: Clip, features: FeatureConfig):
+    """(waveform, None) or (None, reason). Shorter than one STFT window is unusable; shorter
+    than a patch is padded later and flagged."""
+    try:
+        return load_audio(clip.path, features.sample_rate, min_samples=features.n_fft), None
+    except AudioError as err:
+        return None, err.reason
+
+
+def _fingerprint_files(clips: list[Clip]) -> str:
+    """Cheap identity of the input files: path, size and mtime (not their bytes, which for a
+    large corpus would take longer to hash than to featurise) plus labels and splits."""
+    entries = []
+    for c in clips:
+        try:
+            st = os.stat(c.path)
+            entries.append((c.id, c.path, c.label, c.split, st.st_size, st.st_mtime_ns))
+        except OSError:
+            entries.append((c.id, c.path, c.label, c.split, None, None))
+    return fingerprint(entries)
+
+
+def _print_summary(manifest: list[dict]) -> None:
+    ok = sum(1 for m in manifest if m["status"] == "ok")
+    reasons = Counter(m["reason"].split(" (")[0] for m in manifest if m["status"] != "ok")
+    line = f"{ok} clips ok, {len(manifest) - ok} skipped"
+    if reasons:
+        line += ": " + ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
+    _say(line)
+
+
+def _check_strict(manifest_path: Path) -> None:
+    from tokenlm.artifacts import read_jsonl
+
+    skipped = [m for m in read_jsonl(manifest_path) if m["status"] != "ok"]
+    if skipped:
+        first = skipped[0]
+        raise TokenlmError(f"--strict: {len(skipped)} clip(s) skipped, e.g. {first['path']}: {first['reason']}")
+
+
+def _say(text: str) -> None:
+    click.echo(text, err=True)
+
+
+def load_feature_config(run: str | Path) -> FeatureConfig:
+    """The FeatureConfig a run's features were built with."""
+    meta = read_json(features_dir(run) / "meta.json")
+    return FeatureConfig(**{k: meta[k] for k in FeatureConfig.__dataclass_fields__})
+
+
+@click.command("prepare")
+@click.option("--data", "data", type=click.Path(), help="Dataset folder or manifest file.")
+@click.option("--out", "run", type=click.Path(), help="Run directory.")
+@click.option("--config", "recipe", type=click.Path(), help="Recipe YAML (sections: data, features, split).")
+@click.option("--strict", is_flag=True, default=None, help="Fail if any clip is skipped.")
+def command(data, run, recipe, strict):
+    """Scan a dataset, split it and compute log-mel features into RUN/features."""
+    data_section = recipe_section(recipe, "data")
+    data = data or data_section.get("path")
+    run = run or (recipe and recipe_section(recipe, "run").get("dir"))
+    if not data or not run:
+        raise TokenlmError("need --data and --out (or a recipe with data.path and run.dir)")
+    prepare(
+        data, run,
+        build(FeatureConfig, recipe_section(recipe, "features"), where="features"),
+        build(SplitConfig, recipe_section(recipe, "split"), where="split"),
+        strict=bool(strict if strict is not None else data_section.get("strict", False)),
+    )

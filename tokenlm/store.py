@@ -1,0 +1,86 @@
+"""Variable-length arrays per clip, stored flat: ``{split}.bin`` + ``{split}.index.jsonl``.
+
+One mechanism for log-mel frames (float16, width n_mels) and codes (uint16, width 1): the
+bin file is every clip's rows back to back, readable as a memmap (nanoGPT's token file),
+and each index line says where a clip's rows start and how many there are, with the clip's
+id and label. Memory stays flat whatever the corpus size.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from tokenlm.artifacts import read_jsonl, write_jsonl
+from tokenlm.errors import ArtifactError
+
+
+class RaggedWriter:
+    """Append clips to ``directory/{split}.bin``; ``close()`` writes the index."""
+
+    def __init__(self, directory: str | Path, split: str, dtype: str, width: int = 1):
+        self.directory = Path(directory)
+        self.split = split
+        self.dtype = np.dtype(dtype)
+        self.width = width
+        self.rows: list[dict] = []
+        self.offset = 0
+        self._file = open(self.directory / f"{split}.bin", "wb")
+
+    def add(self, row: dict, array: np.ndarray) -> None:
+        """Append one clip's rows; ``row`` (id, label, ...) goes to the index with offset/length."""
+        array = np.ascontiguousarray(array, dtype=self.dtype)
+        length = array.shape[0]
+        if self.width > 1 and array.shape[1:] != (self.width,):
+            raise ValueError(f"expected rows of width {self.width}, got shape {array.shape}")
+        self._file.write(array.tobytes())
+        self.rows.append({**row, "offset": self.offset, "length": length})
+        self.offset += length
+
+    def close(self) -> None:
+        self._file.close()
+        write_jsonl(self.directory / f"{self.split}.index.jsonl", self.rows)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        if exc_type is None:
+            self.close()
+        else:
+            self._file.close()
+
+
+class RaggedSplit:
+    """Read side: ``split[i]`` is clip i's array, ``split.rows[i]`` its index entry."""
+
+    def __init__(self, directory: str | Path, split: str, dtype: str, width: int = 1):
+        self.directory = Path(directory)
+        self.split = split
+        self.width = width
+        self.rows = read_jsonl(self.directory / f"{split}.index.jsonl")
+        path = self.directory / f"{split}.bin"
+        total = sum(r["length"] for r in self.rows)
+        expected_bytes = total * width * np.dtype(dtype).itemsize
+        if not path.is_file() or os.path.getsize(path) != expected_bytes:
+            raise ArtifactError(f"{path} is missing or does not match its index (expected {expected_bytes} bytes)")
+        shape = (total, width) if width > 1 else (total,)
+        # np.memmap refuses empty files, and an empty split is legitimate (e.g. no val clips).
+        self.data = np.memmap(path, dtype=dtype, mode="r", shape=shape) if total else np.zeros(shape, dtype)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        row = self.rows[i]
+        return self.data[row["offset"] : row["offset"] + row["length"]]
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self.rows[i], self[i]
+
+    @property
+    def labels(self) -> list:
+        return [r.get("label") for r in self.rows]
