@@ -1,0 +1,374 @@
+"""Stages 2-3: train the patch autoencoder, fit a codebook per K, encode every clip.
+
+    RUN/tokenizer/            autoencoder (one per run; reused by every K)
+    RUN/tokenizer/k{K}/       codebook.npy + metrics.json
+    RUN/tokens/k{K}/          {split}.bin uint16 codes, {split}.index.jsonl, meta.json
+
+Tokens are written by ``AudioTokenizer.encode`` from the audio files, the same path users
+call on new audio, so a clip always gets the same codes however it is encoded.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from tokenlm.artifacts import (
+    Stage, codebook_dir, features_dir, read_json, read_jsonl, stage_key, tokenizer_dir, tokens_dir, write_json,
+)
+from tokenlm.audio import load_audio
+from tokenlm.codebook import CodebookConfig, CodeAssigner, code_statistics, fit_codebook
+from tokenlm.config import build, recipe_section, to_dict
+from tokenlm.data import SPLITS, SplitConfig, assign_splits, scan_dataset
+from tokenlm.errors import AudioError, TokenlmError
+from tokenlm.features import FeatureConfig
+from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
+from tokenlm.runtime import pick_device, seed_everything
+from tokenlm.stages.prepare import MANIFEST, load_feature_config, prepare
+from tokenlm.store import RaggedSplit, RaggedWriter
+from tokenlm.tokenizer import (
+    AudioTokenizer, AutoencoderTraining, PatchCoder, TokenizerConfig, load_patch_coder, save_patch_coder,
+)
+
+
+def tokenize(run: str | Path, config: TokenizerConfig = TokenizerConfig(), codebook: CodebookConfig = CodebookConfig(),
+             *, device: str | None = None, progress: bool = True) -> Path:
+    """Train (or reuse) the run's autoencoder, fit (or reuse) the K-code codebook, encode every
+    clip. Needs RUN/features (``prepare``). Returns RUN/tokens/k{K}."""
+    run = Path(run)
+    device = pick_device(device)
+    train_autoencoder_stage(run, config.autoencoder, config.training, device=device, progress=progress)
+    fit_codebook_stage(run, config.codebook_size, codebook, device=device)
+    out = encode_run_stage(run, config.codebook_size, device=device, progress=progress)
+    write_json(tokenizer_dir(run) / "current.json", {"codebook_size": config.codebook_size})
+    return out
+
+
+# ---- autoencoder ------------------------------------------------------------------------
+
+def train_autoencoder_stage(run: Path, ae: AutoencoderConfig, training: AutoencoderTraining, *,
+                            device: torch.device, progress: bool = True) -> Path:
+    """RUN/tokenizer: autoencoder trained on the train split's patches, early-stopped on val."""
+    feats = features_dir(run)
+    stage = Stage(tokenizer_dir(run), config={"autoencoder": to_dict(ae), "training": to_dict(training)},
+                  inputs={"features": stage_key(feats)})
+    if stage.done:
+        _say(f"autoencoder up to date: {stage.out_dir}")
+        return stage.out_dir
+    work = stage.start()
+    features = load_feature_config(run)
+    norm = read_json(feats / "meta.json")["norm"]
+    seed_everything(training.seed)
+    coder = PatchCoder(features, norm["mean"], norm["std"], PatchAutoencoder(features.patch_dim, ae)).to(device)
+    train_patches = PatchSampler(feats, "train", features, coder)
+    val_patches = PatchSampler(feats, "val", features, coder)
+    if len(train_patches) == 0:
+        raise TokenlmError("the train split has no clip as long as a patch: nothing to train the autoencoder on")
+    history = _fit_autoencoder(coder, train_patches, val_patches, training, device, progress)
+    metrics = {**history, **reconstruction_metrics(coder, val_patches if len(val_patches) else train_patches,
+                                                   training.max_val_patches, training.seed)}
+    save_patch_coder(coder.cpu(), work, extra={"metrics": metrics})
+    write_json(work / "metrics.json", metrics)
+    stage.finish(extra={"metrics": {k: v for k, v in metrics.items() if not isinstance(v, list)}})
+    _say(f"autoencoder: val reconstruction {metrics['recon_rmse_db']:.2f} dB RMSE "
+         f"({metrics['recon_relative_mse']:.3f} of the patch variance) -> {stage.out_dir}")
+    return stage.out_dir
+
+
+class PatchSampler:
+    """Normalised patches of one split, read from the features memmap by patch start index.
+
+    Patches never cross a clip boundary; clips shorter than a patch are left out of training.
+    """
+
+    def __init__(self, feats_dir: Path, split: str, features: FeatureConfig, coder: PatchCoder):
+        self.store = RaggedSplit(feats_dir, split, "float16", width=features.n_mels)
+        self.coder = coder
+        self.patch_frames = features.patch_frames
+        starts = [row["offset"] + np.arange(0, row["length"] - features.patch_frames + 1, features.patch_step)
+                  for row in self.store.rows if row["length"] >= features.patch_frames]
+        self.starts = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def get(self, indices: np.ndarray) -> torch.Tensor:
+        """Normalised patches (B, P * M) for patch numbers ``indices``."""
+        frame_idx = self.starts[np.sort(indices)][:, None] + np.arange(self.patch_frames)  # (B, P)
+        frames = torch.from_numpy(np.asarray(self.store.data[frame_idx], dtype=np.float32))  # (B, P, M)
+        frames = frames.to(self.coder.mean.device)
+        normalised = (frames - self.coder.mean) / self.coder.std
+        return normalised.reshape(len(indices), -1)
+
+
+def _fit_autoencoder(coder: PatchCoder, train: PatchSampler, val: PatchSampler, cfg: AutoencoderTraining,
+                     device: torch.device, progress: bool) -> dict:
+    """MSE on normalised patches with AdamW; keeps the weights of the best val epoch."""
+    model = coder.autoencoder
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    val_idx = _subsample(len(val), cfg.max_val_patches, cfg.seed)
+    best, best_state, best_epoch, log = math.inf, None, 0, []
+    steps = math.ceil(len(train) / cfg.batch_size)
+    bar = tqdm(range(cfg.epochs), desc="autoencoder", unit="epoch", disable=not progress)
+    for epoch in bar:
+        model.train()
+        order = rng.permutation(len(train))
+        total = 0.0
+        for step in range(steps):
+            batch = train.get(order[step * cfg.batch_size:(step + 1) * cfg.batch_size])
+            loss = torch.nn.functional.mse_loss(model(batch), batch)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            total += loss.item()
+        val_loss = _mse(model, val, val_idx, cfg.batch_size) if len(val_idx) else total / steps
+        log.append({"epoch": epoch + 1, "train_mse": total / steps, "val_mse": val_loss})
+        bar.set_postfix(train=f"{total / steps:.4f}", val=f"{val_loss:.4f}")
+        if val_loss < best - 1e-6:
+            best, best_epoch = val_loss, epoch + 1
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        elif epoch + 1 - best_epoch >= cfg.patience:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return {"epochs_run": len(log), "best_epoch": best_epoch, "best_val_mse": best, "history": log}
+
+
+@torch.no_grad()
+def _mse(model, sampler: PatchSampler, indices: np.ndarray, batch_size: int) -> float:
+    model.eval()
+    total = 0.0
+    for start in range(0, len(indices), batch_size * 8):
+        batch = sampler.get(indices[start:start + batch_size * 8])
+        total += torch.nn.functional.mse_loss(model(batch), batch, reduction="sum").item()
+    return total / (len(indices) * sampler.coder.features.patch_dim)
+
+
+@torch.no_grad()
+def reconstruction_metrics(coder: PatchCoder, sampler: PatchSampler, limit: int, seed: int,
+                           centroids: np.ndarray | None = None) -> dict:
+    """Log-mel reconstruction error in dB (RMSE after de-normalising) and as a fraction of the
+    normalised patch variance; through the codebook when ``centroids`` are given."""
+    idx = _subsample(len(sampler), limit, seed)
+    squared_db = squared_norm = variance_sum = 0.0
+    assigner = CodeAssigner(centroids) if centroids is not None else None
+    for start in range(0, len(idx), 8192):
+        patches = sampler.get(idx[start:start + 8192])  # (B, P*M) normalised
+        z = coder.autoencoder.encode(patches)
+        if assigner is not None:
+            codes, _ = assigner.assign(z.cpu().numpy())
+            z = torch.from_numpy(centroids[codes]).to(patches.device)
+        recon = coder.autoencoder.decode(z)
+        std = coder.std.repeat(coder.features.patch_frames)  # de-normalise: error in dB
+        squared_db += ((recon - patches) * std).square().sum().item()
+        squared_norm += (recon - patches).square().sum().item()
+        variance_sum += (patches - patches.mean(0)).square().sum().item()
+    n = len(idx) * coder.features.patch_dim
+    return {"recon_rmse_db": math.sqrt(squared_db / n), "recon_relative_mse": squared_norm / max(variance_sum, 1e-12),
+            "recon_patches": len(idx)}
+
+
+def _subsample(n: int, limit: int, seed: int) -> np.ndarray:
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+
+
+# ---- codebook ---------------------------------------------------------------------------
+
+def fit_codebook_stage(run: Path, k: int, config: CodebookConfig, *, device: torch.device) -> Path:
+    """RUN/tokenizer/k{K}: k-means on the train split's bottleneck vectors + code metrics."""
+    stage = Stage(codebook_dir(run, k), config={"k": k, "codebook": to_dict(config)},
+                  inputs={"autoencoder": stage_key(tokenizer_dir(run))})
+    if stage.done:
+        _say(f"codebook K={k} up to date: {stage.out_dir}")
+        return stage.out_dir
+    work = stage.start()
+    coder = load_patch_coder(tokenizer_dir(run)).to(device)
+    feats = features_dir(run)
+    train = PatchSampler(feats, "train", coder.features, coder)
+    vectors = _bottlenecks(coder, train)
+    start = time.time()
+    centroids, record = fit_codebook(vectors, k, config)
+    record["fit_seconds"] = round(time.time() - start, 3)
+    np.save(work / "codebook.npy", centroids)
+    metrics = codebook_metrics(coder, centroids, vectors, train, PatchSampler(feats, "val", coder.features, coder))
+    write_json(work / "config.json", {**record, "bottleneck_variance": float(vectors.var(axis=0).sum())})
+    write_json(work / "metrics.json", metrics)
+    stage.finish(extra={"metrics": {k_: v for k_, v in metrics.items() if not isinstance(v, (list, dict))}})
+    _say(f"codebook K={k}: {metrics['used_codes']} codes used, perplexity {metrics['perplexity']:.1f}, "
+         f"{metrics['bits_per_second']:.0f} bit/s -> {stage.out_dir}")
+    return stage.out_dir
+
+
+@torch.no_grad()
+def _bottlenecks(coder: PatchCoder, sampler: PatchSampler, batch: int = 16384) -> np.ndarray:
+    parts = [coder.autoencoder.encode(sampler.get(np.arange(s, min(s + batch, len(sampler))))).cpu().numpy()
+             for s in range(0, len(sampler), batch)]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def codebook_metrics(coder: PatchCoder, centroids: np.ndarray, train_vectors: np.ndarray,
+                     train: PatchSampler, val: PatchSampler) -> dict:
+    """Quantisation error, code usage and reconstruction through the codebook."""
+    codes, dists = CodeAssigner(centroids).assign(train_vectors)
+    variance = float(train_vectors.var(axis=0).sum())
+    usage = code_statistics(codes, len(centroids), coder.features.code_rate)
+    eval_split = val if len(val) else train
+    quantised = reconstruction_metrics(coder, eval_split, 20000, 0, centroids)
+    unquantised = reconstruction_metrics(coder, eval_split, 20000, 0)
+    return {
+        "k": len(centroids),
+        "inertia": float(dists.mean()),  # mean squared distance to the nearest centroid (train)
+        "relative_quantisation_error": float(dists.mean()) / max(variance, 1e-12),
+        **usage,
+        "recon_rmse_db": quantised["recon_rmse_db"],
+        "recon_relative_mse": quantised["recon_relative_mse"],
+        "autoencoder_recon_rmse_db": unquantised["recon_rmse_db"],
+        "code_rate": coder.features.code_rate,
+    }
+
+
+# ---- encoding ---------------------------------------------------------------------------
+
+def encode_run_stage(run: Path, k: int, *, device: torch.device, progress: bool = True) -> Path:
+    """RUN/tokens/k{K}: every usable clip of the run's manifest, encoded."""
+    stage = Stage(tokens_dir(run, k), config={"k": k},
+                  inputs={"codebook": stage_key(codebook_dir(run, k)), "features": stage_key(features_dir(run))})
+    if stage.done:
+        _say(f"tokens K={k} up to date: {stage.out_dir}")
+        return stage.out_dir
+    work = stage.start()
+    tokenizer = AudioTokenizer.load(tokenizer_dir(run), codebook_size=k, device=device)
+    rows = [r for r in read_jsonl(Path(run) / MANIFEST) if r["status"] == "ok"]
+    meta = encode_clips(tokenizer, rows, work, progress=progress)
+    stage.finish(extra={"tokens": meta["tokens"]})
+    _say(f"tokens: {sum(meta['tokens'].values())} codes at {tokenizer.frame_rate:g}/s -> {stage.out_dir}")
+    return stage.out_dir
+
+
+def encode_clips(tokenizer: AudioTokenizer, rows: list[dict], out: Path, *, progress: bool = True,
+                 batch_clips: int = 32) -> dict:
+    """Encode clips (manifest rows: id, path, label, split) into ``out``, streaming: memory does
+    not grow with the corpus. Clips that fail to decode are listed in meta.json's ``skipped``."""
+    writers = {s: RaggedWriter(out, s, "uint16") for s in SPLITS}
+    skipped = []
+    bar = tqdm(total=len(rows), desc="encode", unit="clip", disable=not progress)
+    # Decoding (soundfile + soxr) releases the GIL: threads overlap it with the encoder.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for start in range(0, len(rows), batch_clips):
+            batch = rows[start:start + batch_clips]
+            decoded = list(pool.map(lambda r: _load(r["path"], tokenizer), batch))
+            good = [(r, w) for r, w in zip(batch, decoded) if not isinstance(w, str)]
+            skipped += [{"id": r["id"], "path": r["path"], "reason": w} for r, w in zip(batch, decoded) if isinstance(w, str)]
+            codes = tokenizer.encode_batch([w for _, w in good], tokenizer.sample_rate) if good else []
+            for (row, _), c in zip(good, codes):
+                writers[row.get("split") or "train"].add({"id": row["id"], "label": row.get("label")}, c.numpy())
+            bar.update(len(batch))
+    bar.close()
+    for w in writers.values():
+        w.close()
+    meta = {
+        "vocab_size": tokenizer.vocab_size,
+        "code_rate": tokenizer.frame_rate,
+        "sample_rate": tokenizer.sample_rate,
+        "samples_per_code": tokenizer.samples_per_code,
+        "patch_frames": tokenizer.patch_frames,
+        "dtype": "uint16",
+        "tokenizer_hash": tokenizer.info.get("tokenizer_hash"),
+        "tokenizer_dir": tokenizer.info.get("tokenizer_dir"),
+        "tokens": {s: w.offset for s, w in writers.items()},
+        "clips": {s: len(w.rows) for s, w in writers.items()},
+        "skipped": skipped,
+    }
+    write_json(out / "meta.json", meta)
+    return meta
+
+
+def _load(path: str, tokenizer: AudioTokenizer):
+    try:
+        return load_audio(path, tokenizer.sample_rate, min_samples=tokenizer.coder.features.n_fft)
+    except AudioError as err:
+        return err.reason
+
+
+def encode_new_data(tokenizer_path: Path, data: Path, out: Path, split: SplitConfig, *,
+                    codebook_size: int | None = None, device=None, progress: bool = True) -> Path:
+    """Encode a new dataset with a trained tokenizer into OUT/tokens/k{K} (+ OUT/manifest.jsonl)."""
+    tokenizer = AudioTokenizer.load(tokenizer_path, codebook_size=codebook_size, device=pick_device(device))
+    layout, clips = scan_dataset(data)
+    clips = assign_splits(clips, split)
+    rows = [{"id": c.id, "path": c.path, "label": c.label, "split": c.split, "group": c.group, "fold": c.fold} for c in clips]
+    target = Path(out) / "tokens" / f"k{tokenizer.vocab_size}"
+    stage = Stage(target, config={"data": str(data), "split": to_dict(split)},
+                  inputs={"tokenizer": tokenizer.info.get("tokenizer_hash") or str(tokenizer_path)})
+    work = stage.start()
+    meta = encode_clips(tokenizer, rows, work, progress=progress)
+    stage.finish(extra={"tokens": meta["tokens"], "skipped": len(meta["skipped"])})
+    _say(f"{sum(meta['clips'].values())} clips encoded, {len(meta['skipped'])} skipped -> {target}")
+    return target
+
+
+def _say(text: str) -> None:
+    click.echo(text, err=True)
+
+
+# ---- command ----------------------------------------------------------------------------
+
+@click.command("tokenize")
+@click.option("--data", type=click.Path(), help="Dataset folder or manifest file.")
+@click.option("--out", "out", type=click.Path(), help="Run directory (or, with --tokenizer, where to write codes).")
+@click.option("--tokenizer", "tokenizer_path", type=click.Path(), help="Encode --data with this trained tokenizer instead of training one.")
+@click.option("-K", "--codebook-size", type=int, help="Number of codes (default 256).")
+@click.option("--config", "recipe", type=click.Path(), help="Recipe YAML (sections: data, features, split, tokenizer, codebook).")
+@click.option("--epochs", type=int, help="Autoencoder epochs (upper bound; early stopping on val).")
+@click.option("--bottleneck", type=int, help="Autoencoder bottleneck width.")
+@click.option("--device", help="cpu, cuda or auto (default).")
+@click.option("--strict", is_flag=True, default=None, help="Fail if any clip is skipped.")
+def command(data, out, tokenizer_path, codebook_size, recipe, epochs, bottleneck, device, strict):
+    """Train the autoencoder and codebook on the train split, then encode every clip.
+
+    \b
+    tokenlm tokenize --data data/demo --out runs/demo -K 256
+    tokenlm tokenize --out runs/demo -K 512        # reuse the autoencoder, new codebook
+    tokenlm tokenize --tokenizer runs/demo/tokenizer --data NEWDIR --out OUT
+    """
+    data = data or recipe_section(recipe, "data").get("path")
+    out = out or recipe_section(recipe, "run").get("dir")
+    if not out:
+        raise TokenlmError("need --out RUN (or a recipe with run.dir)")
+    split = build(SplitConfig, recipe_section(recipe, "split"), where="split")
+    if tokenizer_path:
+        if not data:
+            raise TokenlmError("--tokenizer needs --data: the audio to encode")
+        encode_new_data(Path(tokenizer_path), Path(data), Path(out), split, codebook_size=codebook_size, device=device)
+        return
+    if data:
+        prepare(data, out, build(FeatureConfig, recipe_section(recipe, "features"), where="features"), split,
+                strict=bool(strict))
+    elif not (features_dir(out) / "stage.json").is_file():
+        raise TokenlmError(f"{out} has no features yet: pass --data DIR")
+    config = tokenizer_config(recipe, {"codebook_size": codebook_size, "epochs": epochs, "bottleneck": bottleneck})
+    codebook = build(CodebookConfig, recipe_section(recipe, "codebook"), where="codebook")
+    tokens = tokenize(out, config, codebook, device=device)
+    click.echo(f"tokenizer: {tokenizer_dir(out)}\ntokens:    {tokens}")
+
+
+def tokenizer_config(recipe, overrides: dict) -> TokenizerConfig:
+    """TokenizerConfig from the recipe's ``tokenizer:`` section (with nested ``autoencoder:``
+    and ``training:``) and flat command-line overrides."""
+    section = dict(recipe_section(recipe, "tokenizer"))
+    ae = build(AutoencoderConfig, section.pop("autoencoder", None), {"bottleneck": overrides.get("bottleneck")},
+               where="tokenizer.autoencoder")
+    training = build(AutoencoderTraining, section.pop("training", None), {"epochs": overrides.get("epochs")},
+                     where="tokenizer.training")
+    top = build(TokenizerConfig, section, {"codebook_size": overrides.get("codebook_size")}, where="tokenizer")
+    return TokenizerConfig(codebook_size=top.codebook_size, autoencoder=ae, training=training)
