@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from tokenlm.artifacts import (
     Stage, codebook_dir, features_dir, read_json, read_jsonl, stage_key, tokenizer_dir, tokens_dir, write_json,
+    write_jsonl,
 )
 from tokenlm.audio import load_audio
 from tokenlm.codebook import CodebookConfig, CodeAssigner, code_statistics, fit_codebook
@@ -83,29 +84,32 @@ def train_autoencoder_stage(run: Path, ae: AutoencoderConfig, training: Autoenco
 
 
 class PatchSampler:
-    """Normalised patches of one split, read from the features memmap by patch start index.
+    """Normalised patches of one split, gathered by patch start index.
 
-    Patches never cross a clip boundary; clips shorter than a patch are left out of training.
+    The split's frames are held in memory as float16 (2 bytes a value: an 8-hour train split
+    of 64-bin frames is ~370 MB), since random patch gathers from a memmap cost more than the
+    training step itself. Patches never cross a clip boundary; clips shorter than a patch
+    are left out of training.
     """
 
     def __init__(self, feats_dir: Path, split: str, features: FeatureConfig, coder: PatchCoder):
-        self.store = RaggedSplit(feats_dir, split, "float16", width=features.n_mels)
+        store = RaggedSplit(feats_dir, split, "float16", width=features.n_mels)
+        self.frames = torch.from_numpy(np.array(store.data, dtype=np.float16))  # (total frames, M)
         self.coder = coder
         self.patch_frames = features.patch_frames
         starts = [row["offset"] + np.arange(0, row["length"] - features.patch_frames + 1, features.patch_step)
-                  for row in self.store.rows if row["length"] >= features.patch_frames]
-        self.starts = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
+                  for row in store.rows if row["length"] >= features.patch_frames]
+        self.starts = torch.from_numpy(np.concatenate(starts)) if starts else torch.zeros(0, dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.starts)
 
-    def get(self, indices: np.ndarray) -> torch.Tensor:
+    def get(self, indices) -> torch.Tensor:
         """Normalised patches (B, P * M) for patch numbers ``indices``."""
-        frame_idx = self.starts[np.sort(indices)][:, None] + np.arange(self.patch_frames)  # (B, P)
-        frames = torch.from_numpy(np.asarray(self.store.data[frame_idx], dtype=np.float32))  # (B, P, M)
-        frames = frames.to(self.coder.mean.device)
+        frame_idx = self.starts[torch.as_tensor(indices)][:, None] + torch.arange(self.patch_frames)  # (B, P)
+        frames = self.frames[frame_idx].to(self.coder.mean.device, torch.float32)  # (B, P, M)
         normalised = (frames - self.coder.mean) / self.coder.std
-        return normalised.reshape(len(indices), -1)
+        return normalised.reshape(len(frame_idx), -1)
 
 
 def _fit_autoencoder(coder: PatchCoder, train: PatchSampler, val: PatchSampler, cfg: AutoencoderTraining,
@@ -256,9 +260,10 @@ def encode_run_stage(run: Path, k: int, *, device: torch.device, progress: bool 
 
 
 def encode_clips(tokenizer: AudioTokenizer, rows: list[dict], out: Path, *, progress: bool = True,
-                 batch_clips: int = 32) -> dict:
+                 batch_clips: int = 32, durations: dict | None = None) -> dict:
     """Encode clips (manifest rows: id, path, label, split) into ``out``, streaming: memory does
-    not grow with the corpus. Clips that fail to decode are listed in meta.json's ``skipped``."""
+    not grow with the corpus. Clips that fail to decode are listed in meta.json's ``skipped``.
+    ``durations``, when given, receives each encoded clip's id -> seconds."""
     writers = {s: RaggedWriter(out, s, "uint16") for s in SPLITS}
     skipped = []
     bar = tqdm(total=len(rows), desc="encode", unit="clip", disable=not progress)
@@ -270,8 +275,10 @@ def encode_clips(tokenizer: AudioTokenizer, rows: list[dict], out: Path, *, prog
             good = [(r, w) for r, w in zip(batch, decoded) if not isinstance(w, str)]
             skipped += [{"id": r["id"], "path": r["path"], "reason": w} for r, w in zip(batch, decoded) if isinstance(w, str)]
             codes = tokenizer.encode_batch([w for _, w in good], tokenizer.sample_rate) if good else []
-            for (row, _), c in zip(good, codes):
+            for (row, w), c in zip(good, codes):
                 writers[row.get("split") or "train"].add({"id": row["id"], "label": row.get("label")}, c.numpy())
+                if durations is not None:
+                    durations[row["id"]] = round(len(w) / tokenizer.sample_rate, 4)
             bar.update(len(batch))
     bar.close()
     for w in writers.values():
@@ -301,8 +308,11 @@ def _load(path: str, tokenizer: AudioTokenizer):
 
 
 def encode_new_data(tokenizer_path: Path, data: Path, out: Path, split: SplitConfig, *,
-                    codebook_size: int | None = None, device=None, progress: bool = True) -> Path:
-    """Encode a new dataset with a trained tokenizer into OUT/tokens/k{K} (+ OUT/manifest.jsonl)."""
+                    codebook_size: int | None = None, device=None, progress: bool = True,
+                    strict: bool = False) -> Path:
+    """Encode a new dataset with a trained tokenizer into OUT/tokens/k{K} (+ OUT/manifest.jsonl,
+    one line per clip with its status and reason). With ``strict`` any skipped clip is an
+    error, raised after the manifest is written so the reasons can be read."""
     tokenizer = AudioTokenizer.load(tokenizer_path, codebook_size=codebook_size, device=pick_device(device))
     layout, clips = scan_dataset(data)
     clips = assign_splits(clips, split)
@@ -311,7 +321,15 @@ def encode_new_data(tokenizer_path: Path, data: Path, out: Path, split: SplitCon
     stage = Stage(target, config={"data": str(data), "split": to_dict(split)},
                   inputs={"tokenizer": tokenizer.info.get("tokenizer_hash") or str(tokenizer_path)})
     work = stage.start()
-    meta = encode_clips(tokenizer, rows, work, progress=progress)
+    durations: dict = {}
+    meta = encode_clips(tokenizer, rows, work, progress=progress, durations=durations)
+    reasons = {s["id"]: s["reason"] for s in meta["skipped"]}
+    write_jsonl(Path(out) / MANIFEST, [
+        {**r, "duration": durations.get(r["id"]), "status": "skipped" if r["id"] in reasons else "ok",
+         "reason": reasons.get(r["id"])} for r in rows])
+    if strict and reasons:
+        first = meta["skipped"][0]
+        raise TokenlmError(f"--strict: {len(reasons)} clip(s) skipped, e.g. {first['path']}: {first['reason']}")
     stage.finish(extra={"tokens": meta["tokens"], "skipped": len(meta["skipped"])})
     _say(f"{sum(meta['clips'].values())} clips encoded, {len(meta['skipped'])} skipped -> {target}")
     return target
@@ -349,26 +367,37 @@ def command(data, out, tokenizer_path, codebook_size, recipe, epochs, bottleneck
     if tokenizer_path:
         if not data:
             raise TokenlmError("--tokenizer needs --data: the audio to encode")
-        encode_new_data(Path(tokenizer_path), Path(data), Path(out), split, codebook_size=codebook_size, device=device)
+        encode_new_data(Path(tokenizer_path), Path(data), Path(out), split, codebook_size=codebook_size, device=device,
+                        strict=bool(strict))
         return
     if data:
         prepare(data, out, build(FeatureConfig, recipe_section(recipe, "features"), where="features"), split,
                 strict=bool(strict))
     elif not (features_dir(out) / "stage.json").is_file():
         raise TokenlmError(f"{out} has no features yet: pass --data DIR")
-    config = tokenizer_config(recipe, {"codebook_size": codebook_size, "epochs": epochs, "bottleneck": bottleneck})
+    config = tokenizer_config(recipe, {"codebook_size": codebook_size, "epochs": epochs, "bottleneck": bottleneck},
+                              current=_current_autoencoder(out))
     codebook = build(CodebookConfig, recipe_section(recipe, "codebook"), where="codebook")
     tokens = tokenize(out, config, codebook, device=device)
     click.echo(f"tokenizer: {tokenizer_dir(out)}\ntokens:    {tokens}")
 
 
-def tokenizer_config(recipe, overrides: dict) -> TokenizerConfig:
+def _current_autoencoder(run) -> dict | None:
+    """The config of the run's trained autoencoder, if it has one."""
+    path = tokenizer_dir(run) / "stage.json"
+    return read_json(path).get("config") if path.is_file() else None
+
+
+def tokenizer_config(recipe, overrides: dict, current: dict | None = None) -> TokenizerConfig:
     """TokenizerConfig from the recipe's ``tokenizer:`` section (with nested ``autoencoder:``
-    and ``training:``) and flat command-line overrides."""
+    and ``training:``) and flat command-line overrides. ``current`` (the config a run's
+    autoencoder was trained with) fills what neither gives, so ``tokenize --out RUN -K 512``
+    reuses that autoencoder instead of retraining it with defaults (and dropping every codebook)."""
+    current = current or {}
     section = dict(recipe_section(recipe, "tokenizer"))
-    ae = build(AutoencoderConfig, section.pop("autoencoder", None), {"bottleneck": overrides.get("bottleneck")},
-               where="tokenizer.autoencoder")
-    training = build(AutoencoderTraining, section.pop("training", None), {"epochs": overrides.get("epochs")},
-                     where="tokenizer.training")
+    ae = build(AutoencoderConfig, current.get("autoencoder"), section.pop("autoencoder", None),
+               {"bottleneck": overrides.get("bottleneck")}, where="tokenizer.autoencoder")
+    training = build(AutoencoderTraining, current.get("training"), section.pop("training", None),
+                     {"epochs": overrides.get("epochs")}, where="tokenizer.training")
     top = build(TokenizerConfig, section, {"codebook_size": overrides.get("codebook_size")}, where="tokenizer")
     return TokenizerConfig(codebook_size=top.codebook_size, autoencoder=ae, training=training)

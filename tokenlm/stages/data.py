@@ -1,0 +1,47 @@
+"""``tokenlm data``: build the offline demo dataset, or look at a dataset before a run."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import click
+
+from tokenlm.config import build, recipe_section
+from tokenlm.data import SPLITS, SplitConfig, assign_splits, scan_dataset
+
+
+@click.group("data")
+def data():
+    """Datasets: build the demo set, inspect a folder."""
+
+
+@data.command("demo")
+@click.option("--out", "out", type=click.Path(), default="data/demo", show_default=True, help="Where to build it.")
+@click.option("--kind", type=click.Choice(["instruments", "speech"]), default="instruments", show_default=True,
+              help="Sampled General-MIDI instruments (10 families) or eSpeak NG keywords (10 words).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo(out, kind, seed):
+    """Build the offline demo dataset (deterministic: identical bytes on a rerun)."""
+    from tokenlm.demo import build_demo
+
+    summary = build_demo(Path(out), kind=kind, seed=seed)
+    state = "up to date" if summary.get("cached") else f"built in {summary.get('build_seconds', 0):.1f} s"
+    click.echo(f"{summary['n_clips']} clips, {summary['n_classes']} classes, {summary['seconds'] / 60:.1f} min "
+               f"of audio ({state}) -> {out}")
+
+
+@data.command("info")
+@click.argument("path", type=click.Path())
+@click.option("--config", "recipe", type=click.Path(), help="Recipe YAML (section: split).")
+def info(path, recipe):
+    """Show a dataset's layout, classes and the train/val/test split tokenlm would use."""
+    layout, clips = scan_dataset(path)
+    clips = assign_splits(clips, build(SplitConfig, recipe_section(recipe, "split"), where="split"))
+    per_split = Counter(c.split for c in clips)
+    labels = Counter(c.label for c in clips)
+    groups = {c.group for c in clips if c.group}
+    click.echo(f"{path}: layout {layout}, {len(clips)} clips, {len(labels)} classes, {len(groups)} groups")
+    click.echo("splits: " + ", ".join(f"{s} {per_split.get(s, 0)}" for s in SPLITS))
+    for label, n in sorted(labels.items(), key=lambda kv: str(kv[0])):
+        click.echo(f"  {label}: {n}")

@@ -1,0 +1,164 @@
+"""RUN/report.md: the whole run at a glance, from whatever artifacts the run has.
+
+Each section reads one stage's artifacts and is left out when the stage has not run, so
+the report can be rebuilt at any point (``tokenlm report RUN``) and ``tokenlm run`` ends with it.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from pathlib import Path
+
+import click
+
+from tokenlm.artifacts import features_dir, read_json, read_jsonl, tokenizer_dir
+from tokenlm.data import SPLITS
+
+FIGURES = "report_files"
+
+
+def write_report(run: str | Path) -> Path:
+    """Write RUN/report.md (and its figures under RUN/report_files/); return its path."""
+    run = Path(run)
+    sections = [f"# tokenlm run: {run.name}\n"]
+    for section in (dataset_section, tokenizer_section, lm_section, probe_section, vocoder_section, sweep_section):
+        text = section(run)
+        if text:
+            sections.append(text)
+    path = run / "report.md"
+    path.write_text("\n".join(sections))
+    return path
+
+
+def dataset_section(run: Path) -> str | None:
+    if not (run / "manifest.jsonl").is_file():
+        return None
+    rows = read_jsonl(run / "manifest.jsonl")
+    ok = [r for r in rows if r["status"] == "ok"]
+    meta = read_json(features_dir(run) / "meta.json") if (features_dir(run) / "meta.json").is_file() else {}
+    labels = sorted({r["label"] for r in ok if r["label"] is not None}, key=str)
+    lines = ["## Dataset\n",
+             f"Source `{meta.get('data', '?')}` (layout: {meta.get('layout', '?')}): {len(rows)} clips, "
+             f"{len(ok)} usable, {len(rows) - len(ok)} skipped; {len(labels)} classes; "
+             f"{sum(r['duration'] for r in ok) / 60:.1f} min of audio.\n"]
+    if meta:
+        lines.append(f"Features: {meta['sample_rate']} Hz, {meta['n_mels']} mel bins, hop {meta['hop_length']} "
+                     f"samples, {meta['patch_frames']}-frame patches = {meta['sample_rate'] / meta['hop_length'] / (meta.get('patch_hop') or meta['patch_frames']):g} tokens/s.\n")
+    counts = Counter((r["label"], r["split"]) for r in ok)
+    lines.append("| class | " + " | ".join(SPLITS) + " |")
+    lines.append("|---|" + "---:|" * len(SPLITS))
+    for label in labels:
+        lines.append(f"| {label} | " + " | ".join(str(counts.get((label, s), 0)) for s in SPLITS) + " |")
+    totals = Counter(r["split"] for r in ok)
+    lines.append("| **all** | " + " | ".join(f"**{totals.get(s, 0)}**" for s in SPLITS) + " |\n")
+    reasons = Counter(r["reason"] for r in rows if r["status"] != "ok")
+    if reasons:
+        lines.append("Skipped clips (see manifest.jsonl):\n")
+        lines += [f"- {n} x {reason}" for reason, n in reasons.most_common(10)]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def tokenizer_section(run: Path) -> str | None:
+    tok = tokenizer_dir(run)
+    if not (tok / "metrics.json").is_file():
+        return None
+    ae = read_json(tok / "metrics.json")
+    lines = ["## Tokenizer\n",
+             f"Autoencoder: val reconstruction {ae['recon_rmse_db']:.2f} dB RMSE, "
+             f"{ae['recon_relative_mse']:.3f} of the patch variance (best epoch {ae['best_epoch']} of {ae['epochs_run']}).\n",
+             "| K | used codes | perplexity | bits/s | quantisation error (rel.) | log-mel RMSE through codes (dB) |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for k_dir in sorted(tok.glob("k*/metrics.json"), key=lambda p: int(p.parent.name[1:])):
+        m = read_json(k_dir)
+        lines.append(f"| {m['k']} | {m['used_codes']} | {m['perplexity']:.1f} | {m['bits_per_second']:.0f} | "
+                     f"{m['relative_quantisation_error']:.3f} | {m['recon_rmse_db']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def lm_section(run: Path) -> str | None:
+    log_path = run / "lm" / "train_log.csv"
+    if not log_path.is_file():
+        return None
+    with open(log_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    evals = [r for r in rows if r.get("val_loss") not in (None, "")]
+    lines = ["## Code language model\n"]
+    if evals:
+        best = min(evals, key=lambda r: float(r["val_loss"]))
+        lines.append(f"Best val loss {float(best['val_loss']):.3f} nats at step {best['step']} "
+                     f"(perplexity {float(best.get('val_ppl') or 'nan'):.1f}, "
+                     f"{float(best.get('val_bits_per_second') or best.get('bits_per_second') or 'nan'):.0f} bits per second of audio).\n")
+    figure = _plot_curves(rows, run / FIGURES / "lm_loss.png")
+    if figure:
+        lines.append(f"![LM loss]({figure.relative_to(run)})\n")
+    return "\n".join(lines)
+
+
+def probe_section(run: Path) -> str | None:
+    return _include(run / "probe" / "report.md", "## Linear probe and baselines\n")
+
+
+def vocoder_section(run: Path) -> str | None:
+    vocoder = run / "vocoder"
+    if not (vocoder / "metrics.json").is_file():
+        return None
+    metrics = read_json(vocoder / "metrics.json")
+    lines = ["## WaveNet decoder\n", "| measure | value |", "|---|---:|"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in metrics.items() if isinstance(v, (int, float))]
+    samples = sorted((vocoder / "samples").glob("*.wav")) + sorted((run / "generated").glob("*.wav"))
+    if samples:
+        lines.append("\nAudio examples:\n")
+        lines += [f"- [{p.name}]({p.relative_to(run)})" for p in samples]
+    return "\n".join(lines) + "\n"
+
+
+def sweep_section(run: Path) -> str | None:
+    text = _include(run / "sweep" / "report.md", "## Codebook-size sweep\n")
+    if text is None:
+        return None
+    # The sweep's figures sit beside its report: make their links relative to RUN.
+    return text.replace("](", "](sweep/").replace("](sweep/http", "](http")
+
+
+def _include(path: Path, heading: str) -> str | None:
+    if not path.is_file():
+        return None
+    body = path.read_text().strip().splitlines()
+    if body and body[0].startswith("# "):
+        body = body[1:]  # the sub-report's own title
+    return heading + "\n".join(body) + "\n"
+
+
+def _plot_curves(rows: list[dict], path: Path) -> Path | None:
+    """Train and val loss against step, as a PNG."""
+    steps = [int(r["step"]) for r in rows if r.get("loss") not in (None, "")]
+    if len(steps) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, [float(r["loss"]) for r in rows if r.get("loss") not in (None, "")], label="train")
+    evals = [r for r in rows if r.get("val_loss") not in (None, "")]
+    if evals:
+        ax.plot([int(r["step"]) for r in evals], [float(r["val_loss"]) for r in evals], "o-", label="val")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/code)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+@click.command("report")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+def command(run):
+    """Rebuild RUN/report.md from the run's artifacts."""
+    click.echo(f"report: {write_report(run)}")
