@@ -65,7 +65,7 @@ def detect_layout(root: str | Path) -> str:
         return "esc50"
     if (root / "metadata" / "UrbanSound8K.csv").is_file():
         return "urbansound8k"
-    if (root / "genres").is_dir():
+    if _gtzan_genres(root) is not None:
         return "gtzan"
     if (root / "testing_list.txt").is_file() and (root / "validation_list.txt").is_file():
         return "speechcommands"
@@ -109,21 +109,33 @@ def read_manifest(root: Path) -> list[Clip]:
     path = root if root.is_file() else _manifest_in(root)
     base = path.parent
     if path.suffix == ".jsonl":
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records = []
+        for n, line in enumerate(path.read_text().splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ConfigError(f"{path}, line {n}: not valid JSON ({err.msg})") from None
     else:
         with open(path, newline="") as f:
             records = list(csv.DictReader(f))
     if records and "path" not in records[0]:
         raise ConfigError(f"{path}: a manifest needs a 'path' column (has: {', '.join(records[0])})")
     clips = []
-    for rec in records:
+    for n, rec in enumerate(records, start=1):
+        if not isinstance(rec, dict) or not rec.get("path"):
+            raise ConfigError(f"{path}: entry {n} has no path")
         rel = Path(rec["path"])
+        try:
+            fold = _int(rec.get("fold"))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: entry {n}: fold must be a whole number, got {rec.get('fold')!r}") from None
         clips.append(Clip(
             id=str(rec.get("id") or _clip_id(rel)),
             path=str(rel if rel.is_absolute() else base / rel),
             label=_text(rec.get("label")),
             group=_text(rec.get("group")),
-            fold=_int(rec.get("fold")),
+            fold=fold,
             split=_split_name(rec.get("split"), path),
         ))
     return clips
@@ -153,8 +165,16 @@ def read_urbansound8k(root: Path) -> list[Clip]:
 
 
 def read_gtzan(root: Path) -> list[Clip]:
-    """GTZAN: genres/<genre>/<genre>.000NN.{au,wav}; no official split."""
-    return read_folders(root / "genres")
+    """GTZAN: genres/<genre>/<genre>.000NN.{au,wav} (genres_original/ in the Kaggle copy);
+    no official split."""
+    return read_folders(_gtzan_genres(root))
+
+
+def _gtzan_genres(root: Path) -> Path | None:
+    for name in ("genres", "genres_original"):
+        if (root / name).is_dir():
+            return root / name
+    return None
 
 
 def read_speechcommands(root: Path) -> list[Clip]:
@@ -207,14 +227,26 @@ def assign_splits(clips: list[Clip], config: SplitConfig) -> list[Clip]:
     """Give every clip a split: official ones kept, folds mapped, else a group-aware split."""
     if all(c.split for c in clips):
         return clips
+    _check_all_or_none(clips, "split", [c.split for c in clips])
     if all(c.fold is not None for c in clips):
         return _split_by_fold(clips, config)
+    _check_all_or_none(clips, "fold", [c.fold for c in clips])
     return _split_by_group(clips, config)
+
+
+def _check_all_or_none(clips: list[Clip], name: str, values: list) -> None:
+    """A split or fold given for some clips only would be silently dropped: refuse instead."""
+    missing = [c for c, v in zip(clips, values) if v is None]
+    if len(missing) < len(clips):
+        raise ConfigError(f"{len(clips) - len(missing)} clip(s) have a {name} and {len(missing)} do not "
+                          f"(e.g. {missing[0].path}): give every clip a {name}, or none")
 
 
 def _split_by_fold(clips: list[Clip], config: SplitConfig) -> list[Clip]:
     """The test fold is test, the fold before it (cyclically) is val, the rest train."""
     folds = sorted({c.fold for c in clips})
+    if len(folds) < 3:
+        raise ConfigError(f"a split by folds needs at least 3 folds (train, val, test), got {folds}")
     test_fold = folds[-1] if config.test_fold is None else config.test_fold
     if test_fold not in folds:
         raise ConfigError(f"test_fold {test_fold} is not one of the dataset's folds {folds}")
@@ -225,8 +257,9 @@ def _split_by_fold(clips: list[Clip], config: SplitConfig) -> list[Clip]:
 
 def _split_by_group(clips: list[Clip], config: SplitConfig) -> list[Clip]:
     """Whole groups go to one split. When no group spans two labels, each label is split on
-    its own (stratified), so every class appears in val and test; else groups are split
-    globally. A clip without a group is its own group."""
+    its own (stratified); else groups are split globally, val and test first taking groups
+    that cover the labels they lack. Either way every label with three or more groups
+    appears in val and test. A clip without a group is its own group."""
     groups_of_clip = [c.group or f"clip:{c.id}" for c in clips]
     labels_per_group: dict[str, set] = {}
     for clip, group in zip(clips, groups_of_clip):
@@ -241,26 +274,51 @@ def _split_by_group(clips: list[Clip], config: SplitConfig) -> list[Clip]:
 
     split_of_group: dict[str, str] = {}
     for group_sizes in strata.values():
-        split_of_group.update(_allocate_groups(group_sizes, config))
+        split_of_group.update(_allocate_groups(group_sizes, labels_per_group, config))
     return [replace(c, split=split_of_group[g]) for c, g in zip(clips, groups_of_clip)]
 
 
-def _allocate_groups(group_sizes: dict[str, int], config: SplitConfig) -> dict[str, str]:
+def _allocate_groups(group_sizes: dict[str, int], labels_per_group: dict[str, set],
+                     config: SplitConfig) -> dict[str, str]:
     """Walk the groups in a seeded hash order (independent of file order), giving each to the
-    split furthest below its target clip count. With three or more groups, test and val are
-    first given one group each, so no split is left empty."""
+    split furthest below its target clip count. Before that, test and then val each take
+    groups until they hold every label that has three or more groups: greedily the group
+    covering most of the labels still lacking (the earliest in that order on a tie), never a
+    label's last group not yet taken, so train keeps every label too."""
     order = sorted(group_sizes, key=lambda g: hashlib.sha256(f"{config.seed}:{g}".encode()).hexdigest())
     total = sum(group_sizes.values())
     fractions = {"train": 1 - config.val_fraction - config.test_fraction,
                  "val": config.val_fraction, "test": config.test_fraction}
     filled = dict.fromkeys(SPLITS, 0)
     result = {}
-    seeded = [s for s in ("test", "val") if fractions[s] > 0] if len(order) >= 3 else []
-    for group, split in zip(order, seeded):
+
+    def assign(group, split):
         result[group] = split
         filled[split] += group_sizes[group]
-    for group in order[len(seeded):]:
-        split = max(SPLITS, key=lambda s: fractions[s] * total - filled[s])
-        result[group] = split
-        filled[split] += group_sizes[group]
+
+    groups_per_label: dict[object, int] = {}
+    for group in order:
+        for label in labels_per_group[group]:
+            groups_per_label[label] = groups_per_label.get(label, 0) + 1
+    unassigned = dict(groups_per_label)  # label -> groups not yet given to test or val
+    for split in ("test", "val"):
+        if fractions[split] == 0:
+            continue
+        missing = {label for label, n in groups_per_label.items() if n >= 3}
+        while missing:
+            candidates = [
+                g for g in order
+                if g not in result and labels_per_group[g] & missing
+                and all(unassigned[label] > 1 for label in labels_per_group[g])
+            ]
+            if not candidates:
+                break
+            best = max(candidates, key=lambda g: len(labels_per_group[g] & missing))  # first max wins
+            assign(best, split)
+            missing -= labels_per_group[best]
+            for label in labels_per_group[best]:
+                unassigned[label] -= 1
+    for group in order:
+        if group not in result:
+            assign(group, max(SPLITS, key=lambda s: fractions[s] * total - filled[s]))
     return result
