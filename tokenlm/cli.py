@@ -8,26 +8,28 @@ with a word on resuming. Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 
 import click
 
 from tokenlm.errors import TokenlmError
 
-# name -> "module:attribute" of a click command. The order is the order of the pipeline.
+# name -> ("module:attribute" of a click command, one-line help). The help lives here so
+# that `tokenlm --help` lists the commands without importing them. Pipeline order.
 COMMANDS = {
-    "data": "tokenlm.stages.data:data",
-    "prepare": "tokenlm.stages.prepare:command",
-    "tokenize": "tokenlm.stages.tokenize:command",
-    "pretrain": "tokenlm.stages.pretrain:command",
-    "generate-codes": "tokenlm.stages.generate_codes:command",
-    "probe": "tokenlm.stages.probe:command",
-    "vocoder": "tokenlm.stages.vocoder:command",
-    "decode": "tokenlm.stages.vocoder:decode_command",
-    "generate": "tokenlm.stages.vocoder:generate_command",
-    "sweep": "tokenlm.stages.sweep:command",
-    "report": "tokenlm.stages.report:command",
-    "run": "tokenlm.stages.run:command",
+    "data": ("tokenlm.stages.data:data", "Build the demo dataset; inspect a dataset."),
+    "prepare": ("tokenlm.stages.prepare:command", "Manifest + log-mel features of a dataset."),
+    "tokenize": ("tokenlm.stages.tokenize:command", "Train autoencoder + codebook, encode every clip."),
+    "pretrain": ("tokenlm.stages.pretrain:command", "Train the GPT code language model."),
+    "generate-codes": ("tokenlm.stages.generate_codes:command", "Continue codes with the LM."),
+    "probe": ("tokenlm.stages.probe:command", "Linear probes and baselines, one table."),
+    "vocoder": ("tokenlm.stages.vocoder:command", "Train the WaveNet decoder on (audio, codes)."),
+    "decode": ("tokenlm.stages.vocoder:decode_command", "Audio -> codes -> audio."),
+    "generate": ("tokenlm.stages.vocoder:generate_command", "Continue audio with the LM and the WaveNet."),
+    "sweep": ("tokenlm.stages.sweep:command", "Information loss against codebook size."),
+    "report": ("tokenlm.stages.report:command", "Rebuild RUN/report.md."),
+    "run": ("tokenlm.stages.run:command", "Every stage of a recipe, cached, then the report."),
 }
 
 
@@ -35,17 +37,23 @@ class LazyGroup(click.Group):
     """A click group whose subcommands are imported on first use."""
 
     def list_commands(self, ctx):
-        return [name for name in COMMANDS if self._available(name)]
+        return [name for name in COMMANDS if _available(name)]
 
     def get_command(self, ctx, name):
-        if name not in COMMANDS or not self._available(name):
+        if name not in COMMANDS or not _available(name):
             return None
-        module_name, attribute = COMMANDS[name].split(":")
+        module_name, attribute = COMMANDS[name][0].split(":")
         return getattr(importlib.import_module(module_name), attribute)
 
-    @staticmethod
-    def _available(name) -> bool:
-        return importlib.util.find_spec(COMMANDS[name].split(":")[0]) is not None
+    def format_commands(self, ctx, formatter):
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _available(name: str) -> bool:
+    return importlib.util.find_spec(COMMANDS[name][0].split(":")[0]) is not None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
