@@ -1,0 +1,582 @@
+"""WaveNet decoder: discrete codes -> 16 kHz audio (stage 6 of the pipeline).
+
+An autoregressive model over 8-bit mu-law samples. Each sample is predicted from the
+previous ones through a stack of causal dilated convolutions with gated (tanh * sigmoid)
+units, residual and skip connections, and a 256-way softmax. Local conditioning on the
+tokenizer's codes tells the model *what* to say; the autoregression supplies the waveform
+detail that the codes threw away.
+
+Conditioning path (one code covers ``samples_per_code`` samples)::
+
+    codes (B, N) -> embedding -> conv over codes (k=3) -> tanh     # (B, C, N)
+                 -> repeat each code samples_per_code times          # (B, C, N * spc)
+                 -> + learned "phase" vector for the position inside the code
+                 -> per layer: 1x1 conv into the gate
+
+Why repeat-interleave rather than a transposed convolution: the length is exactly
+``N * samples_per_code`` by construction (the classic vocoder bug is an upsampler whose
+kernel/stride/padding arithmetic drifts from the hop), it adds no checkerboard artifacts
+and no parameters per upsampled sample, and, because the conditioning is constant inside a
+code, its per-layer projections can be computed once per *code* instead of once per sample.
+The incremental generator relies on that: conditioning costs one table lookup per step.
+The phase vector (``samples_per_code`` x C, shared by all codes) gives the model its
+position inside the patch, which plain repetition would hide.
+
+Generation has two paths that must agree:
+
+- ``IncrementalDecoder`` (used by ``generate``): every dilated layer keeps a ring buffer of
+  its past inputs, so one new sample costs O(layers) work instead of a forward pass over the
+  whole receptive field (the "fast WaveNet" queue idea).
+- ``generate_naive``: recomputes the receptive-field window for every sample. Slow; kept as
+  the reference for tests and the benchmark.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tokenlm.config import build
+
+__all__ = [
+    "mu_law_encode",
+    "mu_law_decode",
+    "WaveNetConfig",
+    "WaveNet",
+    "IncrementalDecoder",
+]
+
+
+# --------------------------------------------------------------------------- mu-law
+
+
+def mu_law_encode(x: Tensor, n: int = 256) -> Tensor:
+    """Quantize float audio in [-1, 1] to ``n`` mu-law classes (LongTensor in [0, n-1]).
+
+    Values outside [-1, 1] are clipped. Silence (0.0) maps to class ``n // 2``.
+    """
+    mu = n - 1
+    x = x.clamp(-1.0, 1.0)
+    companded = torch.sign(x) * torch.log1p(mu * x.abs()) / math.log1p(mu)  # in [-1, 1]
+    # floor(v + 0.5) rather than round(): torch.round rounds halves to even, which would make
+    # the class boundaries depend on parity.
+    return torch.floor((companded + 1.0) / 2.0 * mu + 0.5).long()
+
+
+def mu_law_decode(q: Tensor, n: int = 256) -> Tensor:
+    """Map mu-law classes in [0, n-1] back to float audio in [-1, 1]."""
+    mu = n - 1
+    companded = 2.0 * q.float() / mu - 1.0
+    return torch.sign(companded) * torch.expm1(companded.abs() * math.log1p(mu)) / mu
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class WaveNetConfig:
+    """Architecture of the WaveNet decoder; saved as JSON next to the weights.
+
+    ``vocab_size`` is the tokenizer's codebook size; 0 or None builds an unconditioned model.
+    Dilations are 1, 2, 4, ..., 2**(layers_per_cycle-1), repeated ``cycles`` times.
+    ``gate_channels`` is the width of the dilated convolution's output, split in half into the
+    tanh (filter) and sigmoid (gate) parts.
+    """
+
+    layers_per_cycle: int = 10
+    cycles: int = 2
+    residual_channels: int = 64
+    gate_channels: int = 128
+    skip_channels: int = 128
+    kernel_size: int = 2
+    n_classes: int = 256
+    vocab_size: int | None = 256
+    cond_channels: int = 64
+    samples_per_code: int = 800
+    sample_rate: int = 16000
+
+    def __post_init__(self) -> None:
+        for name in ("layers_per_cycle", "cycles", "residual_channels", "gate_channels",
+                     "skip_channels", "cond_channels", "samples_per_code", "sample_rate"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.kernel_size < 2:
+            raise ValueError(f"kernel_size must be >= 2 for a dilated convolution, got {self.kernel_size}")
+        if self.gate_channels % 2:
+            raise ValueError(f"gate_channels must be even (tanh half + sigmoid half), got {self.gate_channels}")
+        if self.n_classes < 2:
+            raise ValueError(f"n_classes must be >= 2, got {self.n_classes}")
+        if self.vocab_size is not None and self.vocab_size < 0:
+            raise ValueError(f"vocab_size must be >= 0 (0 or None: unconditioned), got {self.vocab_size}")
+
+    @property
+    def conditioned(self) -> bool:
+        """Whether the model takes codes."""
+        return bool(self.vocab_size)
+
+    @property
+    def n_layers(self) -> int:
+        return self.layers_per_cycle * self.cycles
+
+    @property
+    def dilations(self) -> list[int]:
+        return [2**i for i in range(self.layers_per_cycle)] * self.cycles
+
+    @property
+    def receptive_field(self) -> int:
+        """Number of past inputs (previous samples) that one output depends on."""
+        return (self.kernel_size - 1) * sum(self.dilations) + 1
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict, the inverse of ``from_dict``."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "WaveNetConfig":
+        """Build from ``to_dict`` output; an unknown key raises ConfigError naming the known ones."""
+        return build(cls, data, where="wavenet")
+
+
+# --------------------------------------------------------------------------- layers
+
+
+class ResidualLayer(nn.Module):
+    """One gated dilated causal convolution with residual and skip outputs."""
+
+    def __init__(self, config: WaveNetConfig, dilation: int, has_residual: bool):
+        super().__init__()
+        self.dilation = dilation
+        self.left_pad = (config.kernel_size - 1) * dilation
+        self.dilated = nn.Conv1d(config.residual_channels, config.gate_channels,
+                                 config.kernel_size, dilation=dilation)
+        self.cond = (nn.Conv1d(config.cond_channels, config.gate_channels, 1, bias=False)
+                     if config.conditioned else None)
+        half = config.gate_channels // 2
+        # The last layer's residual output would feed nothing: leaving it out keeps every
+        # parameter used (DDP complains about unused ones).
+        self.residual = nn.Conv1d(half, config.residual_channels, 1) if has_residual else None
+        self.skip = nn.Conv1d(half, config.skip_channels, 1)
+
+    def forward(self, x: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
+        """x: (B, R, T), cond: (B, C, T) or None -> (next x (B, R, T), skip (B, S, T))."""
+        a = self.dilated(F.pad(x, (self.left_pad, 0)))  # (B, G, T), causal: output t sees <= t
+        if self.cond is not None:
+            a = a + self.cond(cond)
+        filt, gate = a.chunk(2, dim=1)
+        z = torch.tanh(filt) * torch.sigmoid(gate)  # (B, G/2, T)
+        x_next = x + self.residual(z) if self.residual is not None else x
+        return x_next, self.skip(z)
+
+
+# --------------------------------------------------------------------------- model
+
+
+class WaveNet(nn.Module):
+    """Autoregressive mu-law waveform model, optionally conditioned on tokenizer codes.
+
+    Input at time t is the previous sample x[t-1] (silence before the start); the output at
+    time t is a distribution over x[t] (teacher forcing).
+    """
+
+    def __init__(self, config: WaveNetConfig):
+        super().__init__()
+        self.config = config
+        # An embedding of the previous sample's class is a one-hot input followed by a 1x1
+        # convolution, without building the one-hot tensor.
+        self.input_embedding = nn.Embedding(config.n_classes, config.residual_channels)
+        dilations = config.dilations
+        self.layers = nn.ModuleList(
+            ResidualLayer(config, d, has_residual=i < len(dilations) - 1) for i, d in enumerate(dilations)
+        )
+        self.output_hidden = nn.Conv1d(config.skip_channels, config.skip_channels, 1)
+        self.output_logits = nn.Conv1d(config.skip_channels, config.n_classes, 1)
+        if config.conditioned:
+            self.code_embedding = nn.Embedding(config.vocab_size, config.cond_channels)
+            # Non-causal over codes (one code of look-ahead): codes are known before decoding.
+            self.code_context = nn.Conv1d(config.cond_channels, config.cond_channels, 3, padding=1)
+            self.code_phase = nn.Parameter(0.1 * torch.randn(config.cond_channels, config.samples_per_code))
+
+    # ----------------------------------------------------------------- helpers
+
+    @property
+    def silence_class(self) -> int:
+        """Mu-law class of 0.0: the input that precedes the first sample."""
+        return int(mu_law_encode(torch.zeros(()), self.config.n_classes))
+
+    @property
+    def receptive_field(self) -> int:
+        return self.config.receptive_field
+
+    def _param(self) -> Tensor:
+        return self.input_embedding.weight
+
+    def shift_right(self, audio_q: Tensor) -> Tensor:
+        """Teacher-forcing inputs: (B, T) targets -> (B, T) previous samples, silence first."""
+        start = torch.full_like(audio_q[:, :1], self.silence_class)
+        return torch.cat([start, audio_q[:, :-1]], dim=1)
+
+    def _check_codes(self, codes: Tensor | None) -> Tensor | None:
+        cfg = self.config
+        if codes is None:
+            if cfg.conditioned:
+                raise ValueError(f"this WaveNet is conditioned (vocab_size={cfg.vocab_size}): pass codes")
+            return None
+        if not cfg.conditioned:
+            raise ValueError("this WaveNet is unconditioned (vocab_size=0): codes must be None")
+        if codes.dim() != 2:
+            raise ValueError(f"codes must be (batch, n_codes), got shape {tuple(codes.shape)}")
+        if codes.is_floating_point():
+            raise ValueError(f"codes must be integer, got {codes.dtype}")
+        codes = codes.long().to(self._param().device)
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= cfg.vocab_size):
+            raise ValueError(f"codes must lie in [0, {cfg.vocab_size}), got [{int(codes.min())}, {int(codes.max())}]"
+                             " (codebook size does not match the vocoder?)")
+        return codes
+
+    def upsample_conditioning(self, codes: Tensor) -> Tensor:
+        """Codes (B, N) -> conditioning features at the sample rate (B, C, N * samples_per_code)."""
+        per_code = self._code_features(codes)  # (B, C, N)
+        spc = self.config.samples_per_code
+        n_codes = codes.shape[1]
+        up = per_code.repeat_interleave(spc, dim=2) + self.code_phase.repeat(1, n_codes)  # (B, C, N*spc)
+        # Checked explicitly (not with assert, which python -O strips): a conditioning stream
+        # that drifts from the audio is the classic silent vocoder bug.
+        if up.shape[-1] != n_codes * spc:
+            raise RuntimeError(f"upsampled conditioning has {up.shape[-1]} samples, expected "
+                               f"{n_codes} codes x {spc} samples_per_code = {n_codes * spc}")
+        return up
+
+    def _code_features(self, codes: Tensor) -> Tensor:
+        """Codes (B, N) -> per-code conditioning features (B, C, N), before upsampling."""
+        emb = self.code_embedding(codes).transpose(1, 2)  # (B, C, N)
+        return torch.tanh(self.code_context(emb))
+
+    def _run_stack(self, inputs_q: Tensor, cond: Tensor | None,
+                   keep_last: list[int] | None = None) -> tuple[Tensor, list[Tensor]]:
+        """Shifted inputs (B, T) + cond (B, C, T) -> logits (B, n_classes, T).
+
+        With ``keep_last``, also returns each layer's last ``keep_last[i]`` input frames
+        (B, R, k) — what an incremental decoder needs in its buffers after a prompt.
+        """
+        x = self.input_embedding(inputs_q).transpose(1, 2)  # (B, R, T)
+        skip = None
+        tails = []
+        for i, layer in enumerate(self.layers):
+            if keep_last is not None:
+                tails.append(x[:, :, -keep_last[i]:])
+            x, s = layer(x, cond)
+            skip = s if skip is None else skip + s
+        h = self.output_hidden(F.relu(skip))
+        return self.output_logits(F.relu(h)), tails  # (B, n_classes, T)
+
+    # ----------------------------------------------------------------- training pass
+
+    def forward(self, audio_q: Tensor, codes: Tensor | None = None) -> Tensor:
+        """Teacher-forced logits.
+
+        audio_q: (B, T) mu-law classes (targets); codes: (B, N) or None.
+        Returns logits (B, n_classes, T); logits[:, :, t] predicts audio_q[:, t] from
+        audio_q[:, :t]. With codes, T must equal N * samples_per_code.
+        """
+        if audio_q.dim() != 2:
+            raise ValueError(f"audio_q must be (batch, samples), got shape {tuple(audio_q.shape)}")
+        codes = self._check_codes(codes)
+        cond = None
+        if codes is not None:
+            n_samples = codes.shape[1] * self.config.samples_per_code
+            if audio_q.shape[1] != n_samples or audio_q.shape[0] != codes.shape[0]:
+                raise ValueError(
+                    f"audio has shape {tuple(audio_q.shape)} but codes {tuple(codes.shape)} need "
+                    f"(batch {codes.shape[0]}, {codes.shape[1]} codes x {self.config.samples_per_code} "
+                    f"samples_per_code = {n_samples} samples): trim audio to whole codes")
+            cond = self.upsample_conditioning(codes)
+        logits, _ = self._run_stack(self.shift_right(audio_q), cond)
+        return logits
+
+    # ----------------------------------------------------------------- generation
+
+    def _generation_args(self, codes, n_samples, batch_size, prompt_q):
+        """Validate generate() arguments -> (codes, n_samples, batch, prompt)."""
+        codes = self._check_codes(codes)
+        if codes is not None:
+            total = codes.shape[1] * self.config.samples_per_code
+            n_samples = total if n_samples is None else n_samples
+            if n_samples > total:
+                raise ValueError(f"n_samples={n_samples} exceeds what {codes.shape[1]} codes cover ({total})")
+            batch_size = codes.shape[0]
+        elif n_samples is None:
+            raise ValueError("an unconditioned WaveNet needs n_samples")
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        if prompt_q is not None:
+            if prompt_q.dim() != 2 or prompt_q.shape[0] != batch_size or prompt_q.shape[1] > n_samples:
+                raise ValueError(f"prompt_q must be (batch {batch_size}, <= {n_samples} samples), "
+                                 f"got {tuple(prompt_q.shape)}")
+            prompt_q = prompt_q.long().to(self._param().device)
+        return codes, n_samples, batch_size, prompt_q
+
+    def incremental(self, codes: Tensor | None = None, batch_size: int = 1) -> "IncrementalDecoder":
+        """A fresh incremental decoder at t = 0 (weights are packed now: call again after training)."""
+        codes = self._check_codes(codes)
+        return IncrementalDecoder(self, codes, batch_size if codes is None else codes.shape[0])
+
+    @torch.no_grad()
+    def generate(self, codes: Tensor | None = None, n_samples: int | None = None, temperature: float = 1.0,
+                 generator: torch.Generator | None = None, *, batch_size: int = 1,
+                 prompt_q: Tensor | None = None) -> Tensor:
+        """Sample audio with the incremental decoder; returns float audio (B, n_samples) in [-1, 1].
+
+        codes: (B, N) or None (unconditioned; then ``batch_size`` clips). n_samples defaults to
+        N * samples_per_code. temperature <= 0 picks the most likely class. ``generator`` (on
+        the model's device) makes sampling reproducible. ``prompt_q`` (B, P) mu-law classes
+        are teacher-forced as the first P samples (continuation); they are primed in one
+        forward pass, not sample by sample.
+
+        Speed: each step is ~150 tiny ops, so the cost is per-op overhead, nearly flat in
+        the batch size: generate several clips at once. On CPU, ``torch.set_num_threads(1)``
+        is usually fastest for small batches (intra-op threads only add synchronisation).
+        """
+        codes, n_samples, batch_size, prompt_q = self._generation_args(codes, n_samples, batch_size, prompt_q)
+        decoder = IncrementalDecoder(self, codes, batch_size)
+        out = []
+        start = 0
+        if prompt_q is not None and prompt_q.shape[1] > 0:
+            decoder.prime(prompt_q)
+            out = list(prompt_q.unbind(1))
+            start = prompt_q.shape[1]
+        prev = out[-1] if out else torch.full((batch_size,), self.silence_class, dtype=torch.long,
+                                              device=self._param().device)
+        sample = _Sampler(temperature, generator, (batch_size, self.config.n_classes), prev.device,
+                          block=min(1024, n_samples - start))
+        for _ in range(start, n_samples):
+            prev = sample(decoder.step(prev))  # (B,)
+            out.append(prev)
+        return mu_law_decode(torch.stack(out, dim=1), self.config.n_classes)  # (B, T)
+
+    @torch.no_grad()
+    def generate_naive(self, codes: Tensor | None = None, n_samples: int | None = None, temperature: float = 1.0,
+                       generator: torch.Generator | None = None, *, batch_size: int = 1,
+                       prompt_q: Tensor | None = None) -> Tensor:
+        """Reference sampler: a full forward pass over the receptive-field window per sample.
+
+        Same arguments and same random draws as ``generate``, so with the same generator seed
+        both return the same audio. O(receptive field) per sample: for tests and benchmarks.
+        """
+        codes, n_samples, batch_size, prompt_q = self._generation_args(codes, n_samples, batch_size, prompt_q)
+        device = self._param().device
+        cond = self.upsample_conditioning(codes) if codes is not None else None  # (B, C, T)
+        inputs = torch.full((batch_size, n_samples), self.silence_class, dtype=torch.long, device=device)
+        out = torch.empty((batch_size, n_samples), dtype=torch.long, device=device)
+        start = 0
+        if prompt_q is not None and prompt_q.shape[1] > 0:
+            start = prompt_q.shape[1]
+            out[:, :start] = prompt_q
+            inputs[:, 1:start + 1] = prompt_q[:, : n_samples - 1]
+        rf = self.receptive_field
+        sample = _Sampler(temperature, generator, (batch_size, self.config.n_classes), device,
+                          block=min(1024, n_samples - start))
+        for t in range(start, n_samples):
+            lo = max(0, t - rf + 1)
+            window_cond = cond[:, :, lo:t + 1] if cond is not None else None
+            logits, _ = self._run_stack(inputs[:, lo:t + 1], window_cond)  # (B, n_classes, window)
+            q = sample(logits[:, :, -1])
+            out[:, t] = q
+            if t + 1 < n_samples:
+                inputs[:, t + 1] = q
+        return mu_law_decode(out, self.config.n_classes)
+
+
+class _Sampler:
+    """Draws classes from logits with the Gumbel-max trick, noise drawn in blocks.
+
+    argmax(logits / T + Gumbel noise) is a sample from softmax(logits / T); drawing the noise
+    for many steps at once replaces a softmax + multinomial call per sample by one add and
+    one argmax. Both generation paths use this class, so equal seeds give equal audio.
+    """
+
+    def __init__(self, temperature: float, generator: torch.Generator | None, shape: tuple[int, int],
+                 device: torch.device, block: int = 1024):
+        self.temperature = temperature
+        self.generator = generator
+        self.shape = shape  # (B, n_classes)
+        self.device = device
+        self.block = block
+        self._noise: list[Tensor] = []
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        """Logits (B, n_classes) -> sampled classes (B,)."""
+        if self.temperature <= 0:
+            return logits.argmax(dim=1)
+        if not self._noise:
+            self._noise = list(self._gumbel().unbind(0))
+            self._noise.reverse()  # pop() from the end is O(1)
+        scaled = logits if self.temperature == 1.0 else logits / self.temperature
+        return (scaled + self._noise.pop()).argmax(dim=1)
+
+    def _gumbel(self) -> Tensor:
+        u = torch.rand((self.block, *self.shape), generator=self.generator, device=self.device)
+        # Clamp away from 0 so -log(-log(u)) stays finite.
+        return -torch.log(-torch.log(u.clamp_(min=1e-20)))  # (block, B, n_classes)
+
+
+# --------------------------------------------------------------------------- fast generation
+
+
+class IncrementalDecoder:
+    """Sample-by-sample WaveNet evaluation with per-layer ring buffers (fast WaveNet).
+
+    Layer l with dilation d and kernel k needs its own inputs at t - d, ..., t - (k-1)d. All
+    layers' past inputs live in one buffer ``history`` (slots, B, R): layer l owns
+    (k-1)*d consecutive slots used as a ring. Because every needed value is from the *past*,
+    one ``index_select`` fetches all layers' taps at the start of a step and one batched
+    matmul applies all their past-tap weights; only the current-tap matmul, the gate and the
+    residual 1x1 remain inside the (unavoidably sequential) per-layer loop. Skip 1x1 convs of
+    all layers are fused into one matmul after the loop; conditioning is a per-code table.
+
+    ``step(prev_q)`` consumes the previous sample and returns the logits for the current one,
+    exactly ``model(audio_q, codes)[:, :, t]`` under teacher forcing.
+    """
+
+    def __init__(self, model: WaveNet, codes: Tensor | None, batch_size: int):
+        cfg = model.config
+        param = model._param()
+        self.config = cfg
+        self.device, self.dtype = param.device, param.dtype
+        self.batch_size = batch_size
+        self.t = 0
+        self.n_layers = cfg.n_layers
+        self.taps = cfg.kernel_size - 1  # past taps per layer
+        self._model = model
+        self._codes = codes
+        with torch.no_grad():
+            self._pack_weights(model)
+            self._build_ring_tables(cfg.dilations)
+            self._build_conditioning(model, codes)
+        self.history = torch.zeros(self._n_slots, batch_size, cfg.residual_channels,
+                                   device=self.device, dtype=self.dtype)  # (slots, B, R)
+
+    # ----------------------------------------------------------------- setup
+
+    def _pack_weights(self, model: WaveNet) -> None:
+        """Re-lay the conv weights as (in, out) matrices for addmm on (B, in) rows."""
+        k = self.config.kernel_size
+        layers = list(model.layers)
+        self.input_table = model.input_embedding.weight.detach()  # (n_classes, R)
+        # Tap index k-1 multiplies the current input; tap k-1-j the input j*d samples back.
+        self.w_current = [layer.dilated.weight[:, :, k - 1].t().contiguous() for layer in layers]  # L x (R, G)
+        past = [torch.cat([layer.dilated.weight[:, :, k - 1 - j].t() for j in range(1, k)], dim=0)
+                for layer in layers]  # L x ((k-1)R, G)
+        self.w_past = torch.stack(past).contiguous()  # (L, (k-1)R, G)
+        self.b_dilated = torch.stack([layer.dilated.bias for layer in layers]).unsqueeze(1)  # (L, 1, G)
+        # Biases pre-expanded to (B, out): addmm then skips a broadcast per call.
+        rows = self.batch_size
+        self.w_residual = [layer.residual.weight[:, :, 0].t().contiguous() for layer in layers[:-1]]  # (G/2, R)
+        self.b_residual = [_rows(layer.residual.bias, rows) for layer in layers[:-1]]  # (B, R)
+        self.w_skip = torch.cat([layer.skip.weight[:, :, 0].t() for layer in layers], dim=0).contiguous()  # (L*G/2, S)
+        self.b_skip = _rows(torch.stack([layer.skip.bias for layer in layers]).sum(0), rows)  # (B, S)
+        self.w_hidden = model.output_hidden.weight[:, :, 0].t().contiguous()  # (S, S)
+        self.b_hidden = _rows(model.output_hidden.bias, rows)
+        self.w_logits = model.output_logits.weight[:, :, 0].t().contiguous()  # (S, n_classes)
+        self.b_logits = _rows(model.output_logits.bias, rows)
+
+    def _build_ring_tables(self, dilations: list[int]) -> None:
+        """Read/write slot indices per time step, periodic in t with the lcm of ring sizes."""
+        taps = self.taps
+        sizes = [taps * d for d in dilations]
+        bases = [sum(sizes[:i]) for i in range(len(sizes))]
+        self._n_slots = sum(sizes)
+        period = math.lcm(*sizes)
+        t = torch.arange(period).unsqueeze(1)  # (P, 1)
+        read = [bases[i] + (t - j * d) % sizes[i] for i, d in enumerate(dilations) for j in range(1, taps + 1)]
+        write = [bases[i] + t % sizes[i] for i in range(len(dilations))]
+        self._period = period
+        self._read_table = torch.cat(read, dim=1).to(self.device)  # (P, L*taps), layer-major
+        self._write_table = torch.cat(write, dim=1).to(self.device)  # (P, L)
+        self._sizes, self._bases = sizes, bases
+
+    def _build_conditioning(self, model: WaveNet, codes: Tensor | None) -> None:
+        """Per-code and per-phase gate contributions, so a step only looks them up."""
+        bias = self.b_dilated  # (L, 1, G)
+        self._code_gate = None
+        if codes is None:
+            self._phase_gate = bias.unsqueeze(0)  # (1, L, 1, G): constant in time
+            return
+        w_cond = torch.stack([layer.cond.weight[:, :, 0] for layer in model.layers])  # (L, G, C)
+        per_code = model._code_features(codes)  # (B, C, N)
+        # 1x1 convs are linear, so projecting per code then repeating equals repeating then
+        # projecting: N lookups instead of N * samples_per_code projections.
+        self._code_gate = torch.einsum("bcn,lgc->nlbg", per_code, w_cond).contiguous()  # (N, L, B, G)
+        phase = torch.einsum("cp,lgc->plg", model.code_phase, w_cond).unsqueeze(2)  # (spc, L, 1, G)
+        self._phase_gate = (phase + bias).contiguous()
+
+    def _gate_bias(self, t: int) -> Tensor:
+        """Everything added to layer gates at time t besides the inputs: (L, B or 1, G)."""
+        if self._code_gate is None:
+            return self._phase_gate[0]
+        spc = self.config.samples_per_code
+        code_index = t // spc
+        if code_index >= self._code_gate.shape[0]:
+            raise IndexError(f"step {t} is past the end of the codes ({self._code_gate.shape[0]} codes x {spc})")
+        return self._code_gate[code_index] + self._phase_gate[t % spc]
+
+    # ----------------------------------------------------------------- running
+
+    @torch.no_grad()
+    def step(self, prev_q: Tensor) -> Tensor:
+        """Previous sample's classes (B,) -> logits for sample t (B, n_classes); advances t."""
+        t = self.t
+        L, taps, B = self.n_layers, self.taps, self.batch_size
+        row = t % self._period
+        x = F.embedding(prev_q, self.input_table)  # (B, R)
+        past = self.history.index_select(0, self._read_table[row])  # (L*taps, B, R)
+        if taps == 1:
+            past = past.view(L, B, -1)
+        else:
+            past = past.view(L, taps, B, -1).permute(0, 2, 1, 3).reshape(L, B, -1)  # (L, B, taps*R)
+        pre = torch.baddbmm(self._gate_bias(t), past, self.w_past).unbind(0)  # L x (B, G)
+        inputs, gated = [], []
+        w_current, w_residual, b_residual = self.w_current, self.w_residual, self.b_residual
+        last = L - 1
+        for i in range(L):
+            inputs.append(x)
+            filt, gate = torch.addmm(pre[i], x, w_current[i]).chunk(2, dim=1)
+            z = torch.tanh(filt).mul_(torch.sigmoid(gate))  # (B, G/2)
+            gated.append(z)
+            if i < last:
+                x = torch.addmm(b_residual[i], z, w_residual[i]).add_(x)  # (B, R)
+        self.history.index_copy_(0, self._write_table[row], torch.stack(inputs))
+        skip = torch.addmm(self.b_skip, torch.cat(gated, dim=1), self.w_skip).relu_()  # (B, S)
+        hidden = torch.addmm(self.b_hidden, skip, self.w_hidden).relu_()
+        self.t = t + 1
+        return torch.addmm(self.b_logits, hidden, self.w_logits)  # (B, n_classes)
+
+    @torch.no_grad()
+    def prime(self, prompt_q: Tensor) -> None:
+        """Teacher-force a prompt (B, P) of mu-law classes from t = 0 in one forward pass.
+
+        Afterwards t = P and the next ``step`` takes prompt_q[:, -1] as its previous sample.
+        """
+        if self.t != 0:
+            raise RuntimeError("prime() must be called on a fresh decoder (t = 0)")
+        model, n_prompt = self._model, prompt_q.shape[1]
+        cond = None
+        if self._codes is not None:
+            cond = model.upsample_conditioning(self._codes)[:, :, :n_prompt]  # (B, C, P)
+        inputs = model.shift_right(prompt_q.long())  # (B, P)
+        _, tails = model._run_stack(inputs, cond, keep_last=self._sizes)
+        for i, tail in enumerate(tails):  # tail: (B, R, <= size)
+            times = torch.arange(n_prompt - tail.shape[2], n_prompt, device=self.device)
+            slots = self._bases[i] + times % self._sizes[i]
+            self.history.index_copy_(0, slots, tail.permute(2, 0, 1).to(self.dtype))
+        self.t = n_prompt
+
+
+def _rows(bias: Tensor, rows: int) -> Tensor:
+    """Bias (out,) -> a detached contiguous (rows, out) copy."""
+    return bias.detach().unsqueeze(0).expand(rows, -1).contiguous()
