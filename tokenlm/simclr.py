@@ -1,0 +1,203 @@
+"""SimCLR on log-mel: the self-supervised CNN baseline.
+
+The VGG-style trunk of ``tokenlm.models.cnn`` learns without labels: two augmented views of
+each clip must find each other among the batch (NT-Xent loss, Chen et al. 2020). The
+augmentations decide what the embedding learns to ignore, so they are the ones that leave a
+sound's identity alone:
+
+- random time crop (two different stretches of the same clip),
+- mixing with another clip of the batch, quieter by a random amount (in the power domain),
+- additive noise at a random SNR (in the power domain),
+- a random gain in dB,
+- time and frequency masking (SpecAugment) after normalisation.
+
+The embedding probed afterwards is the trunk's pooled output, *before* the projection head
+(the head's output throws away what the augmentations vary, which a downstream task may need).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tokenlm.models.cnn import VGGish, random_crops
+
+__all__ = ["AugmentConfig", "SimCLRConfig", "SimCLRModel", "augment", "nt_xent", "train_simclr"]
+
+_DB = 10.0 / math.log(10.0)  # dB per neper of power: 10*log10(p) = _DB * ln(p)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Strength of each augmentation; a probability of 0 turns one off."""
+
+    mix_prob: float = 0.5
+    mix_attenuation_db: tuple[float, float] = (6.0, 20.0)  # how much quieter the other clip is
+    noise_prob: float = 0.5
+    noise_snr_db: tuple[float, float] = (10.0, 40.0)  # relative to the clip's mean level
+    gain_db: float = 6.0  # uniform in [-gain_db, gain_db]
+    time_mask_frac: float = 0.2  # longest time mask, as a fraction of the crop
+    freq_mask_frac: float = 0.2  # tallest frequency mask, as a fraction of n_mels
+    masks: int = 1  # masks of each kind per view
+
+
+@dataclass(frozen=True)
+class SimCLRConfig:
+    """Contrastive training of the trunk."""
+
+    crop_frames: int = 100
+    batch_size: int = 64
+    epochs: int = 50
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    temperature: float = 0.1
+    projection_dim: int = 128
+    seed: int = 0
+
+
+class SimCLRModel(nn.Module):
+    """Trunk (pooled embedding) + 2-layer projection head used only by the loss."""
+
+    def __init__(self, trunk: VGGish, projection_dim: int):
+        super().__init__()
+        self.trunk = trunk
+        d = trunk.embed_dim
+        self.projector = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, projection_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.projector(self.trunk.embed(x))  # (B, projection_dim)
+
+
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
+    """Normalised-temperature cross-entropy over 2B views; row i's positive is its other view.
+
+    z1, z2: (B, D) projections of the two views of the same B clips. Each view is classified
+    among the 2B - 1 others by cosine similarity / temperature.
+    """
+    batch = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]), dim=1)  # (2B, D)
+    logits = z @ z.T / temperature  # (2B, 2B)
+    self_mask = torch.eye(2 * batch, dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    targets = torch.cat([torch.arange(batch, 2 * batch), torch.arange(0, batch)]).to(z.device)
+    return F.cross_entropy(logits, targets)
+
+
+def augment(
+    crops_db: Tensor, mean: Tensor, std: Tensor, config: AugmentConfig, generator: torch.Generator
+) -> Tensor:
+    """One augmented view of a batch of log-mel crops.
+
+    crops_db: (B, 1, F, T) log-mel in dB (un-normalised, so gain and mixing are physical);
+    mean, std: (F,) the train split's normalisation. Returns normalised (B, 1, F, T).
+    """
+    x = crops_db
+    batch = x.shape[0]
+    if batch > 1 and config.mix_prob > 0:
+        # Partner: another clip of the batch (a random non-zero shift never pairs a clip with itself).
+        shift = int(torch.randint(1, batch, (1,), generator=generator))
+        partner = x.roll(shift, dims=0)
+        attenuation = _uniform((batch, 1, 1, 1), *config.mix_attenuation_db, generator)
+        mixed = _power_add(x, partner - attenuation)
+        x = torch.where(_chance((batch, 1, 1, 1), config.mix_prob, generator), mixed, x)
+    if config.noise_prob > 0:
+        level = x.mean(dim=(2, 3), keepdim=True) - _uniform((batch, 1, 1, 1), *config.noise_snr_db, generator)
+        # Noise power fluctuates around its level; ~5.6 dB is the spread of a chi-square(2) in dB.
+        noise = level + 5.6 * torch.randn(x.shape, generator=generator)
+        noisy = _power_add(x, noise)
+        x = torch.where(_chance((batch, 1, 1, 1), config.noise_prob, generator), noisy, x)
+    x = x + _uniform((batch, 1, 1, 1), -config.gain_db, config.gain_db, generator)
+    x = (x - mean.view(1, 1, -1, 1)) / std.view(1, 1, -1, 1)
+    for _ in range(config.masks):
+        x = _mask(x, axis=3, longest=int(config.time_mask_frac * x.shape[3]), generator=generator)
+        x = _mask(x, axis=2, longest=int(config.freq_mask_frac * x.shape[2]), generator=generator)
+    return x
+
+
+def train_simclr(
+    model: SimCLRModel,
+    clips_db: list[np.ndarray],
+    mean: np.ndarray,
+    std: np.ndarray,
+    config: SimCLRConfig,
+    augment_config: AugmentConfig = AugmentConfig(),
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> dict:
+    """Train ``model`` with NT-Xent on two views of each clip (T, F) in dB; no labels seen.
+
+    Returns the loss history and wall time; ``model`` ends in eval mode.
+    """
+    from tqdm.auto import tqdm
+
+    if len(clips_db) < 2:
+        raise ValueError("SimCLR needs at least two training clips (the others are its negatives)")
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    mean_t = torch.as_tensor(np.asarray(mean), dtype=torch.float32)
+    std_t = torch.as_tensor(np.asarray(std), dtype=torch.float32)
+    model.to(device)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    history, start = [], time.perf_counter()
+    bar = tqdm(range(1, config.epochs + 1), desc="simclr", disable=not progress, leave=False)
+    for epoch in bar:
+        model.train()
+        order = rng.permutation(len(clips_db))
+        total, count = 0.0, 0
+        for s in range(0, len(order), config.batch_size):
+            index = order[s : s + config.batch_size]
+            if len(index) < 2:
+                continue  # one clip has no negatives
+            batch = [clips_db[i] for i in index]
+            # Two independent crops: the views see different stretches of the clip.
+            views = [
+                augment(random_crops(batch, config.crop_frames, rng), mean_t, std_t, augment_config, generator)
+                for _ in range(2)
+            ]
+            loss = nt_xent(model(views[0].to(device)), model(views[1].to(device)), config.temperature)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            total += loss.item() * len(index)
+            count += len(index)
+        history.append({"epoch": epoch, "train_loss": total / max(count, 1)})
+        bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}")
+    model.eval()
+    return {"history": history, "epochs_run": len(history), "train_seconds": round(time.perf_counter() - start, 3)}
+
+
+# ---- helpers ------------------------------------------------------------------------
+
+
+def _power_add(a_db: Tensor, b_db: Tensor) -> Tensor:
+    """dB of the summed powers: 10*log10(10^(a/10) + 10^(b/10)), computed stably."""
+    return _DB * torch.logaddexp(a_db / _DB, b_db / _DB)
+
+
+def _uniform(shape, low: float, high: float, generator: torch.Generator) -> Tensor:
+    return low + (high - low) * torch.rand(shape, generator=generator)
+
+
+def _chance(shape, probability: float, generator: torch.Generator) -> Tensor:
+    return torch.rand(shape, generator=generator) < probability
+
+
+def _mask(x: Tensor, axis: int, longest: int, generator: torch.Generator) -> Tensor:
+    """Zero (= the train mean after normalisation) a random band of up to ``longest`` along ``axis``."""
+    if longest < 1:
+        return x
+    batch, size = x.shape[0], x.shape[axis]
+    width = torch.randint(0, longest + 1, (batch,), generator=generator)  # (B,)
+    start = (torch.rand(batch, generator=generator) * (size - width + 1)).long()  # (B,)
+    position = torch.arange(size)  # (size,)
+    band = (position[None] >= start[:, None]) & (position[None] < (start + width)[:, None])  # (B, size)
+    shape = [batch, 1, 1, 1]
+    shape[axis] = size
+    return x.masked_fill(band.view(shape).to(x.device), 0.0)
