@@ -71,36 +71,67 @@ def write_audio(tmp_path):
     return write
 
 
+def write_corpus(root: Path, layout: str = "folders", labels: int = 3, groups: int = 3, clips: int = 2,
+                 seconds: float = 0.25, sample_rate: int = 16000) -> Path:
+    """Write ROOT/<label>/<label>_g<k>_<i>.wav (16-bit PCM), one pitch per label, a different
+    detune and loudness per group, and for "csv"/"jsonl" a ROOT/manifest.{csv,jsonl} with
+    path,label,group. Returns ROOT."""
+    rows = []
+    for li in range(labels):
+        label = f"class{li}"
+        for g in range(groups):
+            for i in range(clips):
+                rel = f"{label}/{label}_g{g}_{i}.wav"
+                wav = tone(LABEL_FREQS[li % len(LABEL_FREQS)] * (1 + 0.02 * g), seconds, sample_rate,
+                           amplitude=0.2 + 0.1 * g, noise=0.01, seed=len(rows))
+                (root / label).mkdir(parents=True, exist_ok=True)
+                sf.write(root / rel, wav, sample_rate, subtype="PCM_16")
+                rows.append({"path": rel, "label": label, "group": f"{label}_g{g}"})
+    if layout == "csv":
+        with open(root / "manifest.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["path", "label", "group"])
+            writer.writeheader()
+            writer.writerows(rows)
+    elif layout == "jsonl":
+        (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif layout != "folders":
+        raise ValueError(f"unknown layout {layout}")
+    return root
+
+
 @pytest.fixture
 def make_corpus(tmp_path):
     """``make_corpus(name="corpus", layout="folders"|"csv"|"jsonl", labels=3, groups=3, clips=2,
-    seconds=0.25, sample_rate=16000)`` writes DIR/<label>/<label>_g<k>_<i>.wav (16-bit PCM),
-    one pitch per label, a different detune and loudness per group, and for "csv"/"jsonl" a
-    DIR/manifest.{csv,jsonl} with path,label,group. Returns DIR."""
+    seconds=0.25, sample_rate=16000)``: ``write_corpus`` into tmp_path/name."""
 
-    def make(name: str = "corpus", layout: str = "folders", labels: int = 3, groups: int = 3,
-             clips: int = 2, seconds: float = 0.25, sample_rate: int = 16000) -> Path:
-        root = tmp_path / name
-        rows = []
-        for li in range(labels):
-            label = f"class{li}"
-            for g in range(groups):
-                for i in range(clips):
-                    rel = f"{label}/{label}_g{g}_{i}.wav"
-                    wav = tone(LABEL_FREQS[li % len(LABEL_FREQS)] * (1 + 0.02 * g), seconds, sample_rate,
-                               amplitude=0.2 + 0.1 * g, noise=0.01, seed=len(rows))
-                    (root / label).mkdir(parents=True, exist_ok=True)
-                    sf.write(root / rel, wav, sample_rate, subtype="PCM_16")
-                    rows.append({"path": rel, "label": label, "group": f"{label}_g{g}"})
-        if layout == "csv":
-            with open(root / "manifest.csv", "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=["path", "label", "group"])
-                writer.writeheader()
-                writer.writerows(rows)
-        elif layout == "jsonl":
-            (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        elif layout != "folders":
-            raise ValueError(f"unknown layout {layout}")
-        return root
+    def make(name: str = "corpus", **kwargs) -> Path:
+        return write_corpus(tmp_path / name, **kwargs)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A trained run made by the real stages: features, autoencoder, codebook K=8 and tokens of
+    3 classes x 3 groups x 3 clips of 1 s. Shared by the whole session, so treat it as
+    read-only: copy it (shutil.copytree) before running stages that write into it."""
+    import torch
+
+    from tokenlm.models.autoencoder import AutoencoderConfig
+    from tokenlm.stages.prepare import prepare
+    from tokenlm.stages.tokenize import tokenize
+    from tokenlm.tokenizer import AutoencoderTraining, TokenizerConfig
+
+    root = tmp_path_factory.mktemp("tiny")
+    corpus = write_corpus(root / "corpus", labels=3, groups=3, clips=3, seconds=1.0)
+    run = root / "run"
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        prepare(corpus, run, progress=False)
+        config = TokenizerConfig(codebook_size=8, autoencoder=AutoencoderConfig(hidden=(64, 32), bottleneck=8),
+                                 training=AutoencoderTraining(epochs=3, batch_size=64))
+        tokenize(run, config, device="cpu", progress=False)
+    finally:
+        torch.set_num_threads(previous)
+    return run

@@ -92,3 +92,27 @@ def code_statistics(codes: np.ndarray, k: int, code_rate: float) -> dict:
         "bits_per_second": entropy_bits * code_rate,
         "histogram": counts.tolist(),
     }
+
+
+def label_code_agreement(codes: np.ndarray, labels: np.ndarray, k: int) -> dict:
+    """HuBERT's unit-quality measures with each code inheriting its clip's label.
+
+    purity: how well a code predicts the label, E_code[max_label p(label | code)];
+    cluster_purity: how concentrated a label is on one code, E_label[max_code p(code | label)];
+    pnmi: I(label; code) / H(label), the share of the label's entropy the codes explain.
+    """
+    codes = np.asarray(codes, dtype=np.int64)
+    _, label_ids = np.unique(np.asarray(labels), return_inverse=True)
+    joint = np.zeros((k, label_ids.max() + 1))
+    np.add.at(joint, (codes, label_ids), 1)
+    joint /= joint.sum()
+    p_code = joint.sum(axis=1)
+    p_label = joint.sum(axis=0)
+    nonzero = joint > 0
+    mutual_info = float((joint[nonzero] * np.log(joint[nonzero] / np.outer(p_code, p_label)[nonzero])).sum())
+    label_entropy = float(-(p_label[p_label > 0] * np.log(p_label[p_label > 0])).sum())
+    return {
+        "purity": float(joint.max(axis=1).sum()),
+        "cluster_purity": float(joint.max(axis=0).sum()),
+        "pnmi": min(1.0, mutual_info / label_entropy) if label_entropy > 0 else 0.0,  # rounding can pass 1
+    }

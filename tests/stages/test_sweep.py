@@ -1,0 +1,63 @@
+"""The codebook-size sweep on a tiny trained run: every K measured, outputs written, cached."""
+
+import csv
+import json
+import shutil
+
+import pytest
+
+from tokenlm.artifacts import codebook_dir, tokens_dir
+from tokenlm.stages.sweep import SweepConfig, flattening_k, sweep
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def swept(tiny_run, tmp_path_factory):
+    run = tmp_path_factory.mktemp("sweep") / "run"
+    shutil.copytree(tiny_run, run)
+    sweep(run, SweepConfig(codebook_sizes=(4, 8, 16)), device="cpu", progress=False)
+    return run
+
+
+def test_every_size_gets_a_codebook_tokens_and_a_row(swept):
+    with open(swept / "sweep" / "sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["k"]) for r in rows] == [4, 8, 16]
+    for k in (4, 8, 16):
+        assert (codebook_dir(swept, k) / "codebook.npy").is_file()
+        assert (tokens_dir(swept, k) / "train.bin").is_file()
+    for r in rows:
+        assert 0 < float(r["relative_quantisation_error"]) < 1
+        assert 0 <= float(r["pnmi"]) <= 1 and 0 < float(r["purity"]) <= 1
+        assert int(r["used_codes"]) <= int(r["k"])
+    # More codes quantise the bottleneck more finely.
+    errors = [float(r["relative_quantisation_error"]) for r in rows]
+    assert errors[0] > errors[-1]
+
+
+def test_outputs_are_written(swept):
+    out = swept / "sweep"
+    data = json.loads((out / "sweep.json").read_text())
+    assert len(data["rows"]) == 3 and "returns_flatten_at" in data
+    for figure in ("distortion", "usage", "labels"):
+        assert (out / f"{figure}.png").stat().st_size > 1000
+    report = (out / "report.md").read_text()
+    assert "| 16 |" in report and "Where returns flatten" in report
+
+
+def test_rerun_reuses_every_codebook(swept, capsys):
+    before = {k: (codebook_dir(swept, k) / "stage.json").stat().st_mtime_ns for k in (4, 8, 16)}
+    sweep(swept, SweepConfig(codebook_sizes=(4, 8, 16)), device="cpu", progress=False)
+    after = {k: (codebook_dir(swept, k) / "stage.json").stat().st_mtime_ns for k in (4, 8, 16)}
+    assert before == after
+    assert "codebook K=8 up to date" in capsys.readouterr().err
+
+
+def test_flattening_is_where_the_gain_per_doubling_drops():
+    rows = [{"k": 8, "e": 10.0}, {"k": 16, "e": 6.0}, {"k": 32, "e": 5.0}, {"k": 64, "e": 4.9}]
+    # Gains per doubling: 4, 1, 0.1; a quarter of the first gain is 1 -> flat from K=32.
+    assert flattening_k(rows, "e", higher_is_better=False, fraction=0.25) == 32
+    steady = [{"k": 8, "e": 3.0}, {"k": 16, "e": 2.0}, {"k": 32, "e": 1.0}]
+    assert flattening_k(steady, "e", higher_is_better=False, fraction=0.25) is None
+    assert flattening_k(steady, "e", higher_is_better=True, fraction=0.25) is None

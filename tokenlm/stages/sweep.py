@@ -1,0 +1,221 @@
+"""Stage 7: how much does a codebook of K codes lose? One autoencoder, one codebook per K.
+
+For each K: bottleneck quantisation error, log-mel reconstruction through the codes (beside
+the autoencoder's own error, the ceiling), code usage, purity/PNMI against clip labels, and
+optionally a small LM, linear probes and vocoder resynthesis per K. Every per-K artifact is
+a cached stage (RUN/tokenizer/k{K}, RUN/tokens/k{K}, RUN/sweep/k{K}/...), so adding a K to
+the list computes only that K.
+
+Writes RUN/sweep/: sweep.csv, sweep.json, one PNG per group of metrics (metric against K on
+a log axis) and report.md, which names the K where returns flatten.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+
+from tokenlm.artifacts import (
+    Stage, codebook_dir, read_json, stage_key, tokenizer_dir, tokens_dir, write_json,
+)
+from tokenlm.codebook import CodebookConfig, label_code_agreement
+from tokenlm.config import build, recipe_section, to_dict
+from tokenlm.errors import TokenlmError
+from tokenlm.runtime import pick_device
+from tokenlm.store import RaggedSplit
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """The ``sweep:`` recipe section."""
+
+    codebook_sizes: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512, 1024)
+    with_lm: bool = False
+    with_probe: bool = False
+    with_vocoder: bool = False
+    # Returns flatten at the smallest K from which one more doubling of K gains less than this
+    # share of what a doubling gained at the smallest K.
+    flat_fraction: float = 0.25
+
+    def __post_init__(self):
+        if not self.codebook_sizes or min(self.codebook_sizes) < 2:
+            raise ValueError("codebook_sizes needs sizes of at least 2")
+
+
+# Groups of metrics: one figure each. (column, label, higher is better)
+METRIC_GROUPS = {
+    "distortion": [("relative_quantisation_error", "bottleneck quantisation error (rel.)", False),
+                   ("recon_rmse_db", "log-mel RMSE through codes (dB)", False)],
+    "usage": [("used_codes", "used codes", True), ("perplexity", "code perplexity", True),
+              ("bits_per_second", "entropy bitrate (bit/s)", True)],
+    "labels": [("purity", "code purity", True), ("pnmi", "PNMI", True)],
+    "lm": [("lm_val_perplexity", "LM val perplexity", False), ("lm_bits_per_second", "LM bits per second", False)],
+    "probe": [("probe_lm_accuracy", "LM probe accuracy", True), ("probe_bag_accuracy", "bag-of-codes accuracy", True)],
+    "vocoder": [("vocoder_logmel_db", "resynthesis log-mel distance (dB)", False)],
+}
+
+
+def sweep(run: str | Path, config: SweepConfig = SweepConfig(), codebook: CodebookConfig = CodebookConfig(), *,
+          recipe: str | Path | None = None, device: str | None = None, progress: bool = True) -> Path:
+    """Measure every K of ``config.codebook_sizes`` on the run's autoencoder; returns RUN/sweep."""
+    from tokenlm.stages.tokenize import encode_run_stage, fit_codebook_stage
+
+    run = Path(run)
+    if not (tokenizer_dir(run) / "stage.json").is_file():
+        raise TokenlmError(f"{run} has no trained autoencoder: run `tokenlm tokenize --data DIR --out {run}` first")
+    torch_device = pick_device(device)
+    rows = []
+    for k in sorted(config.codebook_sizes):
+        click.secho(f"-- K={k}", bold=True, err=True)
+        fit_codebook_stage(run, k, codebook, device=torch_device)
+        encode_run_stage(run, k, device=torch_device, progress=progress)
+        row = codebook_row(run, k)
+        for enabled, extra in _optional_columns(config):
+            if enabled:
+                row.update(extra(run, k, recipe=recipe, device=device))
+        rows.append(row)
+
+    inputs = {f"k{k}": stage_key(tokens_dir(run, k)) for k in config.codebook_sizes}
+    stage = Stage(run / "sweep", config=to_dict(config), inputs=inputs)
+    work = stage.start()
+    write_sweep_outputs(rows, config, work)
+    stage.finish()
+    click.echo(f"sweep: {stage.out_dir / 'report.md'}")
+    return stage.out_dir
+
+
+def codebook_row(run: Path, k: int) -> dict:
+    """The codebook's own figures plus code/label agreement on held-out tokens (val, else
+    train): on the train split a large codebook scores well by memorising clips."""
+    metrics = read_json(codebook_dir(run, k) / "metrics.json")
+    row = {key: metrics[key] for key in (
+        "k", "inertia", "relative_quantisation_error", "recon_rmse_db", "autoencoder_recon_rmse_db",
+        "used_codes", "dead_codes", "perplexity", "entropy_bits", "bits_per_second")}
+    tokens = RaggedSplit(tokens_dir(run, k), "val", "uint16")
+    if len(tokens) == 0:
+        tokens = RaggedSplit(tokens_dir(run, k), "train", "uint16")
+    labels = np.repeat(np.array([str(r["label"]) for r in tokens.rows]), [r["length"] for r in tokens.rows])
+    if len(set(labels)) > 1 and all(r["label"] is not None for r in tokens.rows):
+        row.update(label_code_agreement(np.asarray(tokens.data), labels, k))
+    return row
+
+
+def _optional_columns(config: SweepConfig):
+    """(enabled, function(run, k, recipe=, device=) -> dict of columns) for each option."""
+    return []
+
+
+def write_sweep_outputs(rows: list[dict], config: SweepConfig, out: Path) -> None:
+    """sweep.csv, sweep.json, one figure per metric group, report.md."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(out / "sweep.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    # Code usage grows with K by construction: returns are judged on what the codes preserve.
+    flat = {col: flattening_k(rows, col, higher, config.flat_fraction)
+            for name, group in METRIC_GROUPS.items() if name != "usage"
+            for col, _, higher in group if all(col in r for r in rows)}
+    write_json(out / "sweep.json", {"config": to_dict(config), "rows": rows, "returns_flatten_at": flat})
+    figures = [name for name in METRIC_GROUPS if _plot_group(rows, name, out / f"{name}.png")]
+    (out / "report.md").write_text(_report(rows, flat, figures, config.flat_fraction))
+
+
+def flattening_k(rows: list[dict], column: str, higher_is_better: bool, fraction: float) -> int | None:
+    """The smallest K from which the gain per doubling of K, up to the next K of the sweep, is
+    below ``fraction`` of the gain per doubling between the first two K. None when the metric
+    does not improve at first, or is still improving as fast at the largest K."""
+    if len(rows) < 2:
+        return None
+    sign = 1 if higher_is_better else -1
+    gains = [sign * (b[column] - a[column]) / math.log2(b["k"] / a["k"]) for a, b in zip(rows, rows[1:])]
+    if not gains[0] > 0:
+        return None
+    for row, gain in zip(rows, gains):
+        if gain < fraction * gains[0]:
+            return row["k"]
+    return None
+
+
+def _plot_group(rows: list[dict], group: str, path: Path) -> bool:
+    metrics = [(c, label) for c, label, _ in METRIC_GROUPS[group] if all(c in r for r in rows)]
+    if not metrics:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = [r["k"] for r in rows]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    for ax, (column, label) in zip(axes[0], metrics):
+        ax.plot(ks, [r[column] for r in rows], "o-")
+        if column == "recon_rmse_db":  # the ceiling: the autoencoder without quantisation
+            ax.axhline(rows[0]["autoencoder_recon_rmse_db"], color="grey", ls="--", label="no quantisation")
+            ax.legend()
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set_xlabel("codebook size K")
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _report(rows: list[dict], flat: dict, figures: list[str], fraction: float) -> str:
+    shown = [("k", "K", "{}"), ("used_codes", "used", "{}"), ("perplexity", "perplexity", "{:.1f}"),
+             ("bits_per_second", "bit/s", "{:.0f}"), ("relative_quantisation_error", "quant. err (rel.)", "{:.3f}"),
+             ("recon_rmse_db", "log-mel RMSE dB", "{:.2f}"), ("purity", "purity", "{:.3f}"), ("pnmi", "PNMI", "{:.3f}"),
+             ("lm_val_perplexity", "LM ppl", "{:.1f}"), ("lm_bits_per_second", "LM bit/s", "{:.0f}"),
+             ("probe_lm_accuracy", "LM probe acc", "{:.3f}"), ("probe_bag_accuracy", "bag acc", "{:.3f}"),
+             ("vocoder_logmel_db", "vocoder dB", "{:.2f}")]
+    shown = [s for s in shown if all(s[0] in r for r in rows)]
+    lines = ["# Codebook-size sweep\n",
+             f"One autoencoder, one k-means codebook per K. The autoencoder alone (no quantisation) "
+             f"reconstructs log-mel patches to {rows[0]['autoencoder_recon_rmse_db']:.2f} dB RMSE: the ceiling.\n",
+             "| " + " | ".join(s[1] for s in shown) + " |", "|" + "---:|" * len(shown)]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(fmt, row.get(col)) for col, _, fmt in shown) + " |")
+    lines.append(f"\nWhere returns flatten: the smallest K from which doubling K gains less than "
+                 f"{fraction:.0%} of what a doubling gained at the smallest K.\n")
+    labels = {c: label for group in METRIC_GROUPS.values() for c, label, _ in group}
+    for column, k in flat.items():
+        lines.append(f"- {labels[column]}: " + (f"K = {k}" if k else "still improving at the largest K"))
+    lines.append("\nCode purity and PNMI (HuBERT's unit-quality measures; each code inherits its clip's label) "
+                 "are measured on the val split.")
+    lines.append("")
+    lines += [f"![{name}]({name}.png)" for name in figures]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(fmt: str, value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return fmt.format(value)
+
+
+@click.command("sweep")
+@click.argument("run", type=click.Path(), required=False)
+@click.option("--codebook-sizes", help="Comma list, e.g. 8,16,32,64,128,256,512,1024.")
+@click.option("--with-lm", is_flag=True, default=None, help="Train a small LM per K (the recipe's lm section).")
+@click.option("--with-probe", is_flag=True, default=None, help="Linear-probe the LM and the bag of codes per K.")
+@click.option("--with-vocoder", is_flag=True, default=None, help="Train a vocoder per K and measure resynthesis.")
+@click.option("--config", "recipe", type=click.Path(), help="Recipe YAML (sections: sweep, codebook, lm, probe, vocoder).")
+@click.option("--device", help="cpu, cuda or auto (default).")
+def command(run, codebook_sizes, with_lm, with_probe, with_vocoder, recipe, device):
+    """Information loss against codebook size, on the run's autoencoder."""
+    run = run or recipe_section(recipe, "run").get("dir")
+    if not run:
+        raise TokenlmError("need RUN (or a recipe with run.dir)")
+    config = build(SweepConfig, recipe_section(recipe, "sweep"),
+                   {"codebook_sizes": codebook_sizes, "with_lm": with_lm, "with_probe": with_probe,
+                    "with_vocoder": with_vocoder}, where="sweep")
+    sweep(run, config, build(CodebookConfig, recipe_section(recipe, "codebook"), where="codebook"),
+          recipe=recipe, device=device)
