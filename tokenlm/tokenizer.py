@@ -22,7 +22,7 @@ from tokenlm.artifacts import read_json, stage_key, write_json
 from tokenlm.audio import prepare_waveform
 from tokenlm.codebook import CodeAssigner
 from tokenlm.errors import ArtifactError
-from tokenlm.features import FeatureConfig, LogMel, patchify, unpatchify
+from tokenlm.features import FeatureConfig, LogMel, patchify
 from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
 
 CONFIG_FILE = "config.json"
@@ -75,7 +75,8 @@ class PatchCoder(torch.nn.Module):
 
     def frames_from_patches(self, patches: torch.Tensor) -> torch.Tensor:
         """Normalised patches (N, P * M) -> log-mel frames in dB (N * P, M)."""
-        frames = unpatchify(patches, self.features.n_mels)
+        # (N, P * M) -> (N * P, M); not unpatchify(), whose reshape fails on zero patches
+        frames = patches.reshape(-1, self.features.n_mels)
         return frames * self.std + self.mean
 
 
@@ -164,10 +165,10 @@ class AudioTokenizer:
         path = Path(path)
         if (path / CODEBOOK_FILE).is_file() and not (path / WEIGHTS_FILE).is_file():
             codebook, path = path, path.parent
+            coder = load_patch_coder(path)
         else:
-            k = codebook_size or _current_codebook_size(path)
-            codebook = path / f"k{k}"
-        coder = load_patch_coder(path)
+            coder = load_patch_coder(path)  # first: "no trained tokenizer" says more than "which codebook?"
+            codebook = path / f"k{codebook_size or _current_codebook_size(path)}"
         if not (codebook / CODEBOOK_FILE).is_file():
             have = sorted(p.name for p in path.glob("k*") if (p / CODEBOOK_FILE).is_file())
             raise ArtifactError(f"no codebook at {codebook} (this tokenizer has: {', '.join(have) or 'none'})")

@@ -1,0 +1,171 @@
+"""K-means for the codebook: FAISS against scikit-learn's Lloyd KMeans and MiniBatchKMeans.
+
+    python scripts/bench_kmeans.py --run runs/demo          # the run's bottleneck vectors + synthetic
+    python scripts/bench_kmeans.py                          # synthetic 200k x 64 only
+
+All three start from the same k-means++ centroids (computed once, not timed) with the same K
+and the same amount of work, and their final inertia is computed the same way: the mean
+squared distance of every point to its nearest centroid, in float64.
+
+How the work is matched:
+  FAISS         faiss.Kmeans, ``niter`` iterations over all points (no subsampling).
+  Lloyd         sklearn KMeans(algorithm="lloyd", n_init=1, max_iter=niter, tol=0): the same
+                iterations, run to the end.
+  MiniBatch     sklearn MiniBatchKMeans as fairseq's GSLM uses it (batch_size=10000,
+                reassignment_ratio=0, tol=0), with max_iter=niter epochs and early stopping
+                off: niter passes over the data, the same number of point-to-centroid
+                assignments as niter Lloyd iterations.
+  fit_codebook  what ``tokenlm tokenize`` runs (its own k-means++ init and seeded subsample of
+                K x 256 points, 25 iterations), timed with its init; for reference.
+
+Wall time is what the targets are about; CPU time (all threads of this process) is printed
+too, because on a busy machine OpenMP's spin-waiting inflates wall time unevenly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, help="run whose train-split bottleneck vectors to cluster")
+    parser.add_argument("-K", type=int, default=256, help="codebook size (default 256)")
+    parser.add_argument("--niter", type=int, default=20, help="iterations / epochs (default 20)")
+    parser.add_argument("--points", type=int, default=200_000, help="synthetic points (default 200000)")
+    parser.add_argument("--dim", type=int, default=64, help="synthetic dimension (default 64)")
+    parser.add_argument("--minibatch-size", type=int, default=10_000, help="MiniBatchKMeans batch (GSLM: 10000)")
+    parser.add_argument("--threads", type=int, default=2, help="torch, FAISS and scikit-learn threads (default 2)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-synthetic", action="store_true", help="only the run's vectors")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)
+    from threadpoolctl import threadpool_limits
+
+    print(f"K={args.K}, niter={args.niter}, {args.threads} threads, {os.cpu_count()} CPUs visible, "
+          f"load average {os.getloadavg()[0]:.1f} (timings on a shared machine are noisy)")
+    sets = []
+    if args.run is not None:
+        sets.append((f"bottleneck vectors of {args.run} (train split)", run_vectors(args.run)))
+    if not args.skip_synthetic:
+        sets.append((f"Gaussian mixture, {args.points} x {args.dim}",
+                     gaussian_mixture(args.points, args.dim, 2 * args.K, args.seed)))
+    with threadpool_limits(limits=args.threads):
+        for name, vectors in sets:
+            compare(name, vectors, args)
+
+
+def compare(name: str, vectors: np.ndarray, args) -> None:
+    import faiss
+    from sklearn.cluster import KMeans, MiniBatchKMeans, kmeans_plusplus
+
+    from tokenlm.codebook import CodebookConfig, fit_codebook
+
+    n, d = vectors.shape
+    k, niter = args.K, args.niter
+    print(f"\n== {name}: {n} x {d}")
+    start = time.perf_counter()
+    init, _ = kmeans_plusplus(vectors, k, random_state=args.seed)
+    init = np.ascontiguousarray(init, dtype=np.float32)
+    print(f"k-means++ init (shared, not timed below): {time.perf_counter() - start:.2f} s")
+
+    results = {}
+
+    def faiss_fit():
+        km = faiss.Kmeans(d, k, niter=niter, seed=args.seed, max_points_per_centroid=n // k + 1,
+                          min_points_per_centroid=1, verbose=False)
+        km.train(vectors, init_centroids=init.copy())
+        return km.centroids, f"{niter} iterations"
+
+    def lloyd_fit():
+        km = KMeans(k, init=init, n_init=1, max_iter=niter, tol=0, algorithm="lloyd", random_state=args.seed)
+        km.fit(vectors)
+        # tol=0 still stops when no label changes ("strict convergence"): say so
+        return km.cluster_centers_, f"{km.n_iter_} iterations" + (" (converged)" if km.n_iter_ < niter else "")
+
+    def minibatch_fit():
+        km = MiniBatchKMeans(k, init=init, n_init=1, max_iter=niter, batch_size=args.minibatch_size, tol=0,
+                             max_no_improvement=None, reassignment_ratio=0.0, compute_labels=False,
+                             random_state=args.seed).fit(vectors)
+        return km.cluster_centers_, f"{km.n_steps_} steps of {args.minibatch_size}"
+
+    def codebook_fit():
+        centroids, record = fit_codebook(vectors, k, CodebookConfig(niter=25, seed=args.seed))
+        return centroids, f"25 iterations on {record['trained_on']} points"
+
+    for label, fit in (("FAISS", faiss_fit), ("sklearn KMeans (Lloyd)", lloyd_fit),
+                       ("sklearn MiniBatchKMeans", minibatch_fit),
+                       ("fit_codebook (tokenize's default)", codebook_fit)):
+        cpu0, start = _cpu_seconds(), time.perf_counter()
+        centroids, work = fit()
+        seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu0
+        results[label] = (seconds, cpu, inertia(vectors, centroids), work)
+
+    base_time, base_cpu, base_inertia, _ = results["FAISS"]
+    print(f"{'method':34s} {'wall':>8s} {'x FAISS':>8s} {'CPU':>8s} {'x FAISS':>8s} {'inertia':>11s} "
+          f"{'vs FAISS':>9s}  work")
+    for label, (seconds, cpu, value, work) in results.items():
+        print(f"{label:34s} {seconds:7.2f}s {seconds / base_time:7.2f}x {cpu:7.2f}s {cpu / base_cpu:7.2f}x "
+              f"{value:11.5g} {100 * (value / base_inertia - 1):+8.2f}%  {work}")
+    lloyd_t, _, lloyd_i, _ = results["sklearn KMeans (Lloyd)"]
+    mini_t, _, mini_i, _ = results["sklearn MiniBatchKMeans"]
+    print(f"targets: FAISS time <= Lloyd: {'yes' if base_time <= lloyd_t else 'NO'} "
+          f"({lloyd_t / base_time:.2f}x); FAISS >= 3x faster than MiniBatch: "
+          f"{'yes' if mini_t >= 3 * base_time else 'NO'} ({mini_t / base_time:.2f}x); "
+          f"inertia no worse than either: {'yes' if base_inertia <= min(lloyd_i, mini_i) * 1.001 else 'NO'}")
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process, every thread (spin-waiting threads included)."""
+    t = os.times()
+    return t.user + t.system
+
+
+def inertia(vectors: np.ndarray, centroids: np.ndarray, chunk: int = 16384) -> float:
+    """Mean squared distance of every vector to its nearest centroid, in float64."""
+    c = np.asarray(centroids, dtype=np.float64)
+    c_sq = np.square(c).sum(1)
+    total = 0.0
+    for start in range(0, len(vectors), chunk):
+        x = vectors[start:start + chunk].astype(np.float64)
+        d = np.square(x).sum(1, keepdims=True) - 2 * x @ c.T + c_sq  # (chunk, K)
+        total += np.maximum(d.min(1), 0).sum()
+    return total / len(vectors)
+
+
+def gaussian_mixture(n: int, d: int, components: int, seed: int) -> np.ndarray:
+    """Anisotropic Gaussian clusters of unequal sizes and spreads: structure for k-means to
+    find, but more components than K, so no clustering is exact."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=3.0, size=(components, d))
+    weights = rng.dirichlet(np.full(components, 2.0))
+    labels = rng.choice(components, size=n, p=weights)
+    scales = rng.uniform(0.3, 1.5, size=(components, d))
+    return (centers[labels] + rng.normal(size=(n, d)) * scales[labels]).astype(np.float32)
+
+
+def run_vectors(run: Path) -> np.ndarray:
+    """The un-quantised bottleneck vectors of the run's train split, as the codebook stage sees them."""
+    from tokenlm.artifacts import features_dir, tokenizer_dir
+    from tokenlm.stages.tokenize import PatchSampler, _bottlenecks
+    from tokenlm.tokenizer import load_patch_coder
+
+    coder = load_patch_coder(tokenizer_dir(run))
+    return _bottlenecks(coder, PatchSampler(features_dir(run), "train", coder.features, coder))
+
+
+if __name__ == "__main__":
+    main()
