@@ -329,14 +329,14 @@ class WaveNet(nn.Module):
     @torch.no_grad()
     def generate(self, codes: Tensor | None = None, n_samples: int | None = None, temperature: float = 1.0,
                  generator: torch.Generator | None = None, *, batch_size: int = 1,
-                 prompt_q: Tensor | None = None) -> Tensor:
+                 prompt_q: Tensor | None = None, progress: bool = False) -> Tensor:
         """Sample audio with the incremental decoder; returns float audio (B, n_samples) in [-1, 1].
 
         codes: (B, N) or None (unconditioned; then ``batch_size`` clips). n_samples defaults to
         N * samples_per_code. temperature <= 0 picks the most likely class. ``generator`` (on
         the model's device) makes sampling reproducible. ``prompt_q`` (B, P) mu-law classes
         are teacher-forced as the first P samples (continuation); they are primed in one
-        forward pass, not sample by sample.
+        forward pass, not sample by sample. ``progress`` shows a tqdm bar in samples.
 
         Speed: each step is ~150 tiny ops, so the cost is per-op overhead, nearly flat in
         the batch size: generate several clips at once. On CPU, ``torch.set_num_threads(1)``
@@ -354,9 +354,15 @@ class WaveNet(nn.Module):
                                               device=self._param().device)
         sample = _Sampler(temperature, generator, (batch_size, self.config.n_classes), prev.device,
                           block=min(1024, n_samples - start))
-        for _ in range(start, n_samples):
+        bar = _progress_bar(n_samples - start, progress)
+        for t in range(start, n_samples):
             prev = sample(decoder.step(prev))  # (B,)
             out.append(prev)
+            if bar is not None and (t + 1 - start) % 1000 == 0:
+                bar.update(1000)
+        if bar is not None:
+            bar.update(bar.total - bar.n)
+            bar.close()
         return mu_law_decode(torch.stack(out, dim=1), self.config.n_classes)  # (B, T)
 
     @torch.no_grad()
@@ -575,6 +581,15 @@ class IncrementalDecoder:
             slots = self._bases[i] + times % self._sizes[i]
             self.history.index_copy_(0, slots, tail.permute(2, 0, 1).to(self.dtype))
         self.t = n_prompt
+
+
+def _progress_bar(total: int, enabled: bool):
+    """A tqdm bar over generated samples, or None (no per-step cost when off)."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="wavenet", unit="sample", unit_scale=True, dynamic_ncols=True)
 
 
 def _rows(bias: Tensor, rows: int) -> Tensor:
