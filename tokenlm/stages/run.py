@@ -72,10 +72,41 @@ def _tokenize(recipe, run_dir: Path, device) -> None:
              build(CodebookConfig, recipe_section(recipe, "codebook"), where="codebook"), device=device)
 
 
+def _pretrain(recipe, run_dir: Path, device) -> None:
+    from tokenlm.stages.pretrain import lm_configs, pretrain
+
+    model, training = lm_configs(recipe)
+    pretrain(run_dir, model, training, device=device)
+
+
+def _probe(recipe, run_dir: Path, device) -> None:
+    from tokenlm.stages.probe import ProbeConfig, probe
+
+    probe(run_dir, build(ProbeConfig, recipe_section(recipe, "probe"), where="probe"), device=device)
+
+
+def _vocoder(recipe, run_dir: Path, device) -> None:
+    from tokenlm.stages.vocoder import run_from_recipe
+
+    run_from_recipe(recipe, run_dir, device)
+
+
+def _sweep(recipe, run_dir: Path, device) -> None:
+    from tokenlm.codebook import CodebookConfig
+    from tokenlm.stages.sweep import SweepConfig, sweep
+
+    sweep(run_dir, build(SweepConfig, recipe_section(recipe, "sweep"), where="sweep"),
+          build(CodebookConfig, recipe_section(recipe, "codebook"), where="codebook"), recipe=recipe, device=device)
+
+
 RUNNERS = {
     "data": _data,
     "prepare": _prepare,
     "tokenize": _tokenize,
+    "pretrain": _pretrain,
+    "probe": _probe,
+    "vocoder": _vocoder,
+    "sweep": _sweep,
 }
 
 

@@ -107,7 +107,23 @@ def codebook_row(run: Path, k: int) -> dict:
 
 def _optional_columns(config: SweepConfig):
     """(enabled, function(run, k, recipe=, device=) -> dict of columns) for each option."""
-    return []
+    return [(config.with_vocoder, vocoder_columns)]
+
+
+def sweep_dir_for(run: Path, k: int) -> Path:
+    """Where the sweep keeps what it trains for one K (LM, vocoder): RUN/sweep_k/k{K}/.
+    Outside RUN/sweep, so rebuilding the sweep's summary never discards trained models."""
+    return Path(run) / "sweep_k" / f"k{k}"
+
+
+def vocoder_columns(run: Path, k: int, *, recipe=None, device=None) -> dict:
+    """A vocoder per K (the recipe's vocoder section); its resynthesis distances on val clips."""
+    from tokenlm.stages.vocoder import train_vocoder, vocoder_config
+
+    out = train_vocoder(run, vocoder_config(recipe), codebook_size=k, device=device,
+                        out_dir=sweep_dir_for(run, k) / "vocoder")
+    metrics = read_json(out / "metrics.json")
+    return {"vocoder_logmel_db": metrics["vocoder_logmel_db"], "vocoder_lsd_db": metrics["vocoder_lsd_db"]}
 
 
 def write_sweep_outputs(rows: list[dict], config: SweepConfig, out: Path) -> None:

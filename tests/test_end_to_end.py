@@ -1,0 +1,75 @@
+"""The whole pipeline from a recipe, on a tiny corpus with tiny models: `tokenlm run` completes,
+produces every stage's artifacts, and the report mentions every stage."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tokenlm.cli import main
+from tests.conftest import write_corpus
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY = {
+    "features": {"sample_rate": 8000, "n_fft": 256, "hop_length": 80, "n_mels": 32, "patch_frames": 2},
+    "tokenizer": {"codebook_size": 8, "autoencoder": {"hidden": [32, 16], "bottleneck": 8},
+                  "training": {"epochs": 2, "batch_size": 64}},
+    "codebook": {"niter": 5},
+    "lm": {"n_layer": 1, "n_head": 2, "n_embd": 16, "context": 32,
+           "training": {"steps": 6, "batch_size": 4, "warmup_steps": 1, "eval_every": 3, "log_every": 1}},
+    "probe": {"baselines": ["vgg", "simclr", "timbre"], "epochs": 1, "simclr_epochs": 1, "batch_size": 8,
+              "vgg_channels": [4, 8], "vgg_convs_per_block": 1, "timbre_filters": 4, "simclr_batch_size": 8,
+              "simclr_projection_dim": 8, "crop_seconds": 0.5, "max_iter": 100},
+    "vocoder": {"layers_per_cycle": 2, "cycles": 1, "residual_channels": 4, "gate_channels": 8, "skip_channels": 4,
+                "cond_channels": 4, "crop_codes": 2, "val_crops": 2, "metrics_clips": 1, "metrics_seconds": 0.1,
+                "training": {"steps": 2, "batch_size": 2, "eval_every": 2, "log_every": 1, "warmup_steps": 1}},
+    "sweep": {"codebook_sizes": [4, 8], "with_vocoder": True},
+}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("e2e")
+    corpus = write_corpus(root / "corpus", labels=3, groups=3, clips=3, seconds=1.0, sample_rate=8000)
+    recipe = root / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({"run": {"dir": str(root / "run"), "device": "cpu"},
+                                      "data": {"path": str(corpus)}, **TINY}))
+    main(["run", str(recipe)])  # raises SystemExit on any failure
+    return root / "run"
+
+
+def test_every_stage_leaves_its_artifacts(finished_run):
+    run = finished_run
+    expected = [
+        "manifest.jsonl", "features/stage.json",
+        "tokenizer/autoencoder.safetensors", "tokenizer/k8/codebook.npy", "tokens/k8/train.bin",
+        "lm/model.safetensors", "lm/config.json", "lm/train_log.csv",
+        "probe/results.json", "probe/report.md",
+        "baselines/vgg/stage.json", "baselines/simclr/stage.json", "baselines/timbre/stage.json",
+        "vocoder/wavenet.safetensors", "vocoder/metrics.json",
+        "sweep/sweep.csv", "sweep/report.md", "tokenizer/k4/codebook.npy",
+        "report.md",
+    ]
+    missing = [p for p in expected if not (run / p).exists()]
+    assert not missing, f"missing artifacts: {missing}"
+    rows = json.loads((run / "sweep" / "sweep.json").read_text())["rows"]
+    assert [r["k"] for r in rows] == [4, 8] and all("vocoder_logmel_db" in r for r in rows)
+
+
+def test_the_report_mentions_every_stage(finished_run):
+    report = (finished_run / "report.md").read_text()
+    for heading in ("## Dataset", "## Tokenizer", "## Code language model", "## Linear probe",
+                    "## WaveNet decoder", "## Codebook-size sweep"):
+        assert heading in report, heading
+    assert "VGG" in report and "SimCLR" in report and "timbre" in report
+
+
+def test_a_rerun_does_no_work(finished_run, capsys):
+    recipe = finished_run.parent / "tiny.yaml"
+    keys = {p: json.loads(p.read_text())["key"] for p in finished_run.rglob("stage.json") if "sweep/" not in str(p)}
+    main(["run", str(recipe)])
+    err = capsys.readouterr().err
+    assert "up to date" in err
+    assert {p: json.loads(p.read_text())["key"] for p in keys} == keys
