@@ -54,6 +54,23 @@ def test_rerun_reuses_every_codebook(swept, capsys):
     assert "codebook K=8 up to date" in capsys.readouterr().err
 
 
+def test_lm_and_probe_columns_per_size(swept, tmp_path):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(
+        "lm: {n_layer: 1, n_head: 2, n_embd: 16, context: 32,\n"
+        "     training: {steps: 50, batch_size: 4, warmup_steps: 1, eval_every: 5, log_every: 5}}\n"
+        "probe: {max_iter: 200}\n")
+    sweep(swept, SweepConfig(codebook_sizes=(4, 8), with_lm=True, with_probe=True, lm_steps=4),
+          recipe=recipe, device="cpu", progress=False)
+    rows = json.loads((swept / "sweep" / "sweep.json").read_text())["rows"]
+    for row in rows:
+        assert row["lm_val_perplexity"] > 1 and row["lm_bits_per_second"] > 0
+        assert 0 <= row["probe_lm_accuracy"] <= 1 and 0 <= row["probe_bag_accuracy"] <= 1
+        lm = swept / "sweep_k" / f"k{row['k']}" / "lm"
+        assert json.loads((lm / "metrics.json").read_text())["steps"] == 4  # the sweep's cap applies
+    assert (swept / "sweep" / "lm.png").is_file() and (swept / "sweep" / "probe.png").is_file()
+
+
 def test_flattening_is_where_the_gain_per_doubling_drops():
     rows = [{"k": 8, "e": 10.0}, {"k": 16, "e": 6.0}, {"k": 32, "e": 5.0}, {"k": 64, "e": 4.9}]
     # Gains per doubling: 4, 1, 0.1; a quarter of the first gain is 1 -> flat from K=32.

@@ -190,7 +190,7 @@ def test_interrupted_run_resumes_to_the_same_weights(run, trained, tmp_path, cap
     assert (copy / ".vocoder.partial" / "ckpt" / "last.pt").is_file() and not (copy / "vocoder").exists()
     capsys.readouterr()
     train_vocoder(copy, TINY, progress=False)
-    assert "resuming from step 3" in capsys.readouterr().out
+    assert "resuming from step 3" in capsys.readouterr().err
     a, b = load_file(trained / "vocoder" / "wavenet.safetensors"), load_file(copy / "vocoder" / "wavenet.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 

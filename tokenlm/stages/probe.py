@@ -304,9 +304,11 @@ def autoencoder_bottleneck(clips: LabelledClips, run: Path, codebook_size: int |
 
 
 def lm_layers(clips: LabelledClips, codes: dict[str, np.ndarray], vocab_size: int, run: Path, layers_spec: str,
-              batch_clips: int, tokenizer_info: dict, device, progress: bool = True) -> list[Representation]:
-    """The code LM's hidden states, mean-pooled over time, one representation per layer."""
-    lm_dir = run / "lm"
+              batch_clips: int, tokenizer_info: dict, device, progress: bool = True,
+              lm_dir: Path | None = None) -> list[Representation]:
+    """The code LM's hidden states (RUN/lm, or ``lm_dir``), mean-pooled over time, one
+    representation per layer."""
+    lm_dir = Path(lm_dir) if lm_dir is not None else run / "lm"
     if not (lm_dir / "stage.json").is_file():
         raise Unavailable(f"no trained LM at {lm_dir} (run `tokenlm pretrain {run}` first)")
     try:
@@ -692,11 +694,12 @@ def run_baseline(run: Path, name: str, clips: LabelledClips, config: ProbeConfig
 
 
 def probe(run_dir: str | Path, config: ProbeConfig = ProbeConfig(), *, device: str | None = None,
-          progress: bool = True) -> Path:
+          progress: bool = True, lm_dir: str | Path | None = None, out_dir: str | Path | None = None) -> Path:
     """Probe every representation of ``run_dir`` and train the requested baselines.
 
     Needs RUN/features; the code rows need RUN/tokens, the autoencoder row RUN/tokenizer, the
-    LM rows RUN/lm (each skipped with its reason when missing). Returns RUN/probe.
+    LM rows RUN/lm or ``lm_dir`` (each skipped with its reason when missing). Writes RUN/probe,
+    or ``out_dir`` (the sweep probes one LM per codebook size), and returns it.
     """
     from tokenlm.runtime import pick_device, seed_everything
 
@@ -709,18 +712,18 @@ def probe(run_dir: str | Path, config: ProbeConfig = ProbeConfig(), *, device: s
     baselines = {name: run_baseline(run, name, clips, config, torch_device, progress) for name in config.baselines}
 
     inputs = {"features": stage_key(features_dir(run)), "tokenizer": _optional_key(tokenizer_dir(run)),
-              "lm": _optional_key(run / "lm")}
+              "lm": _optional_key(Path(lm_dir) if lm_dir is not None else run / "lm")}
     try:
         inputs["tokens"] = _optional_key(_tokens_folder(run, config.codebook_size))
     except Unavailable:
         inputs["tokens"] = None
     inputs.update({f"baseline_{n}": stage_key(run / "baselines" / n) for n in baselines})
-    stage = Stage(run / "probe", config=to_dict(config), inputs=inputs)
+    stage = Stage(Path(out_dir) if out_dir is not None else run / "probe", config=to_dict(config), inputs=inputs)
     if stage.done:
         _say(f"probe up to date: {stage.out_dir}")
         return stage.out_dir
     work = stage.start()
-    rows = representation_rows(run, clips, config, torch_device, progress)
+    rows = representation_rows(run, clips, config, torch_device, progress, lm_dir=lm_dir)
     rows += [_baseline_row(results) for results in baselines.values()]
     results = {"run": str(run), "dataset": clips.summary(), "config": to_dict(config), "rows": rows}
     write_json(work / "results.json", results)
@@ -730,7 +733,8 @@ def probe(run_dir: str | Path, config: ProbeConfig = ProbeConfig(), *, device: s
     return stage.out_dir
 
 
-def representation_rows(run: Path, clips: LabelledClips, config: ProbeConfig, device, progress: bool) -> list[dict]:
+def representation_rows(run: Path, clips: LabelledClips, config: ProbeConfig, device, progress: bool,
+                        lm_dir: Path | None = None) -> list[dict]:
     """Every non-baseline row, in table order; rows whose inputs are missing come back skipped."""
     rows = [representation_row(logmel_stats(clips, progress), clips, config)]
     try:
@@ -758,7 +762,7 @@ def representation_rows(run: Path, clips: LabelledClips, config: ProbeConfig, de
         return rows
     try:
         layers = lm_layers(clips, codes, vocab, run, config.layers, config.lm_batch_clips, tokenizer_info, device,
-                           progress)
+                           progress, lm_dir=lm_dir)
     except Unavailable as why:
         rows.append(skipped_row("lm", "LM hidden states", str(why)))
         return rows

@@ -13,6 +13,8 @@ a log axis) and report.md, which names the K where returns flatten.
 from __future__ import annotations
 
 import csv
+import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,7 @@ class SweepConfig:
     with_lm: bool = False
     with_probe: bool = False
     with_vocoder: bool = False
+    lm_steps: int | None = None  # cap on each K's LM training steps (None: the recipe's lm.training.steps)
     # Returns flatten at the smallest K from which one more doubling of K gains less than this
     # share of what a doubling gained at the smallest K.
     flat_fraction: float = 0.25
@@ -107,13 +110,51 @@ def codebook_row(run: Path, k: int) -> dict:
 
 def _optional_columns(config: SweepConfig):
     """(enabled, function(run, k, recipe=, device=) -> dict of columns) for each option."""
-    return [(config.with_vocoder, vocoder_columns)]
+    return [(config.with_lm or config.with_probe, functools.partial(lm_columns, steps=config.lm_steps)),
+            (config.with_probe, probe_columns),
+            (config.with_vocoder, vocoder_columns)]
 
 
 def sweep_dir_for(run: Path, k: int) -> Path:
     """Where the sweep keeps what it trains for one K (LM, vocoder): RUN/sweep_k/k{K}/.
     Outside RUN/sweep, so rebuilding the sweep's summary never discards trained models."""
     return Path(run) / "sweep_k" / f"k{k}"
+
+
+def lm_columns(run: Path, k: int, *, recipe=None, device=None, steps: int | None = None) -> dict:
+    """A code LM per K (the recipe's lm section, ``steps`` capped); its val perplexity and bits
+    per second, beside the unigram and bigram references on the same codes."""
+    from tokenlm.stages.pretrain import lm_configs, pretrain
+
+    model, training = lm_configs(recipe)
+    if steps:
+        training = dataclasses.replace(training, steps=steps, warmup_steps=min(training.warmup_steps, steps // 10),
+                                       eval_every=min(training.eval_every, steps))
+    metrics = read_json(pretrain(run, model, training, k=k, device=device, progress=False,
+                                 out_dir=sweep_dir_for(run, k) / "lm") / "metrics.json")
+    split = "val" if "val_ppl" in metrics else "test"
+    return {"lm_val_perplexity": metrics[f"{split}_ppl"], "lm_bits_per_second": metrics[f"{split}_bits_per_s"],
+            "lm_unigram_perplexity": metrics["unigram_ppl"], "lm_bigram_perplexity": metrics["bigram_ppl"]}
+
+
+def probe_columns(run: Path, k: int, *, recipe=None, device=None) -> dict:
+    """Linear-probe test accuracy of that K's LM (best layer on val) and of its bag of codes."""
+    from tokenlm.stages.probe import ProbeConfig, probe
+
+    config = build(ProbeConfig, recipe_section(recipe, "probe"), {"codebook_size": k, "baselines": ()},
+                   where="probe")
+    out = probe(run, config, device=device, progress=False, lm_dir=sweep_dir_for(run, k) / "lm",
+                out_dir=sweep_dir_for(run, k) / "probe")
+    rows = {row["name"]: row for row in read_json(out / "results.json")["rows"]}
+    return {"probe_lm_accuracy": _accuracy(rows.get("lm_best")), "probe_bag_accuracy": _accuracy(rows.get("bag_of_codes"))}
+
+
+def _accuracy(row: dict | None) -> float | None:
+    if not row or row.get("status") != "ok":
+        return None
+    if row.get("test"):
+        return row["test"]["accuracy"]
+    return (row.get("folds") or {}).get("accuracy_mean")
 
 
 def vocoder_columns(run: Path, k: int, *, recipe=None, device=None) -> dict:
