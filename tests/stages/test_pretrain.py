@@ -1,0 +1,274 @@
+"""Stage 4 end to end on fabricated tokens: the LM beats count models on structured codes,
+loads with plain transformers, resumes bit-identically after kill -9, runs under torchrun
+(2 processes, gloo), generates codes, and refuses bad inputs with one clear line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from tokenlm.artifacts import Stage, read_json, write_json
+from tokenlm.cli import cli, main
+from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
+from tokenlm.lm import CodeLM
+from tokenlm.models.gpt import LMConfig
+from tokenlm.stages.generate_codes import generate_codes
+from tokenlm.stages.pretrain import PackedClips, lm_configs, pretrain
+from tokenlm.store import RaggedSplit, RaggedWriter
+from tokenlm.train import TrainConfig, load_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+K = 16
+TINY = LMConfig(n_layer=2, n_head=2, n_embd=32, context=32, dropout=0.0)
+# One thread everywhere: tiny models gain nothing from more, and in-process and subprocess
+# runs must use the same count for bit-identical results.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_token_run(run: Path, k: int = K, clips=(60, 12, 12), seed: int = 0, vocab_in_meta: int | None = None,
+                   long_clip: int = 80) -> Path:
+    """A run with RUN/tokens/k{k} of structured codes: each clip repeats one of six short motifs
+    (3-5 codes drawn from the codebook, shared codes make bigrams ambiguous) from a random
+    phase, with 10% of codes replaced by noise. A model that reads the clip so far predicts
+    the next code far better than unigram or bigram counts. One train clip is longer than
+    the context so crops are exercised."""
+    rng = np.random.default_rng(seed)
+    motifs = [rng.choice(k, size=int(rng.integers(3, 6)), replace=False) for _ in range(6)]
+    stage = Stage(run / "tokens" / f"k{k}", config={"k": k, "seed": seed}, inputs={})
+    work = stage.start()
+    for split, n in zip(("train", "val", "test"), clips):
+        with RaggedWriter(work, split, "uint16") as writer:
+            for i in range(n):
+                motif = motifs[rng.integers(len(motifs))]
+                length = long_clip if (split == "train" and i == 0) else int(rng.integers(25, 45))
+                codes = motif[(np.arange(length) + rng.integers(len(motif))) % len(motif)]
+                noise = rng.random(length) < 0.1
+                codes[noise] = rng.integers(0, k, size=int(noise.sum()))
+                writer.add({"id": f"{split}-{i}", "label": f"m{i % 3}"}, codes)
+    write_json(work / "meta.json", {"vocab_size": vocab_in_meta or k, "code_rate": 20.0, "sample_rate": 16000,
+                                    "samples_per_code": 800, "dtype": "uint16", "tokenizer_hash": "fab"})
+    stage.finish()
+    (run / "tokenizer").mkdir(parents=True, exist_ok=True)
+    write_json(run / "tokenizer" / "current.json", {"codebook_size": k})
+    return run
+
+
+def tiny_training(**changes) -> TrainConfig:
+    base = dict(steps=150, batch_size=16, lr=3e-3, warmup_steps=10, eval_every=25, patience=0, log_every=25,
+                device="cpu")
+    return TrainConfig(**{**base, **changes})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = make_token_run(tmp_path_factory.mktemp("run"))
+    torch.set_num_threads(1)
+    out = pretrain(run, TINY, tiny_training(), progress=False)
+    return run, out
+
+
+def test_pretrain_outputs_load_with_plain_transformers(trained):
+    from transformers import GPT2LMHeadModel
+
+    run, out = trained
+    assert out == run / "lm"
+    for name in ("config.json", "model.safetensors", "train_log.csv", "metrics.json", "stage.json"):
+        assert (out / name).is_file(), name
+    model = GPT2LMHeadModel.from_pretrained(out)
+    assert model.config.vocab_size == K + 1 and model.config.tokenlm["codebook_size"] == K
+    assert model.config.tokenlm["code_rate"] == 20.0
+    header = (out / "train_log.csv").read_text().splitlines()[0].split(",")
+    assert header == ["step", "lr", "loss", "val_loss", "val_ppl", "val_bits_per_s", "tokens_per_s", "elapsed_s"]
+    assert not (run / ".lm.partial").exists()
+
+
+def test_lm_beats_unigram_and_bigram(trained):
+    run, out = trained
+    metrics = read_json(out / "metrics.json")
+    assert metrics["val_ppl"] < metrics["bigram_ppl"] < metrics["unigram_ppl"], metrics
+    # The logged val loss, metrics.json and CodeLM.perplexity measure the same thing.
+    val = [clip for _, clip in RaggedSplit(run / "tokens" / f"k{K}", "val", "uint16")]
+    assert CodeLM.load(out, device="cpu").perplexity(val) == pytest.approx(metrics["val_ppl"], rel=1e-4)
+
+
+def test_rerun_is_up_to_date(trained, capsys):
+    run, out = trained
+    before = (out / "stage.json").stat().st_mtime_ns
+    start = time.time()
+    assert pretrain(run, TINY, tiny_training(), progress=False) == out
+    assert time.time() - start < 5 and (out / "stage.json").stat().st_mtime_ns == before
+    assert "up to date" in capsys.readouterr().err
+
+
+def test_generate_codes_from_a_prompt_file(trained, tmp_path):
+    run, _ = trained
+    prompt = tmp_path / "prompt.npy"
+    np.save(prompt, np.array([1, 2, 3, 1, 2], dtype=np.int64))
+    path = generate_codes(run, prompt_codes=prompt, n=40, temperature=0.8, top_k=5, seed=1)
+    codes = np.load(path)
+    assert codes.shape == (45,) and codes.dtype == np.int64 and codes.max() < K
+    assert list(codes[:5]) == [1, 2, 3, 1, 2]
+    info = read_json(path.with_suffix(".json"))
+    assert info["prompt_length"] == 5 and info["generated"] == 40
+    again = generate_codes(run, prompt_codes=prompt, n=40, temperature=0.8, top_k=5, seed=1, out=tmp_path / "b.npy")
+    assert np.array_equal(np.load(again), codes)  # same seed, same codes
+    result = CliRunner().invoke(cli, ["generate-codes", str(run), "--prompt-codes", str(prompt), "--n", "3",
+                                      "--no-prompt", "--out", str(tmp_path / "c.npy")])
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "c.npy").shape == (3,)
+
+
+def test_hidden_states_of_the_trained_model(trained):
+    run, out = trained
+    lm = CodeLM.load(out, device="cpu")
+    states = lm.hidden_states([np.arange(10) % K, np.arange(70) % K])  # 70 > context 32
+    assert [tuple(s.shape) for s in states] == [(3, 10, 32), (3, 70, 32)]
+
+
+def test_packed_batches_start_at_a_clip_and_hold_whole_clip_prefixes(tmp_path):
+    run = make_token_run(tmp_path / "run")
+    split = RaggedSplit(run / "tokens" / f"k{K}", "train", "uint16")
+    clips = {tuple(int(c) for c in clip) for _, clip in split}
+    sampler = PackedClips(split, K, 32)
+    ids, labels = sampler(np.random.default_rng(0), 64)
+    assert ids.shape == labels.shape == (64, 32) and ids.dtype == torch.long
+    again = sampler(np.random.default_rng(0), 64)
+    assert torch.equal(ids, again[0])  # a function of the generator alone
+    rows = torch.cat([ids, labels[:, -1:]], dim=1)  # (B, 33): labels are inputs shifted by one
+    assert torch.equal(rows[:, 1:], labels)
+    crops = 0
+    for row in rows.tolist():
+        crops += row[0] != K  # only the long clip (80 > 32 codes) can open a row mid-clip
+        bos = [i for i, token in enumerate(row) if token == K]
+        for start, end in zip(bos, bos[1:]):  # whole clips between two BOS
+            assert tuple(row[start + 1:end]) in clips
+    assert 0 < crops < 64
+
+
+# ---- resume after kill -9 -----------------------------------------------------------------
+
+KILL_MODEL = LMConfig(n_layer=2, n_head=2, n_embd=32, context=32, dropout=0.1)  # dropout: RNG must resume too
+KILL_TRAINING = TrainConfig(steps=60, batch_size=8, lr=3e-3, warmup_steps=5, eval_every=10, log_every=10,
+                            device="cpu")
+
+
+def _slow_pretrain(run: Path) -> None:
+    # Slow steps give the parent time to kill this process in the middle of training.
+    pretrain(run, KILL_MODEL, KILL_TRAINING, progress=False, callbacks=[lambda step, record: time.sleep(0.05)])
+
+
+def test_kill_9_then_rerun_ends_with_the_same_weights(tmp_path, capsys):
+    import multiprocessing
+
+    reference = make_token_run(tmp_path / "reference")
+    interrupted = make_token_run(tmp_path / "interrupted")
+
+    # A forked child: a real separate process to kill -9, without paying a fresh interpreter's
+    # torch + transformers import.
+    victim = multiprocessing.get_context("fork").Process(target=_slow_pretrain, args=(interrupted,))
+    victim.start()
+    last = interrupted / ".lm.partial" / "ckpt" / "last.pt"
+    deadline = time.time() + 90
+    while not last.exists() and victim.is_alive() and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.12)  # a couple of steps past the checkpoint: killed mid-way to the next one
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.join()
+    assert victim.exitcode == -signal.SIGKILL
+    killed_at = load_checkpoint(last)["state"]["step"]
+    assert 0 < killed_at < 60 and not (interrupted / "lm").exists()
+
+    capsys.readouterr()
+    pretrain(interrupted, KILL_MODEL, KILL_TRAINING, progress=False)  # the rerun
+    assert f"resuming from step {killed_at}" in capsys.readouterr().err
+    pretrain(reference, KILL_MODEL, KILL_TRAINING, progress=False)  # straight through
+
+    a, b = load_file(reference / "lm" / "model.safetensors"), load_file(interrupted / "lm" / "model.safetensors")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    # The end-of-run weights too (the saved model holds the best validation step's).
+    a = load_checkpoint(reference / "lm" / "ckpt" / "last.pt")["model"]
+    b = load_checkpoint(interrupted / "lm" / "ckpt" / "last.pt")["model"]
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+
+
+# ---- several processes ------------------------------------------------------------------------
+
+def test_torchrun_two_processes_on_cpu(tmp_path):
+    run = make_token_run(tmp_path / "run")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(textwrap.dedent("""
+        lm:
+          n_layer: 2
+          n_head: 2
+          n_embd: 32
+          context: 32
+          training: {steps: 10, batch_size: 8, eval_every: 5, log_every: 5, warmup_steps: 2}
+    """))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "tokenlm", "pretrain", str(run), "--config", str(recipe), "--device", "cpu", "--no-progress"]
+    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 process(es)" in done.stderr
+    assert (run / "lm" / "model.safetensors").is_file()
+    stage = read_json(run / "lm" / "stage.json")
+    assert stage["config"]["training"]["steps"] == 10
+    rows = (run / "lm" / "train_log.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2  # header + steps 5 and 10: rank 0 alone writes
+    assert done.stdout.count("lm: ") == 1  # one process reports
+
+
+# ---- configuration and bad inputs -------------------------------------------------------
+
+def test_recipe_section_and_overrides(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("lm:\n  n_layer: 3\n  training: {steps: 7, lr: 0.002}\n")
+    model, training = lm_configs(recipe, {"n_embd": 64, "steps": 9, "batch_size": None})
+    assert (model.n_layer, model.n_embd, model.context) == (3, 64, 512)
+    assert (training.steps, training.lr, training.batch_size, training.patience) == (9, 0.002, 8, 5)
+    recipe.write_text("lm:\n  n_layers: 3\n")
+    with pytest.raises(ConfigError, match="unknown option 'lm.n_layers'"):
+        lm_configs(recipe)
+
+
+def test_missing_tokens_and_vocab_mismatch(tmp_path):
+    with pytest.raises(ArtifactError, match="tokenize"):
+        pretrain(tmp_path / "empty", TINY, tiny_training(steps=1))
+    run = make_token_run(tmp_path / "run")
+    with pytest.raises(ArtifactError, match="tokenize"):
+        pretrain(run, TINY, tiny_training(steps=1), k=32)  # no K=32 tokens in this run
+    bad = make_token_run(tmp_path / "bad", vocab_in_meta=8)  # codes go up to 15
+    with pytest.raises(ArtifactError, match="vocabulary has 8 codes"):
+        pretrain(bad, TINY, tiny_training(steps=1), k=None)
+
+
+def test_cli_help_and_one_line_errors(tmp_path, capsys):
+    runner = CliRunner()
+    for name in ("pretrain", "generate-codes"):
+        result = runner.invoke(cli, [name, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.output
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrain", str(tmp_path)])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and err.startswith("error:") and "tokenize" in err, err
+    with pytest.raises(TokenlmError):
+        generate_codes(tmp_path, n=3)

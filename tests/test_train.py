@@ -1,0 +1,180 @@
+"""The shared training loop on a toy model: schedule, pure batches, RNG state, checkpoints,
+resume equality, early stopping and the log."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import signal
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tokenlm.config import build
+from tokenlm.errors import ConfigError
+from tokenlm.train import (
+    TrainConfig, atomic_torch_save, batch_rng, load_checkpoint, lr_factor, rng_state, set_rng_state, train,
+)
+
+W_TRUE = torch.tensor([[2.0, -1.0, 0.5]])
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class Toy(nn.Module):
+    """Regression with dropout, so the per-step torch seeding matters for equality."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = nn.Linear(3, 16)
+        self.drop = nn.Dropout(0.2)
+        self.out = nn.Linear(16, 1)
+
+    def forward(self, x):
+        return self.out(self.drop(torch.tanh(self.hidden(x))))
+
+
+def toy_batch(rng: np.random.Generator, batch_size: int, sign: float = 1.0):
+    x = torch.from_numpy(rng.standard_normal((batch_size, 3)).astype(np.float32))
+    return x, sign * (x @ W_TRUE.T)
+
+
+def mse(model, batch):
+    x, y = batch
+    return nn.functional.mse_loss(model(x), y), len(x)
+
+
+def val_set(sign=1.0):
+    batches = [toy_batch(np.random.default_rng(100 + i), 32, sign) for i in range(3)]
+    return lambda: batches
+
+
+def fresh_model():
+    torch.manual_seed(0)
+    return Toy()
+
+
+def run(tmp_path, cfg, **kw):
+    model = fresh_model()
+    result = train(model, cfg, tmp_path, loss_fn=mse, train_batch=toy_batch, progress=False, **kw)
+    return model, result
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="precision"):
+        build(TrainConfig, {"precision": "fp16"})
+    with pytest.raises(ConfigError, match="steps"):
+        build(TrainConfig, {"steps": 0})
+    assert build(TrainConfig, {"betas": [0.9, 0.99]}).betas == (0.9, 0.99)
+
+
+def test_schedule_warmup_then_cosine():
+    cfg = TrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    factors = [lr_factor(s, cfg) for s in range(101)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))  # decays monotonically
+    assert factors[100] == pytest.approx(0.1)
+    assert lr_factor(55, cfg) == pytest.approx(0.1 + 0.9 * 0.5)  # half way down the cosine
+
+
+def test_batches_are_a_pure_function_of_seed_rank_step():
+    a = batch_rng(0, 0, 7).integers(0, 1000, 5)
+    assert np.array_equal(a, batch_rng(0, 0, 7).integers(0, 1000, 5))
+    assert not np.array_equal(a, batch_rng(0, 1, 7).integers(0, 1000, 5))
+    assert not np.array_equal(a, batch_rng(0, 0, 8).integers(0, 1000, 5))
+
+
+def test_rng_state_roundtrip_through_weights_only(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    random.gauss(0, 1)  # leaves a cached gaussian in python's state
+    atomic_torch_save({"rng": rng_state()}, tmp_path / "rng.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    set_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+    assert not list(tmp_path.glob(".*tmp*"))  # the temp file was renamed away
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_at(step_to_crash):
+    def callback(step, record):
+        if step == step_to_crash:
+            raise Crash
+    return callback
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
+    cfg = TrainConfig(steps=30, batch_size=8, lr=0.01, warmup_steps=5, eval_every=10, log_every=5)
+    reference, ref_result = run(tmp_path / "ref", cfg, val_batches=val_set())
+    with pytest.raises(Crash):  # dies at step 17: the last checkpoint is step 10
+        run(tmp_path / "resumed", cfg, val_batches=val_set(), callbacks=[crash_at(17)])
+    resumed, result = run(tmp_path / "resumed", cfg, val_batches=val_set())
+    assert result.resumed_from == 10 and result.step == 30
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    last_ref = load_checkpoint(tmp_path / "ref" / "ckpt" / "last.pt")["model"]
+    last_res = load_checkpoint(tmp_path / "resumed" / "ckpt" / "last.pt")["model"]
+    assert all(torch.equal(last_ref[k], last_res[k]) for k in last_ref)
+    # The log holds every step once, the replayed rows identical to the reference's.
+    with open(tmp_path / "resumed" / "train_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    with open(tmp_path / "ref" / "train_log.csv") as f:
+        ref_rows = list(csv.DictReader(f))
+    assert [r["step"] for r in rows] == [str(s) for s in range(5, 31, 5)]
+    assert [r["loss"] for r in rows] == [r["loss"] for r in ref_rows]
+    assert rows[-1]["val_loss"] and float(rows[-1]["items_per_s"]) > 0
+
+
+def test_early_stopping_keeps_the_best_weights(tmp_path):
+    # Validation wants the opposite function: it gets worse as training improves.
+    cfg = TrainConfig(steps=200, batch_size=8, lr=0.01, warmup_steps=0, eval_every=5, patience=2, log_every=5)
+    model, result = run(tmp_path, cfg, val_batches=val_set(sign=-1.0),
+                        val_metrics=lambda loss: {"val_rmse": math.sqrt(loss)})
+    assert result.stopped_early and result.step < 200
+    assert result.step == result.best_step + 2 * 5
+    best = load_checkpoint(tmp_path / "ckpt" / "best.pt")
+    assert best["step"] == result.best_step
+    assert all(torch.equal(v, best["model"][k]) for k, v in model.state_dict().items())
+    with open(tmp_path / "train_log.csv") as f:
+        header = next(csv.reader(f))
+    assert header == ["step", "lr", "loss", "val_loss", "val_rmse", "items_per_s", "elapsed_s"]
+    # A rerun finds the finished checkpoint and trains no further.
+    _, again = run(tmp_path, cfg, val_batches=val_set(sign=-1.0), val_metrics=lambda loss: {"val_rmse": loss})
+    assert again.step == result.step and again.best_step == result.best_step
+
+
+def test_no_validation_keeps_the_last_weights(tmp_path):
+    cfg = TrainConfig(steps=12, batch_size=4, eval_every=5, log_every=4)
+    model, result = run(tmp_path, cfg, count_items=lambda batch: len(batch[0]))
+    assert result.best_step is None and result.step == 12
+    last = load_checkpoint(tmp_path / "ckpt" / "last.pt")
+    assert last["state"]["finished"] and last["data"]["step"] == 12
+    assert all(torch.equal(v, last["model"][k]) for k, v in model.state_dict().items())
+
+
+def test_ctrl_c_checkpoints_the_current_step_then_resumes(tmp_path):
+    cfg = TrainConfig(steps=20, batch_size=8, lr=0.01, warmup_steps=2, eval_every=10, log_every=5)
+    reference, _ = run(tmp_path / "ref", cfg, val_batches=val_set())
+
+    def ctrl_c(step, record):
+        if step == 13:
+            os.kill(os.getpid(), signal.SIGINT)  # as a terminal's Ctrl-C would
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "run", cfg, val_batches=val_set(), callbacks=[ctrl_c])
+    assert load_checkpoint(tmp_path / "run" / "ckpt" / "last.pt")["state"]["step"] == 13  # not 10: no work lost
+    resumed, result = run(tmp_path / "run", cfg, val_batches=val_set())
+    assert result.resumed_from == 13
+    assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), resumed.state_dict().values()))

@@ -1,0 +1,146 @@
+"""The code language model: a ``transformers`` GPT-2 built from a config (stage 4).
+
+Vocabulary layout (recorded in the saved ``config.json`` under ``tokenlm``)::
+
+    0 .. K-1   the tokenizer's codes (K = codebook size)
+    K          BOS: starts every clip, so it also separates clips packed into one training
+               sequence (predicting it = predicting that the clip ends). Also the padding
+               id of inference batches, where it is never attended to (right padding under
+               a causal mask) and never scored.
+
+One special token is enough: a clip's end is the next clip's BOS, padding needs no id of
+its own, and generation masks the special id out (continuations never "end").
+
+The saved folder is a plain ``GPT2LMHeadModel`` (``config.json`` + ``model.safetensors``):
+``transformers.GPT2LMHeadModel.from_pretrained(RUN/lm)`` loads it anywhere, no tokenlm
+needed. The ``tokenlm`` attribute of the config tells a loader what the ids mean (codebook
+size, BOS id, code rate, which tokens it was trained on) so it can refuse codes from another
+tokenizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "LMConfig",
+    "ATTN_IMPLEMENTATIONS",
+    "vocab_layout",
+    "resolve_attn_implementation",
+    "build_gpt2",
+    "matmul_params",
+    "train_flops_per_token",
+]
+
+ATTN_IMPLEMENTATIONS = ("auto", "eager", "sdpa")
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """The model part of the ``lm:`` recipe section (training options live in ``training:``).
+
+    The defaults are the demo model: 4 layers x 256 wide (3.4 M parameters with K=256), which
+    trains at ~9-10k tokens/s on 2 idle CPU cores (scripts/bench_lm.py).
+    """
+
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 256
+    context: int = 512  # positions the model sees at once (GPT-2's n_positions)
+    # Residual and embedding dropout. Off by default: on the demo (16k train codes) early
+    # stopping is the regulariser that matters (val perplexity 5.14 without, 5.04 with 0.1)
+    # and CPU dropout masks cost ~13% of a step. Worth 0.1 on larger corpora, longer runs.
+    dropout: float = 0.0
+    attn_dropout: float = 0.0  # on the attention weights: slow on CPU, off by default
+    attn_implementation: str = "auto"  # auto = the fastest measured: sdpa on CPU and CUDA
+
+    def __post_init__(self):
+        for name in ("n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        if self.context < 2:
+            raise ValueError(f"context must be >= 2, got {self.context}")
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"attn_implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, "
+                             f"got {self.attn_implementation!r}")
+
+
+def vocab_layout(codebook_size: int) -> dict:
+    """Token ids for a codebook of size K: codes 0..K-1, then the special tokens."""
+    if not 1 <= codebook_size <= 65535:
+        raise ValueError(f"codebook size must be in [1, 65535], got {codebook_size}")
+    return {"codebook_size": codebook_size, "bos_token_id": codebook_size, "vocab_size": codebook_size + 1}
+
+
+def resolve_attn_implementation(name: str, device: torch.device | str | None = None) -> str:
+    """'auto' -> the implementation measured fastest on that device type: sdpa, on CPU too.
+
+    Measured on 2 CPU cores, the two interleaved step by step (scripts/bench_lm.py and the
+    notes in the LM's issue): sdpa 2-7% faster than eager for 40-, 128- and 512-code
+    sequences. An earlier measurement where eager won by 2x passed an attention mask, which
+    sends sdpa to its slow masked path; tokenlm never passes one (right padding under a causal
+    mask needs none), so sdpa runs its fused causal kernel. On CUDA sdpa's fused kernels win.
+    ``device`` is accepted so the choice can differ per device type if measurements change.
+    """
+    if name != "auto":
+        return name
+    return "sdpa"
+
+
+def build_gpt2(cfg: LMConfig, codebook_size: int, *, device=None, info: dict | None = None):
+    """A freshly initialised ``GPT2LMHeadModel`` for codes of a K-entry codebook.
+
+    ``info`` (code rate, tokens hash, ...) is stored in the config's ``tokenlm`` attribute
+    next to the vocabulary layout, so it travels inside ``config.json``.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    layout = vocab_layout(codebook_size)
+    bos = layout["bos_token_id"]
+    config = GPT2Config(
+        vocab_size=layout["vocab_size"],
+        n_positions=cfg.context,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.dropout,
+        attn_pdrop=cfg.attn_dropout,
+        bos_token_id=bos,
+        eos_token_id=bos,  # a new clip starting = this one ended (for transformers' generate)
+        # No pad id: batches are right-padded (with BOS) and need no attention mask under the
+        # causal mask; a pad id would only make transformers scan every batch for padding.
+        pad_token_id=None,
+        tie_word_embeddings=True,
+        # GPT-2's "gelu_new" is a tanh formula spelled out in python ops: on CPU its forward and
+        # backward took a quarter of the step time. torch's GELU is one fused kernel each way.
+        activation_function="gelu",
+        loss_type="ForCausalLM",
+        attn_implementation=resolve_attn_implementation(cfg.attn_implementation, device),
+        tokenlm={"format": FORMAT_VERSION, **layout, "special_tokens": {"bos": bos, "pad": bos},
+                 "context": cfg.context, **(info or {})},
+    )
+    model = GPT2LMHeadModel(config)
+    return model.to(device) if device is not None else model
+
+
+def matmul_params(n_layer: int, n_embd: int, vocab_size: int) -> int:
+    """Weights that take part in a matmul per token: 12 d^2 per block (qkv 3d^2, projection
+    d^2, MLP 8d^2) plus the (tied) output layer V*d. Embedding lookups and biases cost no
+    matmul FLOPs, so they are left out."""
+    return 12 * n_layer * n_embd * n_embd + vocab_size * n_embd
+
+
+def train_flops_per_token(n_layer: int, n_embd: int, vocab_size: int, seq_len: float) -> float:
+    """Training FLOPs per token (forward + backward = 3x forward), the PaLM appendix formula:
+    ``6 * matmul_params + 12 * n_layer * n_embd * seq_len``. The second term is QK^T and
+    attention x V over the full T x T score matrix, as eager attention computes it."""
+    return 6.0 * matmul_params(n_layer, n_embd, vocab_size) + 12.0 * n_layer * n_embd * seq_len

@@ -1,0 +1,112 @@
+"""``tokenlm generate-codes``: continue a prompt with the code LM and write the codes (.npy).
+
+    tokenlm generate-codes RUN --prompt-audio IN.wav --n 200 --temperature 0.9 --top-k 50
+    tokenlm generate-codes RUN --prompt-codes prompt.npy --n 200 --out cont.npy
+
+The .npy holds the prompt's codes followed by the new ones (int64, 1-D), so decoding it gives
+the prompt and its continuation in one piece; ``--no-prompt`` keeps only the new codes. A
+JSON file beside it records the prompt length, sampling settings, the LM and the code rate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+
+from tokenlm.artifacts import tokenizer_dir, write_json
+from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
+from tokenlm.lm import CodeLM
+
+GENERATED_DIR = "generated"
+
+
+def read_prompt_codes(path: str | Path) -> np.ndarray:
+    """1-D codes from a .npy file or a text file of whitespace/comma separated integers."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"prompt codes not found: {path}")
+    try:
+        if path.suffix == ".npy":
+            codes = np.load(path, allow_pickle=False)
+        else:
+            codes = np.array(path.read_text().replace(",", " ").split(), dtype=np.int64)
+    except ValueError as err:
+        raise ConfigError(f"{path}: not a list of integer codes ({err})") from None
+    if codes.ndim != 1 or not np.issubdtype(codes.dtype, np.integer):
+        raise ConfigError(f"{path}: expected a 1-D array of integer codes, got {codes.dtype} {codes.shape}")
+    return codes.astype(np.int64)
+
+
+def encode_prompt_audio(run: Path, path: str | Path, lm: CodeLM) -> np.ndarray:
+    """Codes of an audio file, with the run's tokenizer (the one the LM's tokens came from)."""
+    from tokenlm.audio import load_audio
+    from tokenlm.tokenizer import AudioTokenizer
+
+    tokenizer = AudioTokenizer.load(tokenizer_dir(run), codebook_size=lm.codebook_size)
+    expected, actual = lm.info.get("tokenizer_hash"), tokenizer.info.get("tokenizer_hash")
+    if expected and actual and expected != actual:
+        raise ArtifactError(f"{tokenizer_dir(run)} (codebook {actual}) is not the tokenizer this LM was trained "
+                            f"with ({expected}): retrain the LM or use its run's tokenizer")
+    wav = load_audio(path, tokenizer.sample_rate)
+    return tokenizer.encode(wav, tokenizer.sample_rate).numpy().astype(np.int64)
+
+
+def generate_codes(run: str | Path, *, prompt_codes: str | Path | None = None, prompt_audio: str | Path | None = None,
+                   n: int = 200, temperature: float = 1.0, top_k: int = 0, seed: int = 0,
+                   out: str | Path | None = None, include_prompt: bool = True, device: str | None = None) -> Path:
+    """Sample ``n`` codes after a prompt (codes file, audio file, or none: from BOS) with
+    RUN/lm and write them to ``out`` (default RUN/generated/<prompt>-seed<seed>.npy)."""
+    run = Path(run)
+    if prompt_codes and prompt_audio:
+        raise ConfigError("give --prompt-codes or --prompt-audio, not both")
+    if n < 1:
+        raise ConfigError(f"--n must be >= 1, got {n}")
+    lm = CodeLM.load(run / "lm", device=device)
+    if prompt_codes:
+        prompt = read_prompt_codes(prompt_codes)
+        lm.check_codes(prompt, where=f"{prompt_codes}")
+    elif prompt_audio:
+        prompt = encode_prompt_audio(run, prompt_audio, lm)
+    else:
+        prompt = np.zeros(0, dtype=np.int64)
+    new = lm.generate(prompt, n, temperature=temperature, top_k=top_k, seed=seed).numpy()
+    codes = np.concatenate([prompt, new]) if include_prompt else new
+    source = prompt_codes or prompt_audio
+    out = Path(out) if out else run / GENERATED_DIR / f"{Path(source).stem if source else 'unconditional'}-seed{seed}.npy"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, codes.astype(np.int64))
+    rate = lm.code_rate
+    write_json(out.with_suffix(".json"), {
+        "lm": str(run / "lm"), "prompt": str(source) if source else None,
+        "prompt_length": int(len(prompt)) if include_prompt else 0, "generated": int(n),
+        "temperature": temperature, "top_k": top_k, "seed": seed,
+        "codebook_size": lm.codebook_size, "code_rate": rate,
+        "seconds": round(len(codes) / rate, 3) if rate else None,
+    })
+    return out
+
+
+@click.command("generate-codes")
+@click.argument("run", type=click.Path(file_okay=False, exists=True))
+@click.option("--prompt-codes", type=click.Path(dir_okay=False), help="Prompt codes: .npy or a text list of integers.")
+@click.option("--prompt-audio", type=click.Path(dir_okay=False), help="Prompt audio, encoded with RUN/tokenizer.")
+@click.option("--n", "n", type=int, default=200, show_default=True, help="Codes to generate.")
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="Sampling temperature; 0 = greedy.")
+@click.option("--top-k", type=int, default=0, show_default=True, help="Sample among the k likeliest codes; 0 = all.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="Output .npy [RUN/generated/<prompt>-seed<S>.npy].")
+@click.option("--no-prompt", is_flag=True, help="Write only the new codes, not the prompt before them.")
+@click.option("--device", help="cpu, cuda or auto (default).")
+def command(run, prompt_codes, prompt_audio, n, temperature, top_k, seed, out, no_prompt, device):
+    """Continue a prompt with RUN/lm (KV cache) and write the codes as .npy.
+
+    \b
+      tokenlm generate-codes runs/demo --prompt-audio clip.wav --n 200 --temperature 0.9 --top-k 50
+    """
+    if not (Path(run) / "lm").is_dir():
+        raise TokenlmError(f"{run} has no language model yet: run `tokenlm pretrain {run}` first")
+    path = generate_codes(run, prompt_codes=prompt_codes, prompt_audio=prompt_audio, n=n, temperature=temperature,
+                          top_k=top_k, seed=seed, out=out, include_prompt=not no_prompt, device=device)
+    click.echo(f"codes: {path}\ninfo:  {path.with_suffix('.json')}")

@@ -1,0 +1,321 @@
+"""Stage 4: train the GPT code LM on RUN/tokens/k{K} and save it to RUN/lm.
+
+    RUN/lm/config.json, model.safetensors   GPT2LMHeadModel.from_pretrained(RUN/lm) loads it
+    RUN/lm/train_log.csv                     step, lr, loss, val_loss, val_ppl, val_bits_per_s, tokens_per_s
+    RUN/lm/metrics.json                      val/test perplexity next to unigram and bigram references
+    RUN/lm/ckpt/                             last.pt (resume state), best.pt (best val weights)
+
+Training sequences are **clip-aligned and packed**: every sequence starts at a clip's BOS,
+and is filled up to the context with further clips, each behind its own BOS, drawn at random
+(a clip longer than the context opening a sequence gives a random context-long crop).
+Why not random windows across the flat token file: clips sit there in manifest order, where
+neighbours share an instrument or speaker, so a window crossing clip boundaries could read
+the label off the previous clip, while randomly drawn neighbours carry no information about
+the clip; and the LM is used per clip, from BOS at position 0 (the probe's hidden states, the
+prompt of a continuation), which every training sequence shows. Why not one clip per
+sequence: the demo's clips are 40 codes (2 s) against a 512-code context, so the positions
+past a clip's length would never be trained, and continuing a prompt beyond 2 s (the
+vocoder's ``generate``) would run on untrained position embeddings; packing also leaves no
+padding. Clips are drawn with probability proportional to their length, so every code is
+equally likely to be a target. The target after a clip's last code is the next BOS (the
+model learns where clips end; sampling never emits it).
+
+Validation scores every code of every val clip once, exactly as ``CodeLM.perplexity`` does
+(``tokenlm.lm.scoring_windows``), so the logged val perplexity, metrics.json and the
+benchmark's figure are one number, comparable with the unigram/bigram references.
+
+Several processes: ``torchrun --nproc_per_node=N -m tokenlm pretrain RUN``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from tokenlm.artifacts import Stage, read_json, read_stage, stage_key, tokens_dir, write_json
+from tokenlm.config import build, recipe_section, to_dict
+from tokenlm.errors import ArtifactError, TokenlmError
+from tokenlm.lm import IGNORE, count_baselines, lm_loss, pad_batch, scoring_windows
+from tokenlm.models.gpt import LMConfig, build_gpt2, vocab_layout
+from tokenlm.store import RaggedSplit
+from tokenlm.train import TrainConfig, cleanup_distributed, setup_distributed, train
+
+LM_DIR = "lm"
+
+# The LM's training defaults where they differ from TrainConfig's generic ones.
+LM_TRAINING_DEFAULTS = {"steps": 2000, "batch_size": 8, "lr": 1e-3, "warmup_steps": 100, "eval_every": 100,
+                        "patience": 5, "log_every": 10}
+
+
+def lm_dir(run: str | Path) -> Path:
+    return Path(run) / LM_DIR
+
+
+def lm_configs(recipe=None, overrides: dict | None = None) -> tuple[LMConfig, TrainConfig]:
+    """(LMConfig, TrainConfig) from the recipe's ``lm:`` section (model keys at the top,
+    training keys under ``training:``) and flat command-line overrides (either kind)."""
+    section = dict(recipe_section(recipe, "lm"))
+    training = section.pop("training", None) or {}
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    model_names = {f.name for f in dataclasses.fields(LMConfig)}
+    model = build(LMConfig, section, {k: v for k, v in overrides.items() if k in model_names}, where="lm")
+    train_cfg = build(TrainConfig, LM_TRAINING_DEFAULTS, training,
+                      {k: v for k, v in overrides.items() if k not in model_names}, where="lm.training")
+    return model, train_cfg
+
+
+# ---- data -----------------------------------------------------------------------------
+
+class PackedClips:
+    """Training batches of packed, clip-aligned sequences (module docstring), drawn from a
+    numpy Generator only, so a batch is a pure function of (seed, rank, step): see tokenlm.train.
+    Returns (input_ids (B, context), labels (B, context)); nothing is padded."""
+
+    def __init__(self, split: RaggedSplit, bos: int, context: int):
+        self.data = split.data
+        self.bos = bos
+        self.context = context
+        self.offsets = np.array([r["offset"] for r in split.rows], dtype=np.int64)
+        self.lengths = np.array([r["length"] for r in split.rows], dtype=np.int64)
+        self.ends = np.cumsum(self.lengths)
+        self.total = int(self.ends[-1]) if len(self.ends) else 0
+
+    def __call__(self, rng: np.random.Generator, batch_size: int):
+        rows = np.stack([self._sequence(rng) for _ in range(batch_size)])  # (B, context + 1)
+        return torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(rows[:, 1:].copy())
+
+    def _sequence(self, rng: np.random.Generator) -> np.ndarray:
+        width = self.context + 1
+        parts, filled = [], 0
+        while filled < width:
+            clip = self._draw(rng)
+            n = int(self.lengths[clip])
+            if filled == 0 and n + 1 > width:
+                # [BOS] + clip is longer than a sequence: a random crop of it (no BOS past 0).
+                start = int(rng.integers(0, n + 2 - width))
+                first = self.offsets[clip] + max(start - 1, 0)
+                codes = np.asarray(self.data[first:self.offsets[clip] + start + width - 1], dtype=np.int64)
+                part = np.concatenate([[self.bos], codes]) if start == 0 else codes
+            else:
+                take = min(n, width - filled - 1)
+                codes = np.asarray(self.data[self.offsets[clip]:self.offsets[clip] + take], dtype=np.int64)
+                part = np.concatenate([[self.bos], codes])
+            parts.append(part)
+            filled += len(part)
+        return np.concatenate(parts)[:width]
+
+    def _draw(self, rng: np.random.Generator) -> int:
+        # A uniform code position picks its clip: clips are drawn in proportion to their length.
+        return int(np.searchsorted(self.ends, rng.integers(0, self.total), side="right"))
+
+
+def count_targets(batch) -> int:
+    """Scored codes in a batch (what tokens/s counts: padding is not work done)."""
+    return int((batch[1] != IGNORE).sum())
+
+
+def validation_batches(split: RaggedSplit, bos: int, context: int, batch_size: int) -> list:
+    """Fixed batches that score every code of every clip once. Windows of similar length
+    share a batch (little padding); the batches come in a fixed shuffled order, so that
+    ``eval_batches`` (a cap on batches per evaluation) takes a fair sample, not the longest."""
+    windows = [w for _, clip in split for w in scoring_windows(clip, bos, context)]
+    windows.sort(key=lambda w: len(w[0]), reverse=True)
+    batches = [pad_batch([w[0] for w in chunk], [w[1] for w in chunk], bos)
+               for chunk in (windows[i:i + batch_size] for i in range(0, len(windows), batch_size))]
+    order = np.random.default_rng(0).permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+def _check_tokens(directory: Path, k: int | None) -> tuple[dict, int]:
+    """meta.json of the tokens, and K; a clear error for missing or inconsistent tokens."""
+    read_stage(directory, hint="`tokenlm tokenize`")
+    meta = read_json(directory / "meta.json")
+    if "vocab_size" not in meta:
+        raise ArtifactError(f"{directory}/meta.json has no vocab_size")
+    vocab = int(meta["vocab_size"])
+    if k is not None and vocab != k:
+        raise ArtifactError(f"{directory}/meta.json says vocab_size {vocab}, but K={k} was asked for")
+    if meta.get("dtype", "uint16") != "uint16":
+        raise ArtifactError(f"{directory}: codes stored as {meta['dtype']}, expected uint16")
+    return meta, vocab
+
+
+def _check_codes(split: RaggedSplit, k: int) -> None:
+    if len(split.data) and int(split.data.max()) >= k:
+        raise ArtifactError(f"{split.directory}/{split.split}.bin holds code {int(split.data.max())}, but meta.json "
+                            f"says the vocabulary has {k} codes: the tokens are corrupt or from another tokenizer")
+
+
+# ---- the stage ------------------------------------------------------------------------
+
+def pretrain(run: str | Path, model: LMConfig = LMConfig(), training: TrainConfig | None = None, *,
+             k: int | None = None, device: str | None = None, progress: bool = True,
+             callbacks=(), out_dir: str | Path | None = None) -> Path:
+    """Train the code LM of ``run`` (tokens of codebook size ``k``, default the run's current
+    one) and save it to RUN/lm, or ``out_dir`` (the sweep trains one LM per codebook size).
+    Resumes an interrupted run; skips when up to date. Works alone or as one rank under
+    torchrun. Returns the LM's folder."""
+    run = Path(run)
+    training = training or build(TrainConfig, LM_TRAINING_DEFAULTS)
+    if device is not None:
+        training = dataclasses.replace(training, device=device)
+    tdir = tokens_dir(run, k)
+    meta, vocab = _check_tokens(tdir, k)
+    key_training = {name: value for name, value in to_dict(training).items() if name != "device"}
+    stage = Stage(Path(out_dir) if out_dir is not None else lm_dir(run),
+                  config={"model": to_dict(model), "training": key_training, "codebook_size": vocab},
+                  inputs={"tokens": stage_key(tdir)})
+    if stage.done:
+        _say(f"lm up to date: {stage.out_dir}")
+        return stage.out_dir
+
+    dist = setup_distributed(training.device)
+    try:
+        # One process prepares the work folder (it may wipe a stale one) before any reads it.
+        work = stage.start() if dist.is_main else None
+        dist.barrier()
+        work = work or stage.work_dir
+        return _train_stage(run, stage, work, tdir, meta, vocab, model, training, dist, progress, callbacks)
+    finally:
+        if dist.distributed:
+            cleanup_distributed()
+
+
+def _train_stage(run, stage, work, tdir, meta, vocab, model_cfg, training, dist, progress, callbacks) -> Path:
+    splits = {name: RaggedSplit(tdir, name, "uint16") for name in ("train", "val", "test")}
+    for split in splits.values():
+        _check_codes(split, vocab)
+    train_split = splits["train"]
+    if len(train_split.data) == 0:
+        raise TokenlmError(f"{tdir}: the train split has no codes to learn from")
+    layout = vocab_layout(vocab)
+    bos = layout["bos_token_id"]
+    info = {"code_rate": meta.get("code_rate"), "sample_rate": meta.get("sample_rate"),
+            "samples_per_code": meta.get("samples_per_code"), "tokens_key": stage_key(tdir),
+            "tokenizer_hash": meta.get("tokenizer_hash")}
+    torch.manual_seed(training.seed)  # the initial weights
+    model = build_gpt2(model_cfg, vocab, device=dist.device, info=info)
+    code_rate = float(meta.get("code_rate") or 0.0)
+    val = validation_batches(splits["val"], bos, model_cfg.context, training.batch_size) if len(splits["val"].data) else None
+    if dist.is_main:
+        params = sum(p.numel() for p in model.parameters())
+        _say(f"lm: {params / 1e6:.2f} M parameters, {len(train_split.data)} train codes, "
+             f"K={vocab}, context {model_cfg.context}, {dist.world_size} process(es) on {dist.device} "
+             f"({model.config._attn_implementation} attention)")
+    result = train(
+        model, training, work,
+        loss_fn=lm_loss,
+        train_batch=PackedClips(train_split, bos, model_cfg.context),
+        val_batches=(lambda: val) if val else None,
+        val_metrics=lambda loss: {"val_ppl": math.exp(min(loss, 700.0)),
+                                  "val_bits_per_s": loss / math.log(2) * code_rate},
+        count_items=count_targets,
+        items_name="tokens",
+        dist=dist,
+        progress=progress,
+        callbacks=callbacks,
+        desc="lm",
+    )
+    if dist.is_main:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # "Writing model shards" for a one-file model is noise
+        metrics = _final_metrics(model, result, splits, vocab, bos, model_cfg, training, code_rate, work, dist)
+        model.cpu().save_pretrained(work)
+        write_json(work / "metrics.json", metrics)
+        stage.finish(extra={"metrics": metrics})
+        _say(f"lm: val perplexity {metrics.get('val_ppl', float('nan')):.2f} (unigram {metrics['unigram_ppl']:.2f}, "
+             f"bigram {metrics['bigram_ppl']:.2f}) -> {stage.out_dir}")
+    dist.barrier()
+    return stage.out_dir
+
+
+def _final_metrics(model, result, splits, vocab, bos, model_cfg, training, code_rate, work, dist) -> dict:
+    """Val and test perplexity of the kept weights next to the count references."""
+    metrics = {"steps": result.step, "best_step": result.best_step, "stopped_early": result.stopped_early,
+               "parameters": sum(p.numel() for p in model.parameters()),
+               "train_codes": int(len(splits["train"].data)), "code_rate": code_rate}
+    for name in ("val", "test"):
+        if len(splits[name].data):
+            loss = _split_loss(model, splits[name], bos, model_cfg.context, training.batch_size, dist.device)
+            metrics[f"{name}_loss"] = loss
+            metrics[f"{name}_ppl"] = math.exp(loss)
+            metrics[f"{name}_bits_per_s"] = loss / math.log(2) * code_rate
+    ref_split = splits["val"] if len(splits["val"].data) else splits["test"]
+    refs = count_baselines((c for _, c in splits["train"]), (c for _, c in ref_split), vocab)
+    metrics["unigram_ppl"], metrics["bigram_ppl"] = refs["unigram_ppl"], refs["bigram_ppl"]
+    metrics["reference_split"] = ref_split.split
+    metrics["tokens_per_s"] = _mean_rate(work / "train_log.csv")
+    return metrics
+
+
+@torch.no_grad()
+def _split_loss(model, split, bos, context, batch_size, device) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for batch in validation_batches(split, bos, context, batch_size):
+        loss, n = lm_loss(model, (batch[0].to(device), batch[1].to(device)))
+        total += float(loss) * n
+        count += n
+    return total / count
+
+
+def _mean_rate(log_path: Path) -> float | None:
+    if not log_path.is_file():
+        return None
+    with open(log_path, newline="") as f:
+        rates = [float(r["tokens_per_s"]) for r in csv.DictReader(f) if r.get("tokens_per_s")]
+    return sum(rates) / len(rates) if rates else None
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+# ---- command line ---------------------------------------------------------------------
+
+@click.command("pretrain")
+@click.argument("run", required=False, type=click.Path(file_okay=False))
+@click.option("-K", "--codebook-size", type=int, help="Which tokens to train on (default: the run's current K).")
+@click.option("--config", "recipe", type=click.Path(), help="Recipe YAML (section lm, with lm.training).")
+@click.option("--steps", type=int, help="Optimiser steps (upper bound with early stopping). [2000]")
+@click.option("--batch-size", type=int, help="Sequences (of context codes) per step and process. [8]")
+@click.option("--lr", type=float, help="Peak learning rate. [1e-3]")
+@click.option("--warmup-steps", type=int, help="Linear warmup steps before the cosine decay. [100]")
+@click.option("--eval-every", type=int, help="Steps between validations and checkpoints. [100]")
+@click.option("--patience", type=int, help="Validations without improvement before stopping; 0 = never. [5]")
+@click.option("--seed", type=int, help="Seed of the weights, batches and dropout. [0]")
+@click.option("--n-layer", type=int, help="Transformer blocks. [4]")
+@click.option("--n-head", type=int, help="Attention heads. [4]")
+@click.option("--n-embd", type=int, help="Model width. [256]")
+@click.option("--context", type=int, help="Context length in codes. [512]")
+@click.option("--dropout", type=float, help="Residual/embedding dropout. [0.0]")
+@click.option("--attn", "attn_implementation", type=click.Choice(["auto", "eager", "sdpa"]),
+              help="Attention implementation; auto = the fastest measured (sdpa).")
+@click.option("--device", help="cpu, cuda or auto (default).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def command(run, codebook_size, recipe, device, no_progress, **options):
+    """Train the GPT code language model on RUN/tokens and save it to RUN/lm.
+
+    Rerunning after an interruption (Ctrl-C, kill -9) resumes from the last checkpoint.
+    Several processes (DistributedDataParallel, gloo on CPU, nccl on GPU):
+
+    \b
+      tokenlm pretrain runs/demo
+      tokenlm pretrain runs/demo --config recipes/demo.yaml --steps 500
+      torchrun --nproc_per_node=2 -m tokenlm pretrain runs/demo
+    """
+    run = run or recipe_section(recipe, "run").get("dir")
+    if not run:
+        raise TokenlmError("need RUN (or --config with run.dir)")
+    model, training = lm_configs(recipe, options)
+    out = pretrain(run, model, training, k=codebook_size, device=device, progress=not no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process speaks
+        click.echo(f"lm: {out}\nlog: {out / 'train_log.csv'}")
