@@ -64,6 +64,8 @@ def test_the_report_mentions_every_stage(finished_run):
                     "## WaveNet decoder", "## Codebook-size sweep"):
         assert heading in report, heading
     assert "VGG" in report and "SimCLR" in report and "timbre" in report
+    generated = list((finished_run / "generated").glob("*_continued.wav"))
+    assert len(generated) == 1 and f"generated/{generated[0].name}" in report
 
 
 def test_a_rerun_does_no_work(finished_run, capsys):

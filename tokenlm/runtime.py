@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
+from collections import deque
+from concurrent.futures import Executor
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -34,3 +38,43 @@ def cpu_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:
         return max(1, os.cpu_count() or 1)
+
+
+@contextmanager
+def kernel_threads(n: int | None, *, faiss: bool = False):
+    """torch's (and with ``faiss``, FAISS's) intra-op thread count set to ``n`` for the block,
+    then restored; ``None`` leaves it alone.
+
+    Clip-sized work (one log-mel, one encode, one WaveNet step) is many tiny ops: extra threads
+    only add synchronisation, and when another process shares the cores their waits make each
+    op up to 100x slower (measured in scripts/bench_features.py and bench_wavenet.py).
+    """
+    if n is None:
+        yield
+        return
+    faiss_lib = importlib.import_module("faiss") if faiss else None
+    # Read both before setting either: torch and FAISS may share one OpenMP runtime.
+    previous = torch.get_num_threads()
+    faiss_previous = faiss_lib.omp_get_max_threads() if faiss_lib else None
+    torch.set_num_threads(n)
+    if faiss_lib:
+        faiss_lib.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+        if faiss_lib:
+            faiss_lib.omp_set_num_threads(faiss_previous)
+
+
+def bounded_map(pool: Executor, fn, items, ahead: int):
+    """``pool.map(fn, items)`` in order, with at most ``ahead`` calls submitted and not yet
+    consumed: Executor.map submits everything at once and buffers every result, so memory
+    would grow with the corpus."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()

@@ -41,6 +41,7 @@ import signal
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -183,6 +184,21 @@ def cleanup_distributed() -> None:
     """Leave the process group (if this process joined one)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+@contextmanager
+def distributed_stage(stage, device: str | None):
+    """``(work_dir, DistContext)`` for training a stage, alone or as one rank under torchrun:
+    rank 0 prepares the work folder (it may wipe a stale one) before any rank reads it, and
+    the process group is left at the end."""
+    dist = setup_distributed(device)
+    try:
+        work = stage.start() if dist.is_main else None
+        dist.barrier()
+        yield work or stage.work_dir, dist
+    finally:
+        if dist.distributed:
+            cleanup_distributed()
 
 
 def _all_reduce_sum(values: list[float], ctx: DistContext) -> list[float]:

@@ -13,7 +13,6 @@ tokenizer that made them: ``check_tokenizer`` refuses any other one.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -24,8 +23,9 @@ from safetensors.torch import load_file, save_file
 from tokenlm.artifacts import read_json, write_json
 from tokenlm.errors import ArtifactError, ConfigError
 from tokenlm.models.wavenet import WaveNet, WaveNetConfig, mu_law_encode
+from tokenlm.runtime import kernel_threads
 
-__all__ = ["Vocoder", "save_vocoder", "generation_threads", "CONFIG_FILE", "WEIGHTS_FILE", "FORMAT"]
+__all__ = ["Vocoder", "save_vocoder", "CONFIG_FILE", "WEIGHTS_FILE", "FORMAT"]
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "wavenet.safetensors"
@@ -43,25 +43,6 @@ def save_vocoder(model: WaveNet, directory: str | Path, info: dict) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE))
     write_json(directory / CONFIG_FILE, {"format": FORMAT, "wavenet": model.config.to_dict(), **info})
-
-
-@contextmanager
-def generation_threads(device: torch.device, threads: int | None = 1):
-    """torch's intra-op threads set to ``threads`` on CPU for the block, then restored.
-
-    Sample-by-sample generation is ~150 tiny ops per step: extra threads only add
-    synchronisation, and on a busy machine their spin-waits make each op far slower
-    (scripts/bench_wavenet.py measures it). ``threads=None`` leaves the setting alone.
-    """
-    if device.type != "cpu" or threads is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class Vocoder:
@@ -210,7 +191,8 @@ class Vocoder:
         if codes.shape[1] == 0:
             return np.zeros((codes.shape[0], 0), np.float32)
         generator = torch.Generator(device=device).manual_seed(int(seed))
-        with generation_threads(device, threads):
+        # One thread on CPU: a sample step is ~150 tiny ops (scripts/bench_wavenet.py).
+        with kernel_threads(threads if device.type == "cpu" else None):
             audio = self.model.generate(torch.from_numpy(codes).to(device), temperature=temperature,
                                         generator=generator, prompt_q=prompt_q, progress=progress)
         return audio.float().cpu().numpy()

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from tokenlm.artifacts import codebook_dir, tokens_dir
-from tokenlm.stages.sweep import SweepConfig, flattening_k, sweep
+from tokenlm.stages.sweep import NO_STEADY_GAIN, STILL_IMPROVING, SweepConfig, flattening_k, sweep
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -76,5 +76,5 @@ def test_flattening_is_where_the_gain_per_doubling_drops():
     # Gains per doubling: 4, 1, 0.1; a quarter of the first gain is 1 -> flat from K=32.
     assert flattening_k(rows, "e", higher_is_better=False, fraction=0.25) == 32
     steady = [{"k": 8, "e": 3.0}, {"k": 16, "e": 2.0}, {"k": 32, "e": 1.0}]
-    assert flattening_k(steady, "e", higher_is_better=False, fraction=0.25) is None
-    assert flattening_k(steady, "e", higher_is_better=True, fraction=0.25) is None
+    assert flattening_k(steady, "e", higher_is_better=False, fraction=0.25) == STILL_IMPROVING
+    assert flattening_k(steady, "e", higher_is_better=True, fraction=0.25) == NO_STEADY_GAIN

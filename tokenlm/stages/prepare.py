@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections import Counter, deque
-from contextlib import contextmanager
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from tokenlm.config import build, recipe_section, to_dict
 from tokenlm.data import SPLITS, Clip, SplitConfig, assign_splits, scan_dataset
 from tokenlm.errors import AudioError, TokenlmError
 from tokenlm.features import FeatureConfig, LogMel, RunningStats
-from tokenlm.runtime import cpu_threads
+from tokenlm.runtime import bounded_map, cpu_threads, kernel_threads
 from tokenlm.store import RaggedWriter
 
 MANIFEST = "manifest.jsonl"
@@ -96,8 +95,8 @@ def _extract(clips: list[Clip], features: FeatureConfig, work: Path, progress: b
     # log-mel 100x slower. The ordered, bounded map keeps the output deterministic and the
     # memory flat (at most `ahead` clips in flight, however far decoding runs ahead).
     workers = min(cpu_threads(), 8)
-    with _torch_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:
-        results = _bounded_map(pool, featurise, clips, ahead=2 * workers)
+    with kernel_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:
+        results = bounded_map(pool, featurise, clips, ahead=2 * workers)
         for clip, (result, error) in tqdm(zip(clips, results), total=len(clips), desc="features",
                                           unit="clip", disable=not progress):
             row = {"id": clip.id, "path": clip.path, "label": clip.label, "split": clip.split,
@@ -130,29 +129,6 @@ def _extract(clips: list[Clip], features: FeatureConfig, work: Path, progress: b
         "seconds": {s: round(sum(m["duration"] for m in ok if m["split"] == s), 2) for s in SPLITS},
     }
     return manifest, meta
-
-
-def _bounded_map(pool: ThreadPoolExecutor, fn, items, ahead: int):
-    """``pool.map(fn, items)`` in order, but with at most ``ahead`` calls submitted and not yet
-    consumed (Executor.map submits everything at once and buffers every result)."""
-    pending: deque = deque()
-    for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= ahead:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
-
-
-@contextmanager
-def _torch_threads(n: int):
-    """torch's intra-op thread count set to ``n`` for the block, then restored."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _decode(clip: Clip, features: FeatureConfig):

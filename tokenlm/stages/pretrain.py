@@ -45,7 +45,7 @@ from tokenlm.errors import ArtifactError, TokenlmError
 from tokenlm.lm import IGNORE, count_baselines, lm_loss, pad_batch, scoring_windows
 from tokenlm.models.gpt import LMConfig, build_gpt2, vocab_layout
 from tokenlm.store import RaggedSplit
-from tokenlm.train import TrainConfig, cleanup_distributed, setup_distributed, train
+from tokenlm.train import TrainConfig, distributed_stage, train
 
 LM_DIR = "lm"
 
@@ -176,16 +176,8 @@ def pretrain(run: str | Path, model: LMConfig = LMConfig(), training: TrainConfi
         _say(f"lm up to date: {stage.out_dir}")
         return stage.out_dir
 
-    dist = setup_distributed(training.device)
-    try:
-        # One process prepares the work folder (it may wipe a stale one) before any reads it.
-        work = stage.start() if dist.is_main else None
-        dist.barrier()
-        work = work or stage.work_dir
+    with distributed_stage(stage, training.device) as (work, dist):
         return _train_stage(run, stage, work, tdir, meta, vocab, model, training, dist, progress, callbacks)
-    finally:
-        if dist.distributed:
-            cleanup_distributed()
 
 
 def _train_stage(run, stage, work, tdir, meta, vocab, model_cfg, training, dist, progress, callbacks) -> Path:

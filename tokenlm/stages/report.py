@@ -7,6 +7,7 @@ the report can be rebuilt at any point (``tokenlm report RUN``) and ``tokenlm ru
 from __future__ import annotations
 
 import csv
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -78,35 +79,54 @@ def tokenizer_section(run: Path) -> str | None:
 
 
 def lm_section(run: Path) -> str | None:
-    log_path = run / "lm" / "train_log.csv"
-    if not log_path.is_file():
+    lm = run / "lm"
+    if not (lm / "metrics.json").is_file():
         return None
-    with open(log_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    evals = [r for r in rows if r.get("val_loss") not in (None, "")]
-    lines = ["## Code language model\n"]
-    if evals:
-        best = min(evals, key=lambda r: float(r["val_loss"]))
-        lines.append(f"Best val loss {float(best['val_loss']):.3f} nats at step {best['step']} "
-                     f"(perplexity {float(best.get('val_ppl') or 'nan'):.1f}, "
-                     f"{float(best.get('val_bits_per_second') or best.get('bits_per_second') or 'nan'):.0f} bits per second of audio).\n")
-    figure = _plot_curves(rows, run / FIGURES / "lm_loss.png")
+    m = read_json(lm / "metrics.json")
+    split = m.get("reference_split", "val")
+    rate = m["code_rate"]
+    lines = ["## Code language model\n",
+             f"GPT-2, {m['parameters'] / 1e6:.2f} M parameters, trained {m['steps']} steps (kept step "
+             f"{m['best_step']}) at {m.get('tokens_per_s') or 0:.0f} codes/s. Perplexity per code on the "
+             f"{split} split, against add-one smoothed count models of the train codes:\n",
+             f"| model | {split} perplexity | bits per second of audio |", "|---|---:|---:|"]
+    for name, ppl in (("GPT code LM", m.get(f"{split}_ppl")), ("bigram", m.get("bigram_ppl")),
+                      ("unigram", m.get("unigram_ppl"))):
+        if ppl:
+            lines.append(f"| {name} | {ppl:.2f} | {math.log2(ppl) * rate:.0f} |")
+    with open(lm / "train_log.csv", newline="") as f:
+        figure = _plot_curves(list(csv.DictReader(f)), run / FIGURES / "lm_loss.png")
     if figure:
-        lines.append(f"![LM loss]({figure.relative_to(run)})\n")
-    return "\n".join(lines)
+        lines.append(f"\n![LM loss]({figure.relative_to(run)})")
+    return "\n".join(lines) + "\n"
 
 
 def probe_section(run: Path) -> str | None:
     return _include(run / "probe" / "report.md", "## Linear probe and baselines\n")
 
 
+VOCODER_ROWS = (
+    ("vocoder_logmel_db", "resynthesis vs input: log-mel distance (dB)"),
+    ("vocoder_lsd_db", "resynthesis vs input: log-spectral distance (dB)"),
+    ("codebook_logmel_db", "the codes' own mel reconstruction (tokenizer decode): log-mel distance (dB)"),
+    ("mulaw_logmel_db", "8-bit mu-law alone: log-mel distance (dB)"),
+    ("val_bits_per_sample", "val loss (bits per sample)"),
+)
+
+
 def vocoder_section(run: Path) -> str | None:
     vocoder = run / "vocoder"
     if not (vocoder / "metrics.json").is_file():
         return None
-    metrics = read_json(vocoder / "metrics.json")
-    lines = ["## WaveNet decoder\n", "| measure | value |", "|---|---:|"]
-    lines += [f"| {k} | {v:.3f} |" for k, v in metrics.items() if isinstance(v, (int, float))]
+    m = read_json(vocoder / "metrics.json")
+    synthesis = m.get("resynthesis", {})
+    lines = ["## WaveNet decoder\n",
+             f"{m['parameters'] / 1e6:.2f} M parameters, receptive field {m['receptive_field']} samples, "
+             f"{m['steps']} steps. Measured on {synthesis.get('clips', '?')} val clips, "
+             f"{synthesis.get('seconds_per_clip', '?')} s each; generation ran at "
+             f"{synthesis.get('rtf_per_clip', float('nan')):.1f} s per second of audio per clip.\n",
+             "| measure | value |", "|---|---:|"]
+    lines += [f"| {label} | {m[key]:.2f} |" for key, label in VOCODER_ROWS if isinstance(m.get(key), (int, float))]
     samples = sorted((vocoder / "samples").glob("*.wav")) + sorted((run / "generated").glob("*.wav"))
     if samples:
         lines.append("\nAudio examples:\n")

@@ -174,29 +174,33 @@ def write_sweep_outputs(rows: list[dict], config: SweepConfig, out: Path) -> Non
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    # Code usage grows with K by construction: returns are judged on what the codes preserve.
+    # Returns are judged on what the codes preserve. Code usage grows with K by construction,
+    # and the LM's per-code figures describe a different prediction task at every K.
     flat = {col: flattening_k(rows, col, higher, config.flat_fraction)
-            for name, group in METRIC_GROUPS.items() if name != "usage"
+            for name, group in METRIC_GROUPS.items() if name not in ("usage", "lm")
             for col, _, higher in group if all(col in r for r in rows)}
     write_json(out / "sweep.json", {"config": to_dict(config), "rows": rows, "returns_flatten_at": flat})
     figures = [name for name in METRIC_GROUPS if _plot_group(rows, name, out / f"{name}.png")]
     (out / "report.md").write_text(_report(rows, flat, figures, config.flat_fraction))
 
 
-def flattening_k(rows: list[dict], column: str, higher_is_better: bool, fraction: float) -> int | None:
+STILL_IMPROVING = "still improving at the largest K"
+NO_STEADY_GAIN = "no steady gain with K over this range"
+
+
+def flattening_k(rows: list[dict], column: str, higher_is_better: bool, fraction: float) -> int | str:
     """The smallest K from which the gain per doubling of K, up to the next K of the sweep, is
-    below ``fraction`` of the gain per doubling between the first two K. None when the metric
-    does not improve at first, or is still improving as fast at the largest K."""
+    below ``fraction`` of the gain per doubling between the first two K; or why there is none."""
     if len(rows) < 2:
-        return None
+        return NO_STEADY_GAIN
     sign = 1 if higher_is_better else -1
     gains = [sign * (b[column] - a[column]) / math.log2(b["k"] / a["k"]) for a, b in zip(rows, rows[1:])]
     if not gains[0] > 0:
-        return None
+        return NO_STEADY_GAIN
     for row, gain in zip(rows, gains):
         if gain < fraction * gains[0]:
             return row["k"]
-    return None
+    return STILL_IMPROVING
 
 
 def _plot_group(rows: list[dict], group: str, path: Path) -> bool:
@@ -244,7 +248,11 @@ def _report(rows: list[dict], flat: dict, figures: list[str], fraction: float) -
                  f"{fraction:.0%} of what a doubling gained at the smallest K.\n")
     labels = {c: label for group in METRIC_GROUPS.values() for c, label, _ in group}
     for column, k in flat.items():
-        lines.append(f"- {labels[column]}: " + (f"K = {k}" if k else "still improving at the largest K"))
+        lines.append(f"- {labels[column]}: " + (f"K = {k}" if isinstance(k, int) else k))
+    if any("lm_val_perplexity" in r for r in rows):
+        lines.append("\nThe LM's perplexity per code grows with K because each code is one of more choices; "
+                     "its bits per second of audio compare across K: how much information per second the LM "
+                     "cannot predict, with the unigram and bigram references in sweep.csv.")
     lines.append("\nCode purity and PNMI (HuBERT's unit-quality measures; each code inherits its clip's label) "
                  "are measured on the val split.")
     lines.append("")

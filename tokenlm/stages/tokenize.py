@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -33,7 +31,7 @@ from tokenlm.data import SPLITS, SplitConfig, assign_splits, scan_dataset
 from tokenlm.errors import AudioError, TokenlmError
 from tokenlm.features import FeatureConfig
 from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
-from tokenlm.runtime import pick_device, seed_everything
+from tokenlm.runtime import bounded_map, kernel_threads, pick_device, seed_everything
 from tokenlm.stages.prepare import MANIFEST, load_feature_config, prepare
 from tokenlm.store import RaggedSplit, RaggedWriter
 from tokenlm.tokenizer import (
@@ -273,8 +271,8 @@ def encode_clips(tokenizer: AudioTokenizer, rows: list[dict], out: Path, *, prog
     # this one encodes the current one. The encoder's tensors are clip-sized, so torch's and
     # FAISS's own thread pools are turned off meanwhile: competing with the decoding threads
     # (or anything else on the machine) their spin-waits made encoding 10-15x slower.
-    with _single_threaded_kernels(), ThreadPoolExecutor(max_workers=2) as pool:
-        loaded = _bounded_map(pool, lambda r: _load(r["path"], tokenizer), rows, ahead=batch_clips)
+    with kernel_threads(1, faiss=True), ThreadPoolExecutor(max_workers=2) as pool:
+        loaded = bounded_map(pool, lambda r: _load(r["path"], tokenizer), rows, ahead=batch_clips)
         for start in range(0, len(rows), batch_clips):
             batch = rows[start:start + batch_clips]
             decoded = [next(loaded) for _ in batch]
@@ -304,33 +302,6 @@ def encode_clips(tokenizer: AudioTokenizer, rows: list[dict], out: Path, *, prog
     }
     write_json(out / "meta.json", meta)
     return meta
-
-
-def _bounded_map(pool: ThreadPoolExecutor, fn, items, ahead: int):
-    """``pool.map(fn, items)`` in order, with at most ``ahead`` results submitted and not yet
-    consumed, so decoding runs ahead of the encoder by a bounded amount of memory."""
-    pending: deque = deque()
-    for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= ahead:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
-
-
-@contextmanager
-def _single_threaded_kernels():
-    """torch's and FAISS's intra-op thread counts set to 1 for the block, then restored."""
-    import faiss
-
-    torch_threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(torch_threads)
-        faiss.omp_set_num_threads(faiss_threads)
 
 
 def _load(path: str, tokenizer: AudioTokenizer):

@@ -59,7 +59,7 @@ from tokenlm.config import build, recipe_section, to_dict
 from tokenlm.errors import ArtifactError, AudioError, ConfigError, TokenlmError
 from tokenlm.models.wavenet import WaveNet, WaveNetConfig, mu_law_decode, mu_law_encode
 from tokenlm.store import RaggedSplit
-from tokenlm.train import TrainConfig, cleanup_distributed, setup_distributed, train
+from tokenlm.train import TrainConfig, distributed_stage, train
 from tokenlm.vocoder import Vocoder, save_vocoder
 
 VOCODER_DIR = "vocoder"
@@ -386,16 +386,9 @@ def train_vocoder(run: str | Path, cfg: VocoderConfig = VocoderConfig(), codeboo
     if stage.done:
         _say(f"vocoder up to date: {stage.out_dir}")
         return stage.out_dir
-    dist = setup_distributed(training.device)
-    try:
-        work = stage.start() if dist.is_main else None
-        dist.barrier()
-        work = work or stage.work_dir
+    with distributed_stage(stage, training.device) as (work, dist):
         return _train_stage(run, stage, work, tdir, meta, vocab, codebook_key, cfg, training, dist, progress,
                             callbacks)
-    finally:
-        if dist.distributed:
-            cleanup_distributed()
 
 
 def _train_stage(run, stage, work, tdir, meta, vocab, codebook_key, cfg, training, dist, progress, callbacks):
