@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tokenlm.artifacts import Stage, features_dir, fingerprint, read_json, write_json, write_jsonl
+from tokenlm.artifacts import Stage, features_dir, fingerprint, read_json, read_jsonl, write_json, write_jsonl
 from tokenlm.audio import load_audio
 from tokenlm.config import build, recipe_section, to_dict
 from tokenlm.data import SPLITS, Clip, SplitConfig, assign_splits, scan_dataset
@@ -52,11 +52,10 @@ def prepare(
         config={"features": to_dict(features), "split": to_dict(split), "layout": layout},
         inputs={"data": _fingerprint_files(clips)},
     )
-    if stage.done and not strict:
-        _say(f"features up to date: {stage.out_dir}")
-        return stage.out_dir
     if stage.done:
-        _check_strict(run / MANIFEST)
+        _say(f"features up to date: {stage.out_dir}")
+        if strict:
+            _check_strict(run / MANIFEST)
         return stage.out_dir
 
     work = stage.start()
@@ -163,8 +162,6 @@ def _print_summary(manifest: list[dict]) -> None:
 
 
 def _check_strict(manifest_path: Path) -> None:
-    from tokenlm.artifacts import read_jsonl
-
     skipped = [m for m in read_jsonl(manifest_path) if m["status"] != "ok"]
     if skipped:
         first = skipped[0]
