@@ -23,12 +23,7 @@ from tokenlm.train import (
 W_TRUE = torch.tensor([[2.0, -1.0, 0.5]])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: threads only add sync
 
 
 class Toy(nn.Module):

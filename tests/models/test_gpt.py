@@ -18,13 +18,7 @@ K = 16
 TINY = LMConfig(n_layer=2, n_head=2, n_embd=32, context=16, dropout=0.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: threads only add synchronisation (and the suite shares 2 cores).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: threads only add sync
 
 
 @pytest.fixture(scope="module")

@@ -36,12 +36,7 @@ TINY = LMConfig(n_layer=2, n_head=2, n_embd=32, context=32, dropout=0.0)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: threads only add sync
 
 
 def make_token_run(run: Path, k: int = K, clips=(60, 12, 12), seed: int = 0, vocab_in_meta: int | None = None,
