@@ -35,6 +35,30 @@ def tone(freq: float = 440.0, seconds: float = 0.5, sample_rate: int = 16000, am
     return wav.astype(np.float32)
 
 
+def sound(kind: str, seconds: float, sr: int = 16000, seed: int = 0) -> np.ndarray:
+    """A tone, a noise burst or a chirp, different per seed: (T,) float32."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    if kind == "tone":
+        x = 0.3 * np.sin(2 * np.pi * (220 + 110 * seed) * t) + 0.1 * np.sin(2 * np.pi * 1760 * t)
+    elif kind == "noise":
+        x = 0.1 * rng.standard_normal(len(t)) * (1 + np.sin(2 * np.pi * 3 * t))
+    else:
+        x = 0.3 * np.sin(2 * np.pi * (150 + 900 * (seed + 1) * t) * t)
+    return x.astype(np.float32)
+
+
+def run_cli(*args) -> int:
+    """Run ``tokenlm ARGS`` in-process; return its exit code (0 when it returns normally)."""
+    from tokenlm.cli import main
+
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exit_:
+        return exit_.code
+    return 0
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """torch on one intra-op thread for a test module, restored afterwards. Clip-sized ops

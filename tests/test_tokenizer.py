@@ -19,6 +19,7 @@ from tokenlm.models.autoencoder import AutoencoderConfig
 from tokenlm.stages.prepare import prepare
 from tokenlm.stages.tokenize import tokenize
 from tokenlm.tokenizer import AudioTokenizer, AutoencoderTraining, TokenizerConfig
+from tests.conftest import sound
 
 SR = 16000
 
@@ -27,18 +28,6 @@ SR = 16000
 # machine the spin-waits of idle OpenMP threads slow them down by orders of magnitude
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-def sound(kind: str, seconds: float, sr: int = SR, seed: int = 0) -> np.ndarray:
-    """A tone, a noise burst or a chirp: (T,) float32."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * sr)) / sr
-    if kind == "tone":
-        x = 0.3 * np.sin(2 * np.pi * (220 + 110 * seed) * t) + 0.1 * np.sin(2 * np.pi * 1760 * t)
-    elif kind == "noise":
-        x = 0.1 * rng.standard_normal(len(t)) * (1 + np.sin(2 * np.pi * 3 * t))
-    else:
-        x = 0.3 * np.sin(2 * np.pi * (150 + 900 * (seed + 1) * t) * t)
-    return x.astype(np.float32)
 
 
 @pytest.fixture(scope="module")

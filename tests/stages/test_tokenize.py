@@ -12,9 +12,9 @@ import soundfile as sf
 import torch
 
 from tokenlm.artifacts import read_json, read_jsonl
-from tokenlm.cli import main
 from tokenlm.store import RaggedSplit
 from tokenlm.tokenizer import AudioTokenizer, load_patch_coder
+from tests.conftest import run_cli as tokenlm, sound
 
 SR = 16000
 RECIPE = """\
@@ -30,18 +30,6 @@ codebook: {niter: 10}
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def sound(kind: str, seconds: float, sr: int = SR, seed: int = 0) -> np.ndarray:
-    """A tone, a noise burst or a chirp: (T,) float32."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * sr)) / sr
-    if kind == "tone":
-        x = 0.3 * np.sin(2 * np.pi * (220 + 110 * seed) * t) + 0.1 * np.sin(2 * np.pi * 1760 * t)
-    elif kind == "noise":
-        x = 0.1 * rng.standard_normal(len(t)) * (1 + np.sin(2 * np.pi * 3 * t))
-    else:
-        x = 0.3 * np.sin(2 * np.pi * (150 + 900 * (seed + 1) * t) * t)
-    return x.astype(np.float32)
-
 
 def write_corpus(root: Path, per_label: int = 6, seed: int = 0) -> Path:
     """DIR/<label>/*.wav: tones, noises and chirps of 1-1.5 s, one stereo 22.05 kHz file
@@ -56,14 +44,6 @@ def write_corpus(root: Path, per_label: int = 6, seed: int = 0) -> Path:
     (root / "noise" / "broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt garbage")
     return root
 
-
-def tokenlm(*args) -> int:
-    """Run the command in-process; return its exit code (0 when it returns normally)."""
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exit_:
-        return exit_.code
-    return 0
 
 
 def tree(directory: Path) -> dict[str, str]:

@@ -18,7 +18,6 @@ from safetensors.torch import load_file
 
 from tokenlm.artifacts import read_json, write_json
 from tokenlm.audio import load_audio
-from tokenlm.cli import main
 from tokenlm.errors import ArtifactError
 from tokenlm.models.wavenet import mu_law_decode, mu_law_encode
 from tokenlm.stages.vocoder import (
@@ -28,6 +27,7 @@ from tokenlm.stages.vocoder import (
 from tokenlm.tokenizer import AudioTokenizer
 from tokenlm.train import TrainConfig, load_checkpoint
 from tokenlm.vocoder import Vocoder
+from tests.conftest import run_cli as tokenlm, sound
 
 SR_IN = 16000  # the corpus; the run resamples to 8 kHz
 SR = 8000
@@ -59,32 +59,10 @@ TINY = VocoderConfig(
                          device="cpu"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # Bit-identical resume needs the same thread count on both runs; tiny ops want one anyway.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Bit-identical resume needs the same thread count on both runs; tiny ops want one anyway.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def tokenlm(*args) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exit_:
-        return exit_.code
-    return 0
-
-
-def sound(kind: str, seconds: float, seed: int) -> np.ndarray:
-    t = np.arange(int(seconds * SR_IN)) / SR_IN
-    if kind == "tone":
-        x = 0.3 * np.sin(2 * np.pi * (220 + 110 * seed) * t)
-    elif kind == "noise":
-        x = 0.1 * np.random.default_rng(seed).standard_normal(len(t))
-    else:
-        x = 0.3 * np.sin(2 * np.pi * (150 + 600 * (seed + 1) * t) * t)
-    return x.astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +72,7 @@ def run(tmp_path_factory) -> Path:
     for label in ("tone", "noise", "chirp"):
         (root / "data" / label).mkdir(parents=True)
         for i in range(4):
-            sf.write(root / "data" / label / f"{label}_{i}.wav", sound(label, 0.3 + 0.05 * i, i), SR_IN,
+            sf.write(root / "data" / label / f"{label}_{i}.wav", sound(label, 0.3 + 0.05 * i, SR_IN, i), SR_IN,
                      subtype="PCM_16")
     (root / "tiny.yaml").write_text(RECIPE)
     assert tokenlm("tokenize", "--data", root / "data", "--out", root / "run", "--config", root / "tiny.yaml",
@@ -116,7 +94,7 @@ def trained(run, tmp_path_factory) -> Path:
 @pytest.fixture
 def clip(tmp_path) -> Path:
     path = tmp_path / "in.wav"
-    sf.write(path, sound("chirp", 0.27, 5), SR_IN, subtype="PCM_16")
+    sf.write(path, sound("chirp", 0.27, SR_IN, 5), SR_IN, subtype="PCM_16")
     return path
 
 
