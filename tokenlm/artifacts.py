@@ -14,9 +14,10 @@ import json
 import os
 import platform
 import shutil
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tokenlm.errors import ArtifactError
 
@@ -130,6 +131,20 @@ class Stage:
         except (OSError, json.JSONDecodeError):
             return False
 
+    def up_to_date(self, label: str) -> bool:
+        """``done``, saying so on stderr: the one check every stage makes before building."""
+        if self.done:
+            print(f"{label} up to date: {self.out_dir}", file=sys.stderr, flush=True)
+        return self.done
+
+    def build(self, label: str, make: Callable[[Path], dict | None]) -> Path:
+        """Skip when up to date; otherwise ``make(work_dir)`` builds the outputs in the work
+        folder (returning extra fields for stage.json) and the folder is moved into place."""
+        if self.up_to_date(label):
+            return self.out_dir
+        extra = make(self.start())
+        return self.finish(extra)
+
     def start(self) -> Path:
         """Return the work folder, keeping its contents if an interrupted run of the same
         key left them (so checkpoints resume), wiping them if the key changed."""
@@ -170,29 +185,28 @@ class Stage:
             shutil.rmtree(old)
 
 
-# ---- where things live in a run directory ---------------------------------------------
+# ---- transitional: the old path helpers, until every module uses tokenlm.rundir.RunDir ----
 
-def features_dir(run: str | Path) -> Path:
-    return Path(run) / "features"
-
-
-def tokenizer_dir(run: str | Path) -> Path:
-    return Path(run) / "tokenizer"
+def features_dir(run):
+    from tokenlm.rundir import RunDir
+    return RunDir(run).features
 
 
-def codebook_dir(run: str | Path, k: int) -> Path:
-    """One codebook per size K, all sharing the run's autoencoder."""
-    return tokenizer_dir(run) / f"k{k}"
+def tokenizer_dir(run):
+    from tokenlm.rundir import RunDir
+    return RunDir(run).tokenizer
 
 
-def tokens_dir(run: str | Path, k: int | None = None) -> Path:
-    """The codes of every split for codebook size ``k`` (default: the run's main codebook)."""
-    return Path(run) / "tokens" / f"k{k or default_codebook_size(run)}"
+def codebook_dir(run, k):
+    from tokenlm.rundir import RunDir
+    return RunDir(run).codebook(k)
 
 
-def default_codebook_size(run: str | Path) -> int:
-    """The K that ``tokenlm tokenize`` was last asked for on this run."""
-    path = tokenizer_dir(run) / "current.json"
-    if not path.is_file():
-        raise ArtifactError(f"{run} has no tokenizer yet: run `tokenlm tokenize --out {run}` first")
-    return int(read_json(path)["codebook_size"])
+def tokens_dir(run, k=None):
+    from tokenlm.rundir import RunDir
+    return RunDir(run).tokens(k)
+
+
+def default_codebook_size(run):
+    from tokenlm.rundir import RunDir
+    return RunDir(run).codebook_size

@@ -1,0 +1,244 @@
+"""Where everything lives in a run directory, and the typed readers of its metadata.
+
+Every artifact path and file name of a run is spelled here and nowhere else: stages ask a
+``RunDir`` for a folder (``run.lm``, ``run.tokens(k)``) and name files with the constants
+below (``run.lm / METRICS``). Metadata that several stages read (the features' meta.json,
+the tokens' meta.json) has one reader each, which validates it once and returns a typed
+record, so a consumer never re-checks a key by hand.
+
+    RUN/
+      manifest.jsonl          MANIFEST: one line per input clip (prepare)
+      features/               {split}.bin + {split}.index.jsonl, meta.json (prepare)
+      tokenizer/              config.json, autoencoder.safetensors, metrics.json, current.json
+      tokenizer/k{K}/         codebook.npy, config.json, metrics.json (one codebook per K)
+      tokens/k{K}/            {split}.bin + {split}.index.jsonl, meta.json
+      lm/                     config.json, model.safetensors, train_log.csv, metrics.json
+      baselines/<name>/       one supervised or self-supervised baseline each
+      probe/                  results.json, report.md
+      vocoder/                config.json, wavenet.safetensors, metrics.json, samples/
+      generated/              generated audio and codes
+      sweep/                  sweep.csv, sweep.json, *.png, report.md
+      sweep_k/k{K}/           what the sweep trains per K (lm/, probe/, vocoder/)
+      report.md, report_files/
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tokenlm.artifacts import STAGE_FILE, read_json, write_json
+from tokenlm.errors import ArtifactError
+
+# ---- file names -----------------------------------------------------------------------
+
+MANIFEST = "manifest.jsonl"
+META = "meta.json"  # features' and tokens' metadata
+CONFIG = "config.json"  # a model's config (tokenizer, codebook, LM, vocoder, baseline)
+METRICS = "metrics.json"
+RESULTS = "results.json"
+REPORT = "report.md"
+TRAIN_LOG = "train_log.csv"
+CURRENT = "current.json"  # the tokenizer's current codebook size
+CODEBOOK = "codebook.npy"
+AUTOENCODER_WEIGHTS = "autoencoder.safetensors"
+MODEL_WEIGHTS = "model.safetensors"  # LM (save_pretrained's name) and CNN baselines
+WAVENET_WEIGHTS = "wavenet.safetensors"
+MODEL_RESULTS = "model_results.json"  # one trained baseline's scores and history
+SAMPLES = "samples"  # audio examples inside a vocoder folder
+SWEEP_TABLE = "sweep.csv"
+SWEEP_JSON = "sweep.json"
+REPORT_FILES = "report_files"
+SPLITS = ("train", "val", "test")
+
+
+def bin_file(split: str) -> str:
+    """A split's flat array file in a store folder (features, tokens)."""
+    return f"{split}.bin"
+
+
+def index_file(split: str) -> str:
+    """A split's index (one JSON line per clip: id, label, offset, length) in a store folder."""
+    return f"{split}.index.jsonl"
+
+
+def is_finished(directory: str | Path) -> bool:
+    """Whether ``directory`` holds a finished stage (its stage.json is written last)."""
+    return (Path(directory) / STAGE_FILE).is_file()
+
+
+# ---- the run directory ----------------------------------------------------------------
+
+class RunDir:
+    """One run's folder. Paths only: nothing is created or read until a stage asks."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.root)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.root)
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / MANIFEST
+
+    @property
+    def features(self) -> Path:
+        return self.root / "features"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer"
+
+    def codebook(self, codebook_size: int) -> Path:
+        """One codebook per size K, all sharing the run's autoencoder."""
+        return self.tokenizer / f"k{codebook_size}"
+
+    def codebooks(self) -> list[int]:
+        """Every codebook size that has a trained codebook, ascending."""
+        return sorted(int(p.name[1:]) for p in self.tokenizer.glob("k*") if (p / CODEBOOK).is_file())
+
+    @property
+    def tokens_root(self) -> Path:
+        return self.root / "tokens"
+
+    def tokens(self, codebook_size: int | None = None) -> Path:
+        """The codes of every split for codebook size K (default: the run's current K)."""
+        return self.tokens_root / f"k{codebook_size or self.codebook_size}"
+
+    @property
+    def lm(self) -> Path:
+        return self.root / "lm"
+
+    @property
+    def vocoder(self) -> Path:
+        return self.root / "vocoder"
+
+    @property
+    def probe(self) -> Path:
+        return self.root / "probe"
+
+    def baseline(self, name: str) -> Path:
+        return self.root / "baselines" / name
+
+    @property
+    def generated(self) -> Path:
+        return self.root / "generated"
+
+    @property
+    def sweep(self) -> Path:
+        return self.root / "sweep"
+
+    def sweep_k(self, codebook_size: int) -> Path:
+        """Where the sweep keeps what it trains for one K (its own LM, probe, vocoder)."""
+        return self.root / "sweep_k" / f"k{codebook_size}"
+
+    @property
+    def report(self) -> Path:
+        return self.root / REPORT
+
+    @property
+    def report_files(self) -> Path:
+        return self.root / REPORT_FILES
+
+    # -- the current codebook size --------------------------------------------------------
+
+    @property
+    def codebook_size(self) -> int:
+        """The K that ``tokenlm tokenize`` was last asked for; the default of every consumer.
+        With no record, a run with exactly one codebook uses it."""
+        found = self.codebook_size_or_none()
+        if found is None:
+            sizes = self.codebooks()
+            if not sizes:
+                raise ArtifactError(f"{self.root} has no tokenizer yet: run `tokenlm tokenize --out {self.root}` first")
+            raise ArtifactError(f"{self.tokenizer}: cannot tell which codebook to use (found {sizes}); pass -K")
+        return found
+
+    def codebook_size_or_none(self) -> int | None:
+        path = self.tokenizer / CURRENT
+        if path.is_file():
+            return int(read_json(path)["codebook_size"])
+        sizes = self.codebooks()
+        return sizes[0] if len(sizes) == 1 else None
+
+    def set_codebook_size(self, codebook_size: int) -> None:
+        write_json(self.tokenizer / CURRENT, {"codebook_size": int(codebook_size)})
+
+
+def as_run(run: str | Path | RunDir) -> RunDir:
+    return run if isinstance(run, RunDir) else RunDir(run)
+
+
+# ---- typed metadata -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FeatureMeta:
+    """RUN/features/meta.json: the log-mel settings and the train split's normalisation."""
+
+    config: Any  # FeatureConfig
+    norm_mean: np.ndarray  # (n_mels,) float32
+    norm_std: np.ndarray  # (n_mels,) float32
+    raw: dict
+
+
+def read_feature_meta(directory: str | Path) -> FeatureMeta:
+    """The features' meta.json, checked: a FeatureConfig, and normalisation of n_mels values."""
+    from tokenlm.features import FeatureConfig  # torch-heavy module: only when asked for
+
+    path = Path(directory) / META
+    meta = read_json(path)
+    try:
+        config = FeatureConfig(**{k: meta[k] for k in FeatureConfig.__dataclass_fields__ if k in meta})
+        mean = np.asarray(meta["norm"]["mean"], dtype=np.float32)
+        std = np.asarray(meta["norm"]["std"], dtype=np.float32)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ArtifactError(f"{path}: not a features record ({err})") from None
+    if mean.shape != (config.n_mels,) or std.shape != (config.n_mels,):
+        raise ArtifactError(f"{path}: normalisation has {mean.shape} values for {config.n_mels} mel bins")
+    return FeatureMeta(config, mean, std, meta)
+
+
+@dataclass(frozen=True)
+class TokensMeta:
+    """RUN/tokens/k{K}/meta.json: what the codes are and where they came from."""
+
+    directory: Path
+    codebook_size: int
+    code_rate: float | None
+    sample_rate: int | None
+    samples_per_code: int | None
+    raw: dict
+
+    def require(self, *keys: str) -> "TokensMeta":
+        """Fail in one line when a consumer needs a field that this record lacks."""
+        for key in keys:
+            if getattr(self, key) is None:
+                raise ArtifactError(f"{self.directory / META} has no {key}")
+        return self
+
+
+def read_tokens_meta(directory: str | Path, codebook_size: int | None = None) -> TokensMeta:
+    """A finished tokens folder's meta.json, checked against the K asked for (if any)."""
+    directory = Path(directory)
+    if not is_finished(directory):
+        raise ArtifactError(f"{directory} is missing or incomplete: run `tokenlm tokenize` first")
+    meta = read_json(directory / META)
+    # Runs written before the vocabulary was unified call K "vocab_size".
+    size = meta.get("codebook_size", meta.get("vocab_size"))
+    if size is None:
+        raise ArtifactError(f"{directory / META} has no codebook_size")
+    size = int(size)
+    if codebook_size is not None and size != codebook_size:
+        raise ArtifactError(f"{directory / META} says codebook_size {size}, but K={codebook_size} was asked for")
+    if meta.get("dtype", "uint16") != "uint16":
+        raise ArtifactError(f"{directory}: codes stored as {meta['dtype']}, expected uint16")
+    optional = {"code_rate": float, "sample_rate": int, "samples_per_code": int}
+    values = {k: (cast(meta[k]) if meta.get(k) is not None else None) for k, cast in optional.items()}
+    return TokensMeta(directory, size, raw=meta, **values)
