@@ -1,5 +1,6 @@
-"""The ``tokenlm`` command. Thin: each subcommand lives beside its stage in tokenlm/stages/
-and is imported only when called, so ``tokenlm --help`` stays fast (torch loads lazily).
+"""The ``tokenlm`` command. Thin: every subcommand is a stage of the registry
+(tokenlm.pipeline.STAGES), imported only when called, so ``tokenlm --help`` stays fast
+(torch loads lazily).
 
 Errors meant for the user (TokenlmError) print as one line and exit 1; Ctrl-C exits 130
 with a word on resuming. Anything else is a bug and keeps its traceback.
@@ -7,53 +8,27 @@ with a word on resuming. Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import sys
 
 import click
 
 from tokenlm.errors import TokenlmError
-
-# name -> ("module:attribute" of a click command, one-line help). The help lives here so
-# that `tokenlm --help` lists the commands without importing them. Pipeline order.
-COMMANDS = {
-    "data": ("tokenlm.stages.data:data", "Build the demo dataset; inspect a dataset."),
-    "prepare": ("tokenlm.stages.prepare:command", "Manifest + log-mel features of a dataset."),
-    "tokenize": ("tokenlm.stages.tokenize:command", "Train autoencoder + codebook, encode every clip."),
-    "pretrain": ("tokenlm.stages.pretrain:command", "Train the GPT code language model."),
-    "generate-codes": ("tokenlm.stages.generate_codes:command", "Continue codes with the LM."),
-    "probe": ("tokenlm.stages.probe:command", "Linear probes and baselines, one table."),
-    "vocoder": ("tokenlm.stages.vocoder:command", "Train the WaveNet decoder on (audio, codes)."),
-    "decode": ("tokenlm.stages.vocoder:decode_command", "Audio -> codes -> audio."),
-    "generate": ("tokenlm.stages.vocoder:generate_command", "Continue audio with the LM and the WaveNet."),
-    "sweep": ("tokenlm.stages.sweep:command", "Information loss against codebook size."),
-    "report": ("tokenlm.stages.report:command", "Rebuild RUN/report.md."),
-    "run": ("tokenlm.stages.run:command", "Every stage of a recipe, cached, then the report."),
-}
+from tokenlm.pipeline import BY_NAME, STAGES
 
 
 class LazyGroup(click.Group):
-    """A click group whose subcommands are imported on first use."""
+    """A click group whose subcommands are the registry's stages, imported on first use."""
 
     def list_commands(self, ctx):
-        return [name for name in COMMANDS if _available(name)]
+        return [spec.name for spec in STAGES]
 
     def get_command(self, ctx, name):
-        if name not in COMMANDS or not _available(name):
-            return None
-        module_name, attribute = COMMANDS[name][0].split(":")
-        return getattr(importlib.import_module(module_name), attribute)
+        spec = BY_NAME.get(name)
+        return spec.load().command if spec else None
 
     def format_commands(self, ctx, formatter):
-        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
-        if rows:
-            with formatter.section("Commands"):
-                formatter.write_dl(rows)
-
-
-def _available(name: str) -> bool:
-    return importlib.util.find_spec(COMMANDS[name][0].split(":")[0]) is not None
+        with formatter.section("Commands"):
+            formatter.write_dl([(spec.name, spec.help) for spec in STAGES])
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from tokenlm.errors import ArtifactError, ConfigError
+from tokenlm.rundir import CONFIG
 
 __all__ = [
     "CodeLM",
@@ -171,7 +172,7 @@ class CodeLM:
         from tokenlm.runtime import pick_device
 
         lm_dir = Path(lm_dir)
-        if not (lm_dir / "config.json").is_file():
+        if not (lm_dir / CONFIG).is_file():
             raise ArtifactError(f"no language model at {lm_dir}: run `tokenlm pretrain RUN` first")
         device = pick_device(device)
         hf_logging.disable_progress_bar()
@@ -184,7 +185,7 @@ class CodeLM:
             raise ArtifactError(f"{lm_dir}: cannot load the language model ({str(err).splitlines()[0]})") from None
         info = getattr(model.config, "tokenlm", None)
         if not isinstance(info, dict) or "codebook_size" not in info:
-            raise ArtifactError(f"{lm_dir}/config.json has no 'tokenlm' section: not a tokenlm code LM")
+            raise ArtifactError(f"{lm_dir / CONFIG} has no 'tokenlm' section: not a tokenlm code LM")
         return cls(model.to(device), info, device)
 
     @property

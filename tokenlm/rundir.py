@@ -65,6 +65,11 @@ def index_file(split: str) -> str:
     return f"{split}.index.jsonl"
 
 
+def figure_file(name: str) -> str:
+    """A report figure's file name."""
+    return f"{name}.png"
+
+
 def is_finished(directory: str | Path) -> bool:
     """Whether ``directory`` holds a finished stage (its stage.json is written last)."""
     return (Path(directory) / STAGE_FILE).is_file()
@@ -98,11 +103,11 @@ class RunDir:
 
     def codebook(self, codebook_size: int) -> Path:
         """One codebook per size K, all sharing the run's autoencoder."""
-        return self.tokenizer / f"k{codebook_size}"
+        return codebook_dir(self.tokenizer, codebook_size)
 
     def codebooks(self) -> list[int]:
         """Every codebook size that has a trained codebook, ascending."""
-        return sorted(int(p.name[1:]) for p in self.tokenizer.glob("k*") if (p / CODEBOOK).is_file())
+        return codebook_sizes(self.tokenizer)
 
     @property
     def tokens_root(self) -> Path:
@@ -151,25 +156,41 @@ class RunDir:
 
     @property
     def codebook_size(self) -> int:
-        """The K that ``tokenlm tokenize`` was last asked for; the default of every consumer.
-        With no record, a run with exactly one codebook uses it."""
-        found = self.codebook_size_or_none()
-        if found is None:
-            sizes = self.codebooks()
-            if not sizes:
-                raise ArtifactError(f"{self.root} has no tokenizer yet: run `tokenlm tokenize --out {self.root}` first")
-            raise ArtifactError(f"{self.tokenizer}: cannot tell which codebook to use (found {sizes}); pass -K")
-        return found
+        """The K that ``tokenlm tokenize`` was last asked for: every consumer's default."""
+        if not self.codebooks() and not (self.tokenizer / CURRENT).is_file():
+            raise ArtifactError(f"{self.root} has no tokenizer yet: run `tokenlm tokenize --out {self.root}` first")
+        return current_codebook_size(self.tokenizer)
 
     def codebook_size_or_none(self) -> int | None:
-        path = self.tokenizer / CURRENT
-        if path.is_file():
-            return int(read_json(path)["codebook_size"])
-        sizes = self.codebooks()
-        return sizes[0] if len(sizes) == 1 else None
+        try:
+            return self.codebook_size
+        except ArtifactError:
+            return None
 
     def set_codebook_size(self, codebook_size: int) -> None:
         write_json(self.tokenizer / CURRENT, {"codebook_size": int(codebook_size)})
+
+
+# ---- inside a tokenizer folder (RUN/tokenizer, or one copied anywhere) -----------------
+
+def codebook_dir(tokenizer_dir: str | Path, codebook_size: int) -> Path:
+    return Path(tokenizer_dir) / f"k{codebook_size}"
+
+
+def codebook_sizes(tokenizer_dir: str | Path) -> list[int]:
+    """Every K with a trained codebook in a tokenizer folder, ascending."""
+    return sorted(int(p.name[1:]) for p in Path(tokenizer_dir).glob("k*") if (p / CODEBOOK).is_file())
+
+
+def current_codebook_size(tokenizer_dir: str | Path) -> int:
+    """The tokenizer's current K (current.json); with no record, its only codebook."""
+    path = Path(tokenizer_dir) / CURRENT
+    if path.is_file():
+        return int(read_json(path)["codebook_size"])
+    sizes = codebook_sizes(tokenizer_dir)
+    if len(sizes) == 1:
+        return sizes[0]
+    raise ArtifactError(f"{tokenizer_dir}: cannot tell which codebook to use (found {sizes}); pass a codebook size")
 
 
 def as_run(run: str | Path | RunDir) -> RunDir:

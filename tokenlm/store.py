@@ -15,6 +15,7 @@ import numpy as np
 
 from tokenlm.artifacts import read_jsonl, write_jsonl
 from tokenlm.errors import ArtifactError
+from tokenlm.rundir import bin_file, index_file
 
 
 class RaggedWriter:
@@ -27,7 +28,7 @@ class RaggedWriter:
         self.width = width
         self.rows: list[dict] = []
         self.offset = 0
-        self._file = open(self.directory / f"{split}.bin", "wb")
+        self._file = open(self.directory / bin_file(split), "wb")
 
     def add(self, row: dict, array: np.ndarray) -> None:
         """Append one clip's rows; ``row`` (id, label, ...) goes to the index with offset/length."""
@@ -41,7 +42,7 @@ class RaggedWriter:
 
     def close(self) -> None:
         self._file.close()
-        write_jsonl(self.directory / f"{self.split}.index.jsonl", self.rows)
+        write_jsonl(self.directory / index_file(self.split), self.rows)
 
     def __enter__(self):
         return self
@@ -60,8 +61,8 @@ class RaggedSplit:
         self.directory = Path(directory)
         self.split = split
         self.width = width
-        self.rows = read_jsonl(self.directory / f"{split}.index.jsonl")
-        path = self.directory / f"{split}.bin"
+        self.rows = read_jsonl(self.directory / index_file(split))
+        path = self.directory / bin_file(split)
         total = sum(r["length"] for r in self.rows)
         expected_bytes = total * width * np.dtype(dtype).itemsize
         if not path.is_file() or os.path.getsize(path) != expected_bytes:

@@ -24,10 +24,8 @@ from tokenlm.codebook import CodeAssigner
 from tokenlm.errors import ArtifactError
 from tokenlm.features import FeatureConfig, LogMel, patchify
 from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
+from tokenlm.rundir import AUTOENCODER_WEIGHTS, CODEBOOK, CONFIG, codebook_dir, codebook_sizes, current_codebook_size
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "autoencoder.safetensors"
-CODEBOOK_FILE = "codebook.npy"
 
 
 @dataclass(frozen=True)
@@ -163,19 +161,19 @@ class AudioTokenizer:
     def load(cls, path: str | Path, codebook_size: int | None = None, device=None) -> "AudioTokenizer":
         """Load ``RUN/tokenizer`` (its current codebook, or ``codebook_size``) or ``RUN/tokenizer/k{K}``."""
         path = Path(path)
-        if (path / CODEBOOK_FILE).is_file() and not (path / WEIGHTS_FILE).is_file():
+        if (path / CODEBOOK).is_file() and not (path / AUTOENCODER_WEIGHTS).is_file():
             codebook, path = path, path.parent
             coder = load_patch_coder(path)
         else:
             coder = load_patch_coder(path)  # first: "no trained tokenizer" says more than "which codebook?"
-            codebook = path / f"k{codebook_size or _current_codebook_size(path)}"
-        if not (codebook / CODEBOOK_FILE).is_file():
-            have = sorted(p.name for p in path.glob("k*") if (p / CODEBOOK_FILE).is_file())
-            raise ArtifactError(f"no codebook at {codebook} (this tokenizer has: {', '.join(have) or 'none'})")
-        centroids = np.load(codebook / CODEBOOK_FILE)
+            codebook = codebook_dir(path, codebook_size or current_codebook_size(path))
+        if not (codebook / CODEBOOK).is_file():
+            have = ", ".join(codebook_dir(path, k).name for k in sorted(codebook_sizes(path), reverse=True)) or "none"
+            raise ArtifactError(f"no codebook at {codebook} (this tokenizer has: {have})")
+        centroids = np.load(codebook / CODEBOOK)
         bottleneck = coder.autoencoder.encoder[-1].out_features
         if centroids.ndim != 2 or centroids.shape[1] != bottleneck:
-            raise ArtifactError(f"{codebook / CODEBOOK_FILE}: shape {centroids.shape} does not fit a {bottleneck}-d bottleneck")
+            raise ArtifactError(f"{codebook / CODEBOOK}: shape {centroids.shape} does not fit a {bottleneck}-d bottleneck")
         info = {"tokenizer_dir": str(path), "codebook_dir": str(codebook), "tokenizer_hash": _key_or_none(codebook)}
         tokenizer = cls(coder, centroids, info)
         return tokenizer.to(device) if device is not None else tokenizer
@@ -186,8 +184,8 @@ def save_patch_coder(coder: PatchCoder, directory: Path, extra: dict | None = No
     from tokenlm.config import to_dict
 
     state = {k: v.contiguous() for k, v in coder.autoencoder.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_FILE))
-    write_json(directory / CONFIG_FILE, {
+    save_file(state, str(directory / AUTOENCODER_WEIGHTS))
+    write_json(directory / CONFIG, {
         "features": to_dict(coder.features),
         "norm": {"mean": coder.mean.tolist(), "std": coder.std.tolist()},
         "autoencoder": to_dict(_autoencoder_config(coder.autoencoder)),
@@ -198,13 +196,13 @@ def save_patch_coder(coder: PatchCoder, directory: Path, extra: dict | None = No
 
 def load_patch_coder(directory: str | Path) -> PatchCoder:
     directory = Path(directory)
-    if not (directory / WEIGHTS_FILE).is_file():
+    if not (directory / AUTOENCODER_WEIGHTS).is_file():
         raise ArtifactError(f"no trained tokenizer at {directory} (run `tokenlm tokenize` first)")
-    config = read_json(directory / CONFIG_FILE)
+    config = read_json(directory / CONFIG)
     features = FeatureConfig(**config["features"])
     ae_config = AutoencoderConfig(**{**config["autoencoder"], "hidden": tuple(config["autoencoder"]["hidden"])})
     autoencoder = PatchAutoencoder(features.patch_dim, ae_config)
-    autoencoder.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+    autoencoder.load_state_dict(load_file(str(directory / AUTOENCODER_WEIGHTS)))
     return PatchCoder(features, config["norm"]["mean"], config["norm"]["std"], autoencoder).eval()
 
 
@@ -218,16 +216,6 @@ def _autoencoder_config(autoencoder: PatchAutoencoder) -> AutoencoderConfig:
 def _num_patches(n_frames: int, features: FeatureConfig) -> int:
     n_frames = max(n_frames, features.patch_frames)  # short clips are padded to one patch
     return 1 + (n_frames - features.patch_frames) // features.patch_step
-
-
-def _current_codebook_size(tokenizer_dir: Path) -> int:
-    current = tokenizer_dir / "current.json"
-    if current.is_file():
-        return int(read_json(current)["codebook_size"])
-    sizes = sorted(int(p.name[1:]) for p in tokenizer_dir.glob("k*") if (p / CODEBOOK_FILE).is_file())
-    if len(sizes) == 1:
-        return sizes[0]
-    raise ArtifactError(f"{tokenizer_dir}: cannot tell which codebook to use (found {sizes}); pass a codebook size")
 
 
 def _key_or_none(directory: Path):

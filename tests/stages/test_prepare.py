@@ -16,7 +16,8 @@ from tokenlm.cli import main
 from tokenlm.data import SPLITS
 from tokenlm.errors import TokenlmError
 from tokenlm.features import FeatureConfig, LogMel
-from tokenlm.stages.prepare import MANIFEST, load_feature_config, prepare
+from tokenlm.rundir import MANIFEST, RunDir, read_feature_meta
+from tokenlm.stages.prepare import prepare
 from tokenlm.store import RaggedSplit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -101,7 +102,7 @@ def test_prepare_end_to_end(corpus, tmp_path, capsys):
     short = next(m for m in manifest if m["path"].endswith("short.wav"))
     short_row = next(r for r in RaggedSplit(out, short["split"], "float16", width=64).rows if r["id"] == short["id"])
     assert short_row["padded"] and short_row["length"] == 4
-    assert load_feature_config(run) == FeatureConfig()
+    assert read_feature_meta(RunDir(run).features).config == FeatureConfig()
 
 
 def test_norm_stats_come_from_train_only(corpus, tmp_path):
@@ -135,7 +136,7 @@ def test_rerun_skips_and_changes_rebuild(make_corpus, tmp_path, capsys):
     assert record["key"] != json.loads(before[0])["key"]
     assert record["config"]["features"]["n_mels"] == 32
     assert RaggedSplit(out, "train", "float16", width=32)[0].shape[1] == 32
-    assert load_feature_config(run).f_max == 7000.0
+    assert read_feature_meta(RunDir(run).features).config.f_max == 7000.0
     assert not any(p.name.startswith(".") for p in run.iterdir())  # no work or old folder left
 
     # a changed input file rebuilds

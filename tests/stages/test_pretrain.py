@@ -24,6 +24,7 @@ from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
 from tokenlm.lm import CodeLM
 from tokenlm.models.gpt import LMConfig
 from tokenlm.stages.generate_codes import generate_codes
+from tokenlm.config import load_yaml
 from tokenlm.stages.pretrain import PackedClips, lm_configs, pretrain
 from tokenlm.store import RaggedSplit, RaggedWriter
 from tokenlm.train import TrainConfig, load_checkpoint
@@ -236,12 +237,12 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
 def test_recipe_section_and_overrides(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("lm:\n  n_layer: 3\n  training: {steps: 7, lr: 0.002}\n")
-    model, training = lm_configs(recipe, {"n_embd": 64, "steps": 9, "batch_size": None})
+    model, training = lm_configs(load_yaml(recipe)["lm"], {"n_embd": 64, "steps": 9, "batch_size": None})
     assert (model.n_layer, model.n_embd, model.context) == (3, 64, 512)
     assert (training.steps, training.lr, training.batch_size, training.patience) == (9, 0.002, 8, 5)
     recipe.write_text("lm:\n  n_layers: 3\n")
     with pytest.raises(ConfigError, match="unknown option 'lm.n_layers'"):
-        lm_configs(recipe)
+        lm_configs(load_yaml(recipe)["lm"])
 
 
 def test_missing_tokens_and_vocab_mismatch(tmp_path):

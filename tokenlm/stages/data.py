@@ -9,14 +9,24 @@ import click
 
 from tokenlm.config import build, recipe_section
 from tokenlm.data import SPLITS, SplitConfig, assign_splits, scan_dataset
+from tokenlm.pipeline import RunContext
+
+
+def run(ctx: RunContext) -> None:
+    """Build the demo set when the recipe asks for one (data.demo: instruments|speech)."""
+    section = ctx.section("data")
+    if section.get("demo"):
+        from tokenlm.demo import build_demo  # the renderers' imports are only for this
+
+        build_demo(Path(section["path"]), kind=section["demo"], seed=int(section.get("seed", 0)))
 
 
 @click.group("data")
-def data():
+def command():
     """Datasets: build the demo set, inspect a folder."""
 
 
-@data.command("demo")
+@command.command("demo")
 @click.option("--out", "out", type=click.Path(), default="data/demo", show_default=True, help="Where to build it.")
 @click.option("--kind", type=click.Choice(["instruments", "speech"]), default="instruments", show_default=True,
               help="Sampled General-MIDI instruments (10 families) or eSpeak NG keywords (10 words).")
@@ -31,7 +41,7 @@ def demo(out, kind, seed):
                f"of audio ({state}) -> {out}")
 
 
-@data.command("info")
+@command.command("info")
 @click.argument("path", type=click.Path())
 @click.option("--config", "recipe", type=click.Path(), help="Recipe YAML (section: split).")
 def info(path, recipe):

@@ -18,16 +18,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tokenlm.artifacts import Stage, features_dir, fingerprint, read_json, read_jsonl, write_json, write_jsonl
+from tokenlm.artifacts import Stage, fingerprint, read_jsonl, write_json, write_jsonl
 from tokenlm.audio import load_audio
-from tokenlm.config import build, recipe_section, to_dict
+from tokenlm.config import to_dict
 from tokenlm.data import SPLITS, Clip, SplitConfig, assign_splits, scan_dataset
 from tokenlm.errors import AudioError, TokenlmError
 from tokenlm.features import FeatureConfig, LogMel, RunningStats
 from tokenlm.runtime import bounded_map, cpu_threads, kernel_threads
+from tokenlm.pipeline import RunContext
+from tokenlm.rundir import MANIFEST, META, RunDir
 from tokenlm.store import RaggedWriter
-
-MANIFEST = "manifest.jsonl"
 
 
 def prepare(
@@ -44,33 +44,33 @@ def prepare(
     Unusable clips are skipped and recorded in the manifest; with ``strict`` any skip is an
     error (raised after the manifest is written, so the reasons can be read).
     """
-    run = Path(run)
+    run = RunDir(run)
     layout, clips = scan_dataset(data)
     clips = assign_splits(clips, split)
     stage = Stage(
-        features_dir(run),
+        run.features,
         config={"features": to_dict(features), "split": to_dict(split), "layout": layout},
         inputs={"data": _fingerprint_files(clips)},
     )
-    if stage.done:
-        _say(f"features up to date: {stage.out_dir}")
-        if strict:
-            _check_strict(run / MANIFEST)
-        return stage.out_dir
 
-    work = stage.start()
-    manifest, meta = _extract(clips, features, work, progress)
-    meta.update(layout=layout, data=str(data))
-    write_json(work / "meta.json", meta)
-    write_jsonl(work / MANIFEST, manifest)
-    run.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(work / MANIFEST, run / MANIFEST)
-    _print_summary(manifest)
-    if strict:
-        _check_strict(run / MANIFEST)
-    stage.finish(extra={"clips_ok": meta["clips_ok"], "clips_skipped": meta["clips_skipped"]})
-    _say(f"features: {stage.out_dir}\nmanifest: {run / MANIFEST}")
-    return stage.out_dir
+    def make(work: Path) -> dict:
+        manifest, meta = _extract(clips, features, work, progress)
+        meta.update(layout=layout, data=str(data))
+        write_json(work / META, meta)
+        write_jsonl(work / MANIFEST, manifest)
+        run.root.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(work / MANIFEST, run.manifest)
+        _print_summary(manifest)
+        if strict:
+            _check_strict(run.manifest)
+        _say(f"features: {stage.out_dir}\nmanifest: {run.manifest}")
+        return {"clips_ok": meta["clips_ok"], "clips_skipped": meta["clips_skipped"]}
+
+    if stage.up_to_date("features"):
+        if strict:
+            _check_strict(run.manifest)
+        return stage.out_dir
+    return stage.build("features", make)
 
 
 def _extract(clips: list[Clip], features: FeatureConfig, work: Path, progress: bool):
@@ -172,12 +172,6 @@ def _say(text: str) -> None:
     click.echo(text, err=True)
 
 
-def load_feature_config(run: str | Path) -> FeatureConfig:
-    """The FeatureConfig a run's features were built with."""
-    meta = read_json(features_dir(run) / "meta.json")
-    return FeatureConfig(**{k: meta[k] for k in FeatureConfig.__dataclass_fields__})
-
-
 @click.command("prepare")
 @click.option("--data", "data", type=click.Path(), help="Dataset folder or manifest file.")
 @click.option("--out", "run", type=click.Path(), help="Run directory.")
@@ -185,14 +179,19 @@ def load_feature_config(run: str | Path) -> FeatureConfig:
 @click.option("--strict", is_flag=True, default=None, help="Fail if any clip is skipped.")
 def command(data, run, recipe, strict):
     """Scan a dataset, split it and compute log-mel features into RUN/features."""
-    data_section = recipe_section(recipe, "data")
-    data = data or data_section.get("path")
-    run = run or (recipe and recipe_section(recipe, "run").get("dir"))
-    if not data or not run:
-        raise TokenlmError("need --data and --out (or a recipe with data.path and run.dir)")
-    prepare(
-        data, run,
-        build(FeatureConfig, recipe_section(recipe, "features"), where="features"),
-        build(SplitConfig, recipe_section(recipe, "split"), where="split"),
-        strict=bool(strict if strict is not None else data_section.get("strict", False)),
-    )
+    ctx = RunContext.create(run, recipe)
+    _prepare(ctx, data=data, strict=strict)
+
+
+def run(ctx: RunContext) -> None:
+    _prepare(ctx)
+
+
+def _prepare(ctx: RunContext, data: str | None = None, strict: bool | None = None) -> Path:
+    section = ctx.section("data")
+    data = data or section.get("path")
+    if not data:
+        raise TokenlmError("need --data (or a recipe with data.path)")
+    return prepare(data, ctx.run, ctx.config(FeatureConfig, "features"), ctx.config(SplitConfig, "split"),
+                   strict=bool(strict if strict is not None else section.get("strict", False)),
+                   progress=ctx.progress)

@@ -39,29 +39,25 @@ import click
 import numpy as np
 import torch
 
-from tokenlm.artifacts import Stage, read_json, read_stage, stage_key, tokens_dir, write_json
-from tokenlm.config import build, recipe_section, to_dict
+from tokenlm.artifacts import Stage, stage_key, write_json
+from tokenlm.config import build, to_dict
 from tokenlm.errors import ArtifactError, TokenlmError
 from tokenlm.lm import IGNORE, count_baselines, lm_loss, pad_batch, scoring_windows
 from tokenlm.models.gpt import LMConfig, build_gpt2, vocab_layout
+from tokenlm.pipeline import RunContext
+from tokenlm.rundir import METRICS, SPLITS, TRAIN_LOG, RunDir, TokensMeta, bin_file, read_tokens_meta
 from tokenlm.store import RaggedSplit
 from tokenlm.train import TrainConfig, distributed_stage, train
-
-LM_DIR = "lm"
 
 # The LM's training defaults where they differ from TrainConfig's generic ones.
 LM_TRAINING_DEFAULTS = {"steps": 2000, "batch_size": 8, "lr": 1e-3, "warmup_steps": 100, "eval_every": 100,
                         "patience": 5, "log_every": 10}
 
 
-def lm_dir(run: str | Path) -> Path:
-    return Path(run) / LM_DIR
-
-
-def lm_configs(recipe=None, overrides: dict | None = None) -> tuple[LMConfig, TrainConfig]:
-    """(LMConfig, TrainConfig) from the recipe's ``lm:`` section (model keys at the top,
+def lm_configs(section: dict | None = None, overrides: dict | None = None) -> tuple[LMConfig, TrainConfig]:
+    """(LMConfig, TrainConfig) from a recipe's ``lm:`` section (model keys at the top,
     training keys under ``training:``) and flat command-line overrides (either kind)."""
-    section = dict(recipe_section(recipe, "lm"))
+    section = dict(section or {})
     training = section.pop("training", None) or {}
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     model_names = {f.name for f in dataclasses.fields(LMConfig)}
@@ -133,24 +129,11 @@ def validation_batches(split: RaggedSplit, bos: int, context: int, batch_size: i
     return [batches[i] for i in order]
 
 
-def _check_tokens(directory: Path, k: int | None) -> tuple[dict, int]:
-    """meta.json of the tokens, and K; a clear error for missing or inconsistent tokens."""
-    read_stage(directory, hint="`tokenlm tokenize`")
-    meta = read_json(directory / "meta.json")
-    if "vocab_size" not in meta:
-        raise ArtifactError(f"{directory}/meta.json has no vocab_size")
-    vocab = int(meta["vocab_size"])
-    if k is not None and vocab != k:
-        raise ArtifactError(f"{directory}/meta.json says vocab_size {vocab}, but K={k} was asked for")
-    if meta.get("dtype", "uint16") != "uint16":
-        raise ArtifactError(f"{directory}: codes stored as {meta['dtype']}, expected uint16")
-    return meta, vocab
-
-
-def _check_codes(split: RaggedSplit, k: int) -> None:
-    if len(split.data) and int(split.data.max()) >= k:
-        raise ArtifactError(f"{split.directory}/{split.split}.bin holds code {int(split.data.max())}, but meta.json "
-                            f"says the vocabulary has {k} codes: the tokens are corrupt or from another tokenizer")
+def _check_codes(split: RaggedSplit, codebook_size: int) -> None:
+    if len(split.data) and int(split.data.max()) >= codebook_size:
+        raise ArtifactError(f"{split.directory / bin_file(split.split)} holds code {int(split.data.max())}, but its "
+                            f"meta says the vocabulary has {codebook_size} codes: the tokens are corrupt or from "
+                            f"another tokenizer")
 
 
 # ---- the stage ------------------------------------------------------------------------
@@ -162,89 +145,98 @@ def pretrain(run: str | Path, model: LMConfig = LMConfig(), training: TrainConfi
     one) and save it to RUN/lm, or ``out_dir`` (the sweep trains one LM per codebook size).
     Resumes an interrupted run; skips when up to date. Works alone or as one rank under
     torchrun. Returns the LM's folder."""
-    run = Path(run)
+    run = RunDir(run)
     training = training or build(TrainConfig, LM_TRAINING_DEFAULTS)
     if device is not None:
         training = dataclasses.replace(training, device=device)
-    tdir = tokens_dir(run, k)
-    meta, vocab = _check_tokens(tdir, k)
+    tokens = read_tokens_meta(run.tokens(k), k)
     key_training = {name: value for name, value in to_dict(training).items() if name != "device"}
-    stage = Stage(Path(out_dir) if out_dir is not None else lm_dir(run),
-                  config={"model": to_dict(model), "training": key_training, "codebook_size": vocab},
-                  inputs={"tokens": stage_key(tdir)})
-    if stage.done:
-        _say(f"lm up to date: {stage.out_dir}")
+    stage = Stage(Path(out_dir) if out_dir is not None else run.lm,
+                  config={"model": to_dict(model), "training": key_training, "codebook_size": tokens.codebook_size},
+                  inputs={"tokens": stage_key(tokens.directory)})
+    if stage.up_to_date("lm"):
         return stage.out_dir
-
     with distributed_stage(stage, training.device) as (work, dist):
-        return _train_stage(run, stage, work, tdir, meta, vocab, model, training, dist, progress, callbacks)
-
-
-def _train_stage(run, stage, work, tdir, meta, vocab, model_cfg, training, dist, progress, callbacks) -> Path:
-    splits = {name: RaggedSplit(tdir, name, "uint16") for name in ("train", "val", "test")}
-    for split in splits.values():
-        _check_codes(split, vocab)
-    train_split = splits["train"]
-    if len(train_split.data) == 0:
-        raise TokenlmError(f"{tdir}: the train split has no codes to learn from")
-    layout = vocab_layout(vocab)
-    bos = layout["bos_token_id"]
-    info = {"code_rate": meta.get("code_rate"), "sample_rate": meta.get("sample_rate"),
-            "samples_per_code": meta.get("samples_per_code"), "tokens_key": stage_key(tdir),
-            "tokenizer_hash": meta.get("tokenizer_hash")}
-    torch.manual_seed(training.seed)  # the initial weights
-    model = build_gpt2(model_cfg, vocab, device=dist.device, info=info)
-    code_rate = float(meta.get("code_rate") or 0.0)
-    val = validation_batches(splits["val"], bos, model_cfg.context, training.batch_size) if len(splits["val"].data) else None
-    if dist.is_main:
-        params = sum(p.numel() for p in model.parameters())
-        _say(f"lm: {params / 1e6:.2f} M parameters, {len(train_split.data)} train codes, "
-             f"K={vocab}, context {model_cfg.context}, {dist.world_size} process(es) on {dist.device} "
-             f"({model.config._attn_implementation} attention)")
-    result = train(
-        model, training, work,
-        loss_fn=lm_loss,
-        train_batch=PackedClips(train_split, bos, model_cfg.context),
-        val_batches=(lambda: val) if val else None,
-        val_metrics=lambda loss: {"val_ppl": math.exp(min(loss, 700.0)),
-                                  "val_bits_per_s": loss / math.log(2) * code_rate},
-        count_items=count_targets,
-        items_name="tokens",
-        dist=dist,
-        progress=progress,
-        callbacks=callbacks,
-        desc="lm",
-    )
-    if dist.is_main:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # "Writing model shards" for a one-file model is noise
-        metrics = _final_metrics(model, result, splits, vocab, bos, model_cfg, training, code_rate, work, dist)
-        model.cpu().save_pretrained(work)
-        write_json(work / "metrics.json", metrics)
-        stage.finish(extra={"metrics": metrics})
-        _say(f"lm: val perplexity {metrics.get('val_ppl', float('nan')):.2f} (unigram {metrics['unigram_ppl']:.2f}, "
-             f"bigram {metrics['bigram_ppl']:.2f}) -> {stage.out_dir}")
-    dist.barrier()
+        job = _LMJob(tokens, model, training)
+        job.train(work, dist, progress, callbacks)
+        if dist.is_main:
+            stage.finish(extra={"metrics": job.metrics})
+            _say(f"lm: val perplexity {job.metrics.get('val_ppl', float('nan')):.2f} "
+                 f"(unigram {job.metrics['unigram_ppl']:.2f}, bigram {job.metrics['bigram_ppl']:.2f}) -> {stage.out_dir}")
+        dist.barrier()
     return stage.out_dir
 
 
-def _final_metrics(model, result, splits, vocab, bos, model_cfg, training, code_rate, work, dist) -> dict:
+@dataclasses.dataclass
+class _LMJob:
+    """One LM training: its codes, model and training settings; ``train`` fills ``metrics``."""
+
+    tokens: TokensMeta
+    model_cfg: LMConfig
+    training: TrainConfig
+    metrics: dict = dataclasses.field(default_factory=dict)
+
+    def train(self, work: Path, dist, progress: bool, callbacks) -> None:
+        tokens, model_cfg, training = self.tokens, self.model_cfg, self.training
+        splits = {name: RaggedSplit(tokens.directory, name, "uint16") for name in SPLITS}
+        for split in splits.values():
+            _check_codes(split, tokens.codebook_size)
+        if len(splits["train"].data) == 0:
+            raise TokenlmError(f"{tokens.directory}: the train split has no codes to learn from")
+        bos = vocab_layout(tokens.codebook_size)["bos_token_id"]
+        info = {"code_rate": tokens.code_rate, "sample_rate": tokens.sample_rate,
+                "samples_per_code": tokens.samples_per_code, "tokens_key": stage_key(tokens.directory),
+                "tokenizer_hash": tokens.raw.get("tokenizer_hash")}
+        torch.manual_seed(training.seed)  # the initial weights
+        model = build_gpt2(model_cfg, tokens.codebook_size, device=dist.device, info=info)
+        code_rate = tokens.code_rate or 0.0
+        val = (validation_batches(splits["val"], bos, model_cfg.context, training.batch_size)
+               if len(splits["val"].data) else None)
+        if dist.is_main:
+            params = sum(p.numel() for p in model.parameters())
+            _say(f"lm: {params / 1e6:.2f} M parameters, {len(splits['train'].data)} train codes, "
+                 f"K={tokens.codebook_size}, context {model_cfg.context}, {dist.world_size} process(es) on "
+                 f"{dist.device} ({model.config._attn_implementation} attention)")
+        result = train(
+            model, training, work,
+            loss_fn=lm_loss,
+            train_batch=PackedClips(splits["train"], bos, model_cfg.context),
+            val_batches=(lambda: val) if val else None,
+            val_metrics=lambda loss: {"val_ppl": math.exp(min(loss, 700.0)),
+                                      "val_bits_per_s": loss / math.log(2) * code_rate},
+            count_items=count_targets,
+            items_name="tokens",
+            dist=dist,
+            progress=progress,
+            callbacks=callbacks,
+            desc="lm",
+        )
+        if dist.is_main:
+            from transformers.utils import logging as hf_logging  # transformers loads lazily
+
+            hf_logging.disable_progress_bar()  # "Writing model shards" for a one-file model is noise
+            self.metrics = _final_metrics(model, result, splits, bos, self, work, dist)
+            model.cpu().save_pretrained(work)
+            write_json(work / METRICS, self.metrics)
+
+
+def _final_metrics(model, result, splits, bos, job: _LMJob, work: Path, dist) -> dict:
     """Val and test perplexity of the kept weights next to the count references."""
+    code_rate, context, batch_size = job.tokens.code_rate or 0.0, job.model_cfg.context, job.training.batch_size
     metrics = {"steps": result.step, "best_step": result.best_step, "stopped_early": result.stopped_early,
                "parameters": sum(p.numel() for p in model.parameters()),
                "train_codes": int(len(splits["train"].data)), "code_rate": code_rate}
     for name in ("val", "test"):
         if len(splits[name].data):
-            loss = _split_loss(model, splits[name], bos, model_cfg.context, training.batch_size, dist.device)
+            loss = _split_loss(model, splits[name], bos, context, batch_size, dist.device)
             metrics[f"{name}_loss"] = loss
             metrics[f"{name}_ppl"] = math.exp(loss)
             metrics[f"{name}_bits_per_s"] = loss / math.log(2) * code_rate
     ref_split = splits["val"] if len(splits["val"].data) else splits["test"]
-    refs = count_baselines((c for _, c in splits["train"]), (c for _, c in ref_split), vocab)
+    refs = count_baselines((c for _, c in splits["train"]), (c for _, c in ref_split), job.tokens.codebook_size)
     metrics["unigram_ppl"], metrics["bigram_ppl"] = refs["unigram_ppl"], refs["bigram_ppl"]
     metrics["reference_split"] = ref_split.split
-    metrics["tokens_per_s"] = _mean_rate(work / "train_log.csv")
+    metrics["tokens_per_s"] = _mean_rate(work / TRAIN_LOG)
     return metrics
 
 
@@ -304,10 +296,16 @@ def command(run, codebook_size, recipe, device, no_progress, **options):
       tokenlm pretrain runs/demo --config recipes/demo.yaml --steps 500
       torchrun --nproc_per_node=2 -m tokenlm pretrain runs/demo
     """
-    run = run or recipe_section(recipe, "run").get("dir")
-    if not run:
-        raise TokenlmError("need RUN (or --config with run.dir)")
-    model, training = lm_configs(recipe, options)
-    out = pretrain(run, model, training, k=codebook_size, device=device, progress=not no_progress)
+    ctx = RunContext.create(run, recipe, device=device, progress=not no_progress)
+    out = _pretrain(ctx, codebook_size, options)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process speaks
-        click.echo(f"lm: {out}\nlog: {out / 'train_log.csv'}")
+        click.echo(f"lm: {out}\nlog: {out / TRAIN_LOG}")
+
+
+def run(ctx: RunContext) -> None:
+    _pretrain(ctx)
+
+
+def _pretrain(ctx: RunContext, codebook_size: int | None = None, overrides: dict | None = None) -> Path:
+    model, training = lm_configs(ctx.section("lm"), overrides)
+    return pretrain(ctx.run, model, training, k=codebook_size, device=ctx.device, progress=ctx.progress)

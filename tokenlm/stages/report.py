@@ -13,31 +13,28 @@ from pathlib import Path
 
 import click
 
-from tokenlm.artifacts import features_dir, read_json, read_jsonl, tokenizer_dir
-from tokenlm.data import SPLITS
-
-FIGURES = "report_files"
+from tokenlm.artifacts import read_json, read_jsonl
+from tokenlm.rundir import MANIFEST, META, METRICS, REPORT, SAMPLES, SPLITS, TRAIN_LOG, RunDir, figure_file
 
 
 def write_report(run: str | Path) -> Path:
     """Write RUN/report.md (and its figures under RUN/report_files/); return its path."""
-    run = Path(run)
-    sections = [f"# tokenlm run: {run.name}\n"]
+    run = RunDir(run)
+    sections = [f"# tokenlm run: {run.root.name}\n"]
     for section in (dataset_section, tokenizer_section, lm_section, probe_section, vocoder_section, sweep_section):
         text = section(run)
         if text:
             sections.append(text)
-    path = run / "report.md"
-    path.write_text("\n".join(sections))
-    return path
+    run.report.write_text("\n".join(sections))
+    return run.report
 
 
-def dataset_section(run: Path) -> str | None:
-    if not (run / "manifest.jsonl").is_file():
+def dataset_section(run: RunDir) -> str | None:
+    if not run.manifest.is_file():
         return None
-    rows = read_jsonl(run / "manifest.jsonl")
+    rows = read_jsonl(run.manifest)
     ok = [r for r in rows if r["status"] == "ok"]
-    meta = read_json(features_dir(run) / "meta.json") if (features_dir(run) / "meta.json").is_file() else {}
+    meta = read_json(run.features / META) if (run.features / META).is_file() else {}
     labels = sorted({r["label"] for r in ok if r["label"] is not None}, key=str)
     lines = ["## Dataset\n",
              f"Source `{meta.get('data', '?')}` (layout: {meta.get('layout', '?')}): {len(rows)} clips, "
@@ -55,34 +52,32 @@ def dataset_section(run: Path) -> str | None:
     lines.append("| **all** | " + " | ".join(f"**{totals.get(s, 0)}**" for s in SPLITS) + " |\n")
     reasons = Counter(r["reason"] for r in rows if r["status"] != "ok")
     if reasons:
-        lines.append("Skipped clips (see manifest.jsonl):\n")
+        lines.append(f"Skipped clips (see {MANIFEST}):\n")
         lines += [f"- {n} x {reason}" for reason, n in reasons.most_common(10)]
         lines.append("")
     return "\n".join(lines)
 
 
-def tokenizer_section(run: Path) -> str | None:
-    tok = tokenizer_dir(run)
-    if not (tok / "metrics.json").is_file():
+def tokenizer_section(run: RunDir) -> str | None:
+    if not (run.tokenizer / METRICS).is_file():
         return None
-    ae = read_json(tok / "metrics.json")
+    ae = read_json(run.tokenizer / METRICS)
     lines = ["## Tokenizer\n",
              f"Autoencoder: val reconstruction {ae['recon_rmse_db']:.2f} dB RMSE, "
              f"{ae['recon_relative_mse']:.3f} of the patch variance (best epoch {ae['best_epoch']} of {ae['epochs_run']}).\n",
              "| K | used codes | perplexity | bits/s | quantisation error (rel.) | log-mel RMSE through codes (dB) |",
              "|---:|---:|---:|---:|---:|---:|"]
-    for k_dir in sorted(tok.glob("k*/metrics.json"), key=lambda p: int(p.parent.name[1:])):
-        m = read_json(k_dir)
+    for k in run.codebooks():
+        m = read_json(run.codebook(k) / METRICS)
         lines.append(f"| {m['k']} | {m['used_codes']} | {m['perplexity']:.1f} | {m['bits_per_second']:.0f} | "
                      f"{m['relative_quantisation_error']:.3f} | {m['recon_rmse_db']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
-def lm_section(run: Path) -> str | None:
-    lm = run / "lm"
-    if not (lm / "metrics.json").is_file():
+def lm_section(run: RunDir) -> str | None:
+    if not (run.lm / METRICS).is_file():
         return None
-    m = read_json(lm / "metrics.json")
+    m = read_json(run.lm / METRICS)
     split = m.get("reference_split", "val")
     rate = m["code_rate"]
     lines = ["## Code language model\n",
@@ -94,15 +89,15 @@ def lm_section(run: Path) -> str | None:
                       ("unigram", m.get("unigram_ppl"))):
         if ppl:
             lines.append(f"| {name} | {ppl:.2f} | {math.log2(ppl) * rate:.0f} |")
-    with open(lm / "train_log.csv", newline="") as f:
-        figure = _plot_curves(list(csv.DictReader(f)), run / FIGURES / "lm_loss.png")
+    with open(run.lm / TRAIN_LOG, newline="") as f:
+        figure = _plot_curves(list(csv.DictReader(f)), run.report_files / figure_file("lm_loss"))
     if figure:
-        lines.append(f"\n![LM loss]({figure.relative_to(run)})")
+        lines.append(f"\n![LM loss]({figure.relative_to(run.root)})")
     return "\n".join(lines) + "\n"
 
 
-def probe_section(run: Path) -> str | None:
-    return _include(run / "probe" / "report.md", "## Linear probe and baselines\n")
+def probe_section(run: RunDir) -> str | None:
+    return _include(run.probe / REPORT, "## Linear probe and baselines\n")
 
 
 VOCODER_ROWS = (
@@ -114,11 +109,10 @@ VOCODER_ROWS = (
 )
 
 
-def vocoder_section(run: Path) -> str | None:
-    vocoder = run / "vocoder"
-    if not (vocoder / "metrics.json").is_file():
+def vocoder_section(run: RunDir) -> str | None:
+    if not (run.vocoder / METRICS).is_file():
         return None
-    m = read_json(vocoder / "metrics.json")
+    m = read_json(run.vocoder / METRICS)
     synthesis = m.get("resynthesis", {})
     lines = ["## WaveNet decoder\n",
              f"{m['parameters'] / 1e6:.2f} M parameters, receptive field {m['receptive_field']} samples, "
@@ -127,19 +121,20 @@ def vocoder_section(run: Path) -> str | None:
              f"{synthesis.get('rtf_per_clip', float('nan')):.1f} s per second of audio per clip.\n",
              "| measure | value |", "|---|---:|"]
     lines += [f"| {label} | {m[key]:.2f} |" for key, label in VOCODER_ROWS if isinstance(m.get(key), (int, float))]
-    samples = sorted((vocoder / "samples").glob("*.wav")) + sorted((run / "generated").glob("*.wav"))
+    samples = sorted((run.vocoder / SAMPLES).glob("*.wav")) + sorted(run.generated.glob("*.wav"))
     if samples:
         lines.append("\nAudio examples:\n")
-        lines += [f"- [{p.name}]({p.relative_to(run)})" for p in samples]
+        lines += [f"- [{p.name}]({p.relative_to(run.root)})" for p in samples]
     return "\n".join(lines) + "\n"
 
 
-def sweep_section(run: Path) -> str | None:
-    text = _include(run / "sweep" / "report.md", "## Codebook-size sweep\n")
+def sweep_section(run: RunDir) -> str | None:
+    text = _include(run.sweep / REPORT, "## Codebook-size sweep\n")
     if text is None:
         return None
     # The sweep's figures sit beside its report: make their links relative to RUN.
-    return text.replace("](", "](sweep/").replace("](sweep/http", "](http")
+    folder = run.sweep.relative_to(run.root).as_posix()
+    return text.replace("](", f"]({folder}/").replace(f"]({folder}/http", "](http")
 
 
 def _include(path: Path, heading: str) -> str | None:

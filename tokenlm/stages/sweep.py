@@ -22,13 +22,14 @@ from pathlib import Path
 import click
 import numpy as np
 
-from tokenlm.artifacts import (
-    Stage, codebook_dir, read_json, stage_key, tokenizer_dir, tokens_dir, write_json,
-)
+from tokenlm.artifacts import Stage, read_json, stage_key, write_json
 from tokenlm.codebook import CodebookConfig, label_code_agreement
-from tokenlm.config import build, recipe_section, to_dict
+from tokenlm.config import load_yaml, to_dict
 from tokenlm.errors import TokenlmError
+from tokenlm.pipeline import RunContext
+from tokenlm.rundir import METRICS, REPORT, RESULTS, SWEEP_JSON, SWEEP_TABLE, RunDir, figure_file, is_finished
 from tokenlm.runtime import pick_device
+from tokenlm.stages.tokenize import encode_run_stage, fit_codebook_stage
 from tokenlm.store import RaggedSplit
 
 
@@ -65,43 +66,48 @@ METRIC_GROUPS = {
 
 def sweep(run: str | Path, config: SweepConfig = SweepConfig(), codebook: CodebookConfig = CodebookConfig(), *,
           recipe: str | Path | None = None, device: str | None = None, progress: bool = True) -> Path:
-    """Measure every K of ``config.codebook_sizes`` on the run's autoencoder; returns RUN/sweep."""
-    from tokenlm.stages.tokenize import encode_run_stage, fit_codebook_stage
+    """Measure every K of ``config.codebook_sizes`` on the run's autoencoder; returns RUN/sweep.
+    ``recipe`` gives the sections of the per-K LM, probe and vocoder."""
+    ctx = RunContext(RunDir(run), load_yaml(recipe) if recipe else {}, Path(recipe) if recipe else None,
+                     device=device, progress=progress)
+    return _sweep(ctx, config, codebook)
 
-    run = Path(run)
-    if not (tokenizer_dir(run) / "stage.json").is_file():
-        raise TokenlmError(f"{run} has no trained autoencoder: run `tokenlm tokenize --data DIR --out {run}` first")
-    torch_device = pick_device(device)
+
+def _sweep(ctx: RunContext, config: SweepConfig, codebook: CodebookConfig) -> Path:
+    run = ctx.run
+    if not is_finished(run.tokenizer):
+        raise TokenlmError(f"{run.root} has no trained autoencoder: run `tokenlm tokenize --data DIR --out {run.root}` first")
+    torch_device = pick_device(ctx.device)
     rows = []
     for k in sorted(config.codebook_sizes):
         click.secho(f"-- K={k}", bold=True, err=True)
         fit_codebook_stage(run, k, codebook, device=torch_device)
-        encode_run_stage(run, k, device=torch_device, progress=progress)
+        encode_run_stage(run, k, device=torch_device, progress=ctx.progress)
         row = codebook_row(run, k)
         for enabled, extra in _optional_columns(config):
             if enabled:
-                row.update(extra(run, k, recipe=recipe, device=device))
+                row.update(extra(ctx, k))
         rows.append(row)
 
-    inputs = {f"k{k}": stage_key(tokens_dir(run, k)) for k in config.codebook_sizes}
-    stage = Stage(run / "sweep", config=to_dict(config), inputs=inputs)
+    inputs = {f"k{k}": stage_key(run.tokens(k)) for k in config.codebook_sizes}
+    stage = Stage(run.sweep, config=to_dict(config), inputs=inputs)
     work = stage.start()
     write_sweep_outputs(rows, config, work)
     stage.finish()
-    click.echo(f"sweep: {stage.out_dir / 'report.md'}")
+    click.echo(f"sweep: {stage.out_dir / REPORT}")
     return stage.out_dir
 
 
-def codebook_row(run: Path, k: int) -> dict:
+def codebook_row(run: RunDir, k: int) -> dict:
     """The codebook's own figures plus code/label agreement on held-out tokens (val, else
     train): on the train split a large codebook scores well by memorising clips."""
-    metrics = read_json(codebook_dir(run, k) / "metrics.json")
+    metrics = read_json(run.codebook(k) / METRICS)
     row = {key: metrics[key] for key in (
         "k", "inertia", "relative_quantisation_error", "recon_rmse_db", "autoencoder_recon_rmse_db",
         "used_codes", "dead_codes", "perplexity", "entropy_bits", "bits_per_second")}
-    tokens = RaggedSplit(tokens_dir(run, k), "val", "uint16")
+    tokens = RaggedSplit(run.tokens(k), "val", "uint16")
     if len(tokens) == 0:
-        tokens = RaggedSplit(tokens_dir(run, k), "train", "uint16")
+        tokens = RaggedSplit(run.tokens(k), "train", "uint16")
     labels = np.repeat(np.array([str(r["label"]) for r in tokens.rows]), [r["length"] for r in tokens.rows])
     if len(set(labels)) > 1 and all(r["label"] is not None for r in tokens.rows):
         row.update(label_code_agreement(np.asarray(tokens.data), labels, k))
@@ -109,43 +115,37 @@ def codebook_row(run: Path, k: int) -> dict:
 
 
 def _optional_columns(config: SweepConfig):
-    """(enabled, function(run, k, recipe=, device=) -> dict of columns) for each option."""
+    """(enabled, function(ctx, k) -> dict of columns) for each option."""
     return [(config.with_lm or config.with_probe, functools.partial(lm_columns, steps=config.lm_steps)),
             (config.with_probe, probe_columns),
             (config.with_vocoder, vocoder_columns)]
 
 
-def sweep_dir_for(run: Path, k: int) -> Path:
-    """Where the sweep keeps what it trains for one K (LM, vocoder): RUN/sweep_k/k{K}/.
-    Outside RUN/sweep, so rebuilding the sweep's summary never discards trained models."""
-    return Path(run) / "sweep_k" / f"k{k}"
-
-
-def lm_columns(run: Path, k: int, *, recipe=None, device=None, steps: int | None = None) -> dict:
+def lm_columns(ctx: RunContext, k: int, *, steps: int | None = None) -> dict:
     """A code LM per K (the recipe's lm section, ``steps`` capped); its val perplexity and bits
     per second, beside the unigram and bigram references on the same codes."""
     from tokenlm.stages.pretrain import lm_configs, pretrain
 
-    model, training = lm_configs(recipe)
+    model, training = lm_configs(ctx.section("lm"))
     if steps:
         training = dataclasses.replace(training, steps=steps, warmup_steps=min(training.warmup_steps, steps // 10),
                                        eval_every=min(training.eval_every, steps))
-    metrics = read_json(pretrain(run, model, training, k=k, device=device, progress=False,
-                                 out_dir=sweep_dir_for(run, k) / "lm") / "metrics.json")
+    # RUN/sweep_k/k{K}/, outside RUN/sweep: rebuilding the summary never discards trained models.
+    out = pretrain(ctx.run, model, training, k=k, device=ctx.device, progress=False, out_dir=ctx.run.sweep_k(k) / "lm")
+    metrics = read_json(out / METRICS)
     split = "val" if "val_ppl" in metrics else "test"
     return {"lm_val_perplexity": metrics[f"{split}_ppl"], "lm_bits_per_second": metrics[f"{split}_bits_per_s"],
             "lm_unigram_perplexity": metrics["unigram_ppl"], "lm_bigram_perplexity": metrics["bigram_ppl"]}
 
 
-def probe_columns(run: Path, k: int, *, recipe=None, device=None) -> dict:
+def probe_columns(ctx: RunContext, k: int) -> dict:
     """Linear-probe test accuracy of that K's LM (best layer on val) and of its bag of codes."""
     from tokenlm.stages.probe import ProbeConfig, probe
 
-    config = build(ProbeConfig, recipe_section(recipe, "probe"), {"codebook_size": k, "baselines": ()},
-                   where="probe")
-    out = probe(run, config, device=device, progress=False, lm_dir=sweep_dir_for(run, k) / "lm",
-                out_dir=sweep_dir_for(run, k) / "probe")
-    rows = {row["name"]: row for row in read_json(out / "results.json")["rows"]}
+    config = ctx.config(ProbeConfig, "probe", {"codebook_size": k, "baselines": ()})
+    out = probe(ctx.run.root, config, device=ctx.device, progress=False, lm_dir=ctx.run.sweep_k(k) / "lm",
+                out_dir=ctx.run.sweep_k(k) / "probe")
+    rows = {row["name"]: row for row in read_json(out / RESULTS)["rows"]}
     return {"probe_lm_accuracy": _accuracy(rows.get("lm_best")), "probe_bag_accuracy": _accuracy(rows.get("bag_of_codes"))}
 
 
@@ -157,20 +157,20 @@ def _accuracy(row: dict | None) -> float | None:
     return (row.get("folds") or {}).get("accuracy_mean")
 
 
-def vocoder_columns(run: Path, k: int, *, recipe=None, device=None) -> dict:
+def vocoder_columns(ctx: RunContext, k: int) -> dict:
     """A vocoder per K (the recipe's vocoder section); its resynthesis distances on val clips."""
     from tokenlm.stages.vocoder import train_vocoder, vocoder_config
 
-    out = train_vocoder(run, vocoder_config(recipe), codebook_size=k, device=device,
-                        out_dir=sweep_dir_for(run, k) / "vocoder")
-    metrics = read_json(out / "metrics.json")
+    out = train_vocoder(ctx.run.root, vocoder_config(ctx.recipe_path), codebook_size=k, device=ctx.device,
+                        out_dir=ctx.run.sweep_k(k) / "vocoder")
+    metrics = read_json(out / METRICS)
     return {"vocoder_logmel_db": metrics["vocoder_logmel_db"], "vocoder_lsd_db": metrics["vocoder_lsd_db"]}
 
 
 def write_sweep_outputs(rows: list[dict], config: SweepConfig, out: Path) -> None:
     """sweep.csv, sweep.json, one figure per metric group, report.md."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    with open(out / "sweep.csv", "w", newline="") as f:
+    with open(out / SWEEP_TABLE, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
@@ -179,9 +179,9 @@ def write_sweep_outputs(rows: list[dict], config: SweepConfig, out: Path) -> Non
     flat = {col: flattening_k(rows, col, higher, config.flat_fraction)
             for name, group in METRIC_GROUPS.items() if name not in ("usage", "lm")
             for col, _, higher in group if all(col in r for r in rows)}
-    write_json(out / "sweep.json", {"config": to_dict(config), "rows": rows, "returns_flatten_at": flat})
-    figures = [name for name in METRIC_GROUPS if _plot_group(rows, name, out / f"{name}.png")]
-    (out / "report.md").write_text(_report(rows, flat, figures, config.flat_fraction))
+    write_json(out / SWEEP_JSON, {"config": to_dict(config), "rows": rows, "returns_flatten_at": flat})
+    figures = [name for name in METRIC_GROUPS if _plot_group(rows, name, out / figure_file(name))]
+    (out / REPORT).write_text(_report(rows, flat, figures, config.flat_fraction))
 
 
 STILL_IMPROVING = "still improving at the largest K"
@@ -256,7 +256,7 @@ def _report(rows: list[dict], flat: dict, figures: list[str], fraction: float) -
     lines.append("\nCode purity and PNMI (HuBERT's unit-quality measures; each code inherits its clip's label) "
                  "are measured on the val split.")
     lines.append("")
-    lines += [f"![{name}]({name}.png)" for name in figures]
+    lines += [f"![{name}]({figure_file(name)})" for name in figures]
     return "\n".join(lines) + "\n"
 
 
@@ -276,11 +276,14 @@ def _fmt(fmt: str, value) -> str:
 @click.option("--device", help="cpu, cuda or auto (default).")
 def command(run, codebook_sizes, with_lm, with_probe, with_vocoder, recipe, device):
     """Information loss against codebook size, on the run's autoencoder."""
-    run = run or recipe_section(recipe, "run").get("dir")
-    if not run:
-        raise TokenlmError("need RUN (or a recipe with run.dir)")
-    config = build(SweepConfig, recipe_section(recipe, "sweep"),
-                   {"codebook_sizes": codebook_sizes, "with_lm": with_lm, "with_probe": with_probe,
-                    "with_vocoder": with_vocoder}, where="sweep")
-    sweep(run, config, build(CodebookConfig, recipe_section(recipe, "codebook"), where="codebook"),
-          recipe=recipe, device=device)
+    ctx = RunContext.create(run, recipe, device=device)
+    _run_sweep(ctx, {"codebook_sizes": codebook_sizes, "with_lm": with_lm, "with_probe": with_probe,
+                     "with_vocoder": with_vocoder})
+
+
+def run(ctx: RunContext) -> None:
+    _run_sweep(ctx)
+
+
+def _run_sweep(ctx: RunContext, overrides: dict | None = None) -> Path:
+    return _sweep(ctx, ctx.config(SweepConfig, "sweep", overrides), ctx.config(CodebookConfig, "codebook"))

@@ -20,19 +20,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tokenlm.artifacts import (
-    Stage, codebook_dir, features_dir, read_json, read_jsonl, stage_key, tokenizer_dir, tokens_dir, write_json,
-    write_jsonl,
-)
+from tokenlm.artifacts import Stage, read_json, read_jsonl, stage_key, write_json, write_jsonl
 from tokenlm.audio import load_audio
 from tokenlm.codebook import CodebookConfig, CodeAssigner, code_statistics, fit_codebook
-from tokenlm.config import build, recipe_section, to_dict
+from tokenlm.config import build, to_dict
 from tokenlm.data import SPLITS, SplitConfig, assign_splits, scan_dataset
 from tokenlm.errors import AudioError, TokenlmError
 from tokenlm.features import FeatureConfig
 from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
 from tokenlm.runtime import bounded_map, kernel_threads, pick_device, seed_everything
-from tokenlm.stages.prepare import MANIFEST, load_feature_config, prepare
+from tokenlm.pipeline import RunContext
+from tokenlm.rundir import CODEBOOK, CONFIG, META, METRICS, STAGE_FILE, RunDir, is_finished, read_feature_meta
+from tokenlm.stages.prepare import prepare
 from tokenlm.store import RaggedSplit, RaggedWriter
 from tokenlm.tokenizer import (
     AudioTokenizer, AutoencoderTraining, PatchCoder, TokenizerConfig, load_patch_coder, save_patch_coder,
@@ -43,31 +42,32 @@ def tokenize(run: str | Path, config: TokenizerConfig = TokenizerConfig(), codeb
              *, device: str | None = None, progress: bool = True) -> Path:
     """Train (or reuse) the run's autoencoder, fit (or reuse) the K-code codebook, encode every
     clip. Needs RUN/features (``prepare``). Returns RUN/tokens/k{K}."""
-    run = Path(run)
+    run = RunDir(run)
     device = pick_device(device)
     train_autoencoder_stage(run, config.autoencoder, config.training, device=device, progress=progress)
     fit_codebook_stage(run, config.codebook_size, codebook, device=device)
     out = encode_run_stage(run, config.codebook_size, device=device, progress=progress)
-    write_json(tokenizer_dir(run) / "current.json", {"codebook_size": config.codebook_size})
+    run.set_codebook_size(config.codebook_size)
     return out
 
 
 # ---- autoencoder ------------------------------------------------------------------------
 
-def train_autoencoder_stage(run: Path, ae: AutoencoderConfig, training: AutoencoderTraining, *,
+def train_autoencoder_stage(run: RunDir, ae: AutoencoderConfig, training: AutoencoderTraining, *,
                             device: torch.device, progress: bool = True) -> Path:
     """RUN/tokenizer: autoencoder trained on the train split's patches, early-stopped on val."""
-    feats = features_dir(run)
-    stage = Stage(tokenizer_dir(run), config={"autoencoder": to_dict(ae), "training": to_dict(training)},
-                  inputs={"features": stage_key(feats)})
-    if stage.done:
-        _say(f"autoencoder up to date: {stage.out_dir}")
-        return stage.out_dir
-    work = stage.start()
-    features = load_feature_config(run)
-    norm = read_json(feats / "meta.json")["norm"]
+    stage = Stage(run.tokenizer, config={"autoencoder": to_dict(ae), "training": to_dict(training)},
+                  inputs={"features": stage_key(run.features)})
+    return stage.build("autoencoder", lambda work: _train_autoencoder(run, work, ae, training, device, progress))
+
+
+def _train_autoencoder(run: RunDir, work: Path, ae: AutoencoderConfig, training: AutoencoderTraining,
+                       device: torch.device, progress: bool) -> dict:
+    feats = run.features
+    meta = read_feature_meta(feats)
+    features = meta.config
     seed_everything(training.seed)
-    coder = PatchCoder(features, norm["mean"], norm["std"], PatchAutoencoder(features.patch_dim, ae)).to(device)
+    coder = PatchCoder(features, meta.norm_mean, meta.norm_std, PatchAutoencoder(features.patch_dim, ae)).to(device)
     train_patches = PatchSampler(feats, "train", features, coder)
     val_patches = PatchSampler(feats, "val", features, coder)
     if len(train_patches) == 0:
@@ -76,11 +76,10 @@ def train_autoencoder_stage(run: Path, ae: AutoencoderConfig, training: Autoenco
     metrics = {**history, **reconstruction_metrics(coder, val_patches if len(val_patches) else train_patches,
                                                    training.max_val_patches, training.seed)}
     save_patch_coder(coder.cpu(), work, extra={"metrics": metrics})
-    write_json(work / "metrics.json", metrics)
-    stage.finish(extra={"metrics": {k: v for k, v in metrics.items() if not isinstance(v, list)}})
+    write_json(work / METRICS, metrics)
     _say(f"autoencoder: val reconstruction {metrics['recon_rmse_db']:.2f} dB RMSE "
-         f"({metrics['recon_relative_mse']:.3f} of the patch variance) -> {stage.out_dir}")
-    return stage.out_dir
+         f"({metrics['recon_relative_mse']:.3f} of the patch variance) -> {run.tokenizer}")
+    return {"metrics": {k: v for k, v in metrics.items() if not isinstance(v, list)}}
 
 
 class PatchSampler:
@@ -188,29 +187,28 @@ def _subsample(n: int, limit: int, seed: int) -> np.ndarray:
 
 # ---- codebook ---------------------------------------------------------------------------
 
-def fit_codebook_stage(run: Path, k: int, config: CodebookConfig, *, device: torch.device) -> Path:
+def fit_codebook_stage(run: RunDir, k: int, config: CodebookConfig, *, device: torch.device) -> Path:
     """RUN/tokenizer/k{K}: k-means on the train split's bottleneck vectors + code metrics."""
-    stage = Stage(codebook_dir(run, k), config={"k": k, "codebook": to_dict(config)},
-                  inputs={"autoencoder": stage_key(tokenizer_dir(run))})
-    if stage.done:
-        _say(f"codebook K={k} up to date: {stage.out_dir}")
-        return stage.out_dir
-    work = stage.start()
-    coder = load_patch_coder(tokenizer_dir(run)).to(device)
-    feats = features_dir(run)
+    stage = Stage(run.codebook(k), config={"k": k, "codebook": to_dict(config)},
+                  inputs={"autoencoder": stage_key(run.tokenizer)})
+    return stage.build(f"codebook K={k}", lambda work: _fit_codebook(run, work, k, config, device))
+
+
+def _fit_codebook(run: RunDir, work: Path, k: int, config: CodebookConfig, device: torch.device) -> dict:
+    coder = load_patch_coder(run.tokenizer).to(device)
+    feats = run.features
     train = PatchSampler(feats, "train", coder.features, coder)
     vectors = _bottlenecks(coder, train)
     start = time.time()
     centroids, record = fit_codebook(vectors, k, config)
     record["fit_seconds"] = round(time.time() - start, 3)
-    np.save(work / "codebook.npy", centroids)
+    np.save(work / CODEBOOK, centroids)
     metrics = codebook_metrics(coder, centroids, vectors, train, PatchSampler(feats, "val", coder.features, coder))
-    write_json(work / "config.json", {**record, "bottleneck_variance": float(vectors.var(axis=0).sum())})
-    write_json(work / "metrics.json", metrics)
-    stage.finish(extra={"metrics": {k_: v for k_, v in metrics.items() if not isinstance(v, (list, dict))}})
+    write_json(work / CONFIG, {**record, "bottleneck_variance": float(vectors.var(axis=0).sum())})
+    write_json(work / METRICS, metrics)
     _say(f"codebook K={k}: {metrics['used_codes']} codes used, perplexity {metrics['perplexity']:.1f}, "
-         f"{metrics['bits_per_second']:.0f} bit/s -> {stage.out_dir}")
-    return stage.out_dir
+         f"{metrics['bits_per_second']:.0f} bit/s -> {run.codebook(k)}")
+    return {"metrics": {k_: v for k_, v in metrics.items() if not isinstance(v, (list, dict))}}
 
 
 @torch.no_grad()
@@ -243,20 +241,19 @@ def codebook_metrics(coder: PatchCoder, centroids: np.ndarray, train_vectors: np
 
 # ---- encoding ---------------------------------------------------------------------------
 
-def encode_run_stage(run: Path, k: int, *, device: torch.device, progress: bool = True) -> Path:
+def encode_run_stage(run: RunDir, k: int, *, device: torch.device, progress: bool = True) -> Path:
     """RUN/tokens/k{K}: every usable clip of the run's manifest, encoded."""
-    stage = Stage(tokens_dir(run, k), config={"k": k},
-                  inputs={"codebook": stage_key(codebook_dir(run, k)), "features": stage_key(features_dir(run))})
-    if stage.done:
-        _say(f"tokens K={k} up to date: {stage.out_dir}")
-        return stage.out_dir
-    work = stage.start()
-    tokenizer = AudioTokenizer.load(tokenizer_dir(run), codebook_size=k, device=device)
-    rows = [r for r in read_jsonl(Path(run) / MANIFEST) if r["status"] == "ok"]
-    meta = encode_clips(tokenizer, rows, work, progress=progress)
-    stage.finish(extra={"tokens": meta["tokens"]})
-    _say(f"tokens: {sum(meta['tokens'].values())} codes at {tokenizer.frame_rate:g}/s -> {stage.out_dir}")
-    return stage.out_dir
+    stage = Stage(run.tokens(k), config={"k": k},
+                  inputs={"codebook": stage_key(run.codebook(k)), "features": stage_key(run.features)})
+
+    def make(work: Path) -> dict:
+        tokenizer = AudioTokenizer.load(run.tokenizer, codebook_size=k, device=device)
+        rows = [r for r in read_jsonl(run.manifest) if r["status"] == "ok"]
+        meta = encode_clips(tokenizer, rows, work, progress=progress)
+        _say(f"tokens: {sum(meta['tokens'].values())} codes at {tokenizer.frame_rate:g}/s -> {stage.out_dir}")
+        return {"tokens": meta["tokens"]}
+
+    return stage.build(f"tokens K={k}", make)
 
 
 def encode_clips(tokenizer: AudioTokenizer, rows: list[dict], out: Path, *, progress: bool = True,
@@ -300,7 +297,7 @@ def encode_clips(tokenizer: AudioTokenizer, rows: list[dict], out: Path, *, prog
         "clips": {s: len(w.rows) for s, w in writers.items()},
         "skipped": skipped,
     }
-    write_json(out / "meta.json", meta)
+    write_json(out / META, meta)
     return meta
 
 
@@ -317,20 +314,21 @@ def encode_new_data(tokenizer_path: Path, data: Path, out: Path, split: SplitCon
     """Encode a new dataset with a trained tokenizer into OUT/tokens/k{K} (+ OUT/manifest.jsonl,
     one line per clip with its status and reason). With ``strict`` any skipped clip is an
     error, raised after the manifest is written so the reasons can be read."""
-    if (features_dir(out) / "stage.json").is_file():  # its tokens and manifest would be overwritten
-        raise TokenlmError(f"{out} is a training run: write the new data's codes to another --out")
+    out = RunDir(out)
+    if is_finished(out.features):  # its tokens and manifest would be overwritten
+        raise TokenlmError(f"{out.root} is a training run: write the new data's codes to another --out")
     tokenizer = AudioTokenizer.load(tokenizer_path, codebook_size=codebook_size, device=pick_device(device))
     layout, clips = scan_dataset(data)
     clips = assign_splits(clips, split)
     rows = [{"id": c.id, "path": c.path, "label": c.label, "split": c.split, "group": c.group, "fold": c.fold} for c in clips]
-    target = Path(out) / "tokens" / f"k{tokenizer.vocab_size}"
+    target = out.tokens(tokenizer.vocab_size)
     stage = Stage(target, config={"data": str(data), "split": to_dict(split)},
                   inputs={"tokenizer": tokenizer.info.get("tokenizer_hash") or str(tokenizer_path)})
     work = stage.start()
     durations: dict = {}
     meta = encode_clips(tokenizer, rows, work, progress=progress, durations=durations)
     reasons = {s["id"]: s["reason"] for s in meta["skipped"]}
-    write_jsonl(Path(out) / MANIFEST, [
+    write_jsonl(out.manifest, [
         {**r, "duration": durations.get(r["id"]), "status": "skipped" if r["id"] in reasons else "ok",
          "reason": reasons.get(r["id"])} for r in rows])
     if strict and reasons:
@@ -365,42 +363,45 @@ def command(data, out, tokenizer_path, codebook_size, recipe, epochs, bottleneck
     tokenlm tokenize --out runs/demo -K 512        # reuse the autoencoder, new codebook
     tokenlm tokenize --tokenizer runs/demo/tokenizer --data NEWDIR --out OUT
     """
-    data = data or recipe_section(recipe, "data").get("path")
-    out = out or recipe_section(recipe, "run").get("dir")
-    if not out:
-        raise TokenlmError("need --out RUN (or a recipe with run.dir)")
-    split = build(SplitConfig, recipe_section(recipe, "split"), where="split")
+    ctx = RunContext.create(out, recipe, device=device)
+    data = data or ctx.section("data").get("path")
+    split = ctx.config(SplitConfig, "split")
     if tokenizer_path:
         if not data:
             raise TokenlmError("--tokenizer needs --data: the audio to encode")
-        encode_new_data(Path(tokenizer_path), Path(data), Path(out), split, codebook_size=codebook_size, device=device,
-                        strict=bool(strict))
+        encode_new_data(Path(tokenizer_path), Path(data), ctx.run.root, split, codebook_size=codebook_size,
+                        device=device, strict=bool(strict))
         return
     if data:
-        prepare(data, out, build(FeatureConfig, recipe_section(recipe, "features"), where="features"), split,
-                strict=bool(strict))
-    elif not (features_dir(out) / "stage.json").is_file():
-        raise TokenlmError(f"{out} has no features yet: pass --data DIR")
-    config = tokenizer_config(recipe, {"codebook_size": codebook_size, "epochs": epochs, "bottleneck": bottleneck},
-                              current=_current_autoencoder(out))
-    codebook = build(CodebookConfig, recipe_section(recipe, "codebook"), where="codebook")
-    tokens = tokenize(out, config, codebook, device=device)
-    click.echo(f"tokenizer: {tokenizer_dir(out)}\ntokens:    {tokens}")
+        prepare(data, ctx.run, ctx.config(FeatureConfig, "features"), split, strict=bool(strict))
+    elif not is_finished(ctx.run.features):
+        raise TokenlmError(f"{ctx.run.root} has no features yet: pass --data DIR")
+    tokens = _tokenize(ctx, {"codebook_size": codebook_size, "epochs": epochs, "bottleneck": bottleneck})
+    click.echo(f"tokenizer: {ctx.run.tokenizer}\ntokens:    {tokens}")
 
 
-def _current_autoencoder(run) -> dict | None:
+def run(ctx: RunContext) -> None:
+    _tokenize(ctx)
+
+
+def _tokenize(ctx: RunContext, overrides: dict | None = None) -> Path:
+    config = tokenizer_config(ctx.section("tokenizer"), overrides or {}, current=_current_autoencoder(ctx.run))
+    return tokenize(ctx.run, config, ctx.config(CodebookConfig, "codebook"), device=ctx.device, progress=ctx.progress)
+
+
+def _current_autoencoder(run: RunDir) -> dict | None:
     """The config of the run's trained autoencoder, if it has one."""
-    path = tokenizer_dir(run) / "stage.json"
+    path = run.tokenizer / STAGE_FILE
     return read_json(path).get("config") if path.is_file() else None
 
 
-def tokenizer_config(recipe, overrides: dict, current: dict | None = None) -> TokenizerConfig:
+def tokenizer_config(section: dict | None, overrides: dict, current: dict | None = None) -> TokenizerConfig:
     """TokenizerConfig from the recipe's ``tokenizer:`` section (with nested ``autoencoder:``
     and ``training:``) and flat command-line overrides. ``current`` (the config a run's
     autoencoder was trained with) fills what neither gives, so ``tokenize --out RUN -K 512``
     reuses that autoencoder instead of retraining it with defaults (and dropping every codebook)."""
     current = current or {}
-    section = dict(recipe_section(recipe, "tokenizer"))
+    section = dict(section or {})
     ae = build(AutoencoderConfig, current.get("autoencoder"), section.pop("autoencoder", None),
                {"bottleneck": overrides.get("bottleneck")}, where="tokenizer.autoencoder")
     training = build(AutoencoderTraining, current.get("training"), section.pop("training", None),
