@@ -117,7 +117,7 @@ def run_splits(run: Path, k: int | None):
 
     directory = tokens_dir(run, k)
     meta = read_json(directory / "meta.json")
-    return {s: RaggedSplit(directory, s, "uint16") for s in ("train", "val")}, int(meta["vocab_size"])
+    return {s: RaggedSplit(directory, s, "uint16") for s in ("train", "val")}, int(meta.get("codebook_size", meta.get("vocab_size")))
 
 
 def perplexities(run: Path, splits: dict, k: int) -> dict:

@@ -85,8 +85,8 @@ def run(args, work: Path) -> None:
     rows = rows[: args.limit] if args.limit else rows
     seconds, rates = audio_seconds(rows)
 
-    print(f"tokenizer: {tokenizer.info['codebook_dir']} (K={tokenizer.vocab_size}, "
-          f"{tokenizer.frame_rate:g} codes/s, bottleneck {tokenizer.centroids.shape[1]})")
+    print(f"tokenizer: {tokenizer.info['codebook_dir']} (K={tokenizer.codebook_size}, "
+          f"{tokenizer.code_rate:g} codes/s, bottleneck {tokenizer.centroids.shape[1]})")
     print(f"corpus:    {len(rows)} clips, {seconds:.0f} s of audio, file sample rates {sorted(rates)}")
     print(f"machine:   torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs visible, "
           f"load average {os.getloadavg()[0]:.1f} (timings on a shared machine are noisy)")

@@ -56,18 +56,18 @@ def tok(run) -> AudioTokenizer:
 def test_properties(tok):
     assert tok.sample_rate == 16000
     assert tok.patch_frames == 5
-    assert tok.frame_rate == 16000 / 160 / 5 == 20.0  # sample_rate / hop / patch_frames
+    assert tok.code_rate == 16000 / 160 / 5 == 20.0  # sample_rate / hop / patch_frames
     assert tok.samples_per_code == 800
-    assert tok.vocab_size == 16  # current.json: the last K asked for
+    assert tok.codebook_size == 16  # current.json: the last K asked for
     assert tok.device == torch.device("cpu")
 
 
 @pytest.mark.parametrize("seconds", [0.5, 1.0, 2.37, 3.0])
-def test_encode_gives_frame_rate_codes_per_second(tok, seconds):
+def test_encode_gives_code_rate_codes_per_second(tok, seconds):
     codes = tok.encode(sound("chirp", seconds), SR)
     assert isinstance(codes, torch.Tensor) and codes.dtype == torch.long and codes.dim() == 1
-    assert len(codes) == int(seconds * tok.frame_rate)
-    assert 0 <= int(codes.min()) and int(codes.max()) < tok.vocab_size
+    assert len(codes) == int(seconds * tok.code_rate)
+    assert 0 <= int(codes.min()) and int(codes.max()) < tok.codebook_size
 
 
 def test_clip_shorter_than_a_patch_gives_one_code(tok):
@@ -101,11 +101,11 @@ def test_load_from_tokenizer_dir_and_from_codebook_dir(run, tok):
     wav = sound("noise", 1.3, seed=7)
     by_size = AudioTokenizer.load(run / "tokenizer", codebook_size=8)
     by_dir = AudioTokenizer.load(run / "tokenizer" / "k8")
-    assert by_size.vocab_size == by_dir.vocab_size == 8
+    assert by_size.codebook_size == by_dir.codebook_size == 8
     np.testing.assert_array_equal(by_size.centroids, by_dir.centroids)
     assert torch.equal(by_size.encode(wav, SR), by_dir.encode(wav, SR))
     k16 = AudioTokenizer.load(run / "tokenizer" / "k16")
-    assert k16.vocab_size == 16
+    assert k16.codebook_size == 16
     assert torch.equal(k16.encode(wav, SR), tok.encode(wav, SR))
     assert by_dir.info["codebook_dir"] == str(run / "tokenizer" / "k8")
     assert by_dir.info["tokenizer_hash"] and by_dir.info["tokenizer_hash"] != k16.info["tokenizer_hash"]
@@ -121,12 +121,12 @@ def test_load_errors_name_the_problem(run, tmp_path):
     (copy / "current.json").unlink()
     with pytest.raises(ArtifactError, match="cannot tell which codebook"):
         AudioTokenizer.load(copy)
-    assert AudioTokenizer.load(copy, codebook_size=8).vocab_size == 8
+    assert AudioTokenizer.load(copy, codebook_size=8).codebook_size == 8
     np.save(copy / "k8" / "codebook.npy", np.zeros((8, 5), np.float32))
     with pytest.raises(ArtifactError, match="does not fit a 16-d bottleneck"):
         AudioTokenizer.load(copy, codebook_size=8)
     write_json(copy / "current.json", {"codebook_size": 16})
-    assert AudioTokenizer.load(copy).vocab_size == 16
+    assert AudioTokenizer.load(copy).codebook_size == 16
 
 
 def test_any_sample_rate_and_channel_count(tok):

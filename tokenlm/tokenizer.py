@@ -1,7 +1,7 @@
 """AudioTokenizer: audio -> discrete codes, and codes -> log-mel frames.
 
     tok = AudioTokenizer.load("runs/demo/tokenizer")      # the run's current codebook
-    codes = tok.encode(wav, sr)                            # LongTensor (N,), tok.frame_rate codes/s
+    codes = tok.encode(wav, sr)                            # LongTensor (N,), tok.code_rate codes/s
     log_mel = tok.decode(codes)                            # (N * patch_frames, n_mels) in dB
 
 On disk: ``tokenizer/`` holds the feature config, normalisation statistics and autoencoder
@@ -93,12 +93,13 @@ class AudioTokenizer:
         return self.coder.features.sample_rate
 
     @property
-    def frame_rate(self) -> float:
-        """Codes per second of audio."""
+    def code_rate(self) -> float:
+        """Codes per second of audio (``frame_rate`` is log-mel frames per second)."""
         return self.coder.features.code_rate
 
     @property
-    def vocab_size(self) -> int:
+    def codebook_size(self) -> int:
+        """K: codes are integers in [0, K)."""
         return len(self.centroids)
 
     @property
@@ -151,8 +152,8 @@ class AudioTokenizer:
     def decode(self, codes) -> torch.Tensor:
         """Codes (N,) -> log-mel frames (N * patch_frames, M) in dB: centroid -> decoder."""
         codes = torch.as_tensor(codes, dtype=torch.long).cpu()
-        if len(codes) and (codes.min() < 0 or codes.max() >= self.vocab_size):
-            raise ValueError(f"codes must be in [0, {self.vocab_size}), got [{int(codes.min())}, {int(codes.max())}]")
+        if len(codes) and (codes.min() < 0 or codes.max() >= self.codebook_size):
+            raise ValueError(f"codes must be in [0, {self.codebook_size}), got [{int(codes.min())}, {int(codes.max())}]")
         z = torch.from_numpy(self.centroids)[codes].to(self.device)
         return self.coder.frames_from_patches(self.coder.autoencoder.decode(z))
 

@@ -125,7 +125,7 @@ class Vocoder:
         where = tokenizer.info.get("codebook_dir") or "the tokenizer"
         pairs = [("sample rate", self.sample_rate, tokenizer.sample_rate),
                  ("samples per code", self.samples_per_code, tokenizer.samples_per_code),
-                 ("codebook size", self.codebook_size, tokenizer.vocab_size)]
+                 ("codebook size", self.codebook_size, tokenizer.codebook_size)]
         for what, mine, theirs in pairs:
             if int(mine) != int(theirs):
                 raise ArtifactError(f"{self.source} was trained on codes with {what} {mine}, but {where} has "

@@ -103,7 +103,7 @@ def test_layout_and_skipped_clip(run, corpus):
     codes = stored_codes(run / "tokens" / "k4")
     assert set(codes) == set(manifest) - {"noise/broken"}  # every usable clip, in its split
     meta = read_json(run / "tokens" / "k4" / "meta.json")
-    assert meta["vocab_size"] == 4 and meta["code_rate"] == 20.0 and meta["dtype"] == "uint16"
+    assert meta["codebook_size"] == 4 and meta["code_rate"] == 20.0 and meta["dtype"] == "uint16"
     assert sum(meta["clips"].values()) == 19 and meta["skipped"] == []
     for split in ("train", "val", "test"):
         ids = {r["id"] for r in read_jsonl(run / "tokens" / "k4" / f"{split}.index.jsonl")}
@@ -189,9 +189,9 @@ def test_new_codebook_size_reuses_the_autoencoder(run, capsys):
     for name in ("tokenizer/k4", "tokenizer/k8", "tokens/k4", "tokens/k8"):
         assert (run / name / "stage.json").is_file(), name
     assert np.load(run / "tokenizer" / "k8" / "codebook.npy").shape == (8, 8)
-    assert read_json(run / "tokens" / "k8" / "meta.json")["vocab_size"] == 8
+    assert read_json(run / "tokens" / "k8" / "meta.json")["codebook_size"] == 8
     assert read_json(run / "tokenizer" / "current.json") == {"codebook_size": 8}
-    assert AudioTokenizer.load(run / "tokenizer").vocab_size == 8
+    assert AudioTokenizer.load(run / "tokenizer").codebook_size == 8
 
     # The same command again does nothing; nor does the original one.
     done = {name: state(run / name) for name in ("tokenizer", "tokenizer/k8", "tokens/k8", "tokenizer/k4")}
@@ -224,7 +224,7 @@ def test_encode_new_data_with_a_trained_tokenizer(run, tmp_path):
 
     tokens = out / "tokens" / "k4"
     meta = read_json(tokens / "meta.json")
-    assert meta["vocab_size"] == 4 and meta["code_rate"] == 20.0
+    assert meta["codebook_size"] == 4 and meta["code_rate"] == 20.0
     assert [s["id"] for s in meta["skipped"]] == ["hiss/empty"]
     tokenizer = AudioTokenizer.load(run / "tokenizer" / "k4")
     assert meta["tokenizer_hash"] == tokenizer.info["tokenizer_hash"]

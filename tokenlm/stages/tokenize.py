@@ -250,7 +250,7 @@ def encode_run_stage(run: RunDir, k: int, *, device: torch.device, progress: boo
         tokenizer = AudioTokenizer.load(run.tokenizer, codebook_size=k, device=device)
         rows = [r for r in read_jsonl(run.manifest) if r["status"] == "ok"]
         meta = encode_clips(tokenizer, rows, work, progress=progress)
-        _say(f"tokens: {sum(meta['tokens'].values())} codes at {tokenizer.frame_rate:g}/s -> {stage.out_dir}")
+        _say(f"tokens: {sum(meta['tokens'].values())} codes at {tokenizer.code_rate:g}/s -> {stage.out_dir}")
         return {"tokens": meta["tokens"]}
 
     return stage.build(f"tokens K={k}", make)
@@ -285,8 +285,8 @@ def encode_clips(tokenizer: AudioTokenizer, rows: list[dict], out: Path, *, prog
     for w in writers.values():
         w.close()
     meta = {
-        "vocab_size": tokenizer.vocab_size,
-        "code_rate": tokenizer.frame_rate,
+        "codebook_size": tokenizer.codebook_size,
+        "code_rate": tokenizer.code_rate,
         "sample_rate": tokenizer.sample_rate,
         "samples_per_code": tokenizer.samples_per_code,
         "patch_frames": tokenizer.patch_frames,
@@ -321,7 +321,7 @@ def encode_new_data(tokenizer_path: Path, data: Path, out: Path, split: SplitCon
     layout, clips = scan_dataset(data)
     clips = assign_splits(clips, split)
     rows = [{"id": c.id, "path": c.path, "label": c.label, "split": c.split, "group": c.group, "fold": c.fold} for c in clips]
-    target = out.tokens(tokenizer.vocab_size)
+    target = out.tokens(tokenizer.codebook_size)
     stage = Stage(target, config={"data": str(data), "split": to_dict(split)},
                   inputs={"tokenizer": tokenizer.info.get("tokenizer_hash") or str(tokenizer_path)})
     work = stage.start()
