@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from tokenlm.errors import ArtifactError, ConfigError
+from tokenlm.models.gpt import resolve_attn_implementation
 from tokenlm.rundir import CONFIG
+from tokenlm.runtime import pick_device
 
 __all__ = [
     "CodeLM",
@@ -167,9 +169,6 @@ class CodeLM:
         """Load ``RUN/lm`` (or any folder with its config.json + model.safetensors)."""
         from transformers import GPT2LMHeadModel
         from transformers.utils import logging as hf_logging
-
-        from tokenlm.models.gpt import resolve_attn_implementation
-        from tokenlm.runtime import pick_device
 
         lm_dir = Path(lm_dir)
         if not (lm_dir / CONFIG).is_file():

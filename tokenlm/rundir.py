@@ -26,12 +26,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from tokenlm.artifacts import STAGE_FILE, read_json, write_json
 from tokenlm.errors import ArtifactError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # ---- file names -----------------------------------------------------------------------
 
@@ -211,7 +212,11 @@ class FeatureMeta:
 
 def read_feature_meta(directory: str | Path) -> FeatureMeta:
     """The features' meta.json, checked: a FeatureConfig, and normalisation of n_mels values."""
-    from tokenlm.features import FeatureConfig  # torch-heavy module: only when asked for
+    # Imported here, not at the top: `tokenlm --help` reads the registry, which needs this
+    # module but neither numpy nor torch.
+    import numpy as np
+
+    from tokenlm.features import FeatureConfig
 
     path = Path(directory) / META
     meta = read_json(path)

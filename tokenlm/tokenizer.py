@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from tokenlm.artifacts import read_json, stage_key, write_json
 from tokenlm.audio import prepare_waveform
 from tokenlm.codebook import CodeAssigner
+from tokenlm.config import to_dict
 from tokenlm.errors import ArtifactError
 from tokenlm.features import FeatureConfig, LogMel, patchify
 from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
@@ -182,8 +183,6 @@ class AudioTokenizer:
 
 def save_patch_coder(coder: PatchCoder, directory: Path, extra: dict | None = None) -> None:
     """config.json (features, normalisation, autoencoder sizes) + autoencoder.safetensors."""
-    from tokenlm.config import to_dict
-
     state = {k: v.contiguous() for k, v in coder.autoencoder.state_dict().items()}
     save_file(state, str(directory / AUTOENCODER_WEIGHTS))
     write_json(directory / CONFIG, {
