@@ -95,7 +95,8 @@ def write_manifest(path: Path, items: list[tuple[str, str]], n: int) -> None:
 def child(manifest: str, run: str, threads: int) -> None:
     import torch
 
-    from tokenlm.artifacts import features_dir, read_json
+    from tokenlm.artifacts import read_json
+    from tokenlm.rundir import META, RunDir
     from tokenlm.stages.prepare import prepare
 
     torch.set_num_threads(threads)
@@ -104,7 +105,7 @@ def child(manifest: str, run: str, threads: int) -> None:
     prepare(manifest, run, progress=False)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_SELF)
-    meta = read_json(features_dir(run) / "meta.json")
+    meta = read_json(RunDir(run).features / META)
     print(json.dumps({
         "clips": meta["clips_ok"] + meta["clips_skipped"],
         "audio_s": sum(meta["seconds"].values()),

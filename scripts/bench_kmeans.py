@@ -159,12 +159,12 @@ def gaussian_mixture(n: int, d: int, components: int, seed: int) -> np.ndarray:
 
 def run_vectors(run: Path) -> np.ndarray:
     """The un-quantised bottleneck vectors of the run's train split, as the codebook stage sees them."""
-    from tokenlm.artifacts import features_dir, tokenizer_dir
+    from tokenlm.rundir import RunDir
     from tokenlm.stages.tokenize import PatchSampler, _bottlenecks
     from tokenlm.tokenizer import load_patch_coder
 
-    coder = load_patch_coder(tokenizer_dir(run))
-    return _bottlenecks(coder, PatchSampler(features_dir(run), "train", coder.features, coder))
+    coder = load_patch_coder(RunDir(run).tokenizer)
+    return _bottlenecks(coder, PatchSampler(RunDir(run).features, "train", coder.features, coder))
 
 
 if __name__ == "__main__":

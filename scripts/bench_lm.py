@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tokenlm.lm import IGNORE, CodeLM, count_baselines  # noqa: E402
 from tokenlm.models.gpt import LMConfig, build_gpt2, train_flops_per_token  # noqa: E402
+from tokenlm.rundir import RunDir, is_finished, read_tokens_meta  # noqa: E402
 from tokenlm.runtime import cpu_threads  # noqa: E402
 from tokenlm.stages.pretrain import LM_TRAINING_DEFAULTS, PackedClips, count_targets  # noqa: E402
 from tokenlm.train import DistContext, TrainConfig, train  # noqa: E402
@@ -112,17 +113,15 @@ def training_throughput(model_cfg: LMConfig, k: int, batches, batch_size: int, s
 
 
 def run_splits(run: Path, k: int | None):
-    from tokenlm.artifacts import read_json, tokens_dir
     from tokenlm.store import RaggedSplit
 
-    directory = tokens_dir(run, k)
-    meta = read_json(directory / "meta.json")
-    return {s: RaggedSplit(directory, s, "uint16") for s in ("train", "val")}, int(meta.get("codebook_size", meta.get("vocab_size")))
+    meta = read_tokens_meta(RunDir(run).tokens(k), k)
+    return {s: RaggedSplit(meta.directory, s, "uint16") for s in ("train", "val")}, meta.codebook_size
 
 
 def perplexities(run: Path, splits: dict, k: int) -> dict:
     """Val perplexity of RUN/lm and of the count references on the same val codes."""
-    lm = CodeLM.load(run / "lm", device="cpu")
+    lm = CodeLM.load(RunDir(run).lm, device="cpu")
     if lm.codebook_size != k:
         raise SystemExit(f"{run}/lm was trained on K={lm.codebook_size}, the tokens have K={k}")
     val = [clip for _, clip in splits["val"]]
@@ -222,7 +221,7 @@ def main(argv=None) -> dict:
     print(f"model: {rows[0]['parameters'] / 1e6:.2f} M parameters, K={k}; "
           f"FLOPs/token = 6*(12*L*d^2 + V*d) + 12*L*d*T")
 
-    if args.run and (args.run / "lm" / "config.json").is_file():
+    if args.run and is_finished(RunDir(args.run).lm):
         ppl = perplexities(args.run, splits, k)
         results["perplexity"] = ppl
         print(f"\nval perplexity per code ({ppl['val_codes']} codes of {args.run}/tokens):")

@@ -28,7 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tokenlm.artifacts import read_jsonl, tokenizer_dir  # noqa: E402
+from tokenlm.artifacts import read_jsonl  # noqa: E402
+from tokenlm.rundir import AUTOENCODER_WEIGHTS, RunDir  # noqa: E402
 from tokenlm.audio import prepare_waveform  # noqa: E402
 from tokenlm.data import SplitConfig, assign_splits, scan_dataset  # noqa: E402
 from tokenlm.stages.tokenize import encode_clips  # noqa: E402
@@ -68,14 +69,14 @@ def run(args, work: Path) -> None:
     if data is not None and not data.exists():
         print(f"{data} not found: synthesizing a corpus instead")
         data = None
-    if run_dir is None or not (tokenizer_dir(run_dir) / "autoencoder.safetensors").is_file():
+    if run_dir is None or not (RunDir(run_dir).tokenizer / AUTOENCODER_WEIGHTS).is_file():
         if run_dir is not None:
             print(f"{run_dir} has no trained tokenizer: training a small one")
         if data is None:
             data = synthesize(work / "data", args.synth_clips, args.synth_seconds)
         run_dir = train_small_tokenizer(data, work / "run", args.synth_k, args.synth_epochs, args.threads)
 
-    tokenizer = AudioTokenizer.load(tokenizer_dir(run_dir), codebook_size=args.codebook_size)
+    tokenizer = AudioTokenizer.load(RunDir(run_dir).tokenizer, codebook_size=args.codebook_size)
     if data is not None:
         _, clips = scan_dataset(data)
         clips = assign_splits(clips, SplitConfig())
@@ -243,7 +244,7 @@ def train_small_tokenizer(data: Path, run_dir: Path, k: int, epochs: int, thread
     device = torch.device("cpu")
     train_autoencoder_stage(run_dir, config.autoencoder, config.training, device=device, progress=False)
     fit_codebook_stage(run_dir, k, CodebookConfig(), device=device)
-    (tokenizer_dir(run_dir) / "current.json").write_text(f'{{"codebook_size": {k}}}\n')
+    RunDir(run_dir).set_codebook_size(k)
     torch.set_num_threads(threads)
     return run_dir
 
