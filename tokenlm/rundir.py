@@ -141,9 +141,11 @@ class RunDir:
     def sweep(self) -> Path:
         return self.root / "sweep"
 
-    def sweep_k(self, codebook_size: int) -> Path:
-        """Where the sweep keeps what it trains for one K (its own LM, probe, vocoder)."""
-        return self.root / "sweep_k" / f"k{codebook_size}"
+    def sweep_k(self, codebook_size: int) -> "RunDir":
+        """Where the sweep keeps what it trains for one K: a run folder of its own, whose
+        ``.lm``, ``.probe`` and ``.vocoder`` are that K's models. Outside RUN/sweep, so
+        rebuilding the sweep's summary never discards them."""
+        return RunDir(self.root / "sweep_k" / f"k{codebook_size}")
 
     @property
     def report(self) -> Path:

@@ -130,8 +130,7 @@ def lm_columns(ctx: RunContext, k: int, *, steps: int | None = None) -> dict:
     if steps:
         training = dataclasses.replace(training, steps=steps, warmup_steps=min(training.warmup_steps, steps // 10),
                                        eval_every=min(training.eval_every, steps))
-    # RUN/sweep_k/k{K}/, outside RUN/sweep: rebuilding the summary never discards trained models.
-    out = pretrain(ctx.run, model, training, k=k, device=ctx.device, progress=False, out_dir=ctx.run.sweep_k(k) / "lm")
+    out = pretrain(ctx.run, model, training, k=k, device=ctx.device, progress=False, out_dir=ctx.run.sweep_k(k).lm)
     metrics = read_json(out / METRICS)
     split = "val" if "val_ppl" in metrics else "test"
     return {"lm_val_perplexity": metrics[f"{split}_ppl"], "lm_bits_per_second": metrics[f"{split}_bits_per_s"],
@@ -143,8 +142,8 @@ def probe_columns(ctx: RunContext, k: int) -> dict:
     from tokenlm.stages.probe import ProbeConfig, probe
 
     config = ctx.config(ProbeConfig, "probe", {"codebook_size": k, "baselines": ()})
-    out = probe(ctx.run.root, config, device=ctx.device, progress=False, lm_dir=ctx.run.sweep_k(k) / "lm",
-                out_dir=ctx.run.sweep_k(k) / "probe")
+    out = probe(ctx.run.root, config, device=ctx.device, progress=False, lm_dir=ctx.run.sweep_k(k).lm,
+                out_dir=ctx.run.sweep_k(k).probe)
     rows = {row["name"]: row for row in read_json(out / RESULTS)["rows"]}
     return {"probe_lm_accuracy": _accuracy(rows.get("lm_best")), "probe_bag_accuracy": _accuracy(rows.get("bag_of_codes"))}
 
@@ -162,7 +161,7 @@ def vocoder_columns(ctx: RunContext, k: int) -> dict:
     from tokenlm.stages.vocoder import train_vocoder, vocoder_config
 
     out = train_vocoder(ctx.run.root, vocoder_config(ctx.recipe_path), codebook_size=k, device=ctx.device,
-                        out_dir=ctx.run.sweep_k(k) / "vocoder")
+                        out_dir=ctx.run.sweep_k(k).vocoder)
     metrics = read_json(out / METRICS)
     return {"vocoder_logmel_db": metrics["vocoder_logmel_db"], "vocoder_lsd_db": metrics["vocoder_lsd_db"]}
 
