@@ -86,20 +86,10 @@ def _probe(recipe, run_dir: Path, device) -> None:
 
 
 def _vocoder(recipe, run_dir: Path, device) -> None:
-    """Train the vocoder, then hear the whole pipeline once: the first test clip continued
-    by the LM for one second and decoded (RUN/generated/), for the report."""
-    from tokenlm.artifacts import read_jsonl
-    from tokenlm.stages.vocoder import generate_file, run_from_recipe
+    from tokenlm.pipeline import RunContext
+    from tokenlm.stages.vocoder import run
 
-    run_from_recipe(recipe, run_dir, device)
-    clips = [r for r in read_jsonl(run_dir / "manifest.jsonl") if r["status"] == "ok" and r["split"] == "test"]
-    if not clips or not (run_dir / "lm" / "stage.json").is_file():
-        return
-    out = run_dir / "generated" / f"{Path(clips[0]['path']).stem}_continued.wav"
-    models = max((run_dir / name / "stage.json").stat().st_mtime for name in ("lm", "vocoder"))
-    if not out.is_file() or out.stat().st_mtime < models:  # new models, new example
-        out.parent.mkdir(exist_ok=True)
-        generate_file(run_dir, out, prompt=clips[0]["path"], seconds=1.0, seed=0, device=device)
+    run(RunContext.create(run_dir, recipe, device=device))
 
 
 def _sweep(recipe, run_dir: Path, device) -> None:
