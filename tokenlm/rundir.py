@@ -24,6 +24,7 @@ record, so a consumer never re-checks a key by hand.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,6 +70,27 @@ def index_file(split: str) -> str:
 def figure_file(name: str) -> str:
     """A report figure's file name."""
     return f"{name}.png"
+
+
+def sample_files(index: int, clip_id: str) -> tuple[str, str]:
+    """(original, resynthesis) wav names of one excerpt in a vocoder's SAMPLES folder."""
+    stem = f"{index:02d}_{re.sub(r'[^A-Za-z0-9._-]+', '_', clip_id).strip('_') or 'clip'}"
+    return f"{stem}_original.wav", f"{stem}_resynth.wav"
+
+
+def continuation_file(prompt: str | Path) -> str:
+    """The pipeline's example in RUN/generated/: the ``prompt`` clip continued and decoded."""
+    return f"{Path(prompt).stem}_continued.wav"
+
+
+def generated_codes_file(prompt: str | Path | None, seed: int) -> str:
+    """``generate-codes``' default output in RUN/generated/."""
+    return f"{Path(prompt).stem if prompt else 'unconditional'}-seed{seed}.npy"
+
+
+def info_file(path: str | Path) -> Path:
+    """The JSON record written beside a generated file (codes or audio): same name, .json."""
+    return Path(path).with_suffix(".json")
 
 
 def is_finished(directory: str | Path) -> bool:

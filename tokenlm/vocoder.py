@@ -8,7 +8,8 @@
 On disk (``RUN/vocoder/``): ``config.json`` (the WaveNetConfig under ``wavenet`` plus the sample
 rate, hop, samples per code, codebook size and tokenizer hash of the codes it was trained on)
 and ``wavenet.safetensors``. The codes only mean something to the vocoder together with the
-tokenizer that made them: ``check_tokenizer`` refuses any other one.
+tokenizer that made them: ``check_tokenizer`` refuses any other one (``tokenlm.trained``
+loads a run's vocoder together with its tokenizer, checked).
 """
 
 from __future__ import annotations
@@ -17,18 +18,18 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import soundfile as sf
 import torch
 from safetensors.torch import load_file, save_file
 
 from tokenlm.artifacts import read_json, write_json
 from tokenlm.errors import ArtifactError, ConfigError
 from tokenlm.models.wavenet import WaveNet, WaveNetConfig, mu_law_encode
-from tokenlm.runtime import kernel_threads
+from tokenlm.rundir import CONFIG, WAVENET_WEIGHTS
+from tokenlm.runtime import kernel_threads, pick_device
 
-__all__ = ["Vocoder", "save_vocoder", "CONFIG_FILE", "WEIGHTS_FILE", "FORMAT"]
+__all__ = ["Vocoder", "save_vocoder", "write_wav", "FORMAT"]
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "wavenet.safetensors"
 FORMAT = "tokenlm-wavenet"
 # What a vocoder's config.json must say about the codes it was trained on.
 REQUIRED_INFO = ("sample_rate", "samples_per_code", "codebook_size", "tokenizer_hash")
@@ -41,8 +42,8 @@ def save_vocoder(model: WaveNet, directory: str | Path, info: dict) -> None:
     if missing:
         raise ValueError(f"vocoder info lacks {', '.join(missing)}")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_FILE))
-    write_json(directory / CONFIG_FILE, {"format": FORMAT, "wavenet": model.config.to_dict(), **info})
+    save_file(state, str(directory / WAVENET_WEIGHTS))
+    write_json(directory / CONFIG, {"format": FORMAT, "wavenet": model.config.to_dict(), **info})
 
 
 class Vocoder:
@@ -97,23 +98,21 @@ class Vocoder:
     @classmethod
     def load(cls, directory: str | Path, device=None) -> "Vocoder":
         """Load ``RUN/vocoder`` (config.json + wavenet.safetensors)."""
-        from tokenlm.runtime import pick_device
-
         directory = Path(directory)
-        if not (directory / CONFIG_FILE).is_file() or not (directory / WEIGHTS_FILE).is_file():
+        if not (directory / CONFIG).is_file() or not (directory / WAVENET_WEIGHTS).is_file():
             raise ArtifactError(f"no trained vocoder at {directory}: run `tokenlm vocoder {directory.parent}` first")
-        config = read_json(directory / CONFIG_FILE)
+        config = read_json(directory / CONFIG)
         if config.get("format") != FORMAT or "wavenet" not in config:
-            raise ArtifactError(f"{directory / CONFIG_FILE}: not a tokenlm vocoder config")
+            raise ArtifactError(f"{directory / CONFIG}: not a tokenlm vocoder config")
         missing = [key for key in REQUIRED_INFO if key not in config]
         if missing:
-            raise ArtifactError(f"{directory / CONFIG_FILE} lacks {', '.join(missing)}: cannot check it against "
+            raise ArtifactError(f"{directory / CONFIG} lacks {', '.join(missing)}: cannot check it against "
                                 f"a tokenizer")
         model = WaveNet(WaveNetConfig.from_dict(config["wavenet"]))
         try:
-            model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+            model.load_state_dict(load_file(str(directory / WAVENET_WEIGHTS)))
         except (RuntimeError, KeyError) as err:
-            raise ArtifactError(f"{directory / WEIGHTS_FILE} does not fit its config.json "
+            raise ArtifactError(f"{directory / WAVENET_WEIGHTS} does not fit its {CONFIG} "
                                 f"({str(err).splitlines()[0]})") from None
         info = {k: v for k, v in config.items() if k not in ("format", "wavenet")}
         return cls(model.to(pick_device(device)), info, source=directory)
@@ -196,6 +195,14 @@ class Vocoder:
             audio = self.model.generate(torch.from_numpy(codes).to(device), temperature=temperature,
                                         generator=generator, prompt_q=prompt_q, progress=progress)
         return audio.float().cpu().numpy()
+
+
+def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
+    """16-bit PCM wav (clipped to [-1, 1]), its folder made if needed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0), sample_rate, subtype="PCM_16")
+    return path
 
 
 def _as_codes(codes) -> np.ndarray:

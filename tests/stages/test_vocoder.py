@@ -18,15 +18,14 @@ from safetensors.torch import load_file
 
 from tokenlm.artifacts import read_json, write_json
 from tokenlm.audio import load_audio
-from tokenlm.errors import ArtifactError
-from tokenlm.models.wavenet import mu_law_decode, mu_law_encode
-from tokenlm.stages.vocoder import (
-    IGNORE, AlignedAudio, CropBatches, VocoderConfig, log_spectral_distance, logmel_distance_db, train_vocoder,
-    vocoder_config,
-)
+from tokenlm.errors import ArtifactError, ConfigError
+from tokenlm.evaluation.audio_quality import log_spectral_distance, logmel_distance_db
+from tokenlm.models.wavenet import WaveNetConfig, mu_law_decode, mu_law_encode
+from tokenlm.stages.vocoder import VocoderConfig, train_vocoder, vocoder_config
 from tokenlm.tokenizer import AudioTokenizer
 from tokenlm.train import TrainConfig, load_checkpoint
 from tokenlm.vocoder import Vocoder
+from tokenlm.vocoder_data import IGNORE, AlignedAudio, CropBatches
 from tests.conftest import run_cli as tokenlm, sound
 
 SR_IN = 16000  # the corpus; the run resamples to 8 kHz
@@ -53,7 +52,8 @@ vocoder:
   training: {steps: 6, batch_size: 2, lr: 0.003, warmup_steps: 2, eval_every: 3, log_every: 1, device: cpu}
 """
 TINY = VocoderConfig(
-    layers_per_cycle=3, cycles=1, residual_channels=8, gate_channels=8, skip_channels=8, cond_channels=8,
+    model=WaveNetConfig(layers_per_cycle=3, cycles=1, residual_channels=8, gate_channels=8, skip_channels=8,
+                        cond_channels=8),
     crop_codes=3, val_crops=4, metrics_clips=2, metrics_seconds=0.1,
     training=TrainConfig(steps=6, batch_size=2, lr=3e-3, warmup_steps=2, weight_decay=0.0, eval_every=3, log_every=1,
                          device="cpu"))
@@ -258,8 +258,22 @@ def test_distances_and_config():
     a = torch.zeros(5, 3)
     assert logmel_distance_db(a, a + 2.0) == pytest.approx(2.0)
     cfg = vocoder_config(None, {"steps": 7, "crop_codes": 5, "cycles": 3})
-    assert cfg.training.steps == 7 and cfg.crop_codes == 5 and cfg.cycles == 3
+    assert cfg.training.steps == 7 and cfg.crop_codes == 5 and cfg.model.cycles == 3
     assert cfg.training.batch_size == 8  # the vocoder's own default, not TrainConfig's
     assert cfg.wavenet(256, 800, 16000).dilations == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512] * 3
     demo = vocoder_config(Path(__file__).resolve().parents[2] / "recipes" / "demo.yaml")  # the shipped recipe parses
-    assert demo.cycles * demo.layers_per_cycle == 16 and demo.training.steps <= 500
+    assert demo.model.cycles * demo.model.layers_per_cycle == 16 and demo.training.steps <= 500
+
+
+def test_the_flat_recipe_section_nests_the_wavenet_config():
+    cfg = VocoderConfig.from_section({"residual_channels": 16, "crop-codes": 4, "training": {"steps": 3}},
+                                     {"cycles": 1, "lr": None, "seed": 2})
+    assert cfg.model == WaveNetConfig(residual_channels=16, cycles=1) and cfg.crop_codes == 4
+    assert (cfg.training.steps, cfg.training.seed, cfg.training.lr) == (3, 2, 1e-3)
+    section = cfg.to_section()
+    assert section["residual_channels"] == 16 and "model" not in section and "vocab_size" not in section
+    assert VocoderConfig.from_section(section) == cfg
+    # What the tokenizer fixes is not a recipe key.
+    with pytest.raises(ConfigError, match=r"unknown option 'vocoder.vocab_size' \(known: .*residual_channels"):
+        VocoderConfig.from_section({"vocab_size": 4})
+

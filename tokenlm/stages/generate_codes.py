@@ -15,11 +15,12 @@ from pathlib import Path
 import click
 import numpy as np
 
-from tokenlm.artifacts import tokenizer_dir, write_json
-from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
+from tokenlm.artifacts import write_json
+from tokenlm.audio import load_audio
+from tokenlm.errors import ConfigError
 from tokenlm.lm import CodeLM
-
-GENERATED_DIR = "generated"
+from tokenlm.rundir import RunDir, as_run, generated_codes_file, info_file
+from tokenlm.trained import load_lm, load_lm_tokenizer
 
 
 def read_prompt_codes(path: str | Path) -> np.ndarray:
@@ -39,31 +40,24 @@ def read_prompt_codes(path: str | Path) -> np.ndarray:
     return codes.astype(np.int64)
 
 
-def encode_prompt_audio(run: Path, path: str | Path, lm: CodeLM) -> np.ndarray:
+def encode_prompt_audio(run: str | RunDir, path: str | Path, lm: CodeLM) -> np.ndarray:
     """Codes of an audio file, with the run's tokenizer (the one the LM's tokens came from)."""
-    from tokenlm.audio import load_audio
-    from tokenlm.tokenizer import AudioTokenizer
-
-    tokenizer = AudioTokenizer.load(tokenizer_dir(run), codebook_size=lm.codebook_size)
-    expected, actual = lm.info.get("tokenizer_hash"), tokenizer.info.get("tokenizer_hash")
-    if expected and actual and expected != actual:
-        raise ArtifactError(f"{tokenizer_dir(run)} (codebook {actual}) is not the tokenizer this LM was trained "
-                            f"with ({expected}): retrain the LM or use its run's tokenizer")
+    tokenizer = load_lm_tokenizer(run, lm)
     wav = load_audio(path, tokenizer.sample_rate)
     return tokenizer.encode(wav, tokenizer.sample_rate).numpy().astype(np.int64)
 
 
-def generate_codes(run: str | Path, *, prompt_codes: str | Path | None = None, prompt_audio: str | Path | None = None,
+def generate_codes(run: str | RunDir, *, prompt_codes: str | Path | None = None, prompt_audio: str | Path | None = None,
                    n: int = 200, temperature: float = 1.0, top_k: int = 0, seed: int = 0,
                    out: str | Path | None = None, include_prompt: bool = True, device: str | None = None) -> Path:
     """Sample ``n`` codes after a prompt (codes file, audio file, or none: from BOS) with
     RUN/lm and write them to ``out`` (default RUN/generated/<prompt>-seed<seed>.npy)."""
-    run = Path(run)
+    run = as_run(run)
     if prompt_codes and prompt_audio:
         raise ConfigError("give --prompt-codes or --prompt-audio, not both")
     if n < 1:
         raise ConfigError(f"--n must be >= 1, got {n}")
-    lm = CodeLM.load(run / "lm", device=device)
+    lm = load_lm(run, device)
     if prompt_codes:
         prompt = read_prompt_codes(prompt_codes)
         lm.check_codes(prompt, where=f"{prompt_codes}")
@@ -74,12 +68,12 @@ def generate_codes(run: str | Path, *, prompt_codes: str | Path | None = None, p
     new = lm.generate(prompt, n, temperature=temperature, top_k=top_k, seed=seed).numpy()
     codes = np.concatenate([prompt, new]) if include_prompt else new
     source = prompt_codes or prompt_audio
-    out = Path(out) if out else run / GENERATED_DIR / f"{Path(source).stem if source else 'unconditional'}-seed{seed}.npy"
+    out = Path(out) if out else run.generated / generated_codes_file(source, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, codes.astype(np.int64))
     rate = lm.code_rate
-    write_json(out.with_suffix(".json"), {
-        "lm": str(run / "lm"), "prompt": str(source) if source else None,
+    write_json(info_file(out), {
+        "lm": str(run.lm), "prompt": str(source) if source else None,
         "prompt_length": int(len(prompt)) if include_prompt else 0, "generated": int(n),
         "temperature": temperature, "top_k": top_k, "seed": seed,
         "codebook_size": lm.codebook_size, "code_rate": rate,
@@ -105,8 +99,6 @@ def command(run, prompt_codes, prompt_audio, n, temperature, top_k, seed, out, n
     \b
       tokenlm generate-codes runs/demo --prompt-audio clip.wav --n 200 --temperature 0.9 --top-k 50
     """
-    if not (Path(run) / "lm").is_dir():
-        raise TokenlmError(f"{run} has no language model yet: run `tokenlm pretrain {run}` first")
     path = generate_codes(run, prompt_codes=prompt_codes, prompt_audio=prompt_audio, n=n, temperature=temperature,
                           top_k=top_k, seed=seed, out=out, include_prompt=not no_prompt, device=device)
-    click.echo(f"codes: {path}\ninfo:  {path.with_suffix('.json')}")
+    click.echo(f"codes: {path}\ninfo:  {info_file(path)}")

@@ -46,6 +46,7 @@ from tokenlm.lm import IGNORE, count_baselines, lm_loss, pad_batch, scoring_wind
 from tokenlm.models.gpt import LMConfig, build_gpt2, vocab_layout
 from tokenlm.pipeline import RunContext
 from tokenlm.rundir import METRICS, SPLITS, TRAIN_LOG, RunDir, TokensMeta, bin_file, read_tokens_meta
+from tokenlm.stages.options import training_options
 from tokenlm.store import RaggedSplit
 from tokenlm.train import TrainConfig, distributed_stage, train
 
@@ -269,13 +270,7 @@ def _say(message: str) -> None:
 @click.argument("run", required=False, type=click.Path(file_okay=False))
 @click.option("-K", "--codebook-size", type=int, help="Which tokens to train on (default: the run's current K).")
 @click.option("--config", "recipe", type=click.Path(), help="Recipe YAML (section lm, with lm.training).")
-@click.option("--steps", type=int, help="Optimiser steps (upper bound with early stopping). [2000]")
-@click.option("--batch-size", type=int, help="Sequences (of context codes) per step and process. [8]")
-@click.option("--lr", type=float, help="Peak learning rate. [1e-3]")
-@click.option("--warmup-steps", type=int, help="Linear warmup steps before the cosine decay. [100]")
-@click.option("--eval-every", type=int, help="Steps between validations and checkpoints. [100]")
-@click.option("--patience", type=int, help="Validations without improvement before stopping; 0 = never. [5]")
-@click.option("--seed", type=int, help="Seed of the weights, batches and dropout. [0]")
+@training_options(LM_TRAINING_DEFAULTS, items="Sequences (of context codes)", seeds="batches and dropout")
 @click.option("--n-layer", type=int, help="Transformer blocks. [4]")
 @click.option("--n-head", type=int, help="Attention heads. [4]")
 @click.option("--n-embd", type=int, help="Model width. [256]")
@@ -283,8 +278,6 @@ def _say(message: str) -> None:
 @click.option("--dropout", type=float, help="Residual/embedding dropout. [0.0]")
 @click.option("--attn", "attn_implementation", type=click.Choice(["auto", "eager", "sdpa"]),
               help="Attention implementation; auto = the fastest measured (sdpa).")
-@click.option("--device", help="cpu, cuda or auto (default).")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
 def command(run, codebook_size, recipe, device, no_progress, **options):
     """Train the GPT code language model on RUN/tokens and save it to RUN/lm.
 

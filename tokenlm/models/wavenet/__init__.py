@@ -1,0 +1,20 @@
+"""The WaveNet decoder: discrete codes -> audio (stage 6 of the pipeline).
+
+- ``model``: ``WaveNetConfig`` and ``WaveNet`` (teacher-forced forward, conditioning, sampling);
+- ``modules``: mu-law companding and the gated residual layer;
+- ``incremental``: the ring-buffer ``IncrementalDecoder`` and the sampler that fast generation uses.
+"""
+
+from tokenlm.models.wavenet.incremental import GumbelSampler, IncrementalDecoder
+from tokenlm.models.wavenet.model import WaveNet, WaveNetConfig
+from tokenlm.models.wavenet.modules import ResidualLayer, mu_law_decode, mu_law_encode
+
+__all__ = [
+    "mu_law_encode",
+    "mu_law_decode",
+    "ResidualLayer",
+    "WaveNetConfig",
+    "WaveNet",
+    "IncrementalDecoder",
+    "GumbelSampler",
+]

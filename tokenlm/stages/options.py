@@ -1,0 +1,48 @@
+"""Command-line options shared by the commands that train with tokenlm.train (pretrain, vocoder).
+
+    @training_options(LM_TRAINING_DEFAULTS, items="Sequences (of context codes)", seeds="batches and dropout")
+    def command(run, ..., device, no_progress, **options): ...
+
+Every training option defaults to None ("not given"), so the recipe's value, then the
+stage's own default, applies; the help shows that default, which differs per stage.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import click
+
+from tokenlm.config import build
+from tokenlm.train import TrainConfig
+
+
+def training_options(defaults: Mapping[str, Any], *, items: str, seeds: str) -> Callable:
+    """Add --steps, --batch-size, --lr, --warmup-steps, --eval-every, --patience, --seed,
+    --device and --no-progress to a click command.
+
+    ``defaults``: the stage's TrainConfig defaults where they differ from TrainConfig's (shown
+    in the help); ``items``: what a batch holds ("Crops"); ``seeds``: what the seed draws
+    besides the initial weights ("crops and sampling").
+    """
+    shown = build(TrainConfig, defaults)
+    options = [
+        click.option("--steps", type=int, help=f"Optimiser steps (upper bound with early stopping). [{shown.steps}]"),
+        click.option("--batch-size", type=int, help=f"{items} per step and process. [{shown.batch_size}]"),
+        click.option("--lr", type=float, help=f"Peak learning rate. [{shown.lr:g}]"),
+        click.option("--warmup-steps", type=int,
+                     help=f"Linear warmup steps before the cosine decay. [{shown.warmup_steps}]"),
+        click.option("--eval-every", type=int, help=f"Steps between validations and checkpoints. [{shown.eval_every}]"),
+        click.option("--patience", type=int,
+                     help=f"Validations without improvement before stopping; 0 = never. [{shown.patience}]"),
+        click.option("--seed", type=int, help=f"Seed of the weights, {seeds}. [{shown.seed}]"),
+        click.option("--device", help="cpu, cuda or auto (default)."),
+        click.option("--no-progress", is_flag=True, help="No progress bars."),
+    ]
+
+    def decorate(command: Callable) -> Callable:
+        for option in reversed(options):  # click lists options in decorator order, top first
+            command = option(command)
+        return command
+
+    return decorate
