@@ -64,7 +64,7 @@ def time_generation(model: WaveNet, method: str, batch: int, n_timed: int, devic
     n_samples = prompt_len + n_timed
     gen = torch.Generator(device=device).manual_seed(seed)
     n_codes = math.ceil(n_samples / config.samples_per_code)
-    codes = torch.randint(0, config.vocab_size, (batch, n_codes), device=device, generator=gen)
+    codes = torch.randint(0, config.codebook_size, (batch, n_codes), device=device, generator=gen)
     prompt = torch.randint(0, config.n_classes, (batch, prompt_len), device=device, generator=gen)
     generate = getattr(model, method)
     # Warm-up: allocator, kernels, first-call paths (and untimed priming below).

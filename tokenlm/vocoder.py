@@ -57,9 +57,9 @@ class Vocoder:
         if int(self.info["samples_per_code"]) != cfg.samples_per_code or int(self.info["sample_rate"]) != cfg.sample_rate:
             raise ArtifactError(f"{self.source}: config.json disagrees with its own wavenet section "
                                 f"(samples_per_code/sample_rate)")
-        if int(self.info["codebook_size"]) != (cfg.vocab_size or 0):
+        if int(self.info["codebook_size"]) != (cfg.codebook_size or 0):
             raise ArtifactError(f"{self.source}: codebook_size {self.info['codebook_size']} but the WaveNet "
-                                f"takes {cfg.vocab_size} codes")
+                                f"takes {cfg.codebook_size} codes")
 
     # -- what it was trained on -----------------------------------------------------------
     @property

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def small_config(conditioned: bool = True, **overrides) -> WaveNetConfig:
     """2 cycles x 4 layers, receptive field 31 with kernel 2."""
     values = dict(layers_per_cycle=4, cycles=2, residual_channels=16, gate_channels=16, skip_channels=16,
-                  cond_channels=8, vocab_size=10 if conditioned else 0, samples_per_code=SPC)
+                  cond_channels=8, codebook_size=10 if conditioned else 0, samples_per_code=SPC)
     values.update(overrides)
     return WaveNetConfig(**values)
 
@@ -39,7 +39,7 @@ def random_inputs(model: WaveNet, batch: int, n_codes: int, seed: int = 1):
     audio_q = torch.randint(0, model.config.n_classes, (batch, n_codes * SPC), generator=gen)
     codes = None
     if model.config.conditioned:
-        codes = torch.randint(0, model.config.vocab_size, (batch, n_codes), generator=gen)
+        codes = torch.randint(0, model.config.codebook_size, (batch, n_codes), generator=gen)
     return audio_q, codes
 
 

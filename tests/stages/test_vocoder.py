@@ -107,7 +107,7 @@ def test_artifacts(trained):
     tokenizer = AudioTokenizer.load(trained / "tokenizer")
     assert config["sample_rate"] == SR and config["samples_per_code"] == SPC and config["hop_length"] == 80
     assert config["codebook_size"] == K and config["tokenizer_hash"] == tokenizer.info["tokenizer_hash"]
-    assert config["wavenet"]["vocab_size"] == K and config["wavenet"]["layers_per_cycle"] == 3
+    assert config["wavenet"]["codebook_size"] == K and config["wavenet"]["layers_per_cycle"] == 3
     header = (out / "train_log.csv").read_text().splitlines()[0].split(",")
     assert header == ["step", "lr", "loss", "val_loss", "val_bits_per_sample", "samples_per_s", "elapsed_s"]
 
@@ -194,7 +194,7 @@ def test_mismatching_tokenizer_fails_clearly(trained, clip, tmp_path, capsys):
     assert not (tmp_path / "x.wav").exists()
 
     class Other:  # samples per code differ
-        sample_rate, samples_per_code, vocab_size = SR, 2 * SPC, K
+        sample_rate, samples_per_code, codebook_size = SR, 2 * SPC, K
         info = {"tokenizer_hash": config["tokenizer_hash"]}
 
     with pytest.raises(ArtifactError, match="samples per code 160"):
@@ -271,9 +271,9 @@ def test_the_flat_recipe_section_nests_the_wavenet_config():
     assert cfg.model == WaveNetConfig(residual_channels=16, cycles=1) and cfg.crop_codes == 4
     assert (cfg.training.steps, cfg.training.seed, cfg.training.lr) == (3, 2, 1e-3)
     section = cfg.to_section()
-    assert section["residual_channels"] == 16 and "model" not in section and "vocab_size" not in section
+    assert section["residual_channels"] == 16 and "model" not in section and "codebook_size" not in section
     assert VocoderConfig.from_section(section) == cfg
     # What the tokenizer fixes is not a recipe key.
-    with pytest.raises(ConfigError, match=r"unknown option 'vocoder.vocab_size' \(known: .*residual_channels"):
-        VocoderConfig.from_section({"vocab_size": 4})
+    with pytest.raises(ConfigError, match=r"unknown option 'vocoder.codebook_size' \(known: .*residual_channels"):
+        VocoderConfig.from_section({"codebook_size": 4})
 

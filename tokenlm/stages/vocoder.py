@@ -54,7 +54,7 @@ from tokenlm.vocoder_data import (
 VOCODER_TRAINING_DEFAULTS = {"steps": 20000, "batch_size": 8, "lr": 1e-3, "warmup_steps": 200,
                              "weight_decay": 0.0, "eval_every": 500, "patience": 0, "log_every": 50}
 # WaveNetConfig fields that come from the tokenizer, never from the recipe.
-DERIVED = ("vocab_size", "samples_per_code", "sample_rate")
+DERIVED = ("codebook_size", "samples_per_code", "sample_rate")
 # The recipe's keys for the model: the rest of WaveNetConfig.
 MODEL_KEYS = tuple(f.name for f in dataclasses.fields(WaveNetConfig) if f.name not in DERIVED)
 
@@ -73,7 +73,7 @@ class VocoderConfig:
     meant for a GPU; recipes/demo.yaml shrinks it to finish in minutes on 2 CPU cores.
     """
 
-    # The architecture. Its vocab_size, samples_per_code and sample_rate are the tokenizer's:
+    # The architecture. Its codebook_size, samples_per_code and sample_rate are the tokenizer's:
     # ``wavenet()`` fills them in.
     model: WaveNetConfig = field(default_factory=WaveNetConfig)
     # data
@@ -92,9 +92,9 @@ class VocoderConfig:
         if self.metrics_clips < 0 or self.metrics_seconds <= 0:
             raise ValueError("need metrics_clips >= 0 and metrics_seconds > 0")
 
-    def wavenet(self, vocab_size: int, samples_per_code: int, sample_rate: int) -> WaveNetConfig:
+    def wavenet(self, codebook_size: int, samples_per_code: int, sample_rate: int) -> WaveNetConfig:
         """The WaveNetConfig for a tokenizer with these codes."""
-        return dataclasses.replace(self.model, vocab_size=vocab_size, samples_per_code=samples_per_code,
+        return dataclasses.replace(self.model, codebook_size=codebook_size, samples_per_code=samples_per_code,
                                    sample_rate=sample_rate)
 
     @classmethod
@@ -201,7 +201,7 @@ def _train_stage(job: _Job, stage: Stage, work: Path, dist) -> Path:
         _say(f"vocoder: {_parameters(model) / 1e6:.2f} M parameters, {wn_cfg.cycles}x{wn_cfg.layers_per_cycle} "
              f"layers, receptive field {rf} samples ({rf / sample_rate * 1e3:.0f} ms), {len(train_audio.ids)} "
              f"train clips ({len(train_audio.audio) / sample_rate / 60:.1f} min), crops of {cfg.crop_codes} codes "
-             f"({cfg.crop_codes * wn_cfg.samples_per_code} samples), K={wn_cfg.vocab_size}, {dist.world_size} "
+             f"({cfg.crop_codes * wn_cfg.samples_per_code} samples), K={wn_cfg.codebook_size}, {dist.world_size} "
              f"process(es) on {dist.device}")
     result = train(
         model, training, work,

@@ -54,7 +54,7 @@ __all__ = ["WaveNetConfig", "WaveNet"]
 class WaveNetConfig:
     """Architecture of the WaveNet decoder; saved as JSON next to the weights.
 
-    ``vocab_size`` is the tokenizer's codebook size; 0 or None builds an unconditioned model.
+    ``codebook_size`` is the tokenizer's codebook size; 0 or None builds an unconditioned model.
     Dilations are 1, 2, 4, ..., 2**(layers_per_cycle-1), repeated ``cycles`` times.
     ``gate_channels`` is the width of the dilated convolution's output, split in half into the
     tanh (filter) and sigmoid (gate) parts.
@@ -67,7 +67,7 @@ class WaveNetConfig:
     skip_channels: int = 128
     kernel_size: int = 2
     n_classes: int = 256
-    vocab_size: int | None = 256
+    codebook_size: int | None = 256
     cond_channels: int = 64
     samples_per_code: int = 800
     sample_rate: int = 16000
@@ -84,13 +84,13 @@ class WaveNetConfig:
             raise ValueError(f"gate_channels must be even (tanh half + sigmoid half), got {self.gate_channels}")
         if self.n_classes < 2:
             raise ValueError(f"n_classes must be >= 2, got {self.n_classes}")
-        if self.vocab_size is not None and self.vocab_size < 0:
-            raise ValueError(f"vocab_size must be >= 0 (0 or None: unconditioned), got {self.vocab_size}")
+        if self.codebook_size is not None and self.codebook_size < 0:
+            raise ValueError(f"codebook_size must be >= 0 (0 or None: unconditioned), got {self.codebook_size}")
 
     @property
     def conditioned(self) -> bool:
         """Whether the model takes codes."""
-        return bool(self.vocab_size)
+        return bool(self.codebook_size)
 
     @property
     def n_layers(self) -> int:
@@ -111,7 +111,11 @@ class WaveNetConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "WaveNetConfig":
-        """Build from ``to_dict`` output; an unknown key raises ConfigError naming the known ones."""
+        """Build from ``to_dict`` output; an unknown key raises ConfigError naming the known ones.
+        Vocoders saved before the vocabulary was unified call the codebook size vocab_size."""
+        data = dict(data)
+        if "vocab_size" in data and "codebook_size" not in data:
+            data["codebook_size"] = data.pop("vocab_size")
         return build(cls, data, where="wavenet")
 
 
@@ -138,7 +142,7 @@ class WaveNet(nn.Module):
         self.output_hidden = nn.Conv1d(config.skip_channels, config.skip_channels, 1)
         self.output_logits = nn.Conv1d(config.skip_channels, config.n_classes, 1)
         if config.conditioned:
-            self.code_embedding = nn.Embedding(config.vocab_size, config.cond_channels)
+            self.code_embedding = nn.Embedding(config.codebook_size, config.cond_channels)
             # Non-causal over codes (one code of look-ahead): codes are known before decoding.
             self.code_context = nn.Conv1d(config.cond_channels, config.cond_channels, 3, padding=1)
             self.code_phase = nn.Parameter(0.1 * torch.randn(config.cond_channels, config.samples_per_code))
@@ -166,17 +170,17 @@ class WaveNet(nn.Module):
         cfg = self.config
         if codes is None:
             if cfg.conditioned:
-                raise ValueError(f"this WaveNet is conditioned (vocab_size={cfg.vocab_size}): pass codes")
+                raise ValueError(f"this WaveNet is conditioned (codebook_size={cfg.codebook_size}): pass codes")
             return None
         if not cfg.conditioned:
-            raise ValueError("this WaveNet is unconditioned (vocab_size=0): codes must be None")
+            raise ValueError("this WaveNet is unconditioned (codebook_size=0): codes must be None")
         if codes.dim() != 2:
             raise ValueError(f"codes must be (batch, n_codes), got shape {tuple(codes.shape)}")
         if codes.is_floating_point():
             raise ValueError(f"codes must be integer, got {codes.dtype}")
         codes = codes.long().to(self._param().device)
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= cfg.vocab_size):
-            raise ValueError(f"codes must lie in [0, {cfg.vocab_size}), got [{int(codes.min())}, {int(codes.max())}]"
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= cfg.codebook_size):
+            raise ValueError(f"codes must lie in [0, {cfg.codebook_size}), got [{int(codes.min())}, {int(codes.max())}]"
                              " (codebook size does not match the vocoder?)")
         return codes
 
