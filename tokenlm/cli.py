@@ -23,6 +23,7 @@ COMMANDS = {
     "tokenize": ("tokenlm.stages.tokenize:command", "Train autoencoder + codebook, encode every clip."),
     "pretrain": ("tokenlm.stages.pretrain:command", "Train the GPT code language model."),
     "generate-codes": ("tokenlm.stages.generate_codes:command", "Continue codes with the LM."),
+    "baselines": ("tokenlm.stages.baselines:command", "Train the probe's CNN and SimCLR baselines."),
     "probe": ("tokenlm.stages.probe:command", "Linear probes and baselines, one table."),
     "vocoder": ("tokenlm.stages.vocoder:command", "Train the WaveNet decoder on (audio, codes)."),
     "decode": ("tokenlm.stages.vocoder:decode_command", "Audio -> codes -> audio."),

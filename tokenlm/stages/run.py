@@ -80,9 +80,9 @@ def _pretrain(recipe, run_dir: Path, device) -> None:
 
 
 def _probe(recipe, run_dir: Path, device) -> None:
-    from tokenlm.stages.probe import ProbeConfig, probe
+    from tokenlm.stages.probe import configs, probe
 
-    probe(run_dir, build(ProbeConfig, recipe_section(recipe, "probe"), where="probe"), device=device)
+    probe(run_dir, *configs(recipe_section(recipe, "probe")), device=device)
 
 
 def _vocoder(recipe, run_dir: Path, device) -> None:

@@ -139,12 +139,11 @@ def lm_columns(run: Path, k: int, *, recipe=None, device=None, steps: int | None
 
 def probe_columns(run: Path, k: int, *, recipe=None, device=None) -> dict:
     """Linear-probe test accuracy of that K's LM (best layer on val) and of its bag of codes."""
-    from tokenlm.stages.probe import ProbeConfig, probe
+    from tokenlm.stages.probe import configs, probe
 
-    config = build(ProbeConfig, recipe_section(recipe, "probe"), {"codebook_size": k, "baselines": ()},
-                   where="probe")
-    out = probe(run, config, device=device, progress=False, lm_dir=sweep_dir_for(run, k) / "lm",
-                out_dir=sweep_dir_for(run, k) / "probe")
+    config, baseline_config = configs(recipe_section(recipe, "probe"), {"codebook_size": k, "baselines": ()})
+    out = probe(run, config, baseline_config, device=device, progress=False,
+                lm_dir=sweep_dir_for(run, k) / "lm", out_dir=sweep_dir_for(run, k) / "probe")
     rows = {row["name"]: row for row in read_json(out / "results.json")["rows"]}
     return {"probe_lm_accuracy": _accuracy(rows.get("lm_best")), "probe_bag_accuracy": _accuracy(rows.get("bag_of_codes"))}
 
