@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tokenlm.linear_probe import cross_validate_folds, fit_linear_probe, fold_assignments
+from tokenlm.evaluation.linear_probe import cross_validate_folds, fit_linear_probe, fold_assignments
 
 
 def _labels(n: int, classes: int, rng) -> np.ndarray:

@@ -13,7 +13,8 @@ record, so a consumer never re-checks a key by hand.
       tokenizer/k{K}/         codebook.npy, config.json, metrics.json (one codebook per K)
       tokens/k{K}/            {split}.bin + {split}.index.jsonl, meta.json
       lm/                     config.json, model.safetensors, train_log.csv, metrics.json
-      baselines/<name>/       one supervised or self-supervised baseline each
+      baselines/<name>/       one supervised or self-supervised baseline each (results.json,
+                              model.safetensors, folds/fold{N}/; simclr: embeddings.npy)
       probe/                  results.json, report.md
       vocoder/                config.json, wavenet.safetensors, metrics.json, samples/
       generated/              generated audio and codes
@@ -50,6 +51,8 @@ AUTOENCODER_WEIGHTS = "autoencoder.safetensors"
 MODEL_WEIGHTS = "model.safetensors"  # LM (save_pretrained's name) and CNN baselines
 WAVENET_WEIGHTS = "wavenet.safetensors"
 MODEL_RESULTS = "model_results.json"  # one trained baseline's scores and history
+EMBEDDINGS = "embeddings.npy"  # a self-supervised baseline's vector per clip
+EMBEDDINGS_INDEX = "embeddings.jsonl"  # which clip (id, split) each row of EMBEDDINGS is
 SAMPLES = "samples"  # audio examples inside a vocoder folder
 SWEEP_TABLE = "sweep.csv"
 SWEEP_JSON = "sweep.json"
@@ -91,6 +94,11 @@ def generated_codes_file(prompt: str | Path | None, seed: int) -> str:
 def info_file(path: str | Path) -> Path:
     """The JSON record written beside a generated file (codes or audio): same name, .json."""
     return Path(path).with_suffix(".json")
+
+
+def fold_folder(fold) -> Path:
+    """Where a baseline keeps the model trained with official fold ``fold`` as test."""
+    return Path("folds") / f"fold{fold}"
 
 
 def is_finished(directory: str | Path) -> bool:
@@ -139,6 +147,10 @@ class RunDir:
     def tokens(self, codebook_size: int | None = None) -> Path:
         """The codes of every split for codebook size K (default: the run's current K)."""
         return self.tokens_root / f"k{codebook_size or self.codebook_size}"
+
+    def tokenized_sizes(self) -> list[int]:
+        """Every codebook size whose tokens are finished, ascending."""
+        return sorted(int(p.name[1:]) for p in self.tokens_root.glob("k*") if is_finished(p))
 
     @property
     def lm(self) -> Path:

@@ -11,7 +11,9 @@ from click.testing import CliRunner
 
 from tokenlm.artifacts import Stage, features_dir, read_json, write_json, write_jsonl
 from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
-from tokenlm.stages.probe import LabelledClips, ProbeConfig, command, parse_layers, probe
+from tokenlm.evaluation.clips import LabelledClips
+from tokenlm.evaluation.representations import parse_layers
+from tokenlm.stages.probe import ProbeConfig, command, configs, probe
 from tokenlm.store import RaggedSplit, RaggedWriter
 
 # Tiny models: one torch thread (see conftest.py).
@@ -105,8 +107,8 @@ def _rows(run: Path) -> dict:
 
 def test_every_row_is_produced_and_baselines_are_cached(tmp_path):
     run = make_run(tmp_path)
-    config = ProbeConfig(baselines=("vgg", "simclr", "timbre"), **TINY)
-    out = probe(run, config, device="cpu", progress=False)
+    config = configs(dict(baselines=("vgg", "simclr", "timbre"), **TINY))
+    out = probe(run, *config, device="cpu", progress=False)
     assert out == run / "probe"
     rows = _rows(run)
     for name in ("logmel_stats", "bag_of_codes", "vgg", "simclr", "timbre"):
@@ -138,13 +140,13 @@ def test_every_row_is_produced_and_baselines_are_cached(tmp_path):
 
     # A rerun reuses the trained baselines and the finished probe.
     stamp = (run / "baselines" / "vgg" / "model.safetensors").stat().st_mtime_ns
-    probe(run, config, device="cpu", progress=False)
+    probe(run, *config, device="cpu", progress=False)
     assert (run / "baselines" / "vgg" / "model.safetensors").stat().st_mtime_ns == stamp
 
 
 def test_folds_are_cross_validated(tmp_path):
     run = make_run(tmp_path, folds=True)
-    probe(run, ProbeConfig(baselines=("timbre",), **TINY), device="cpu", progress=False)
+    probe(run, *configs(dict(baselines=("timbre",), **TINY)), device="cpu", progress=False)
     rows = _rows(run)
     for name in ("logmel_stats", "bag_of_codes", "timbre"):
         folds = rows[name]["folds"]
@@ -265,11 +267,11 @@ def test_autoencoder_and_lm_rows_with_a_real_tokenizer_and_lm(tmp_path):
 
 
 def test_interrupted_fold_training_resumes_finished_models(tmp_path, monkeypatch):
-    import tokenlm.stages.probe as probe_module
+    import tokenlm.stages.baselines as baselines_module
 
     run = make_run(tmp_path, folds=True)
-    config = ProbeConfig(baselines=("timbre",), **TINY)
-    real_fit, calls = probe_module._fit_supervised, []
+    config = configs(dict(baselines=("timbre",), **TINY))
+    real_fit, calls = baselines_module._fit_supervised, []
 
     def fit_then_interrupt(*args, **kwargs):
         calls.append(args[5])  # out folder
@@ -277,12 +279,12 @@ def test_interrupted_fold_training_resumes_finished_models(tmp_path, monkeypatch
             raise KeyboardInterrupt
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(probe_module, "_fit_supervised", fit_then_interrupt)
+    monkeypatch.setattr(baselines_module, "_fit_supervised", fit_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        probe(run, config, device="cpu", progress=False)
+        probe(run, *config, device="cpu", progress=False)
     assert not (run / "baselines" / "timbre").exists()  # interrupted work never looks finished
-    monkeypatch.setattr(probe_module, "_fit_supervised", real_fit)
+    monkeypatch.setattr(baselines_module, "_fit_supervised", real_fit)
     stamp = (run / "baselines" / ".timbre.partial" / "folds" / "fold1" / "model.safetensors").stat().st_mtime_ns
-    probe(run, config, device="cpu", progress=False)
+    probe(run, *config, device="cpu", progress=False)
     assert (run / "baselines" / "timbre" / "folds" / "fold1" / "model.safetensors").stat().st_mtime_ns == stamp
     assert len(_rows(run)["timbre"]["folds"]["per_fold"]) == 4

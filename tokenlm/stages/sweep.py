@@ -139,11 +139,11 @@ def lm_columns(ctx: RunContext, k: int, *, steps: int | None = None) -> dict:
 
 def probe_columns(ctx: RunContext, k: int) -> dict:
     """Linear-probe test accuracy of that K's LM (best layer on val) and of its bag of codes."""
-    from tokenlm.stages.probe import ProbeConfig, probe
+    from tokenlm.stages.probe import configs, probe
 
-    config = ctx.config(ProbeConfig, "probe", {"codebook_size": k, "baselines": ()})
-    out = probe(ctx.run.root, config, device=ctx.device, progress=False, lm_dir=ctx.run.sweep_k(k).lm,
-                out_dir=ctx.run.sweep_k(k).probe)
+    config, baseline_config = configs(ctx.section("probe"), {"codebook_size": k, "baselines": ()})
+    out = probe(ctx.run.root, config, baseline_config, device=ctx.device, progress=False,
+                lm_dir=ctx.run.sweep_k(k).lm, out_dir=ctx.run.sweep_k(k).probe)
     rows = {row["name"]: row for row in read_json(out / RESULTS)["rows"]}
     return {"probe_lm_accuracy": _accuracy(rows.get("lm_best")), "probe_bag_accuracy": _accuracy(rows.get("bag_of_codes"))}
 

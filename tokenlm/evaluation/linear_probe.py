@@ -26,6 +26,7 @@ __all__ = [
     "fit_linear_probe",
     "cross_validate_folds",
     "fold_assignments",
+    "summarise_folds",
 ]
 
 # Inverse regularisation strengths tried on val: strong (1e-3) to almost none (1e2).

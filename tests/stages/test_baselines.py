@@ -1,0 +1,48 @@
+"""The baselines stage on its own: its command, its recipe keys (in the probe's section), and
+the probe reusing what it trained."""
+
+from __future__ import annotations
+
+import pytest
+
+from tokenlm.artifacts import read_json
+from tokenlm.errors import ConfigError
+from tokenlm.pipeline import RunContext
+from tokenlm.stages import baselines as baselines_stage
+from tokenlm.stages import probe as probe_stage
+from tokenlm.stages.baselines import BaselinesConfig
+from tokenlm.stages.probe import ProbeConfig, configs
+from tests.conftest import run_cli as tokenlm
+from tests.stages.test_probe import TINY, make_run
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_one_probe_section_feeds_both_configs():
+    probe, baselines = configs({"baselines": "timbre", "cs": [1.0], "epochs": 3}, {"epochs": 5, "seed": None})
+    assert probe == ProbeConfig(baselines=("timbre",), cs=(1.0,))
+    assert baselines == BaselinesConfig(epochs=5)
+    with pytest.raises(ConfigError, match=r"'probe.epoch'.*epochs.*layers"):  # both configs' keys are named
+        configs({"epoch": 3})
+    with pytest.raises(ConfigError, match="crop_seconds"):
+        configs({}, {"crop_seconds": 0})
+
+
+def test_command_trains_what_the_probe_then_reuses(tmp_path):
+    run = make_run(tmp_path)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"run:\n  dir: {run}\n  device: cpu\nprobe:\n  baselines: [timbre]\n"
+                      + "".join(f"  {k}: {list(v) if isinstance(v, tuple) else v}\n" for k, v in TINY.items()))
+    assert tokenlm("baselines", "--config", recipe, "--no-progress") == 0
+    results = read_json(run / "baselines" / "timbre" / "results.json")
+    assert results["name"] == "timbre" and 0.0 <= results["test"]["accuracy"] <= 1.0
+    assert not (run / "baselines" / "vgg").exists()
+
+    # `tokenlm run` drives both stages from the recipe: the probe finds the baseline up to date.
+    stamp = (run / "baselines" / "timbre" / "stage.json").stat().st_mtime_ns
+    ctx = RunContext.create(None, recipe, progress=False)
+    baselines_stage.run(ctx)
+    probe_stage.run(ctx)
+    assert (run / "baselines" / "timbre" / "stage.json").stat().st_mtime_ns == stamp
+    rows = {r["name"]: r for r in read_json(run / "probe" / "results.json")["rows"]}
+    assert rows["timbre"]["test"] == results["test"]

@@ -1,0 +1,86 @@
+"""The probe's report.md: its results.json as one comparison table, and how to read it."""
+
+from __future__ import annotations
+
+from tokenlm.evaluation.rows import LINEAR, SUPERVISED
+
+
+def render_report(results: dict) -> str:
+    """report.md: the comparison table, then the skipped rows and how to read the table."""
+    dataset = results["dataset"]
+    with_folds = any(r.get("folds") for r in results["rows"] if r.get("status") == "ok")
+    clips = dataset["clips"]
+    lines = [
+        "# Linear probes and baselines",
+        "",
+        f"Run `{results['run']}`: {clips['train']} train / {clips['val']} val / {clips['test']} test clips, "
+        f"{len(dataset['classes'])} classes."
+        + (f" Majority class on test: {pct(dataset['majority_class_test_accuracy'])}."
+           if dataset.get("majority_class_test_accuracy") is not None else ""),
+        "",
+    ]
+    if with_folds:
+        n = len(dataset["folds"])
+        lines += [f"Accuracy and macro-F1: mean ± std over {n} official folds (each fold is test once, the "
+                  "fold before it picks the hyper-parameters). The test-split column is the run's own split.", ""]
+    header = ["representation", "how", "accuracy", "macro-F1", "dim", "encoder params", "MFLOPs / s audio",
+              "encoder training (s)", "probe fit (s)"]
+    if with_folds:
+        header.append("test-split acc.")
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in results["rows"]:
+        if row.get("status") != "ok":
+            continue
+        lines.append("| " + " | ".join(_table_cells(row, with_folds)) + " |")
+    skipped = [r for r in results["rows"] if r.get("status") != "ok"]
+    if skipped:
+        lines += ["", "Skipped:", ""] + [f"- {r['title']}: {r['reason']}" for r in skipped]
+    lines += [
+        "",
+        f"*{LINEAR}*: the same standardised multinomial logistic regression on frozen features for every "
+        "row (C chosen on val). "
+        f"*{SUPERVISED}*: the network's own classifier, trained with labels (not a probe).",
+        "Log-mel statistics are the floor a learned representation must beat. Self-supervised encoders "
+        "(tokenizer, LM, SimCLR) saw only the train split's audio, without labels.",
+        "FLOPs: 2 per multiply-add of the convolutions and linear layers, for one second of audio.",
+        "Training time: the encoder's own stages (for codes and the LM: autoencoder + codebook + LM).",
+    ]
+    if with_folds:
+        lines.append("In the fold cross-validation, encoders trained without labels on the run's train split "
+                     "have heard the audio (never the labels) of the folds in that split.")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def pct(value, sign: bool = True) -> str:
+    """An accuracy as a percentage with one decimal, or "–" when there is none."""
+    return "–" if value is None else f"{100 * value:.1f}" + ("%" if sign else "")
+
+
+def _table_cells(row: dict, with_folds: bool) -> list[str]:
+    test = row.get("test") or {}
+    folds = row.get("folds")
+    if with_folds and folds:
+        accuracy = f"{pct(folds['accuracy_mean'])} ± {pct(folds['accuracy_std'], sign=False)}"
+        macro_f1 = f"{pct(folds['macro_f1_mean'])} ± {pct(folds['macro_f1_std'], sign=False)}"
+    else:
+        accuracy, macro_f1 = pct(test.get("accuracy")), pct(test.get("macro_f1"))
+    flops = row.get("flops_per_second")
+    cells = [
+        row["title"], row["kind"], accuracy, macro_f1, str(row.get("dim", "–")),
+        _count(row.get("encoder_params")), "–" if flops is None else f"{flops / 1e6:,.1f}",
+        _seconds(row.get("encoder_train_s")), _seconds(row.get("probe_fit_s")),
+    ]
+    if with_folds:
+        cells.append(pct(test.get("accuracy")))
+    return cells
+
+
+def _count(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value / 1e6:.2f} M" if value >= 1e5 else f"{value:,}"
+
+
+def _seconds(value) -> str:
+    return "–" if value is None else f"{value:,.1f}"

@@ -1,0 +1,278 @@
+"""The representations the probe compares: one vector per labelled clip, and what it cost.
+
+- ``logmel_stats``: mean + std of each mel bin over time, the floor every learned
+  representation must beat;
+- ``bag_of_codes``: the normalised histogram of a clip's codes (RUN/tokens/k{K});
+- ``autoencoder_bottleneck``: the tokenizer's un-quantised bottleneck, mean + std pooled;
+- ``lm_layers``: the code LM's hidden states, mean-pooled over time, one per layer (0 is the
+  embedding output).
+
+A representation whose artifacts the run lacks (no tokens, tokenizer or LM yet) raises
+``Unavailable`` with the reason, and the probe records the row as skipped. torch, the
+tokenizer and the LM are imported inside the functions that need them, so that
+``tokenlm probe --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tokenlm.artifacts import read_stage
+from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
+from tokenlm.evaluation.clips import LabelledClips
+from tokenlm.rundir import SPLITS, RunDir, index_file, is_finished, read_tokens_meta
+from tokenlm.store import RaggedSplit
+
+
+class Unavailable(Exception):
+    """A representation cannot be built on this run (yet); the message says why."""
+
+
+@dataclass
+class Representation:
+    """One vector per clip, aligned with ``LabelledClips``, plus what it cost."""
+
+    name: str
+    title: str
+    vectors: np.ndarray  # (N, D)
+    encoder_params: int | None = None
+    encoder_train_s: float | None = None
+    flops_per_second: float | None = None
+    extract_s: float = 0.0
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class Codes:
+    """Every labelled clip's codes by clip id, from one tokens folder."""
+
+    by_id: dict[str, np.ndarray]
+    codebook_size: int
+    directory: Path
+
+
+@dataclass(frozen=True)
+class TokenizerCost:
+    """The tokenizer's encoder side, when known: what codes cost before the LM."""
+
+    encoder_params: int | None = None  # the autoencoder's encoder
+    codebook_params: int = 0  # K x d centroids
+    autoencoder_train_s: float | None = None  # the autoencoder stage
+    train_s: float | None = None  # autoencoder + codebook stages
+
+    @property
+    def code_params(self) -> int | None:
+        """Encoder + codebook: the parameters that turn log-mel into codes."""
+        return None if self.encoder_params is None else self.encoder_params + self.codebook_params
+
+
+# ---- representations ------------------------------------------------------------------
+
+def logmel_stats(clips: LabelledClips, progress: bool = True) -> Representation:
+    """Mean and std of each mel bin over the clip's frames: (N, 2 * n_mels)."""
+    start = time.perf_counter()
+    bar = _bar(range(len(clips)), "log-mel", progress)
+    vectors = np.stack([_mean_std(clips.logmel(i).astype(np.float32)) for i in bar])  # (N, 2 M)
+    return Representation("logmel_stats", "log-mel statistics (mean+std per bin)", vectors, encoder_params=0,
+                          encoder_train_s=0.0, extract_s=time.perf_counter() - start)
+
+
+def bag_of_codes(clips: LabelledClips, codes: Codes, cost: TokenizerCost) -> Representation:
+    """Normalised histogram of each clip's codes: (N, K)."""
+    start = time.perf_counter()
+    size = codes.codebook_size
+    vectors = np.zeros((len(clips), size), dtype=np.float32)
+    for i, clip_id in enumerate(clips.ids):
+        counts = np.bincount(codes.by_id[clip_id].astype(np.int64), minlength=size)[:size]
+        vectors[i] = counts / max(counts.sum(), 1)
+    return Representation("bag_of_codes", f"bag of codes (K={size})", vectors, encoder_params=cost.code_params,
+                          encoder_train_s=cost.train_s, extract_s=time.perf_counter() - start,
+                          notes="encoder = autoencoder encoder + codebook")
+
+
+def autoencoder_bottleneck(clips: LabelledClips, codebook_size: int | None, device,
+                           progress: bool = True) -> Representation:
+    """The tokenizer's un-quantised bottleneck per patch, mean + std pooled: (N, 2 d)."""
+    import torch
+
+    # Any codebook will do (the bottleneck comes before quantisation), but loading needs one.
+    tokenizer = load_tokenizer(clips.run, codebook_size, device)
+    _check_same_features(tokenizer, clips)
+    start = time.perf_counter()
+    vectors = []
+    for i in _bar(range(len(clips)), "autoencoder", progress):
+        frames = torch.from_numpy(clips.logmel(i).astype(np.float32))  # (T, M) dB
+        z = tokenizer.embed_frames(frames.to(device))  # (N, d)
+        vectors.append(_mean_std(z.float().cpu().numpy()))
+    cost = tokenizer_cost(clips.run, tokenizer)
+    return Representation("autoencoder", "autoencoder bottleneck (mean+std)", np.stack(vectors),
+                          encoder_params=cost.encoder_params, encoder_train_s=cost.autoencoder_train_s,
+                          extract_s=time.perf_counter() - start)
+
+
+def lm_layers(clips: LabelledClips, codes: Codes, lm_dir: Path, layers: str, batch_clips: int,
+              cost: TokenizerCost, device, progress: bool = True) -> list[Representation]:
+    """The code LM's hidden states (the LM at ``lm_dir``), mean-pooled over time, one
+    representation per layer of ``layers`` ("all" or "0,2,4")."""
+    if not is_finished(lm_dir):
+        raise Unavailable(f"no trained LM at {lm_dir} (run `tokenlm pretrain {clips.run.root}` first)")
+    from tokenlm.lm import CodeLM
+
+    lm = CodeLM.load(lm_dir, device=device)
+    if lm.codebook_size != codes.codebook_size:
+        raise Unavailable(f"the LM was trained on {lm.codebook_size}-code tokens, the probed codes have "
+                          f"{codes.codebook_size} (pass -K {lm.codebook_size})")
+    start = time.perf_counter()
+    pooled = []  # (clips, layers + 1, d) per chunk
+    chunk = 4 * batch_clips  # several LM batches per call: the LM sorts windows by length inside it
+    for s in _bar(range(0, len(clips), chunk), "LM", progress):
+        batch = [codes.by_id[clip_id] for clip_id in clips.ids[s : s + chunk]]
+        pooled.append(lm.pooled_hidden_states(batch, batch_size=batch_clips).float().cpu().numpy())
+    stacked = np.concatenate(pooled)  # (N, layers + 1, d)
+    extract_s = (time.perf_counter() - start) / stacked.shape[1]
+    params = _module_params(lm.model)
+    if cost.code_params is not None:
+        params += cost.code_params
+    train_s = _stage_seconds(lm_dir)
+    if train_s is not None and cost.train_s is not None:
+        train_s += cost.train_s
+    return [
+        Representation(f"lm_layer_{n}", f"LM layer {n}" + (" (embeddings)" if n == 0 else ""), stacked[:, n],
+                       encoder_params=params, encoder_train_s=train_s, extract_s=extract_s,
+                       notes="encoder = tokenizer + LM")
+        for n in parse_layers(layers, stacked.shape[1])
+    ]
+
+
+def parse_layers(spec: str, n_states: int) -> list[int]:
+    """Layer numbers to probe out of ``n_states`` (= LM layers + 1)."""
+    if spec == "all":
+        return list(range(n_states))
+    layers = [int(v) for v in spec.split(",")]
+    too_deep = [n for n in layers if n >= n_states]
+    if too_deep:
+        raise ConfigError(f"layers {too_deep} asked for, but the LM has layers 0..{n_states - 1}")
+    return layers
+
+
+# ---- codes and tokenizer --------------------------------------------------------------
+
+def load_codes(clips: LabelledClips, codebook_size: int | None) -> Codes:
+    """Every labelled clip's codes (RUN/tokens/k{K}; K: ``codebook_size``, else the run's).
+
+    Raises Unavailable when the run has no such tokens, ArtifactError when the codes disagree
+    with the features about a clip's split or lie outside the codebook.
+    """
+    directory = _tokens_folder(clips.run, codebook_size)
+    size = read_tokens_meta(directory).codebook_size
+    by_id, split_of = {}, {}
+    for split in SPLITS:
+        if not (directory / index_file(split)).is_file():
+            continue
+        for row, array in RaggedSplit(directory, split, "uint16"):
+            by_id[str(row["id"])] = np.asarray(array)
+            split_of[str(row["id"])] = split
+    for clip_id, split in zip(clips.ids, clips.splits):
+        if clip_id in split_of and split_of[clip_id] != split:
+            raise ArtifactError(f"clip {clip_id} is in {split_of[clip_id]} in {directory} but in {split} in the "
+                                f"features: the tokens are out of date (rerun `tokenlm tokenize`)")
+    missing = [i for i in clips.ids if i not in by_id]
+    if missing:
+        raise Unavailable(f"{len(missing)} labelled clip(s) have no codes in {directory} (e.g. {missing[0]})")
+    if any(len(c) and int(c.max()) >= size for c in by_id.values()):
+        raise ArtifactError(f"codes beyond the codebook of {size} in {directory}: the tokens are corrupt")
+    return Codes(by_id, size, directory)
+
+
+def tokens_folder_or_none(run: RunDir, codebook_size: int | None) -> Path | None:
+    """The tokens folder the probe reads, or None when the run has none to read."""
+    try:
+        return _tokens_folder(run, codebook_size)
+    except Unavailable:
+        return None
+
+
+def _tokens_folder(run: RunDir, codebook_size: int | None) -> Path:
+    """RUN/tokens/k{K}: K given, else the run's current one, else the only one tokenized."""
+    codebook_size = codebook_size or run.codebook_size_or_none()
+    if codebook_size is None:
+        found = run.tokenized_sizes()
+        if len(found) != 1:
+            raise Unavailable(f"no codes to probe in {run.tokens_root}" if not found else
+                              f"several codebooks in {run.tokens_root} ({', '.join(f'k{k}' for k in found)}): "
+                              "pass -K")
+        codebook_size = found[0]
+    directory = run.tokens(codebook_size)
+    if not is_finished(directory):
+        raise Unavailable(f"no codes at {directory} (run `tokenlm tokenize --out {run.root} -K {codebook_size}` "
+                          "first)")
+    return directory
+
+
+def load_tokenizer(run: RunDir, codebook_size: int | None, device):
+    """The run's AudioTokenizer; Unavailable when it has none (or no codebook of that size)."""
+    if not is_finished(run.tokenizer):
+        raise Unavailable(f"no trained tokenizer at {run.tokenizer} (run `tokenlm tokenize` first)")
+    from tokenlm.tokenizer import AudioTokenizer
+
+    try:
+        return AudioTokenizer.load(run.tokenizer, codebook_size=codebook_size, device=device)
+    except ArtifactError as err:  # e.g. no codebook of that size: the other rows still stand
+        raise Unavailable(str(err)) from None
+
+
+def tokenizer_cost(run: RunDir, tokenizer=None, codebook_size: int | None = None) -> TokenizerCost:
+    """Parameters and training time of the tokenizer (loaded on CPU unless given); what is
+    unknown (no tokenizer in the run) stays None."""
+    autoencoder_s = _stage_seconds(run.tokenizer)
+    if tokenizer is None:
+        try:
+            tokenizer = load_tokenizer(run, codebook_size, "cpu")
+        except (Unavailable, TokenlmError):
+            return TokenizerCost(autoencoder_train_s=autoencoder_s)
+    codebook_s = _stage_seconds(run.codebook(tokenizer.vocab_size))
+    return TokenizerCost(
+        encoder_params=_module_params(tokenizer.coder.autoencoder.encoder),
+        codebook_params=int(tokenizer.centroids.size),
+        autoencoder_train_s=autoencoder_s,
+        train_s=None if autoencoder_s is None else autoencoder_s + (codebook_s or 0.0),
+    )
+
+
+def _check_same_features(tokenizer, clips: LabelledClips) -> None:
+    """The tokenizer must read log-mel computed the way the run's features were."""
+    features = clips.feature_meta.config
+    for name in ("sample_rate", "n_fft", "hop_length", "n_mels"):
+        ours, theirs = getattr(tokenizer.coder.features, name), getattr(features, name)
+        if ours != theirs:
+            raise ArtifactError(f"the tokenizer was trained on features with {name}={ours}, "
+                                f"the run's features have {theirs}: rebuild one of them")
+
+
+# ---- helpers --------------------------------------------------------------------------
+
+def _mean_std(x: np.ndarray) -> np.ndarray:
+    """(T, D) -> (2 D,): mean and std over time."""
+    return np.concatenate([x.mean(axis=0), x.std(axis=0)]).astype(np.float32)
+
+
+def _module_params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _stage_seconds(directory: Path) -> float | None:
+    """How long a finished stage took to build; None when unknown."""
+    try:
+        return float(read_stage(directory).get("wall_time_s"))
+    except (ArtifactError, TypeError, ValueError):
+        return None
+
+
+def _bar(iterable, desc: str, progress: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, unit="clip" if desc != "LM" else "batch", disable=not progress, leave=False)

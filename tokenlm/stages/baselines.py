@@ -1,0 +1,337 @@
+"""The probe's CNN baselines, each a cached stage of its own under RUN/baselines/<name>/.
+
+    tokenlm baselines RUN [--baselines vgg,simclr,timbre]
+
+- ``vgg`` and ``timbre``: supervised end to end (``tokenlm.models.cnn``), trained on the train
+  split, early-stopped on val, scored on test by their own classifier; with official folds,
+  also one model per fold (folds/fold{N}/).
+- ``simclr``: the VGG trunk trained with NT-Xent on the train split's audio (no labels), its
+  pooled embedding of every clip, and the same linear probe as every row of the probe table.
+
+Each folder holds model.safetensors + config.json (what the model needs on new audio) and
+results.json, the row the probe table shows. ``tokenlm probe --baselines ...`` trains (or
+reuses) the baselines it lists before probing. Their settings are the baseline keys of the
+recipe's ``probe:`` section (``BaselinesConfig``); the seed, the folds switch and the linear
+probe's settings come from the probe's own keys (``ProbeConfig``). torch and the CNN modules
+are imported inside the functions that train, so that ``tokenlm baselines --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+import numpy as np
+
+from tokenlm.artifacts import Stage, read_json, stage_key, write_json, write_jsonl
+from tokenlm.config import to_dict
+from tokenlm.errors import TokenlmError
+from tokenlm.evaluation.clips import LabelledClips
+from tokenlm.evaluation.linear_probe import fold_assignments, summarise_folds
+from tokenlm.evaluation.probe_table import pct
+from tokenlm.evaluation.rows import LINEAR, SUPERVISED, fit_seconds, headline, probe_vectors
+from tokenlm.pipeline import RunContext
+from tokenlm.rundir import (
+    EMBEDDINGS, EMBEDDINGS_INDEX, MODEL_RESULTS, MODEL_WEIGHTS, RESULTS, SPLITS, RunDir, fold_folder,
+)
+
+if TYPE_CHECKING:  # probe.py imports this module: the type only, for the hints
+    from tokenlm.stages.probe import ProbeConfig
+
+BASELINES = ("vgg", "simclr", "timbre")
+TITLES = {
+    "vgg": "VGG-style CNN (supervised)",
+    "timbre": "timbre CNN, vertical filters (supervised)",
+    "simclr": "SimCLR CNN trunk (self-supervised)",
+}
+
+
+@dataclass(frozen=True)
+class BaselinesConfig:
+    """The baselines' keys of the ``probe:`` recipe section: how the CNNs are trained."""
+
+    crop_seconds: float = 1.0  # random training crops; evaluation averages whole-clip windows
+    batch_size: int = 32
+    epochs: int = 60  # upper bound; early stopping on val accuracy
+    patience: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    dropout: float = 0.3
+    baseline_folds: bool = True  # supervised baselines: also train one model per official fold
+    vgg_channels: tuple[int, ...] = (32, 64, 128, 256)
+    vgg_convs_per_block: int = 2
+    timbre_heights: tuple[float, ...] = (0.9, 0.5, 0.2)  # fractions of the mel axis
+    timbre_widths: tuple[int, ...] = (1, 3)  # frames
+    timbre_filters: int = 32
+    simclr_epochs: int = 50
+    simclr_batch_size: int = 64
+    simclr_temperature: float = 0.1
+    simclr_projection_dim: int = 128
+
+    def __post_init__(self):
+        if self.crop_seconds <= 0:
+            raise ValueError("crop_seconds must be positive")
+
+
+def parse_baselines(value) -> tuple[str, ...]:
+    """Baseline names from "vgg,timbre" or a list, lower-cased, in order, "none" dropped."""
+    given = value.split(",") if isinstance(value, str) else value
+    names = tuple(b.strip().lower() for b in given if b.strip() and b.strip().lower() != "none")
+    unknown = sorted(set(names) - set(BASELINES))
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {', '.join(unknown)} (known: {', '.join(BASELINES)})")
+    return tuple(dict.fromkeys(names))
+
+
+# ---- the stage ------------------------------------------------------------------------
+
+def baselines(run: str | Path | RunDir, probe: ProbeConfig, config: BaselinesConfig = BaselinesConfig(), *,
+              device: str | None = None, progress: bool = True) -> dict[str, dict]:
+    """Train (or reuse) every baseline ``probe.baselines`` lists on the run's features; each
+    one's results.json by name."""
+    from tokenlm.runtime import pick_device, seed_everything  # torch: keeps `--help` fast
+
+    clips = LabelledClips(run)
+    seed_everything(probe.seed)
+    return train_baselines(clips, probe, config, pick_device(device), progress)
+
+
+def train_baselines(clips: LabelledClips, probe: ProbeConfig, config: BaselinesConfig, device,
+                    progress: bool) -> dict[str, dict]:
+    """Train (or reuse) each baseline of ``probe.baselines``; its results.json by name."""
+    results = {}
+    for name in probe.baselines:
+        try:
+            if name == "simclr":
+                results[name] = simclr_baseline(clips, probe, config, device, progress)
+            else:
+                results[name] = supervised_baseline(name, clips, probe, config, device, progress)
+        except ValueError as err:  # too little data for this baseline: say so in one line
+            raise TokenlmError(f"baseline {name}: {err}") from None
+    return results
+
+
+def run(ctx: RunContext) -> None:
+    """``tokenlm run``: the baselines the recipe's ``probe.baselines`` lists."""
+    probe, config = _configs(ctx)
+    if probe.baselines:
+        baselines(ctx.run, probe, config, device=ctx.device, progress=ctx.progress)
+
+
+# ---- supervised: vgg, timbre ----------------------------------------------------------
+
+def supervised_baseline(name: str, clips: LabelledClips, probe: ProbeConfig, config: BaselinesConfig, device,
+                        progress: bool = True) -> dict:
+    """RUN/baselines/<name> (vgg or timbre): trained on train, early-stopped on val, scored on
+    test with its own classifier; with official folds, also one model per fold."""
+    model_config = _model_config(name, clips, config, len(clips.classes))
+    train_config = _train_config(clips, probe, config)
+    use_folds = config.baseline_folds and probe.folds and clips.has_folds
+    stage = Stage(clips.run.baseline(name),
+                  config={"model": to_dict(model_config), "train": to_dict(train_config), "folds": use_folds,
+                          "classes": clips.classes},
+                  inputs={"features": stage_key(clips.run.features)})
+
+    def make(work: Path) -> dict:
+        _say(f"baseline {name}: training")
+        masks = {s: clips.splits == s for s in SPLITS}
+        extra = _artifact_extra(clips, config)
+        split_result, model = _fit_supervised(name, model_config, train_config, clips, masks, work, extra, device,
+                                              progress)
+        folds = None
+        if use_folds:
+            per_fold = []
+            for test_fold, val_fold in fold_assignments(clips.folds.tolist()):
+                fold_masks = {"test": clips.folds == test_fold, "val": clips.folds == val_fold}
+                fold_masks["train"] = ~(fold_masks["test"] | fold_masks["val"])
+                result, _ = _fit_supervised(name, model_config, train_config, clips, fold_masks,
+                                            work / fold_folder(test_fold), extra, device, progress,
+                                            desc=f"{name} fold {test_fold}")
+                per_fold.append({"test_fold": test_fold, "val_fold": val_fold,
+                                 **{k: v for k, v in result.items() if k != "history"}})
+            folds = summarise_folds(per_fold).to_dict()
+        write_json(work / RESULTS, {
+            "name": name, "title": TITLES[name], "kind": SUPERVISED, "status": "ok",
+            "dim": model.embed_dim, "test": {k: v for k, v in split_result.items() if k != "history"},
+            "folds": folds, **_cost(model, clips), "encoder_train_s": split_result["train_seconds"],
+            "probe_fit_s": None, "history": split_result["history"],
+        })
+        _say(f"baseline {name}: test accuracy {pct(split_result.get('accuracy'))} -> {stage.out_dir}")
+        return {"accuracy": split_result.get("accuracy")}
+
+    stage.build(f"baseline {name}", make)
+    return read_json(stage.out_dir / RESULTS)
+
+
+def _fit_supervised(name, model_config, train_config, clips: LabelledClips, masks: dict, out: Path, extra: dict,
+                    device, progress: bool, desc: str | None = None):
+    """Train one CNN on ``masks['train']``, early-stop on val, score test; save into ``out``.
+
+    A model that ``out`` already holds (finished before an interruption) is reused.
+    """
+    import torch
+    from sklearn.metrics import f1_score
+
+    from tokenlm.models.cnn import MODELS, load_model, predict_clips, save_model, train_classifier
+
+    if (out / MODEL_RESULTS).is_file() and (out / MODEL_WEIGHTS).is_file():
+        return read_json(out / MODEL_RESULTS), load_model(out)[0]
+
+    class_index = {c: i for i, c in enumerate(clips.classes)}
+    targets = np.array([class_index[label] for label in clips.labels])
+    pick = {s: np.flatnonzero(masks[s]) for s in SPLITS}
+    data = {s: ([clips.normalised[i] for i in pick[s]], targets[pick[s]]) for s in SPLITS}
+    torch.manual_seed(train_config.seed)  # the initial weights too are seeded
+    model = MODELS[name][1](model_config)
+    log = train_classifier(model, data["train"], data["val"], train_config, device, progress, desc=desc or name)
+    result = {k: log[k] for k in ("epochs_run", "best_epoch", "best_val_accuracy", "train_seconds", "history")}
+    result["val_accuracy"] = result.pop("best_val_accuracy")
+    result.update(n_train=len(pick["train"]), n_val=len(pick["val"]), n_test=len(pick["test"]))
+    if len(pick["test"]):
+        predicted = predict_clips(model, data["test"][0], train_config.crop_frames, device).argmax(1)
+        truth = data["test"][1]
+        result["accuracy"] = float(np.mean(predicted == truth))
+        result["macro_f1"] = float(f1_score(truth, predicted, average="macro", zero_division=0))
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(model.cpu(), out, extra=extra)
+    write_json(out / MODEL_RESULTS, result)  # last: its presence means the model is complete
+    return result, model
+
+
+# ---- self-supervised: simclr ----------------------------------------------------------
+
+def simclr_baseline(clips: LabelledClips, probe: ProbeConfig, config: BaselinesConfig, device,
+                    progress: bool = True) -> dict:
+    """RUN/baselines/simclr: the VGG trunk trained with NT-Xent on the train split's audio (no
+    labels), its pooled embeddings of every clip, and the same linear probe as every row."""
+    import torch
+
+    from tokenlm.models.cnn import VGGish, embed_clips, save_model
+    from tokenlm.simclr import AugmentConfig, SimCLRConfig, SimCLRModel, train_simclr
+
+    trunk_config = _model_config("vgg", clips, config, n_classes=0)
+    simclr_config = SimCLRConfig(crop_frames=_crop_frames(clips, config), batch_size=config.simclr_batch_size,
+                                 epochs=config.simclr_epochs, lr=config.lr, weight_decay=config.weight_decay,
+                                 temperature=config.simclr_temperature,
+                                 projection_dim=config.simclr_projection_dim, seed=probe.seed)
+    augment_config = AugmentConfig()
+    probe_settings = {"cs": list(probe.cs), "max_iter": probe.max_iter, "seed": probe.seed, "folds": probe.folds}
+    stage = Stage(clips.run.baseline("simclr"),
+                  config={"trunk": to_dict(trunk_config), "simclr": to_dict(simclr_config),
+                          "augment": to_dict(augment_config), "probe": probe_settings},
+                  inputs={"features": stage_key(clips.run.features)})
+
+    def make(work: Path) -> dict:
+        _say("baseline simclr: contrastive training on the train split (no labels)")
+        torch.manual_seed(probe.seed)
+        model = SimCLRModel(VGGish(trunk_config), simclr_config.projection_dim)
+        train_clips = [clips.logmel(i) for i in clips.index("train")]
+        log = train_simclr(model, train_clips, clips.norm_mean, clips.norm_std, simclr_config, augment_config,
+                           device, progress)
+        start = time.perf_counter()
+        vectors = embed_clips(model.trunk, clips.normalised, simclr_config.crop_frames, device)  # (N, D)
+        extract_s = time.perf_counter() - start
+        trunk = model.trunk.cpu()
+        save_model(trunk, work, extra={**_artifact_extra(clips, config), "simclr": to_dict(simclr_config)})
+        np.save(work / EMBEDDINGS, vectors.astype(np.float32))
+        write_jsonl(work / EMBEDDINGS_INDEX, [{"id": i, "split": s} for i, s in zip(clips.ids, clips.splits)])
+        scores = probe_vectors(vectors, clips, probe)
+        write_json(work / RESULTS, {
+            "name": "simclr", "title": TITLES["simclr"], "kind": LINEAR, "status": "ok", **scores,
+            **_cost(trunk, clips, method="embed"), "encoder_train_s": log["train_seconds"],
+            "probe_fit_s": round(fit_seconds(scores), 3), "extract_s": round(extract_s, 3),
+            "history": log["history"],
+        })
+        accuracy = (scores["test"] or {}).get("accuracy")
+        _say(f"baseline simclr: linear-probe test accuracy {pct(accuracy)} -> {stage.out_dir}")
+        return {"accuracy": accuracy}
+
+    stage.build("baseline simclr", make)
+    return read_json(stage.out_dir / RESULTS)
+
+
+# ---- shared by the CNNs ---------------------------------------------------------------
+
+def _crop_frames(clips: LabelledClips, config: BaselinesConfig) -> int:
+    return max(1, round(config.crop_seconds * clips.frame_rate))
+
+
+def _train_config(clips: LabelledClips, probe: ProbeConfig, config: BaselinesConfig):
+    from tokenlm.models.cnn import TrainConfig
+
+    return TrainConfig(crop_frames=_crop_frames(clips, config), batch_size=config.batch_size, epochs=config.epochs,
+                       patience=config.patience, lr=config.lr, weight_decay=config.weight_decay, seed=probe.seed)
+
+
+def _model_config(name: str, clips: LabelledClips, config: BaselinesConfig, n_classes: int):
+    from tokenlm.models.cnn import TimbreConfig, VGGConfig
+
+    if name == "timbre":
+        return TimbreConfig(n_mels=clips.n_mels, n_classes=n_classes, heights=config.timbre_heights,
+                            widths=config.timbre_widths, filters=config.timbre_filters, dropout=config.dropout)
+    return VGGConfig(n_mels=clips.n_mels, n_classes=n_classes, channels=config.vgg_channels,
+                     convs_per_block=config.vgg_convs_per_block, dropout=config.dropout)
+
+
+def _cost(model, clips: LabelledClips, method: str = "forward") -> dict:
+    from tokenlm.models.cnn import count_flops, count_parameters
+
+    one_second = max(1, round(clips.frame_rate))
+    return {"encoder_params": count_parameters(model),
+            "flops_per_second": count_flops(model, (1, clips.n_mels, one_second), method=method)}
+
+
+def _artifact_extra(clips: LabelledClips, config: BaselinesConfig) -> dict:
+    """What a saved baseline needs to be used on new audio: its input and normalisation."""
+    keys = ("sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max", "log_floor")
+    meta = clips.feature_meta
+    return {"features": {k: getattr(meta.config, k) for k in keys}, "norm": meta.raw["norm"],
+            "classes": clips.classes, "crop_frames": _crop_frames(clips, config)}
+
+
+def _say(text: str) -> None:
+    click.echo(text, err=True)
+
+
+def _configs(ctx: RunContext, overrides: dict | None = None) -> tuple[ProbeConfig, BaselinesConfig]:
+    # The probe: section holds the keys of both stages and is parsed in one place, probe.py,
+    # which imports this module (the probe trains the baselines it lists): a real cycle.
+    from tokenlm.stages.probe import configs
+
+    return configs(ctx.section("probe"), overrides)
+
+
+# ---- command --------------------------------------------------------------------------
+
+@click.command("baselines")
+@click.argument("run", required=False, type=click.Path(file_okay=False))
+@click.option("--baselines", "names",
+              help="Comma list of baselines to train: vgg,simclr,timbre (default: the recipe's probe.baselines, "
+                   "else all three).")
+@click.option("--config", "recipe", type=click.Path(dir_okay=False), help="Recipe YAML (section: probe; run.dir).")
+@click.option("--epochs", type=int, help="Upper bound on supervised baseline epochs (early stopping on val).")
+@click.option("--simclr-epochs", type=int, help="SimCLR training epochs.")
+@click.option("--seed", type=int, help="Seed for the baselines.")
+@click.option("--no-folds", is_flag=True, default=None, help="Skip the models of the official folds.")
+@click.option("--device", help="cpu, cuda or auto (default).")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def command(run, names, recipe, epochs, simclr_epochs, seed, no_folds, device, no_progress):
+    """Train (or reuse) the CNN baselines of RUN, each cached under RUN/baselines/<name>/.
+
+    \b
+    tokenlm baselines runs/demo
+    tokenlm baselines runs/demo --baselines vgg,timbre --epochs 30
+    `tokenlm probe RUN --baselines ...` puts them in the probe table.
+    """
+    ctx = RunContext.create(run, recipe, device=device, progress=not no_progress)
+    probe, config = _configs(ctx, {"baselines": names, "epochs": epochs, "simclr_epochs": simclr_epochs,
+                                   "seed": seed, "folds": False if no_folds else None})
+    if names is None and not probe.baselines:
+        probe = replace(probe, baselines=BASELINES)
+    if not probe.baselines:
+        _say("no baselines asked for")
+    for name, results in baselines(ctx.run, probe, config, device=ctx.device, progress=ctx.progress).items():
+        click.echo(f"baseline {name}: accuracy {pct(headline(results))} -> {ctx.run.baseline(name) / RESULTS}")
