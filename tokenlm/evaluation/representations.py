@@ -234,7 +234,7 @@ def tokenizer_cost(run: RunDir, tokenizer=None, codebook_size: int | None = None
             tokenizer = load_tokenizer(run, codebook_size, "cpu")
         except (Unavailable, TokenlmError):
             return TokenizerCost(autoencoder_train_s=autoencoder_s)
-    codebook_s = _stage_seconds(run.codebook(tokenizer.vocab_size))
+    codebook_s = _stage_seconds(run.codebook(tokenizer.codebook_size))
     return TokenizerCost(
         encoder_params=_module_params(tokenizer.coder.autoencoder.encoder),
         codebook_params=int(tokenizer.centroids.size),

@@ -30,7 +30,7 @@ from tokenlm.features import FeatureConfig
 from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
 from tokenlm.runtime import bounded_map, kernel_threads, pick_device, seed_everything
 from tokenlm.pipeline import RunContext
-from tokenlm.rundir import CODEBOOK, CONFIG, META, METRICS, STAGE_FILE, RunDir, is_finished, read_feature_meta
+from tokenlm.rundir import CODEBOOK, CONFIG, META, METRICS, STAGE_FILE, RunDir, as_run, is_finished, read_feature_meta
 from tokenlm.stages.prepare import prepare
 from tokenlm.store import RaggedSplit, RaggedWriter
 from tokenlm.tokenizer import (
@@ -42,7 +42,7 @@ def tokenize(run: str | Path, config: TokenizerConfig = TokenizerConfig(), codeb
              *, device: str | None = None, progress: bool = True) -> Path:
     """Train (or reuse) the run's autoencoder, fit (or reuse) the K-code codebook, encode every
     clip. Needs RUN/features (``prepare``). Returns RUN/tokens/k{K}."""
-    run = RunDir(run)
+    run = as_run(run)
     device = pick_device(device)
     train_autoencoder_stage(run, config.autoencoder, config.training, device=device, progress=progress)
     fit_codebook_stage(run, config.codebook_size, codebook, device=device)
@@ -53,9 +53,10 @@ def tokenize(run: str | Path, config: TokenizerConfig = TokenizerConfig(), codeb
 
 # ---- autoencoder ------------------------------------------------------------------------
 
-def train_autoencoder_stage(run: RunDir, ae: AutoencoderConfig, training: AutoencoderTraining, *,
+def train_autoencoder_stage(run: str | Path | RunDir, ae: AutoencoderConfig, training: AutoencoderTraining, *,
                             device: torch.device, progress: bool = True) -> Path:
     """RUN/tokenizer: autoencoder trained on the train split's patches, early-stopped on val."""
+    run = as_run(run)
     stage = Stage(run.tokenizer, config={"autoencoder": to_dict(ae), "training": to_dict(training)},
                   inputs={"features": stage_key(run.features)})
     return stage.build("autoencoder", lambda work: _train_autoencoder(run, work, ae, training, device, progress))
@@ -187,8 +188,9 @@ def _subsample(n: int, limit: int, seed: int) -> np.ndarray:
 
 # ---- codebook ---------------------------------------------------------------------------
 
-def fit_codebook_stage(run: RunDir, k: int, config: CodebookConfig, *, device: torch.device) -> Path:
+def fit_codebook_stage(run: str | Path | RunDir, k: int, config: CodebookConfig, *, device: torch.device) -> Path:
     """RUN/tokenizer/k{K}: k-means on the train split's bottleneck vectors + code metrics."""
+    run = as_run(run)
     stage = Stage(run.codebook(k), config={"k": k, "codebook": to_dict(config)},
                   inputs={"autoencoder": stage_key(run.tokenizer)})
     return stage.build(f"codebook K={k}", lambda work: _fit_codebook(run, work, k, config, device))
@@ -241,8 +243,9 @@ def codebook_metrics(coder: PatchCoder, centroids: np.ndarray, train_vectors: np
 
 # ---- encoding ---------------------------------------------------------------------------
 
-def encode_run_stage(run: RunDir, k: int, *, device: torch.device, progress: bool = True) -> Path:
+def encode_run_stage(run: str | Path | RunDir, k: int, *, device: torch.device, progress: bool = True) -> Path:
     """RUN/tokens/k{K}: every usable clip of the run's manifest, encoded."""
+    run = as_run(run)
     stage = Stage(run.tokens(k), config={"k": k},
                   inputs={"codebook": stage_key(run.codebook(k)), "features": stage_key(run.features)})
 
