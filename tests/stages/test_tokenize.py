@@ -4,6 +4,7 @@ encoding new data, and the one-line error path. Everything runs through ``tokenl
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -81,10 +82,17 @@ def recipe(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, corpus, recipe) -> Path:
-    """A run tokenized with K=4 by the command."""
+    """A run tokenized with K=4 by the command. Shared by the module, so read-only: a test
+    that runs the command on it again works on ``own_run``."""
     run = tmp_path_factory.mktemp("runs") / "run"
     assert tokenlm("tokenize", "--data", corpus, "--out", run, "--config", recipe, "-K", 4) == 0
     return run
+
+
+@pytest.fixture
+def own_run(run, tmp_path) -> Path:
+    """This test's own copy of ``run``, free to change (other tests see the original)."""
+    return Path(shutil.copytree(run, tmp_path / "run"))
 
 
 def test_layout_and_skipped_clip(run, corpus):
@@ -171,9 +179,10 @@ def test_metrics(run):
     assert cb["relative_quantisation_error"] == pytest.approx(cb["inertia"] / float(z.double().var(0).sum()), rel=1e-2)
 
 
-def test_new_codebook_size_reuses_the_autoencoder(run, capsys):
+def test_new_codebook_size_reuses_the_autoencoder(own_run, capsys):
     """``-K 8`` after ``-K 4``, without repeating the recipe: the autoencoder is kept (its
     settings come from the run), only the K=8 codebook and tokens are new."""
+    run = own_run
     def state(path: Path):
         stage = path / "stage.json"
         return stage.stat().st_mtime_ns, read_json(stage)["key"]
@@ -201,7 +210,8 @@ def test_new_codebook_size_reuses_the_autoencoder(run, capsys):
     assert "codebook K=8 up to date" in err and "tokens K=8 up to date" in err
 
 
-def test_rerunning_the_first_command_does_nothing(run, corpus, recipe, capsys):
+def test_rerunning_the_first_command_does_nothing(own_run, corpus, recipe, capsys):
+    run = own_run
     before = {p: p.stat().st_mtime_ns for p in run.rglob("stage.json")}
     capsys.readouterr()
     assert tokenlm("tokenize", "--data", corpus, "--out", run, "--config", recipe, "-K", 4) == 0
