@@ -85,7 +85,7 @@ def run(tmp_path_factory, corpus, recipe) -> Path:
     """A run tokenized with K=4 by the command. Shared by the module, so read-only: a test
     that runs the command on it again works on ``own_run``."""
     run = tmp_path_factory.mktemp("runs") / "run"
-    assert tokenlm("tokenize", "--data", corpus, "--out", run, "--config", recipe, "-K", 4) == 0
+    assert tokenlm("tokenize", "--data", corpus, "--out", run, "--config", recipe, "-K", 4, "--device", "cpu") == 0
     return run
 
 
@@ -130,7 +130,7 @@ def test_stored_tokens_equal_the_api_on_each_file(run):
 
 def test_two_fresh_runs_are_byte_identical(run, corpus, recipe, tmp_path):
     again = tmp_path / "again"
-    assert tokenlm("tokenize", "--data", corpus, "--out", again, "--config", recipe, "-K", 4) == 0
+    assert tokenlm("tokenize", "--data", corpus, "--out", again, "--config", recipe, "-K", 4, "--device", "cpu") == 0
     volatile = {"tokenizer_dir", "fit_seconds"}  # the run's own folder; a timing
     for folder in ("features", "tokenizer", "tokens/k4"):
         first, second = tree(run / folder), tree(again / folder)
@@ -190,7 +190,7 @@ def test_new_codebook_size_reuses_the_autoencoder(own_run, capsys):
     before = {name: state(run / name) for name in ("features", "tokenizer", "tokenizer/k4", "tokens/k4")}
     autoencoder = (run / "tokenizer" / "autoencoder.safetensors").read_bytes()
     capsys.readouterr()
-    assert tokenlm("tokenize", "--out", run, "-K", 8) == 0
+    assert tokenlm("tokenize", "--out", run, "-K", 8, "--device", "cpu") == 0
     err = capsys.readouterr().err
     assert "autoencoder up to date" in err
     assert {name: state(run / name) for name in before} == before
@@ -204,7 +204,7 @@ def test_new_codebook_size_reuses_the_autoencoder(own_run, capsys):
 
     # The same command again does nothing; nor does the original one.
     done = {name: state(run / name) for name in ("tokenizer", "tokenizer/k8", "tokens/k8", "tokenizer/k4")}
-    assert tokenlm("tokenize", "--out", run, "-K", 8) == 0
+    assert tokenlm("tokenize", "--out", run, "-K", 8, "--device", "cpu") == 0
     assert {name: state(run / name) for name in done} == done
     err = capsys.readouterr().err
     assert "codebook K=8 up to date" in err and "tokens K=8 up to date" in err
@@ -214,7 +214,7 @@ def test_rerunning_the_first_command_does_nothing(own_run, corpus, recipe, capsy
     run = own_run
     before = {p: p.stat().st_mtime_ns for p in run.rglob("stage.json")}
     capsys.readouterr()
-    assert tokenlm("tokenize", "--data", corpus, "--out", run, "--config", recipe, "-K", 4) == 0
+    assert tokenlm("tokenize", "--data", corpus, "--out", run, "--config", recipe, "-K", 4, "--device", "cpu") == 0
     assert {p: p.stat().st_mtime_ns for p in run.rglob("stage.json")} == before
     err = capsys.readouterr().err
     for what in ("features", "autoencoder", "codebook K=4", "tokens K=4"):
@@ -230,7 +230,7 @@ def test_encode_new_data_with_a_trained_tokenizer(run, tmp_path):
     sf.write(new / "hiss" / "hiss_44k.wav", sound("noise", 1.0, sr=44100, seed=30), 44100)
     (new / "hiss" / "empty.wav").write_bytes(b"")
     out = tmp_path / "out"
-    assert tokenlm("tokenize", "--tokenizer", run / "tokenizer" / "k4", "--data", new, "--out", out) == 0
+    assert tokenlm("tokenize", "--tokenizer", run / "tokenizer" / "k4", "--data", new, "--out", out, "--device", "cpu") == 0
 
     tokens = out / "tokens" / "k4"
     meta = read_json(tokens / "meta.json")
