@@ -6,10 +6,13 @@ import click
 import pytest
 
 from tokenlm import cli
-from tokenlm.cli import COMMANDS, LazyGroup, main
+from tokenlm.cli import COMMANDS, main
 from tokenlm.errors import TokenlmError
 
-AVAILABLE = LazyGroup(name="probe").list_commands(None)
+# Every command, in the order `tokenlm --help` lists them (pipeline order). Written out rather
+# than read from the CLI, so that a command whose module went missing cannot drop out unseen.
+EXPECTED_COMMANDS = ("data", "prepare", "tokenize", "pretrain", "generate-codes", "probe", "vocoder", "decode",
+                     "generate", "sweep", "report", "run")
 
 
 def run(argv, capsys):
@@ -23,18 +26,16 @@ def run(argv, capsys):
     return code, out.out, out.err
 
 
-def test_top_level_help_lists_the_available_commands(capsys):
+def test_top_level_help_lists_every_command(capsys):
     code, out, _ = run(["--help"], capsys)
     assert code == 0 and out.startswith("Usage: tokenlm")
-    assert "prepare" in AVAILABLE
-    for name in AVAILABLE:
-        assert f"  {name}" in out
-    for name in set(COMMANDS) - set(AVAILABLE):  # not written yet: not offered
-        assert f"\n  {name} " not in out
+    section = out.split("\nCommands:\n", 1)[1]
+    listed = [line.split()[0] for line in section.splitlines() if line.startswith("  ") and line.strip()]
+    assert tuple(listed) == EXPECTED_COMMANDS
 
 
-@pytest.mark.parametrize("name", AVAILABLE)
-def test_every_subcommand_has_help(name, capsys):
+@pytest.mark.parametrize("name", EXPECTED_COMMANDS)
+def test_every_subcommand_imports_and_has_help(name, capsys):
     code, out, err = run([name, "--help"], capsys)
     assert code == 0, err
     assert out.startswith(f"Usage: tokenlm {name}")
