@@ -1,4 +1,4 @@
-"""SimCLR: the NT-Xent loss against a direct computation, augmentations, a training step."""
+"""SimCLR: the NT-Xent loss against a direct computation, augmentations, and training that learns."""
 
 from __future__ import annotations
 
