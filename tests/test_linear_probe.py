@@ -37,13 +37,35 @@ def test_noise_probes_near_chance():
     assert abs(result.accuracy - 0.25) < 0.08
 
 
-def test_C_is_chosen_on_val_and_test_is_scored_once():
+def _two_blobs(n, rng, b_fraction=0.5):
+    """Labels "a"/"b" (about ``b_fraction`` of "b") read off feature 0 (a: +2, b: -2), plus noise."""
+    y = np.where(rng.random(n) < b_fraction, "b", "a")
+    x = rng.standard_normal((n, 4))
+    x[:, 0] += np.where(y == "a", 2.0, -2.0)
+    return x, y
+
+
+def test_C_is_chosen_on_val_and_test_never_takes_part():
     rng = np.random.default_rng(2)
-    y = rng.integers(0, 3, size=240)
-    x = rng.standard_normal((240, 8)) + y[:, None] * 0.8
-    result = fit_linear_probe(*_split(x, y, 160, 40), Cs=(0.01, 1.0))
-    assert result.best_C in (0.01, 1.0)
-    assert 0.5 < result.accuracy <= 1.0
+    train = _two_blobs(200, rng, b_fraction=0.3)  # mostly "a"
+    test = _two_blobs(100, rng)
+    Cs = (1e-4, 100.0)  # 1e-4: every weight ~0, so the train majority "a" everywhere
+    # A val split whose labels agree with the features: the weakly regularised fit wins.
+    honest_val = _two_blobs(60, rng)
+    honest = fit_linear_probe(train, honest_val, test, Cs=Cs)
+    assert honest.best_C == 100.0 and honest.val_accuracy > 0.9 and honest.accuracy > 0.9
+    # A val split of "b"-looking examples all labelled "a": only the majority guess gets them
+    # right, so the strongly regularised fit wins, and test is scored with it.
+    majority_val = (_two_blobs(60, rng, b_fraction=1.0)[0], np.full(60, "a"))
+    majority = fit_linear_probe(train, majority_val, test, Cs=Cs)
+    assert majority.best_C == 1e-4 and majority.val_accuracy == 1.0
+    assert majority.accuracy == pytest.approx(np.mean(test[1] == "a"))
+    # Test labels play no part in the choice: flipped, they flip the score and nothing else.
+    flipped = (test[0], np.where(test[1] == "a", "b", "a"))
+    for val, result in ((honest_val, honest), (majority_val, majority)):
+        again = fit_linear_probe(train, val, flipped, Cs=Cs)
+        assert (again.best_C, again.val_accuracy) == (result.best_C, result.val_accuracy)
+        assert again.accuracy == pytest.approx(1 - result.accuracy)
 
 
 def test_empty_val_uses_the_middle_C_and_unseen_test_labels_count_as_errors():

@@ -43,8 +43,9 @@ def run(tmp_path_factory) -> Path:
     prepare(data, run, progress=False)
     config = TokenizerConfig(codebook_size=8, autoencoder=AutoencoderConfig(hidden=(128, 64), bottleneck=16),
                              training=AutoencoderTraining(epochs=20, batch_size=32, patience=20))
-    tokenize(run, config, CodebookConfig(niter=10), progress=False)
-    tokenize(run, TokenizerConfig(16, config.autoencoder, config.training), CodebookConfig(niter=10), progress=False)
+    tokenize(run, config, CodebookConfig(niter=10), device="cpu", progress=False)
+    tokenize(run, TokenizerConfig(16, config.autoencoder, config.training), CodebookConfig(niter=10), device="cpu",
+             progress=False)
     return run
 
 

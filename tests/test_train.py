@@ -111,7 +111,7 @@ def crash_at(step_to_crash):
 
 
 def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
-    cfg = TrainConfig(steps=30, batch_size=8, lr=0.01, warmup_steps=5, eval_every=10, log_every=5)
+    cfg = TrainConfig(steps=30, batch_size=8, lr=0.01, warmup_steps=5, eval_every=10, log_every=5, device="cpu")
     reference, ref_result = run(tmp_path / "ref", cfg, val_batches=val_set())
     with pytest.raises(Crash):  # dies at step 17: the last checkpoint is step 10
         run(tmp_path / "resumed", cfg, val_batches=val_set(), callbacks=[crash_at(17)])
@@ -134,7 +134,8 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
 
 def test_early_stopping_keeps_the_best_weights(tmp_path):
     # Validation wants the opposite function: it gets worse as training improves.
-    cfg = TrainConfig(steps=200, batch_size=8, lr=0.01, warmup_steps=0, eval_every=5, patience=2, log_every=5)
+    cfg = TrainConfig(steps=200, batch_size=8, lr=0.01, warmup_steps=0, eval_every=5, patience=2, log_every=5,
+                      device="cpu")
     model, result = run(tmp_path, cfg, val_batches=val_set(sign=-1.0),
                         val_metrics=lambda loss: {"val_rmse": math.sqrt(loss)})
     assert result.stopped_early and result.step < 200
@@ -151,7 +152,7 @@ def test_early_stopping_keeps_the_best_weights(tmp_path):
 
 
 def test_no_validation_keeps_the_last_weights(tmp_path):
-    cfg = TrainConfig(steps=12, batch_size=4, eval_every=5, log_every=4)
+    cfg = TrainConfig(steps=12, batch_size=4, eval_every=5, log_every=4, device="cpu")
     model, result = run(tmp_path, cfg, count_items=lambda batch: len(batch[0]))
     assert result.best_step is None and result.step == 12
     last = load_checkpoint(tmp_path / "ckpt" / "last.pt")
@@ -160,7 +161,7 @@ def test_no_validation_keeps_the_last_weights(tmp_path):
 
 
 def test_ctrl_c_checkpoints_the_current_step_then_resumes(tmp_path):
-    cfg = TrainConfig(steps=20, batch_size=8, lr=0.01, warmup_steps=2, eval_every=10, log_every=5)
+    cfg = TrainConfig(steps=20, batch_size=8, lr=0.01, warmup_steps=2, eval_every=10, log_every=5, device="cpu")
     reference, _ = run(tmp_path / "ref", cfg, val_batches=val_set())
 
     def ctrl_c(step, record):

@@ -116,15 +116,93 @@ def test_log_likelihood_matches_a_direct_forward(lm):
     assert sum(int((w[1] >= 0).sum()) for w in scoring_windows(long, K, 16)) == 45
 
 
-def test_generate_with_cache_equals_without(lm):
+@pytest.fixture(scope="module")
+def sharp_lm(tmp_path_factory):
+    """A model whose next code depends on the whole window. GPT-2's initial weights are so
+    small that an untrained model mostly echoes its newest input (greedy decoding repeats the
+    last prompt code), which a generator that forgot the context would reproduce too. With
+    the matrices scaled up 10x attention is sharp and the context changes the prediction."""
+    torch.manual_seed(0)
+    model = build_gpt2(TINY, K)
+    with torch.no_grad():
+        for weight in model.parameters():
+            if weight.dim() == 2:
+                weight.mul_(10.0)
+    path = tmp_path_factory.mktemp("sharp_lm")
+    model.save_pretrained(path)
+    return CodeLM.load(path, device="cpu")
+
+
+def _generate_recording_logits(lm, prompt, n, **options):
+    """lm.generate(prompt, n, **options) and the (n, K) logits each code was drawn from."""
+    steps = []
+    hook = lm.model.register_forward_hook(lambda module, args, out: steps.append(out.logits[0, -1, :K].clone()))
+    try:
+        codes = lm.generate(torch.tensor(prompt), n, **options)
+    finally:
+        hook.remove()
+    return codes, torch.stack(steps)
+
+
+@torch.no_grad()
+def _full_window_logits(lm, prompt, codes):
+    """The (n, K) logits of a full forward of each step's window, by the documented rule:
+    BOS + prompt + the codes so far, at most a context long; when the newest code has no
+    position left the window restarts from its last context // 2 codes."""
+    window = [lm.bos, *prompt][-lm.context:]
+    out = []
+    for code in codes.tolist():
+        if len(window) > lm.context:
+            window = window[-(lm.context // 2):]
+        out.append(lm.model(input_ids=torch.tensor([window])).logits[0, -1, :K])
+        window.append(code)
+    return torch.stack(out)
+
+
+def test_the_sharp_model_depends_on_more_than_the_newest_code(sharp_lm):
+    # What makes the generation tests below able to fail: predicting from the newest code
+    # alone would pick another code at many steps.
+    prompt = [3, 1, 4, 1, 5]
+    codes = sharp_lm.generate(torch.tensor(prompt), 40, temperature=0)
+    with torch.no_grad():
+        alone = torch.stack([sharp_lm.model(input_ids=torch.tensor([[c]])).logits[0, -1, :K]
+                             for c in [prompt[-1], *codes[:-1].tolist()]])
+    assert int((alone.argmax(-1) != codes).sum()) >= 10
+    assert len(set(codes.tolist())) >= 4  # not stuck on one code
+
+
+def test_generate_with_cache_equals_full_window_forwards(sharp_lm):
+    lm = sharp_lm
+    prompt = [3, 1, 4, 1, 5]
+    # 40 codes from a 5-code prompt: the 16-position window slides four times.
+    cached, cached_logits = _generate_recording_logits(lm, prompt, 40, temperature=0, use_cache=True)
+    naive, naive_logits = _generate_recording_logits(lm, prompt, 40, temperature=0, use_cache=False)
+    reference = _full_window_logits(lm, prompt, cached)
+    assert cached.shape == (40,)
+    torch.testing.assert_close(cached_logits, reference, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(naive_logits, reference, atol=1e-4, rtol=1e-4)
+    assert torch.equal(cached, reference.argmax(-1)) and torch.equal(cached, naive)
+    # A prompt longer than the context: its last context codes (BOS dropped) open the window.
+    long_prompt = [(7 * i) % K for i in range(20)]
+    cached, cached_logits = _generate_recording_logits(lm, long_prompt, 12, temperature=0)
+    torch.testing.assert_close(cached_logits, _full_window_logits(lm, long_prompt, cached), atol=1e-4, rtol=1e-4)
+
+
+def test_sampling_with_and_without_cache_agree(sharp_lm):
+    lm = sharp_lm
     prompt = torch.tensor([3, 1, 4, 1, 5])
-    # 30 codes from a 5-code prompt cross the 16-position context twice: the slide is tested too.
-    cached = lm.generate(prompt, 30, temperature=0, use_cache=True)
-    naive = lm.generate(prompt, 30, temperature=0, use_cache=False)
-    assert cached.shape == (30,)
-    assert torch.equal(cached, naive)
-    sampled = lm.generate(prompt, 40, temperature=2.0, top_k=5, seed=3)
-    assert torch.equal(sampled, lm.generate(prompt, 40, temperature=2.0, top_k=5, seed=3))
+    runs = {}
+    for seed in (3, 4):
+        cached = lm.generate(prompt, 40, temperature=1.0, top_k=3, seed=seed, use_cache=True)
+        assert torch.equal(cached, lm.generate(prompt, 40, temperature=1.0, top_k=3, seed=seed, use_cache=False))
+        assert torch.equal(cached, lm.generate(prompt, 40, temperature=1.0, top_k=3, seed=seed))  # seeded
+        # Every sampled code is among the 3 most likely under its full window, slides included.
+        reference = _full_window_logits(lm, prompt.tolist(), cached)
+        top3 = reference.topk(3, dim=-1).indices
+        assert bool((top3 == cached[:, None]).any(dim=1).all())
+        runs[seed] = cached
+    assert not torch.equal(runs[3], runs[4])  # the seed matters
+    sampled = lm.generate(prompt, 40, temperature=2.0, seed=3)
     assert int(sampled.max()) < K  # BOS is never sampled
     assert lm.generate(None, 4, seed=0).shape == (4,)
 

@@ -28,6 +28,9 @@ TINY = dict(
     crop_seconds=0.3, batch_size=8, epochs=2, patience=2, vgg_channels=(4, 8), vgg_convs_per_block=1,
     timbre_filters=4, simclr_epochs=1, simclr_batch_size=8, simclr_projection_dim=8, cs=(0.1, 1.0),
 )
+# Just enough for the supervised baselines to learn the fabricated classes (no dropout, a
+# higher learning rate, 15 epochs of 3 batches).
+LEARNING = dict(TINY, epochs=15, patience=15, lr=0.01, dropout=0.0)
 
 
 def _clip(label_index: int, rng: np.random.Generator) -> np.ndarray:
@@ -107,14 +110,16 @@ def _rows(run: Path) -> dict:
 
 def test_every_row_is_produced_and_baselines_are_cached(tmp_path):
     run = make_run(tmp_path)
-    config = configs(dict(baselines=("vgg", "simclr", "timbre"), **TINY))
+    config = configs(dict(baselines=("vgg", "simclr", "timbre"), **LEARNING))
     out = probe(run, *config, device="cpu", progress=False)
     assert out == run / "probe"
     rows = _rows(run)
     for name in ("logmel_stats", "bag_of_codes", "vgg", "simclr", "timbre"):
         assert rows[name]["status"] == "ok", rows[name]
-        assert 0.0 <= rows[name]["test"]["accuracy"] <= 1.0
         assert rows[name]["dim"] > 0
+    # Three clearly different classes (chance: 1/3): every baseline must find them.
+    for name in ("vgg", "simclr", "timbre"):
+        assert rows[name]["test"]["accuracy"] >= 0.8, (name, rows[name]["test"])
     # No tokenizer or LM in this run: recorded as skipped, with the reason.
     assert rows["autoencoder"]["status"] == "skipped" and "tokenize" in rows["autoencoder"]["reason"]
     assert rows["lm"]["status"] == "skipped" and "pretrain" in rows["lm"]["reason"]

@@ -4,6 +4,7 @@ encoding new data, and the one-line error path. Everything runs through ``tokenl
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -81,10 +82,17 @@ def recipe(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, corpus, recipe) -> Path:
-    """A run tokenized with K=4 by the command."""
+    """A run tokenized with K=4 by the command. Shared by the module, so read-only: a test
+    that runs the command on it again works on ``own_run``."""
     run = tmp_path_factory.mktemp("runs") / "run"
-    assert tokenlm("tokenize", "--data", corpus, "--out", run, "--config", recipe, "-K", 4) == 0
+    assert tokenlm("tokenize", "--data", corpus, "--out", run, "--config", recipe, "-K", 4, "--device", "cpu") == 0
     return run
+
+
+@pytest.fixture
+def own_run(run, tmp_path) -> Path:
+    """This test's own copy of ``run``, free to change (other tests see the original)."""
+    return Path(shutil.copytree(run, tmp_path / "run"))
 
 
 def test_layout_and_skipped_clip(run, corpus):
@@ -122,7 +130,7 @@ def test_stored_tokens_equal_the_api_on_each_file(run):
 
 def test_two_fresh_runs_are_byte_identical(run, corpus, recipe, tmp_path):
     again = tmp_path / "again"
-    assert tokenlm("tokenize", "--data", corpus, "--out", again, "--config", recipe, "-K", 4) == 0
+    assert tokenlm("tokenize", "--data", corpus, "--out", again, "--config", recipe, "-K", 4, "--device", "cpu") == 0
     volatile = {"tokenizer_dir", "fit_seconds"}  # the run's own folder; a timing
     for folder in ("features", "tokenizer", "tokens/k4"):
         first, second = tree(run / folder), tree(again / folder)
@@ -171,9 +179,10 @@ def test_metrics(run):
     assert cb["relative_quantisation_error"] == pytest.approx(cb["inertia"] / float(z.double().var(0).sum()), rel=1e-2)
 
 
-def test_new_codebook_size_reuses_the_autoencoder(run, capsys):
+def test_new_codebook_size_reuses_the_autoencoder(own_run, capsys):
     """``-K 8`` after ``-K 4``, without repeating the recipe: the autoencoder is kept (its
     settings come from the run), only the K=8 codebook and tokens are new."""
+    run = own_run
     def state(path: Path):
         stage = path / "stage.json"
         return stage.stat().st_mtime_ns, read_json(stage)["key"]
@@ -181,7 +190,7 @@ def test_new_codebook_size_reuses_the_autoencoder(run, capsys):
     before = {name: state(run / name) for name in ("features", "tokenizer", "tokenizer/k4", "tokens/k4")}
     autoencoder = (run / "tokenizer" / "autoencoder.safetensors").read_bytes()
     capsys.readouterr()
-    assert tokenlm("tokenize", "--out", run, "-K", 8) == 0
+    assert tokenlm("tokenize", "--out", run, "-K", 8, "--device", "cpu") == 0
     err = capsys.readouterr().err
     assert "autoencoder up to date" in err
     assert {name: state(run / name) for name in before} == before
@@ -195,16 +204,17 @@ def test_new_codebook_size_reuses_the_autoencoder(run, capsys):
 
     # The same command again does nothing; nor does the original one.
     done = {name: state(run / name) for name in ("tokenizer", "tokenizer/k8", "tokens/k8", "tokenizer/k4")}
-    assert tokenlm("tokenize", "--out", run, "-K", 8) == 0
+    assert tokenlm("tokenize", "--out", run, "-K", 8, "--device", "cpu") == 0
     assert {name: state(run / name) for name in done} == done
     err = capsys.readouterr().err
     assert "codebook K=8 up to date" in err and "tokens K=8 up to date" in err
 
 
-def test_rerunning_the_first_command_does_nothing(run, corpus, recipe, capsys):
+def test_rerunning_the_first_command_does_nothing(own_run, corpus, recipe, capsys):
+    run = own_run
     before = {p: p.stat().st_mtime_ns for p in run.rglob("stage.json")}
     capsys.readouterr()
-    assert tokenlm("tokenize", "--data", corpus, "--out", run, "--config", recipe, "-K", 4) == 0
+    assert tokenlm("tokenize", "--data", corpus, "--out", run, "--config", recipe, "-K", 4, "--device", "cpu") == 0
     assert {p: p.stat().st_mtime_ns for p in run.rglob("stage.json")} == before
     err = capsys.readouterr().err
     for what in ("features", "autoencoder", "codebook K=4", "tokens K=4"):
@@ -220,7 +230,7 @@ def test_encode_new_data_with_a_trained_tokenizer(run, tmp_path):
     sf.write(new / "hiss" / "hiss_44k.wav", sound("noise", 1.0, sr=44100, seed=30), 44100)
     (new / "hiss" / "empty.wav").write_bytes(b"")
     out = tmp_path / "out"
-    assert tokenlm("tokenize", "--tokenizer", run / "tokenizer" / "k4", "--data", new, "--out", out) == 0
+    assert tokenlm("tokenize", "--tokenizer", run / "tokenizer" / "k4", "--data", new, "--out", out, "--device", "cpu") == 0
 
     tokens = out / "tokens" / "k4"
     meta = read_json(tokens / "meta.json")

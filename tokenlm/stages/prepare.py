@@ -179,6 +179,8 @@ def _say(text: str) -> None:
 @click.option("--strict", is_flag=True, default=None, help="Fail if any clip is skipped.")
 def command(data, run, recipe, strict):
     """Scan a dataset, split it and compute log-mel features into RUN/features."""
+    if not recipe and not (data and run):
+        raise TokenlmError("need --data and --out (or a recipe with data.path and run.dir)")
     ctx = RunContext.create(run, recipe)
     _prepare(ctx, data=data, strict=strict)
 
