@@ -16,7 +16,7 @@ from torch import nn
 
 from tokenlm.config import build
 from tokenlm.errors import ConfigError
-from tokenlm.train import (
+from tokenlm.training import (
     TrainConfig, atomic_torch_save, batch_rng, load_checkpoint, lr_factor, rng_state, set_rng_state, train,
 )
 

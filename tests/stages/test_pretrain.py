@@ -26,7 +26,7 @@ from tokenlm.models.gpt import LMConfig
 from tokenlm.stages.generate_codes import generate_codes
 from tokenlm.stages.pretrain import PackedClips, lm_configs, pretrain
 from tokenlm.store import RaggedSplit, RaggedWriter
-from tokenlm.train import TrainConfig, load_checkpoint
+from tokenlm.training import TrainConfig, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 K = 16

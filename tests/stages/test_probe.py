@@ -216,7 +216,7 @@ def _train_tokenizer_and_lm(run: Path) -> None:
     from tokenlm.stages.pretrain import pretrain
     from tokenlm.stages.tokenize import fit_codebook_stage, train_autoencoder_stage
     from tokenlm.tokenizer import AudioTokenizer, AutoencoderTraining
-    from tokenlm.train import TrainConfig
+    from tokenlm.training import TrainConfig
 
     cpu = torch.device("cpu")
     train_autoencoder_stage(run, AutoencoderConfig(hidden=(32, 16), bottleneck=8),

@@ -25,7 +25,7 @@ from tokenlm.stages.vocoder import (
     vocoder_config,
 )
 from tokenlm.tokenizer import AudioTokenizer
-from tokenlm.train import TrainConfig, load_checkpoint
+from tokenlm.training import TrainConfig, load_checkpoint
 from tokenlm.vocoder import Vocoder
 from tests.conftest import run_cli as tokenlm, sound
 

@@ -45,7 +45,7 @@ from tokenlm.errors import ArtifactError, TokenlmError
 from tokenlm.lm import IGNORE, count_baselines, lm_loss, pad_batch, scoring_windows
 from tokenlm.models.gpt import LMConfig, build_gpt2, vocab_layout
 from tokenlm.store import RaggedSplit
-from tokenlm.train import TrainConfig, distributed_stage, train
+from tokenlm.training import TrainConfig, distributed_stage, train
 
 LM_DIR = "lm"
 
@@ -75,7 +75,7 @@ def lm_configs(recipe=None, overrides: dict | None = None) -> tuple[LMConfig, Tr
 
 class PackedClips:
     """Training batches of packed, clip-aligned sequences (module docstring), drawn from a
-    numpy Generator only, so a batch is a pure function of (seed, rank, step): see tokenlm.train.
+    numpy Generator only, so a batch is a pure function of (seed, rank, step): see tokenlm.training.
     Returns (input_ids (B, context), labels (B, context)); nothing is padded."""
 
     def __init__(self, split: RaggedSplit, bos: int, context: int):

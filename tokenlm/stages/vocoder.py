@@ -14,7 +14,7 @@ code ``i`` of the split covers samples ``i * samples_per_code ...``. Each clip's
 or zero-padded to exactly ``codes x samples_per_code`` samples (a centred STFT gives a clip up
 to one hop more codes than whole codes fit in it). A training window is a random
 code-aligned crop of ``crop_codes`` codes and their audio, drawn uniformly over every
-(clip, start) pair; only a generator seeded by (seed, rank, step) decides it (tokenlm.train).
+(clip, start) pair; only a generator seeded by (seed, rank, step) decides it (tokenlm.training).
 A crop that starts inside a clip leaves its first ``receptive_field`` samples unscored: their
 true past lies before the crop and the model would only see silence there.
 
@@ -59,7 +59,7 @@ from tokenlm.config import build, recipe_section, to_dict
 from tokenlm.errors import ArtifactError, AudioError, ConfigError, TokenlmError
 from tokenlm.models.wavenet import WaveNet, WaveNetConfig, mu_law_decode, mu_law_encode
 from tokenlm.store import RaggedSplit
-from tokenlm.train import TrainConfig, distributed_stage, train
+from tokenlm.training import TrainConfig, distributed_stage, train
 from tokenlm.vocoder import Vocoder, save_vocoder
 
 VOCODER_DIR = "vocoder"
@@ -208,7 +208,7 @@ class AlignedAudio:
 
 class CropBatches:
     """Training batches of code-aligned crops, drawn from a numpy Generator only (a batch is a
-    pure function of (seed, rank, step): see tokenlm.train). Every (clip, start) pair is
+    pure function of (seed, rank, step): see tokenlm.training). Every (clip, start) pair is
     equally likely, so every code is about equally often in a window."""
 
     def __init__(self, data: AlignedAudio, crop_codes: int, receptive_field: int):
