@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tokenlm.models.cnn import VGGConfig, VGGish
-from tokenlm.simclr import AugmentConfig, SimCLRConfig, SimCLRModel, augment, nt_xent, train_simclr
+from tokenlm.baselines.simclr import AugmentConfig, SimCLRConfig, augment, nt_xent, train_simclr
+from tokenlm.models.simclr import SimCLRModel
 
 # Tiny models: one torch thread (see conftest.py).
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

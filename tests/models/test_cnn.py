@@ -7,10 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from tokenlm.models.cnn import (
-    TimbreCNN, TimbreConfig, TrainConfig, VGGConfig, VGGish, clip_windows, count_flops, count_parameters,
-    embed_clips, load_model, predict_clips, random_crops, save_model, train_classifier,
+from tokenlm.baselines.cnn import (
+    ClassifierTraining, clip_windows, count_flops, count_parameters, embed_clips, load_model, predict_clips,
+    random_crops, save_model, train_classifier,
 )
+from tokenlm.models.cnn import TimbreCNN, TimbreConfig, VGGConfig, VGGish
 
 # Tiny models: one torch thread (see conftest.py).
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -78,7 +79,7 @@ def test_training_learns_a_separable_task_and_keeps_the_best_epoch():
     val = ([clip(c) for c in labels[:6]], labels[:6])
     torch.manual_seed(0)
     model = TimbreCNN(TimbreConfig(n_mels=8, n_classes=3, filters=8, heights=(1.0,), widths=(1,), dropout=0.0))
-    config = TrainConfig(crop_frames=16, batch_size=8, epochs=12, patience=3, lr=1e-2)
+    config = ClassifierTraining(crop_frames=16, batch_size=8, epochs=12, patience=3, lr=1e-2)
     log = train_classifier(model, train, val, config, progress=False)
     assert log["best_val_accuracy"] == 1.0
     # Early stopping: `patience` epochs after the best one without improvement.

@@ -513,7 +513,7 @@ def _crop_frames(clips: LabelledClips, config: ProbeConfig) -> int:
 
 
 def _train_config(clips: LabelledClips, config: ProbeConfig):
-    from tokenlm.models.cnn import TrainConfig
+    from tokenlm.baselines.cnn import ClassifierTraining as TrainConfig
 
     return TrainConfig(crop_frames=_crop_frames(clips, config), batch_size=config.batch_size, epochs=config.epochs,
                        patience=config.patience, lr=config.lr, weight_decay=config.weight_decay, seed=config.seed)
@@ -530,7 +530,7 @@ def _model_config(name: str, clips: LabelledClips, config: ProbeConfig, n_classe
 
 
 def _cost(model, clips: LabelledClips, method: str = "forward") -> dict:
-    from tokenlm.models.cnn import count_flops, count_parameters
+    from tokenlm.baselines.cnn import count_flops, count_parameters
 
     one_second = max(1, round(clips.frame_rate))
     return {"encoder_params": count_parameters(model),
@@ -597,7 +597,8 @@ def _fit_supervised(name, model_config, train_config, clips: LabelledClips, mask
     import torch
     from sklearn.metrics import f1_score
 
-    from tokenlm.models.cnn import MODELS, load_model, predict_clips, save_model, train_classifier
+    from tokenlm.baselines.cnn import load_model, predict_clips, save_model, train_classifier
+    from tokenlm.models.cnn import MODELS
 
     if (out / MODEL_RESULTS).is_file() and (out / "model.safetensors").is_file():
         return read_json(out / MODEL_RESULTS), load_model(out)[0]
@@ -628,8 +629,10 @@ def simclr_baseline(run: Path, clips: LabelledClips, config: ProbeConfig, device
     labels), its pooled embeddings of every clip, and the same linear probe as every row."""
     import torch
 
-    from tokenlm.models.cnn import VGGish, embed_clips, save_model
-    from tokenlm.simclr import AugmentConfig, SimCLRConfig, SimCLRModel, train_simclr
+    from tokenlm.baselines.cnn import embed_clips, save_model
+    from tokenlm.baselines.simclr import AugmentConfig, SimCLRConfig, train_simclr
+    from tokenlm.models.cnn import VGGish
+    from tokenlm.models.simclr import SimCLRModel
 
     trunk_config = _model_config("vgg", clips, config, n_classes=0)
     simclr_config = SimCLRConfig(crop_frames=_crop_frames(clips, config), batch_size=config.simclr_batch_size,

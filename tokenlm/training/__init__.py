@@ -37,7 +37,9 @@ Modules: ``loop`` (train), ``config`` (TrainConfig, TrainResult), ``data`` (batc
 ``optim`` (AdamW and schedule), ``checkpoint``, ``distributed``, ``log``.
 """
 
-from tokenlm.training.checkpoint import atomic_torch_save, load_checkpoint, rng_state, set_rng_state
+from tokenlm.training.checkpoint import (
+    atomic_torch_save, checkpoint_folder, load_checkpoint, rng_state, set_rng_state,
+)
 from tokenlm.training.config import TrainConfig, TrainResult
 from tokenlm.training.data import EpochBatches, batch_rng, to_device
 from tokenlm.training.distributed import DistContext, cleanup_distributed, distributed_stage, setup_distributed
@@ -60,5 +62,6 @@ __all__ = [
     "set_rng_state",
     "atomic_torch_save",
     "load_checkpoint",
+    "checkpoint_folder",
     "to_device",
 ]

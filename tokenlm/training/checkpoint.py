@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import random
 import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,17 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # a truncated or foreign file: say which
         raise ArtifactError(f"{path}: unreadable checkpoint ({str(err).splitlines()[0]})") from None
+
+
+@contextmanager
+def checkpoint_folder(work_dir: str | Path | None):
+    """The folder a training keeps its checkpoints in: ``work_dir`` (a rerun resumes from
+    it), or without one a temporary folder removed afterwards (no resume)."""
+    if work_dir is not None:
+        yield Path(work_dir)
+        return
+    with tempfile.TemporaryDirectory(prefix="tokenlm-train-") as tmp:
+        yield Path(tmp)
 
 
 def remove_partial_writes(ckpt_dir: Path) -> None:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tokenlm.training.data import EpochBatches
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -47,6 +51,17 @@ class TrainConfig:
     @property
     def checkpoint_interval(self) -> int:
         return self.ckpt_every or self.eval_every
+
+    @classmethod
+    def for_epochs(cls, data: EpochBatches, epochs: int, *, lr: float, weight_decay: float, patience: int = 0,
+                   seed: int = 0) -> TrainConfig:
+        """Epoch-style training the way ``torch.optim.AdamW(params, lr, weight_decay)`` alone
+        does it: a constant learning rate, torch's default betas, no clipping, fp32; one
+        evaluation, log row and checkpoint per epoch, ``patience`` counted in epochs."""
+        epoch = data.steps_per_epoch
+        return cls(steps=epochs * epoch, batch_size=data.batch_size, lr=lr, min_lr_ratio=1.0, warmup_steps=0,
+                   weight_decay=weight_decay, betas=(0.9, 0.999), grad_clip=0.0, eval_every=epoch,
+                   log_every=epoch, patience=patience, seed=seed, precision="fp32")
 
 
 @dataclass
