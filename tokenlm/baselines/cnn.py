@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -210,13 +210,15 @@ def train_classifier(
     desc: str = "train",
     *,
     work_dir: Path | None = None,
+    callbacks: Iterable[Callable[[int, dict], None]] = (),
 ) -> dict:
     """Cross-entropy on random crops; keeps the weights of the best val-accuracy epoch.
 
     ``train``/``val`` are (clips, class indices) with clips normalised log-mel (T, F).
     With no val clips, every epoch runs and the last weights are kept. Checkpoints go to
-    ``work_dir`` (a rerun resumes there) or, without one, a temporary folder. Returns the
-    history and the early-stopping summary; ``model`` ends with the best weights, in eval mode.
+    ``work_dir`` (a rerun resumes there) or, without one, a temporary folder; ``callbacks``
+    are the training loop's (``f(step, record)`` after every step). Returns the history and
+    the early-stopping summary; ``model`` ends with the best weights, in eval mode.
     """
     clips, labels = train
     val_clips, val_labels = val
@@ -236,7 +238,7 @@ def train_classifier(
     with checkpoint_folder(work_dir) as folder:
         result = train_loop(model, loop, folder, loss_fn=lambda m, b: F.cross_entropy(m(b[0]), b[1]), train_batch=data,
                        evaluate=accuracy if len(val_clips) else None, monitor="val_accuracy", mode="max",
-                       dist=DistContext.single(device), progress=progress, desc=desc)
+                       dist=DistContext.single(device), progress=progress, callbacks=callbacks, desc=desc)
     epoch = data.steps_per_epoch
     history = [{"epoch": h["step"] // epoch, "train_loss": h["train_loss"],
                 **({"val_accuracy": h["val_accuracy"]} if "val_accuracy" in h else {})} for h in result.history]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -122,11 +123,13 @@ def train_simclr(
     progress: bool = True,
     *,
     work_dir: Path | None = None,
+    callbacks: Iterable[Callable[[int, dict], None]] = (),
 ) -> dict:
     """Train ``model`` with NT-Xent on two views of each clip (T, F) in dB; no labels seen.
 
     Checkpoints go to ``work_dir`` (a rerun resumes there) or, without one, a temporary
-    folder. Returns the loss history and wall time; ``model`` ends in eval mode.
+    folder; ``callbacks`` are the training loop's (``f(step, record)`` after every step).
+    Returns the loss history and wall time; ``model`` ends in eval mode.
     """
     if len(clips_db) < 2:
         raise ValueError("SimCLR needs at least two training clips (the others are its negatives)")
@@ -146,7 +149,8 @@ def train_simclr(
                                   seed=config.seed)
     with checkpoint_folder(work_dir) as folder:
         result = train_loop(model, loop, folder, loss_fn=lambda m, v: nt_xent(m(v[0]), m(v[1]), config.temperature),
-                            train_batch=data, dist=DistContext.single(device), progress=progress, desc="simclr")
+                            train_batch=data, dist=DistContext.single(device), progress=progress, callbacks=callbacks,
+                            desc="simclr")
     history = [{"epoch": h["step"] // data.steps_per_epoch, "train_loss": h["train_loss"]} for h in result.history]
     return {"history": history, "epochs_run": len(history), "train_seconds": result.elapsed_s}
 

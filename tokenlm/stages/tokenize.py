@@ -119,11 +119,12 @@ class PatchSampler:
 
 
 def _fit_autoencoder(coder: PatchCoder, train: PatchSampler, val: PatchSampler, cfg: AutoencoderTraining,
-                     device: torch.device, progress: bool, work_dir: Path) -> dict:
+                     device: torch.device, progress: bool, work_dir: Path, callbacks=()) -> dict:
     """MSE on normalised patches through the shared training loop: AdamW at a constant
     learning rate, one evaluation per epoch (MSE on val, or on the train split when val is
     empty), early stopping after ``patience`` epochs without improvement, the best epoch's
-    weights kept. Checkpoints in ``work_dir``, so an interrupted stage resumes."""
+    weights kept. Checkpoints in ``work_dir``, so an interrupted stage resumes; ``callbacks``
+    are the training loop's (``f(step, record)`` after every step)."""
     model = coder.autoencoder
     data = EpochBatches(len(train), cfg.batch_size, lambda rng, indices: train.get(indices))
     epoch = data.steps_per_epoch
@@ -135,7 +136,8 @@ def _fit_autoencoder(coder: PatchCoder, train: PatchSampler, val: PatchSampler, 
                         loss_fn=lambda m, batch: torch.nn.functional.mse_loss(m(batch), batch),
                         train_batch=data,
                         evaluate=lambda m: {"val_mse": _mse(m, held_out, held_out_idx, cfg.batch_size)},
-                        monitor="val_mse", dist=DistContext.single(device), progress=progress, desc="autoencoder")
+                        monitor="val_mse", dist=DistContext.single(device), progress=progress,
+                        callbacks=callbacks, desc="autoencoder")
     history = [{"epoch": h["step"] // epoch, "train_mse": h["train_loss"], "val_mse": h["val_mse"]}
                for h in result.history]
     return {"epochs_run": len(history), "best_epoch": result.best_step // epoch, "best_val_mse": result.best_value,
