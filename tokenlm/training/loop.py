@@ -144,14 +144,14 @@ def train(
 
                 period_ends = step % cfg.eval_every == 0 or step == cfg.steps
                 is_eval = validates and period_ends
+                metrics = _validate(wrapped, val_batches, val_metrics, evaluate, loss_fn, cfg, dist) if is_eval else {}
                 if is_eval:
-                    metrics = _validate(wrapped, val_batches, val_metrics, evaluate, loss_fn, cfg, dist)
                     metric_names += [name for name in metrics if name != "val_loss" and name not in metric_names]
                     record.update(_track_best(state, metrics, monitor, mode, step, model, ckpt_dir, cfg, dist))
                     record.update(metrics)
-                if period_ends:
-                    state.history.append({"step": step, "train_loss": state.period_loss / state.period_steps,
-                                          **(metrics if is_eval else {})})
+                if period_ends:  # one history record per period, validated or not
+                    period_loss = state.period_loss / state.period_steps
+                    state.history.append({"step": step, "train_loss": period_loss, **metrics})
                     state.period_loss, state.period_steps = 0.0, 0
                 if step % cfg.log_every == 0 or is_eval or step == cfg.steps or state.stopped_early:
                     row = log_row(window, step, record, dist, started, items_name, metric_names)
@@ -181,11 +181,16 @@ def train(
         best = load_checkpoint(ckpt_dir / BEST, device)
         model.load_state_dict(best["model"])
     model.eval()
-    at_best = next((h for h in state.history if h["step"] == state.best_step), {})
-    return TrainResult(step=state.step, best_step=state.best_step, best_val_loss=at_best.get("val_loss"),
+    return TrainResult(step=state.step, best_step=state.best_step, best_val_loss=_val_loss_at_best(state, monitor),
                        stopped_early=state.stopped_early, resumed_from=resumed_from,
                        log_path=(work_dir / LOG_FILE) if dist.is_main else None, best_value=state.best_val,
                        history=list(state.history), elapsed_s=round(time.time() - started, 3))
+
+
+def _val_loss_at_best(state: _State, monitor: str) -> float | None:
+    if monitor == "val_loss":
+        return state.best_val
+    return next((h.get("val_loss") for h in state.history if h["step"] == state.best_step), None)
 
 
 def _check_epochs(train_batch, cfg: TrainConfig, dist: DistContext) -> None:
@@ -268,9 +273,7 @@ def _track_best(state: _State, metrics: dict, monitor: str, mode: str, step: int
     if monitor not in metrics:
         raise ConfigError(f"monitor {monitor!r} is not among the evaluation's metrics ({', '.join(metrics)})")
     value = metrics[monitor]
-    better = value > state.best_val if mode == "max" and state.best_val is not None else (
-        state.best_val is None or value < state.best_val)
-    if better:
+    if _improves(value, state.best_val, mode):
         state.best_val, state.best_step, state.bad_evals = value, step, 0
         if dist.is_main:
             atomic_torch_save({"model": weights(model), "step": step, monitor: value}, ckpt_dir / BEST)
@@ -279,6 +282,12 @@ def _track_best(state: _State, metrics: dict, monitor: str, mode: str, step: int
         if cfg.patience and state.bad_evals >= cfg.patience:
             state.stopped_early = True
     return {f"best_{monitor}": state.best_val}
+
+
+def _improves(value: float, best: float | None, mode: str) -> bool:
+    if best is None:
+        return True
+    return value > best if mode == "max" else value < best
 
 
 def _resume(path: Path, model, optimizer, scheduler, state: _State, dist: DistContext) -> int:
