@@ -236,9 +236,10 @@ def train_classifier(
     loop = TrainConfig.for_epochs(data, config.epochs, lr=config.lr, weight_decay=config.weight_decay,
                                   patience=config.patience, seed=config.seed)
     with checkpoint_folder(work_dir) as folder:
-        result = train_loop(model, loop, folder, loss_fn=lambda m, b: F.cross_entropy(m(b[0]), b[1]), train_batch=data,
-                       evaluate=accuracy if len(val_clips) else None, monitor="val_accuracy", mode="max",
-                       dist=DistContext.single(device), progress=progress, callbacks=callbacks, desc=desc)
+        result = train_loop(model, loop, folder, loss_fn=lambda m, b: F.cross_entropy(m(b[0]), b[1]),
+                            train_batch=data, evaluate=accuracy if len(val_clips) else None,
+                            monitor="val_accuracy", mode="max", dist=DistContext.single(device),
+                            progress=progress, callbacks=callbacks, desc=desc)
     epoch = data.steps_per_epoch
     history = [{"epoch": h["step"] // epoch, "train_loss": h["train_loss"],
                 **({"val_accuracy": h["val_accuracy"]} if "val_accuracy" in h else {})} for h in result.history]
