@@ -10,7 +10,7 @@ What is measured, in one process:
    threads training uses, best GFLOP/s (2 n^3 FLOPs per product), measured before and
    between the training runs, the best of all kept.
 2. Training throughput of the default model (LMConfig() defaults, the demo model, with its
-   default attention) through the real training loop (tokenlm.train.train: AdamW,
+   default attention) through the real training loop (tokenlm.training.train: AdamW,
    clipping, schedule) on the batches pretrain makes (PackedClips: context-long sequences
    of clips each behind a BOS) from demo-length clips (2 s = 40 codes) by default, from the
    run's train split with --run. tokens/s counts scored codes, excludes the first log
@@ -49,7 +49,7 @@ from tokenlm.models.gpt import LMConfig, build_gpt2, train_flops_per_token  # no
 from tokenlm.rundir import RunDir, is_finished, read_tokens_meta  # noqa: E402
 from tokenlm.runtime import cpu_threads  # noqa: E402
 from tokenlm.stages.pretrain import LM_TRAINING_DEFAULTS, PackedClips, count_targets  # noqa: E402
-from tokenlm.train import DistContext, TrainConfig, train  # noqa: E402
+from tokenlm.training import DistContext, TrainConfig, train  # noqa: E402
 
 
 def matmul_peak(seconds: float = 0.5) -> tuple[float, int]:
@@ -134,7 +134,7 @@ def attention_ab(k: int, batches, batch_size: int, rounds: int, seed: int = 0) -
     """eager vs sdpa, one training step of each in turn (same batch, same optimiser setup as
     the loop), so both see the same spells of load; best step time of each -> tokens/s."""
     from tokenlm.lm import lm_loss
-    from tokenlm.train import make_optimizer
+    from tokenlm.training import make_optimizer
 
     batch = batches(np.random.default_rng(seed), batch_size)
     tokens = count_targets(batch)

@@ -1,4 +1,4 @@
-"""SimCLR: the NT-Xent loss against a direct computation, augmentations, and training that learns."""
+"""SimCLR: the NT-Xent loss against a direct computation, augmentations, training that learns, and its resume."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from tokenlm.models.cnn import VGGConfig, VGGish, embed_clips
-from tokenlm.simclr import AugmentConfig, SimCLRConfig, SimCLRModel, augment, nt_xent, train_simclr
+from tokenlm.baselines.cnn import embed_clips
+from tokenlm.baselines.simclr import AugmentConfig, SimCLRConfig, augment, nt_xent, train_simclr
+from tokenlm.models.cnn import VGGConfig, VGGish
+from tokenlm.models.simclr import SimCLRModel
 
 # Tiny models: one torch thread (see conftest.py).
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -111,3 +113,33 @@ def test_training_lowers_the_loss_and_learns_to_tell_sounds_apart():
     before = _nearest_neighbour_accuracy(frozen, train, test, mean, std)
     after = _nearest_neighbour_accuracy(model, train, test, mean, std)
     assert after >= 0.8 and after >= before + 0.1, (before, after)
+
+
+class Crash(Exception):
+    pass
+
+
+def test_training_resumes_exactly_after_an_interruption(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    clips = [(-50 + 10 * rng.standard_normal((30, 8))).astype(np.float16) for _ in range(12)]
+    config = SimCLRConfig(crop_frames=16, batch_size=4, epochs=2, lr=3e-3, projection_dim=4)  # 3 steps an epoch
+
+    def fit(folder, callbacks=()):
+        torch.manual_seed(0)
+        model = SimCLRModel(VGGish(VGGConfig(n_mels=8, channels=(4,), convs_per_block=1)), config.projection_dim)
+        log = train_simclr(model, clips, np.full(8, -50.0), np.full(8, 10.0), config, progress=False,
+                           work_dir=folder, callbacks=callbacks)
+        return model.state_dict(), log["history"]
+
+    def crash_at_step_5(step, record):
+        if step == 5:
+            raise Crash
+
+    reference, ref_history = fit(tmp_path / "ref")
+    with pytest.raises(Crash):
+        fit(tmp_path / "resumed", [crash_at_step_5])
+    capsys.readouterr()
+    resumed, history = fit(tmp_path / "resumed")
+    assert "resuming from step 3" in capsys.readouterr().err  # the end of epoch 1
+    assert history == ref_history and len(history) == 2
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)

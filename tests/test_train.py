@@ -1,5 +1,5 @@
 """The shared training loop on a toy model: schedule, pure batches, RNG state, checkpoints,
-resume equality, early stopping and the log."""
+resume equality, early stopping, the log, whole-model evaluation and epoch-style data."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from torch import nn
 
 from tokenlm.config import build
 from tokenlm.errors import ConfigError
-from tokenlm.train import (
-    TrainConfig, atomic_torch_save, batch_rng, load_checkpoint, lr_factor, rng_state, set_rng_state, train,
+from tokenlm.training import (
+    EpochBatches, TrainConfig, atomic_torch_save, batch_rng, load_checkpoint, lr_factor, rng_state, set_rng_state,
+    train,
 )
 
 W_TRUE = torch.tensor([[2.0, -1.0, 0.5]])
@@ -173,4 +174,54 @@ def test_ctrl_c_checkpoints_the_current_step_then_resumes(tmp_path):
     assert load_checkpoint(tmp_path / "run" / "ckpt" / "last.pt")["state"]["step"] == 13  # not 10: no work lost
     resumed, result = run(tmp_path / "run", cfg, val_batches=val_set())
     assert result.resumed_from == 13
+    assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), resumed.state_dict().values()))
+
+
+def test_monitor_max_keeps_the_weights_of_the_best_score(tmp_path):
+    # A score that gets worse as training fits the data: the best weights are early ones.
+    val_x, val_y = toy_batch(np.random.default_rng(7), 64, sign=-1.0)
+
+    def score(model):
+        return {"val_score": -nn.functional.mse_loss(model(val_x), val_y).item()}
+
+    cfg = TrainConfig(steps=60, batch_size=8, lr=0.01, warmup_steps=0, eval_every=5, log_every=5)
+    model, result = run(tmp_path, cfg, evaluate=score, monitor="val_score", mode="max")
+    scores = {h["step"]: h["val_score"] for h in result.history}
+    assert list(scores) == list(range(5, 61, 5)) and not result.stopped_early
+    assert result.best_step == max(scores, key=scores.get) < 60
+    assert result.best_value == max(scores.values()) and result.best_val_loss is None
+    assert score(model)["val_score"] == result.best_value  # the model holds those weights
+    with open(tmp_path / "train_log.csv") as f:
+        header = next(csv.reader(f))
+    assert header == ["step", "lr", "loss", "val_loss", "val_score", "items_per_s", "elapsed_s"]
+
+
+def test_epoch_batches_visit_every_example_once_per_epoch():
+    data = EpochBatches(10, 4, lambda rng, indices: indices, min_batch=3)
+    assert data.steps_per_epoch == 2  # 4 + 4; the last 2 would be a batch below min_batch
+    epoch1 = np.concatenate([data.indices(0, 0, s) for s in (1, 2)])
+    epoch2 = np.concatenate([data.indices(0, 0, s) for s in (3, 4)])
+    assert len(set(epoch1)) == 8 and not np.array_equal(epoch1, epoch2)
+    # A pure function of (seed, rank, step), whatever was asked before.
+    assert np.array_equal(EpochBatches(10, 4, None, min_batch=3).indices(0, 0, 4), data.indices(0, 0, 4))
+    assert not np.array_equal(data.indices(1, 0, 4), data.indices(0, 0, 4))
+    halves = [EpochBatches(10, 5, None, world_size=2).indices(0, rank, 1) for rank in (0, 1)]
+    assert sorted(np.concatenate(halves)) == list(range(10))  # two ranks share one epoch
+
+
+def test_epoch_style_training_resumes_exactly(tmp_path):
+    x = torch.from_numpy(np.random.default_rng(3).standard_normal((37, 3)).astype(np.float32))
+    y = x @ W_TRUE.T
+    data = EpochBatches(len(x), 8, lambda rng, indices: (x[indices], y[indices]))
+    assert data.steps_per_epoch == 5  # 8 + 8 + 8 + 8 + 5
+    cfg = TrainConfig.for_epochs(data, 4, lr=0.01, weight_decay=0.0, patience=2)
+    assert (cfg.steps, cfg.eval_every, cfg.min_lr_ratio, cfg.grad_clip) == (20, 5, 1.0, 0.0)
+    kw = dict(loss_fn=mse, train_batch=data, val_batches=val_set(), progress=False)
+    reference = fresh_model()
+    ref_result = train(reference, cfg, tmp_path / "ref", **kw)
+    with pytest.raises(Crash):  # mid-epoch 3: the last checkpoint is the end of epoch 2
+        train(fresh_model(), cfg, tmp_path / "resumed", callbacks=[crash_at(13)], **kw)
+    resumed = fresh_model()
+    result = train(resumed, cfg, tmp_path / "resumed", **kw)
+    assert result.resumed_from == 10 and result.history == ref_result.history
     assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), resumed.state_dict().values()))

@@ -8,7 +8,7 @@ samples ``i * samples_per_code ...``. Each clip's audio is cut or zero-padded to
 ``codes x samples_per_code`` samples (a centred STFT gives a clip up to one hop more codes than
 whole codes fit in it). A training window is a random code-aligned crop of ``crop_codes``
 codes and their audio, drawn uniformly over every (clip, start) pair; only a generator seeded
-by (seed, rank, step) decides it (tokenlm.train). A crop that starts inside a clip leaves its
+by (seed, rank, step) decides it (tokenlm.training). A crop that starts inside a clip leaves its
 first ``receptive_field`` samples unscored: their true past lies before the crop and the model
 would only see silence there.
 """
@@ -103,7 +103,7 @@ class AlignedAudio:
 
 class CropBatches:
     """Training batches of code-aligned crops, drawn from a numpy Generator only (a batch is a
-    pure function of (seed, rank, step): see tokenlm.train). Every (clip, start) pair is
+    pure function of (seed, rank, step): see tokenlm.training). Every (clip, start) pair is
     equally likely, so every code is about equally often in a window."""
 
     def __init__(self, data: AlignedAudio, crop_codes: int, receptive_field: int):

@@ -7,10 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from tokenlm.models.cnn import (
-    TimbreCNN, TimbreConfig, TrainConfig, VGGConfig, VGGish, clip_windows, count_flops, count_parameters,
-    embed_clips, load_model, predict_clips, random_crops, save_model, train_classifier,
+from tokenlm.baselines.cnn import (
+    ClassifierTraining, clip_windows, count_flops, count_parameters, embed_clips, load_model, predict_clips,
+    random_crops, save_model, train_classifier,
 )
+from tokenlm.models.cnn import TimbreCNN, TimbreConfig, VGGConfig, VGGish
 
 # Tiny models: one torch thread (see conftest.py).
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -78,10 +79,41 @@ def test_training_learns_a_separable_task_and_keeps_the_best_epoch():
     val = ([clip(c) for c in labels[:6]], labels[:6])
     torch.manual_seed(0)
     model = TimbreCNN(TimbreConfig(n_mels=8, n_classes=3, filters=8, heights=(1.0,), widths=(1,), dropout=0.0))
-    config = TrainConfig(crop_frames=16, batch_size=8, epochs=12, patience=3, lr=1e-2)
+    config = ClassifierTraining(crop_frames=16, batch_size=8, epochs=12, patience=3, lr=1e-2)
     log = train_classifier(model, train, val, config, progress=False)
     assert log["best_val_accuracy"] == 1.0
     # Early stopping: `patience` epochs after the best one without improvement.
     assert log["epochs_run"] == min(log["best_epoch"] + config.patience, config.epochs)
     assert predict_clips(model, val[0], 16).argmax(1).tolist() == val[1].tolist()
     assert embed_clips(model, val[0], 16).shape == (6, 8)
+
+
+class Crash(Exception):
+    pass
+
+
+def test_training_resumes_exactly_after_an_interruption(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    labels = np.array([0, 1] * 10)
+    clips = [rng.standard_normal((24, 8)).astype(np.float32) + label for label in labels]
+    config = ClassifierTraining(crop_frames=16, batch_size=8, epochs=3, patience=3, lr=1e-2)  # 3 steps an epoch
+
+    def fit(folder, callbacks=()):
+        torch.manual_seed(0)
+        model = VGGish(VGGConfig(n_mels=8, n_classes=2, channels=(4,), convs_per_block=1))
+        log = train_classifier(model, (clips, labels), (clips[:6], labels[:6]), config, progress=False,
+                               work_dir=folder, callbacks=callbacks)
+        return model.state_dict(), {k: v for k, v in log.items() if k != "train_seconds"}
+
+    def crash_at_step_5(step, record):
+        if step == 5:
+            raise Crash
+
+    reference, ref_log = fit(tmp_path / "ref")
+    with pytest.raises(Crash):
+        fit(tmp_path / "resumed", [crash_at_step_5])
+    capsys.readouterr()
+    resumed, log = fit(tmp_path / "resumed")
+    assert "resuming from step 3" in capsys.readouterr().err  # the end of epoch 1
+    assert log == ref_log and [h["epoch"] for h in log["history"]] == [1, 2, 3]
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)  # batch-norm statistics too

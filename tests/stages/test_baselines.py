@@ -10,8 +10,7 @@ from tokenlm.errors import ConfigError
 from tokenlm.pipeline import RunContext
 from tokenlm.stages import baselines as baselines_stage
 from tokenlm.stages import probe as probe_stage
-from tokenlm.stages.baselines import BaselinesConfig
-from tokenlm.stages.probe import ProbeConfig, configs
+from tokenlm.stages.probe_config import BaselinesConfig, ProbeConfig, configs
 from tests.conftest import run_cli as tokenlm
 from tests.stages.test_probe import TINY, make_run
 

@@ -28,7 +28,7 @@ from tokenlm.stages.generate_codes import generate_codes
 from tokenlm.config import load_yaml
 from tokenlm.stages.pretrain import PackedClips, lm_configs, pretrain
 from tokenlm.store import RaggedSplit, RaggedWriter
-from tokenlm.train import TrainConfig, load_checkpoint
+from tokenlm.training import TrainConfig, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 K = 16
@@ -223,7 +223,7 @@ from tokenlm.lm import lm_loss
 from tokenlm.models.gpt import LMConfig, build_gpt2
 from tokenlm.stages.pretrain import PackedClips, validation_batches
 from tokenlm.store import RaggedSplit
-from tokenlm.train import TrainConfig, setup_distributed, train
+from tokenlm.training import TrainConfig, setup_distributed, train
 
 run, out, recipe = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 dist = setup_distributed("cpu")

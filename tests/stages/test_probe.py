@@ -13,7 +13,8 @@ from tokenlm.artifacts import Stage, features_dir, read_json, write_json, write_
 from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
 from tokenlm.evaluation.clips import LabelledClips
 from tokenlm.evaluation.representations import parse_layers
-from tokenlm.stages.probe import ProbeConfig, command, configs, probe
+from tokenlm.stages.probe import command, probe
+from tokenlm.stages.probe_config import ProbeConfig, configs
 from tokenlm.store import RaggedSplit, RaggedWriter
 
 # Tiny models: one torch thread (see conftest.py).
@@ -223,7 +224,7 @@ def _train_tokenizer_and_lm(run: Path) -> None:
     from tokenlm.stages.pretrain import pretrain
     from tokenlm.stages.tokenize import fit_codebook_stage, train_autoencoder_stage
     from tokenlm.tokenizer import AudioTokenizer, AutoencoderTraining
-    from tokenlm.train import TrainConfig
+    from tokenlm.training import TrainConfig
 
     cpu = torch.device("cpu")
     train_autoencoder_stage(run, AutoencoderConfig(hidden=(32, 16), bottleneck=8),

@@ -290,3 +290,45 @@ def test_error_without_features_or_data_is_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1
     assert tokenlm("tokenize", "--tokenizer", tmp_path / "nothing") == 1
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+class Crash(Exception):
+    pass
+
+
+def test_autoencoder_training_resumes_exactly_after_an_interruption(run, tmp_path, capsys):
+    """The autoencoder trains on the shared loop: a crash early in epoch 2 and a rerun in the
+    same folder end with the weights and metrics of an uninterrupted run."""
+    from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
+    from tokenlm.stages.prepare import load_feature_config
+    from tokenlm.stages.tokenize import PatchSampler, _fit_autoencoder
+    from tokenlm.tokenizer import AutoencoderTraining, PatchCoder
+
+    features = load_feature_config(run)
+    norm = read_json(run / "features" / "meta.json")["norm"]
+
+    def fit(folder, callbacks=()):
+        torch.manual_seed(0)
+        autoencoder = PatchAutoencoder(features.patch_dim, AutoencoderConfig(hidden=(16, 8), bottleneck=4))
+        coder = PatchCoder(features, norm["mean"], norm["std"], autoencoder)
+        train, val = (PatchSampler(run / "features", split, features, coder) for split in ("train", "val"))
+        metrics = _fit_autoencoder(coder, train, val, AutoencoderTraining(epochs=3, batch_size=32),
+                                   torch.device("cpu"), False, folder, callbacks)
+        return autoencoder.state_dict(), metrics
+
+    first_epoch = []  # the step that ended it
+
+    def crash_early_in_epoch_2(step, record):
+        if first_epoch:
+            raise Crash
+        if "val_mse" in record:
+            first_epoch.append(step)
+
+    reference, ref_metrics = fit(tmp_path / "ref")
+    with pytest.raises(Crash):
+        fit(tmp_path / "resumed", [crash_early_in_epoch_2])
+    capsys.readouterr()
+    resumed, metrics = fit(tmp_path / "resumed")
+    assert f"resuming from step {first_epoch[0]}" in capsys.readouterr().err
+    assert metrics == ref_metrics and metrics["epochs_run"] == 3
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)

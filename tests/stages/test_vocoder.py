@@ -22,7 +22,7 @@ from tokenlm.evaluation.audio_quality import log_spectral_distance, logmel_dista
 from tokenlm.models.wavenet import WaveNetConfig, mu_law_decode, mu_law_encode
 from tokenlm.stages.vocoder import VocoderConfig, train_vocoder, vocoder_config
 from tokenlm.tokenizer import AudioTokenizer
-from tokenlm.train import TrainConfig, load_checkpoint
+from tokenlm.training import TrainConfig, load_checkpoint
 from tokenlm.vocoder import Vocoder
 from tokenlm.vocoder_data import IGNORE, AlignedAudio, CropBatches
 from tests.conftest import run_cli as tokenlm, sound

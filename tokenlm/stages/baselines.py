@@ -12,78 +12,46 @@ Each folder holds model.safetensors + config.json (what the model needs on new a
 results.json, the row the probe table shows. ``tokenlm probe --baselines ...`` trains (or
 reuses) the baselines it lists before probing. Their settings are the baseline keys of the
 recipe's ``probe:`` section (``BaselinesConfig``); the seed, the folds switch and the linear
-probe's settings come from the probe's own keys (``ProbeConfig``). torch and the CNN modules
-are imported inside the functions that train, so that ``tokenlm baselines --help`` stays fast.
+probe's settings come from the probe's own keys (``ProbeConfig``).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 import numpy as np
+import torch
+from sklearn.metrics import f1_score
 
 from tokenlm.artifacts import Stage, read_json, stage_key, write_json, write_jsonl
+from tokenlm.baselines.cnn import (
+    ClassifierTraining, count_flops, count_parameters, embed_clips, load_model, predict_clips, save_model,
+    train_classifier,
+)
+from tokenlm.baselines.simclr import AugmentConfig, SimCLRConfig, train_simclr
 from tokenlm.config import to_dict
 from tokenlm.errors import TokenlmError
 from tokenlm.evaluation.clips import LabelledClips
 from tokenlm.evaluation.linear_probe import fold_assignments, summarise_folds
 from tokenlm.evaluation.probe_table import pct
 from tokenlm.evaluation.rows import LINEAR, SUPERVISED, fit_seconds, headline, probe_vectors
+from tokenlm.models.cnn import MODELS, TimbreConfig, VGGConfig, VGGish
+from tokenlm.models.simclr import SimCLRModel
 from tokenlm.pipeline import RunContext
 from tokenlm.rundir import (
     EMBEDDINGS, EMBEDDINGS_INDEX, MODEL_RESULTS, MODEL_WEIGHTS, RESULTS, SPLITS, RunDir, fold_folder,
 )
+from tokenlm.runtime import pick_device, seed_everything
+from tokenlm.stages.probe_config import BASELINES, SECTION, BaselinesConfig, ProbeConfig, configs
 
-if TYPE_CHECKING:  # probe.py imports this module: the type only, for the hints
-    from tokenlm.stages.probe import ProbeConfig
-
-BASELINES = ("vgg", "simclr", "timbre")
 TITLES = {
     "vgg": "VGG-style CNN (supervised)",
     "timbre": "timbre CNN, vertical filters (supervised)",
     "simclr": "SimCLR CNN trunk (self-supervised)",
 }
-
-
-@dataclass(frozen=True)
-class BaselinesConfig:
-    """The baselines' keys of the ``probe:`` recipe section: how the CNNs are trained."""
-
-    crop_seconds: float = 1.0  # random training crops; evaluation averages whole-clip windows
-    batch_size: int = 32
-    epochs: int = 60  # upper bound; early stopping on val accuracy
-    patience: int = 10
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    dropout: float = 0.3
-    baseline_folds: bool = True  # supervised baselines: also train one model per official fold
-    vgg_channels: tuple[int, ...] = (32, 64, 128, 256)
-    vgg_convs_per_block: int = 2
-    timbre_heights: tuple[float, ...] = (0.9, 0.5, 0.2)  # fractions of the mel axis
-    timbre_widths: tuple[int, ...] = (1, 3)  # frames
-    timbre_filters: int = 32
-    simclr_epochs: int = 50
-    simclr_batch_size: int = 64
-    simclr_temperature: float = 0.1
-    simclr_projection_dim: int = 128
-
-    def __post_init__(self):
-        if self.crop_seconds <= 0:
-            raise ValueError("crop_seconds must be positive")
-
-
-def parse_baselines(value) -> tuple[str, ...]:
-    """Baseline names from "vgg,timbre" or a list, lower-cased, in order, "none" dropped."""
-    given = value.split(",") if isinstance(value, str) else value
-    names = tuple(b.strip().lower() for b in given if b.strip() and b.strip().lower() != "none")
-    unknown = sorted(set(names) - set(BASELINES))
-    if unknown:
-        raise ValueError(f"unknown baseline(s) {', '.join(unknown)} (known: {', '.join(BASELINES)})")
-    return tuple(dict.fromkeys(names))
 
 
 # ---- the stage ------------------------------------------------------------------------
@@ -92,8 +60,6 @@ def baselines(run: str | Path | RunDir, probe: ProbeConfig, config: BaselinesCon
               device: str | None = None, progress: bool = True) -> dict[str, dict]:
     """Train (or reuse) every baseline ``probe.baselines`` lists on the run's features; each
     one's results.json by name."""
-    from tokenlm.runtime import pick_device, seed_everything  # torch: keeps `--help` fast
-
     clips = LabelledClips(run)
     seed_everything(probe.seed)
     return train_baselines(clips, probe, config, pick_device(device), progress)
@@ -172,11 +138,6 @@ def _fit_supervised(name, model_config, train_config, clips: LabelledClips, mask
 
     A model that ``out`` already holds (finished before an interruption) is reused.
     """
-    import torch
-    from sklearn.metrics import f1_score
-
-    from tokenlm.models.cnn import MODELS, load_model, predict_clips, save_model, train_classifier
-
     if (out / MODEL_RESULTS).is_file() and (out / MODEL_WEIGHTS).is_file():
         return read_json(out / MODEL_RESULTS), load_model(out)[0]
 
@@ -207,11 +168,6 @@ def simclr_baseline(clips: LabelledClips, probe: ProbeConfig, config: BaselinesC
                     progress: bool = True) -> dict:
     """RUN/baselines/simclr: the VGG trunk trained with NT-Xent on the train split's audio (no
     labels), its pooled embeddings of every clip, and the same linear probe as every row."""
-    import torch
-
-    from tokenlm.models.cnn import VGGish, embed_clips, save_model
-    from tokenlm.simclr import AugmentConfig, SimCLRConfig, SimCLRModel, train_simclr
-
     trunk_config = _model_config("vgg", clips, config, n_classes=0)
     simclr_config = SimCLRConfig(crop_frames=_crop_frames(clips, config), batch_size=config.simclr_batch_size,
                                  epochs=config.simclr_epochs, lr=config.lr, weight_decay=config.weight_decay,
@@ -260,15 +216,11 @@ def _crop_frames(clips: LabelledClips, config: BaselinesConfig) -> int:
 
 
 def _train_config(clips: LabelledClips, probe: ProbeConfig, config: BaselinesConfig):
-    from tokenlm.models.cnn import TrainConfig
-
-    return TrainConfig(crop_frames=_crop_frames(clips, config), batch_size=config.batch_size, epochs=config.epochs,
+    return ClassifierTraining(crop_frames=_crop_frames(clips, config), batch_size=config.batch_size, epochs=config.epochs,
                        patience=config.patience, lr=config.lr, weight_decay=config.weight_decay, seed=probe.seed)
 
 
 def _model_config(name: str, clips: LabelledClips, config: BaselinesConfig, n_classes: int):
-    from tokenlm.models.cnn import TimbreConfig, VGGConfig
-
     if name == "timbre":
         return TimbreConfig(n_mels=clips.n_mels, n_classes=n_classes, heights=config.timbre_heights,
                             widths=config.timbre_widths, filters=config.timbre_filters, dropout=config.dropout)
@@ -277,8 +229,6 @@ def _model_config(name: str, clips: LabelledClips, config: BaselinesConfig, n_cl
 
 
 def _cost(model, clips: LabelledClips, method: str = "forward") -> dict:
-    from tokenlm.models.cnn import count_flops, count_parameters
-
     one_second = max(1, round(clips.frame_rate))
     return {"encoder_params": count_parameters(model),
             "flops_per_second": count_flops(model, (1, clips.n_mels, one_second), method=method)}
@@ -297,11 +247,7 @@ def _say(text: str) -> None:
 
 
 def _configs(ctx: RunContext, overrides: dict | None = None) -> tuple[ProbeConfig, BaselinesConfig]:
-    # The probe: section holds the keys of both stages and is parsed in one place, probe.py,
-    # which imports this module (the probe trains the baselines it lists): a real cycle.
-    from tokenlm.stages.probe import configs
-
-    return configs(ctx.section("probe"), overrides)
+    return configs(ctx.section(SECTION), overrides)
 
 
 # ---- command --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Command-line options shared by the commands that train with tokenlm.train (pretrain, vocoder).
+"""Command-line options shared by the commands that train with tokenlm.training (pretrain, vocoder).
 
     @training_options(LM_TRAINING_DEFAULTS, items="Sequences (of context codes)", seeds="batches and dropout")
     def command(run, ..., device, no_progress, **options): ...
@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 import click
 
 from tokenlm.config import build
-from tokenlm.train import TrainConfig
+from tokenlm.training import TrainConfig
 
 
 def training_options(defaults: Mapping[str, Any], *, items: str, seeds: str) -> Callable:

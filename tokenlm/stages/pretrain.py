@@ -48,7 +48,7 @@ from tokenlm.pipeline import RunContext
 from tokenlm.rundir import METRICS, SPLITS, TRAIN_LOG, RunDir, TokensMeta, bin_file, read_tokens_meta
 from tokenlm.stages.options import training_options
 from tokenlm.store import RaggedSplit
-from tokenlm.train import TrainConfig, distributed_stage, train
+from tokenlm.training import TrainConfig, distributed_stage, train
 
 # The LM's training defaults where they differ from TrainConfig's generic ones.
 LM_TRAINING_DEFAULTS = {"steps": 2000, "batch_size": 8, "lr": 1e-3, "warmup_steps": 100, "eval_every": 100,
@@ -72,7 +72,7 @@ def lm_configs(section: dict | None = None, overrides: dict | None = None) -> tu
 
 class PackedClips:
     """Training batches of packed, clip-aligned sequences (module docstring), drawn from a
-    numpy Generator only, so a batch is a pure function of (seed, rank, step): see tokenlm.train.
+    numpy Generator only, so a batch is a pure function of (seed, rank, step): see tokenlm.training.
     Returns (input_ids (B, context), labels (B, context)); nothing is padded."""
 
     def __init__(self, split: RaggedSplit, bos: int, context: int):

@@ -26,18 +26,13 @@ Writes RUN/probe/results.json and RUN/probe/report.md. A row whose artifacts are
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import click
 
 from tokenlm.artifacts import Stage, stage_key, write_json
-from tokenlm.config import build, to_dict
-from tokenlm.errors import ConfigError
+from tokenlm.config import to_dict
 from tokenlm.evaluation.clips import LabelledClips
-from tokenlm.evaluation.linear_probe import DEFAULT_CS
 from tokenlm.evaluation.probe_table import render_report
 from tokenlm.evaluation.representations import (
     Unavailable, autoencoder_bottleneck, bag_of_codes, lm_layers, load_codes, logmel_stats, tokenizer_cost,
@@ -46,66 +41,9 @@ from tokenlm.evaluation.representations import (
 from tokenlm.evaluation.rows import baseline_row, headline, representation_row, selection_score, skipped_row
 from tokenlm.pipeline import RunContext
 from tokenlm.rundir import REPORT, RESULTS, RunDir, as_run, is_finished
-from tokenlm.stages.baselines import BaselinesConfig, parse_baselines, train_baselines
-
-SECTION = "probe"  # the recipe section of both ProbeConfig and BaselinesConfig
-
-
-@dataclass(frozen=True)
-class ProbeConfig:
-    """The probe's keys of the ``probe:`` recipe section (the CNNs' keys: BaselinesConfig)."""
-
-    baselines: tuple[str, ...] = ()  # any of vgg, simclr, timbre: trained (or reused), then tabled
-    layers: str = "all"  # LM layers to probe: "all" or "0,2,4" (0 = embedding output)
-    codebook_size: int | None = None  # codes to probe (bag of codes, LM); None: the run's current K
-    cs: tuple[float, ...] = DEFAULT_CS  # inverse L2 strengths tried on val
-    max_iter: int = 2000  # lbfgs iterations per fit
-    seed: int = 0  # the probes' and the baselines'
-    folds: bool = True  # also cross-validate over official folds when the dataset has them
-    lm_batch_clips: int = 16  # clips per LM forward pass
-
-    def __post_init__(self):
-        object.__setattr__(self, "baselines", parse_baselines(self.baselines))
-        object.__setattr__(self, "layers", _layers_text(self.layers))
-        if not self.cs or min(self.cs) <= 0:
-            raise ValueError("cs must be a non-empty list of positive numbers")
-
-
-def _layers_text(value) -> str:
-    """Normalise ``layers`` (a string, an int, or a YAML list) to "all" or "0,2,4"."""
-    if isinstance(value, (list, tuple)):
-        value = ",".join(str(v) for v in value)
-    text = str(value).strip().lower().replace(" ", "")
-    if text in ("", "all"):
-        return "all"
-    try:
-        numbers = [int(v) for v in text.split(",") if v]
-    except ValueError:
-        numbers = []
-    if not numbers:
-        raise ValueError(f"layers takes 'all' or a comma list of layer numbers, got {value!r}")
-    if min(numbers) < 0:
-        raise ValueError("layer numbers start at 0 (the embedding output)")
-    return ",".join(str(n) for n in sorted(set(numbers)))
-
-
-def configs(*layers: Mapping | None) -> tuple[ProbeConfig, BaselinesConfig]:
-    """The probe's and the baselines' configs out of one flat ``probe:`` section and command-
-    line overrides, layered in order (None values fall through). Each key goes to the config
-    that has it; a key that neither has is an error naming the keys of both."""
-    owners = {f.name: cls for cls in (ProbeConfig, BaselinesConfig) for f in dataclasses.fields(cls)}
-    for layer in layers:
-        for key in layer or {}:
-            if key.replace("-", "_") not in owners:
-                raise ConfigError(f"unknown option '{SECTION}.{key.replace('-', '_')}' "
-                                  f"(known: {', '.join(sorted(owners))})")
-
-    def part(cls, layer):
-        return {k: v for k, v in (layer or {}).items() if owners[k.replace("-", "_")] is cls}
-
-    return (build(ProbeConfig, *(part(ProbeConfig, layer) for layer in layers), where=SECTION),
-            build(BaselinesConfig, *(part(BaselinesConfig, layer) for layer in layers), where=SECTION))
-
+from tokenlm.runtime import pick_device, seed_everything
+from tokenlm.stages.baselines import train_baselines
+from tokenlm.stages.probe_config import SECTION, BaselinesConfig, ProbeConfig, configs
 
 # ---- the stage ------------------------------------------------------------------------
 
@@ -119,8 +57,6 @@ def probe(run: str | Path | RunDir, config: ProbeConfig = ProbeConfig(),
     LM rows RUN/lm or ``lm_dir`` (each skipped with its reason when missing). Writes RUN/probe,
     or ``out_dir`` (the sweep probes one LM per codebook size), and returns it.
     """
-    from tokenlm.runtime import pick_device, seed_everything  # torch: keeps `--help` fast
-
     run = as_run(run)
     clips = LabelledClips(run)
     torch_device = pick_device(device)

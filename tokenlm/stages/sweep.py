@@ -29,7 +29,11 @@ from tokenlm.errors import TokenlmError
 from tokenlm.pipeline import RunContext
 from tokenlm.rundir import METRICS, REPORT, RESULTS, SWEEP_JSON, SWEEP_TABLE, RunDir, figure_file, is_finished
 from tokenlm.runtime import pick_device
+from tokenlm.stages.pretrain import lm_configs, pretrain
+from tokenlm.stages.probe import probe
+from tokenlm.stages.probe_config import configs
 from tokenlm.stages.tokenize import encode_run_stage, fit_codebook_stage
+from tokenlm.stages.vocoder import VocoderConfig, train_vocoder
 from tokenlm.store import RaggedSplit
 
 
@@ -124,8 +128,6 @@ def _optional_columns(config: SweepConfig):
 def lm_columns(ctx: RunContext, k: int, *, steps: int | None = None) -> dict:
     """A code LM per K (the recipe's lm section, ``steps`` capped); its val perplexity and bits
     per second, beside the unigram and bigram references on the same codes."""
-    from tokenlm.stages.pretrain import lm_configs, pretrain
-
     model, training = lm_configs(ctx.section("lm"))
     if steps:
         training = dataclasses.replace(training, steps=steps, warmup_steps=min(training.warmup_steps, steps // 10),
@@ -139,8 +141,6 @@ def lm_columns(ctx: RunContext, k: int, *, steps: int | None = None) -> dict:
 
 def probe_columns(ctx: RunContext, k: int) -> dict:
     """Linear-probe test accuracy of that K's LM (best layer on val) and of its bag of codes."""
-    from tokenlm.stages.probe import configs, probe
-
     config, baseline_config = configs(ctx.section("probe"), {"codebook_size": k, "baselines": ()})
     out = probe(ctx.run.root, config, baseline_config, device=ctx.device, progress=False,
                 lm_dir=ctx.run.sweep_k(k).lm, out_dir=ctx.run.sweep_k(k).probe)
@@ -158,9 +158,7 @@ def _accuracy(row: dict | None) -> float | None:
 
 def vocoder_columns(ctx: RunContext, k: int) -> dict:
     """A vocoder per K (the recipe's vocoder section); its resynthesis distances on val clips."""
-    from tokenlm.stages.vocoder import train_vocoder, vocoder_config
-
-    out = train_vocoder(ctx.run.root, vocoder_config(ctx.recipe_path), codebook_size=k, device=ctx.device,
+    out = train_vocoder(ctx.run, VocoderConfig.from_section(ctx.section("vocoder")), codebook_size=k, device=ctx.device,
                         out_dir=ctx.run.sweep_k(k).vocoder)
     metrics = read_json(out / METRICS)
     return {"vocoder_logmel_db": metrics["vocoder_logmel_db"], "vocoder_lsd_db": metrics["vocoder_lsd_db"]}

@@ -11,6 +11,7 @@ call on new audio, so a clip always gets the same codes however it is encoded.
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,6 +37,10 @@ from tokenlm.store import RaggedSplit, RaggedWriter
 from tokenlm.tokenizer import (
     AudioTokenizer, AutoencoderTraining, PatchCoder, TokenizerConfig, load_patch_coder, save_patch_coder,
 )
+from tokenlm.training import DistContext, EpochBatches, TrainConfig
+from tokenlm.training import train as train_loop
+
+TRAINING_DIR = "training"  # inside the stage's work folder while the autoencoder trains
 
 
 def tokenize(run: str | Path, config: TokenizerConfig = TokenizerConfig(), codebook: CodebookConfig = CodebookConfig(),
@@ -73,11 +78,12 @@ def _train_autoencoder(run: RunDir, work: Path, ae: AutoencoderConfig, training:
     val_patches = PatchSampler(feats, "val", features, coder)
     if len(train_patches) == 0:
         raise TokenlmError("the train split has no clip as long as a patch: nothing to train the autoencoder on")
-    history = _fit_autoencoder(coder, train_patches, val_patches, training, device, progress)
+    history = _fit_autoencoder(coder, train_patches, val_patches, training, device, progress, work / TRAINING_DIR)
     metrics = {**history, **reconstruction_metrics(coder, val_patches if len(val_patches) else train_patches,
                                                    training.max_val_patches, training.seed)}
     save_patch_coder(coder.cpu(), work, extra={"metrics": metrics})
     write_json(work / METRICS, metrics)
+    shutil.rmtree(work / TRAINING_DIR)  # checkpoints and log were for resuming; the model is saved
     _say(f"autoencoder: val reconstruction {metrics['recon_rmse_db']:.2f} dB RMSE "
          f"({metrics['recon_relative_mse']:.3f} of the patch variance) -> {run.tokenizer}")
     return {"metrics": {k: v for k, v in metrics.items() if not isinstance(v, list)}}
@@ -113,37 +119,29 @@ class PatchSampler:
 
 
 def _fit_autoencoder(coder: PatchCoder, train: PatchSampler, val: PatchSampler, cfg: AutoencoderTraining,
-                     device: torch.device, progress: bool) -> dict:
-    """MSE on normalised patches with AdamW; keeps the weights of the best val epoch."""
+                     device: torch.device, progress: bool, work_dir: Path, callbacks=()) -> dict:
+    """MSE on normalised patches through the shared training loop: AdamW at a constant
+    learning rate, one evaluation per epoch (MSE on val, or on the train split when val is
+    empty), early stopping after ``patience`` epochs without improvement, the best epoch's
+    weights kept. Checkpoints in ``work_dir``, so an interrupted stage resumes; ``callbacks``
+    are the training loop's (``f(step, record)`` after every step)."""
     model = coder.autoencoder
-    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rng = np.random.default_rng(cfg.seed)
-    val_idx = _subsample(len(val), cfg.max_val_patches, cfg.seed)
-    best, best_state, best_epoch, log = math.inf, None, 0, []
-    steps = math.ceil(len(train) / cfg.batch_size)
-    bar = tqdm(range(cfg.epochs), desc="autoencoder", unit="epoch", disable=not progress)
-    for epoch in bar:
-        model.train()
-        order = rng.permutation(len(train))
-        total = 0.0
-        for step in range(steps):
-            batch = train.get(order[step * cfg.batch_size:(step + 1) * cfg.batch_size])
-            loss = torch.nn.functional.mse_loss(model(batch), batch)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            total += loss.item()
-        val_loss = _mse(model, val, val_idx, cfg.batch_size) if len(val_idx) else total / steps
-        log.append({"epoch": epoch + 1, "train_mse": total / steps, "val_mse": val_loss})
-        bar.set_postfix(train=f"{total / steps:.4f}", val=f"{val_loss:.4f}")
-        if val_loss < best - 1e-6:
-            best, best_epoch = val_loss, epoch + 1
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        elif epoch + 1 - best_epoch >= cfg.patience:
-            break
-    model.load_state_dict(best_state)
-    model.eval()
-    return {"epochs_run": len(log), "best_epoch": best_epoch, "best_val_mse": best, "history": log}
+    data = EpochBatches(len(train), cfg.batch_size, lambda rng, indices: train.get(indices))
+    epoch = data.steps_per_epoch
+    held_out = val if len(val) else train
+    held_out_idx = _subsample(len(held_out), cfg.max_val_patches, cfg.seed)
+    loop = TrainConfig.for_epochs(data, cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, patience=cfg.patience,
+                                  seed=cfg.seed)
+    result = train_loop(model, loop, work_dir,
+                        loss_fn=lambda m, batch: torch.nn.functional.mse_loss(m(batch), batch),
+                        train_batch=data,
+                        evaluate=lambda m: {"val_mse": _mse(m, held_out, held_out_idx, cfg.batch_size)},
+                        monitor="val_mse", dist=DistContext.single(device), progress=progress,
+                        callbacks=callbacks, desc="autoencoder")
+    history = [{"epoch": h["step"] // epoch, "train_mse": h["train_loss"], "val_mse": h["val_mse"]}
+               for h in result.history]
+    return {"epochs_run": len(history), "best_epoch": result.best_step // epoch, "best_val_mse": result.best_value,
+            "history": history}
 
 
 @torch.no_grad()

@@ -44,7 +44,7 @@ from tokenlm.stages.generate import pipeline_example
 from tokenlm.stages.options import training_options
 from tokenlm.store import RaggedSplit
 from tokenlm.tokenizer import AudioTokenizer
-from tokenlm.train import TrainConfig, distributed_stage, train
+from tokenlm.training import TrainConfig, distributed_stage, train
 from tokenlm.vocoder import Vocoder, save_vocoder, write_wav
 from tokenlm.vocoder_data import (
     AlignedAudio, CropBatches, clip_paths, count_scored, load_aligned, spread, validation_crops, wavenet_loss,

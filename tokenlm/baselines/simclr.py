@@ -11,24 +11,29 @@ sound's identity alone:
 - a random gain in dB,
 - time and frequency masking (SpecAugment) after normalisation.
 
-The embedding probed afterwards is the trunk's pooled output, *before* the projection head
-(the head's output throws away what the augmentations vary, which a downstream task may need).
+The network (trunk + projection head) is ``tokenlm.models.simclr.SimCLRModel``; the
+embedding probed afterwards is the trunk's pooled output, *before* the projection head.
+Training runs on the shared loop, one epoch a pass over the clips.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from tokenlm.models.cnn import VGGish, random_crops
+from tokenlm.baselines.cnn import random_crops
+from tokenlm.models.simclr import SimCLRModel
+from tokenlm.training import DistContext, EpochBatches, TrainConfig, checkpoint_folder
+from tokenlm.training import train as train_loop
 
-__all__ = ["AugmentConfig", "SimCLRConfig", "SimCLRModel", "augment", "nt_xent", "train_simclr"]
+__all__ = ["AugmentConfig", "SimCLRConfig", "augment", "nt_xent", "train_simclr"]
 
 _DB = 10.0 / math.log(10.0)  # dB per neper of power: 10*log10(p) = _DB * ln(p)
 
@@ -49,7 +54,7 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class SimCLRConfig:
-    """Contrastive training of the trunk."""
+    """Contrastive training of the trunk (``projection_dim`` sizes SimCLRModel's head)."""
 
     crop_frames: int = 100
     batch_size: int = 64
@@ -59,19 +64,6 @@ class SimCLRConfig:
     temperature: float = 0.1
     projection_dim: int = 128
     seed: int = 0
-
-
-class SimCLRModel(nn.Module):
-    """Trunk (pooled embedding) + 2-layer projection head used only by the loss."""
-
-    def __init__(self, trunk: VGGish, projection_dim: int):
-        super().__init__()
-        self.trunk = trunk
-        d = trunk.embed_dim
-        self.projector = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, projection_dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.projector(self.trunk.embed(x))  # (B, projection_dim)
 
 
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
@@ -129,48 +121,38 @@ def train_simclr(
     augment_config: AugmentConfig = AugmentConfig(),
     device: str | torch.device = "cpu",
     progress: bool = True,
+    *,
+    work_dir: Path | None = None,
+    callbacks: Iterable[Callable[[int, dict], None]] = (),
 ) -> dict:
     """Train ``model`` with NT-Xent on two views of each clip (T, F) in dB; no labels seen.
 
+    Checkpoints go to ``work_dir`` (a rerun resumes there) or, without one, a temporary
+    folder; ``callbacks`` are the training loop's (``f(step, record)`` after every step).
     Returns the loss history and wall time; ``model`` ends in eval mode.
     """
-    from tqdm.auto import tqdm
-
     if len(clips_db) < 2:
         raise ValueError("SimCLR needs at least two training clips (the others are its negatives)")
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
     mean_t = torch.as_tensor(np.asarray(mean), dtype=torch.float32)
     std_t = torch.as_tensor(np.asarray(std), dtype=torch.float32)
-    model.to(device)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    history, start = [], time.perf_counter()
-    bar = tqdm(range(1, config.epochs + 1), desc="simclr", disable=not progress, leave=False)
-    for epoch in bar:
-        model.train()
-        order = rng.permutation(len(clips_db))
-        total, count = 0.0, 0
-        for s in range(0, len(order), config.batch_size):
-            index = order[s : s + config.batch_size]
-            if len(index) < 2:
-                continue  # one clip has no negatives
-            batch = [clips_db[i] for i in index]
-            # Two independent crops: the views see different stretches of the clip.
-            views = [
-                augment(random_crops(batch, config.crop_frames, rng), mean_t, std_t, augment_config, generator)
-                for _ in range(2)
-            ]
-            loss = nt_xent(model(views[0].to(device)), model(views[1].to(device)), config.temperature)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            total += loss.item() * len(index)
-            count += len(index)
-        history.append({"epoch": epoch, "train_loss": total / max(count, 1)})
-        bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}")
-    model.eval()
-    return {"history": history, "epochs_run": len(history), "train_seconds": round(time.perf_counter() - start, 3)}
+
+    def views(rng, indices):
+        batch = [clips_db[i] for i in indices]
+        generator = torch.Generator().manual_seed(int(rng.integers(2**63)))  # the step's augmentations
+        # Two independent crops: the views see different stretches of the clip.
+        return tuple(augment(random_crops(batch, config.crop_frames, rng), mean_t, std_t, augment_config, generator)
+                     for _ in range(2))
+
+    # A lone clip has no negatives: an epoch's single last clip waits for the next shuffle.
+    data = EpochBatches(len(clips_db), config.batch_size, views, min_batch=2)
+    loop = TrainConfig.for_epochs(data, config.epochs, lr=config.lr, weight_decay=config.weight_decay,
+                                  seed=config.seed)
+    with checkpoint_folder(work_dir) as folder:
+        result = train_loop(model, loop, folder, loss_fn=lambda m, v: nt_xent(m(v[0]), m(v[1]), config.temperature),
+                            train_batch=data, dist=DistContext.single(device), progress=progress, callbacks=callbacks,
+                            desc="simclr")
+    history = [{"epoch": h["step"] // data.steps_per_epoch, "train_loss": h["train_loss"]} for h in result.history]
+    return {"history": history, "epochs_run": len(history), "train_seconds": result.elapsed_s}
 
 
 # ---- helpers ------------------------------------------------------------------------
