@@ -300,12 +300,12 @@ def test_autoencoder_training_resumes_exactly_after_an_interruption(run, tmp_pat
     """The autoencoder trains on the shared loop: a crash early in epoch 2 and a rerun in the
     same folder end with the weights and metrics of an uninterrupted run."""
     from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
-    from tokenlm.stages.prepare import load_feature_config
+    from tokenlm.rundir import RunDir, read_feature_meta
     from tokenlm.stages.tokenize import PatchSampler, _fit_autoencoder
     from tokenlm.tokenizer import AutoencoderTraining, PatchCoder
 
-    features = load_feature_config(run)
-    norm = read_json(run / "features" / "meta.json")["norm"]
+    meta = read_feature_meta(RunDir(run).features)
+    features, norm = meta.config, {"mean": meta.norm_mean, "std": meta.norm_std}
 
     def fit(folder, callbacks=()):
         torch.manual_seed(0)
