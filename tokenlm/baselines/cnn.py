@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from tokenlm.config import build
 from tokenlm.errors import ArtifactError
 from tokenlm.models.cnn import MODELS
+from tokenlm.rundir import CONFIG, MODEL_WEIGHTS
 from tokenlm.training import DistContext, EpochBatches, TrainConfig, checkpoint_folder
 from tokenlm.training import train as train_loop
 
@@ -95,9 +96,9 @@ def save_model(model: nn.Module, directory: str | Path, extra: dict | None = Non
     directory.mkdir(parents=True, exist_ok=True)
     kind = next(name for name, (_, cls) in MODELS.items() if isinstance(model, cls))
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / "model.safetensors"))
+    save_file(state, str(directory / MODEL_WEIGHTS))
     record = {"kind": kind, "config": dataclasses.asdict(model.config), **(extra or {})}
-    (directory / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+    (directory / CONFIG).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
@@ -105,7 +106,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
     from safetensors.torch import load_file
 
     directory = Path(directory)
-    config_path, weights_path = directory / "config.json", directory / "model.safetensors"
+    config_path, weights_path = directory / CONFIG, directory / MODEL_WEIGHTS
     if not config_path.is_file() or not weights_path.is_file():
         raise ArtifactError(f"{directory} has no saved CNN (config.json + model.safetensors)")
     record = json.loads(config_path.read_text())

@@ -29,9 +29,11 @@ from tokenlm.data import SPLITS, SplitConfig, assign_splits, scan_dataset
 from tokenlm.errors import AudioError, TokenlmError
 from tokenlm.features import FeatureConfig
 from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
-from tokenlm.runtime import bounded_map, kernel_threads, pick_device, seed_everything
 from tokenlm.pipeline import RunContext
-from tokenlm.rundir import CODEBOOK, CONFIG, META, METRICS, STAGE_FILE, RunDir, as_run, is_finished, read_feature_meta
+from tokenlm.rundir import (
+    CODEBOOK, CONFIG, META, METRICS, STAGE_FILE, TRAINING, RunDir, as_run, is_finished, read_feature_meta,
+)
+from tokenlm.runtime import bounded_map, kernel_threads, pick_device, seed_everything
 from tokenlm.stages.prepare import prepare
 from tokenlm.store import RaggedSplit, RaggedWriter
 from tokenlm.tokenizer import (
@@ -40,7 +42,6 @@ from tokenlm.tokenizer import (
 from tokenlm.training import DistContext, EpochBatches, TrainConfig
 from tokenlm.training import train as train_loop
 
-TRAINING_DIR = "training"  # inside the stage's work folder while the autoencoder trains
 
 
 def tokenize(run: str | Path, config: TokenizerConfig = TokenizerConfig(), codebook: CodebookConfig = CodebookConfig(),
@@ -78,12 +79,12 @@ def _train_autoencoder(run: RunDir, work: Path, ae: AutoencoderConfig, training:
     val_patches = PatchSampler(feats, "val", features, coder)
     if len(train_patches) == 0:
         raise TokenlmError("the train split has no clip as long as a patch: nothing to train the autoencoder on")
-    history = _fit_autoencoder(coder, train_patches, val_patches, training, device, progress, work / TRAINING_DIR)
+    history = _fit_autoencoder(coder, train_patches, val_patches, training, device, progress, work / TRAINING)
     metrics = {**history, **reconstruction_metrics(coder, val_patches if len(val_patches) else train_patches,
                                                    training.max_val_patches, training.seed)}
     save_patch_coder(coder.cpu(), work, extra={"metrics": metrics})
     write_json(work / METRICS, metrics)
-    shutil.rmtree(work / TRAINING_DIR)  # checkpoints and log were for resuming; the model is saved
+    shutil.rmtree(work / TRAINING)  # checkpoints and log were for resuming; the model is saved
     _say(f"autoencoder: val reconstruction {metrics['recon_rmse_db']:.2f} dB RMSE "
          f"({metrics['recon_relative_mse']:.3f} of the patch variance) -> {run.tokenizer}")
     return {"metrics": {k: v for k, v in metrics.items() if not isinstance(v, list)}}

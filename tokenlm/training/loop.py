@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from tokenlm.errors import ArtifactError, ConfigError
+from tokenlm.rundir import BEST_CHECKPOINT, CHECKPOINTS, LAST_CHECKPOINT, TRAIN_LOG
 from tokenlm.training import checkpoint
 from tokenlm.training.checkpoint import atomic_torch_save, load_checkpoint, unwrap, weights
 from tokenlm.training.config import TrainConfig, TrainResult
@@ -22,10 +23,6 @@ from tokenlm.training.distributed import DistContext, all_reduce_sum, setup_dist
 from tokenlm.training.log import CsvLog, GracefulInterrupt, Window, log_row, postfix, progress_bar
 from tokenlm.training.optim import autocast, make_optimizer, make_scheduler
 
-CKPT_DIR = "ckpt"
-LAST = "last.pt"
-BEST = "best.pt"
-LOG_FILE = "train_log.csv"
 MODES = ("min", "max")
 
 LossFn = Callable[[nn.Module, Batch], "torch.Tensor | tuple[torch.Tensor, int]"]
@@ -99,7 +96,7 @@ def train(
     _check_epochs(train_batch, cfg, dist)
     device = dist.device
     work_dir = Path(work_dir)
-    ckpt_dir = work_dir / CKPT_DIR
+    ckpt_dir = work_dir / CHECKPOINTS
     if dist.is_main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         checkpoint.remove_partial_writes(ckpt_dir)
@@ -109,7 +106,7 @@ def train(
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)
     state = _State()
-    resumed_from = _resume(ckpt_dir / LAST, model, optimizer, scheduler, state, dist)
+    resumed_from = _resume(ckpt_dir / LAST_CHECKPOINT, model, optimizer, scheduler, state, dist)
 
     wrapped = model
     if dist.distributed:
@@ -117,12 +114,12 @@ def train(
 
     validates = val_batches is not None or evaluate is not None
     metric_names = list(val_metrics(1.0)) if val_metrics else []
-    log = CsvLog(work_dir / LOG_FILE, items_name, metric_names) if dist.is_main else None
+    log = CsvLog(work_dir / TRAIN_LOG, items_name, metric_names) if dist.is_main else None
     elapsed_before = log.open(resume_step=state.step) if log else 0.0
 
     def save_last():
         if dist.is_main:
-            checkpoint.save_last(ckpt_dir / LAST, model, optimizer, scheduler, dataclasses.asdict(state),
+            checkpoint.save_last(ckpt_dir / LAST_CHECKPOINT, model, optimizer, scheduler, dataclasses.asdict(state),
                                  {"seed": cfg.seed, "step": state.step, "world_size": dist.world_size})
 
     bar = progress_bar(cfg.steps, state.step, desc, enabled=progress and dist.is_main)
@@ -178,12 +175,12 @@ def train(
 
     dist.barrier()  # rank 0 may still be writing best.pt from the last evaluation
     if state.best_step is not None:
-        best = load_checkpoint(ckpt_dir / BEST, device)
+        best = load_checkpoint(ckpt_dir / BEST_CHECKPOINT, device)
         model.load_state_dict(best["model"])
     model.eval()
     return TrainResult(step=state.step, best_step=state.best_step, best_val_loss=_val_loss_at_best(state, monitor),
                        stopped_early=state.stopped_early, resumed_from=resumed_from,
-                       log_path=(work_dir / LOG_FILE) if dist.is_main else None, best_value=state.best_val,
+                       log_path=(work_dir / TRAIN_LOG) if dist.is_main else None, best_value=state.best_val,
                        history=list(state.history), elapsed_s=round(time.time() - started, 3))
 
 
@@ -276,7 +273,7 @@ def _track_best(state: _State, metrics: dict, monitor: str, mode: str, step: int
     if _improves(value, state.best_val, mode):
         state.best_val, state.best_step, state.bad_evals = value, step, 0
         if dist.is_main:
-            atomic_torch_save({"model": weights(model), "step": step, monitor: value}, ckpt_dir / BEST)
+            atomic_torch_save({"model": weights(model), "step": step, monitor: value}, ckpt_dir / BEST_CHECKPOINT)
     else:
         state.bad_evals += 1
         if cfg.patience and state.bad_evals >= cfg.patience:
