@@ -160,11 +160,11 @@ def gaussian_mixture(n: int, d: int, components: int, seed: int) -> np.ndarray:
 def run_vectors(run: Path) -> np.ndarray:
     """The un-quantised bottleneck vectors of the run's train split, as the codebook stage sees them."""
     from tokenlm.rundir import RunDir
-    from tokenlm.stages.tokenize import PatchSampler, _bottlenecks
+    from tokenlm.tokenizer_training import PatchSampler, bottlenecks
     from tokenlm.tokenizer import load_patch_coder
 
     coder = load_patch_coder(RunDir(run).tokenizer)
-    return _bottlenecks(coder, PatchSampler(RunDir(run).features, "train", coder.features, coder))
+    return bottlenecks(coder, PatchSampler(RunDir(run).features, "train", coder.features, coder))
 
 
 if __name__ == "__main__":

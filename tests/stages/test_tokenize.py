@@ -301,7 +301,7 @@ def test_autoencoder_training_resumes_exactly_after_an_interruption(run, tmp_pat
     same folder end with the weights and metrics of an uninterrupted run."""
     from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
     from tokenlm.rundir import RunDir, read_feature_meta
-    from tokenlm.stages.tokenize import PatchSampler, _fit_autoencoder
+    from tokenlm.tokenizer_training import PatchSampler, fit_autoencoder
     from tokenlm.tokenizer import AutoencoderTraining, PatchCoder
 
     meta = read_feature_meta(RunDir(run).features)
@@ -312,7 +312,7 @@ def test_autoencoder_training_resumes_exactly_after_an_interruption(run, tmp_pat
         autoencoder = PatchAutoencoder(features.patch_dim, AutoencoderConfig(hidden=(16, 8), bottleneck=4))
         coder = PatchCoder(features, norm["mean"], norm["std"], autoencoder)
         train, val = (PatchSampler(run / "features", split, features, coder) for split in ("train", "val"))
-        metrics = _fit_autoencoder(coder, train, val, AutoencoderTraining(epochs=3, batch_size=32),
+        metrics = fit_autoencoder(coder, train, val, AutoencoderTraining(epochs=3, batch_size=32),
                                    torch.device("cpu"), False, folder, callbacks)
         return autoencoder.state_dict(), metrics
 
