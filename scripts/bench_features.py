@@ -74,7 +74,7 @@ def synthesise(out: Path, n: int, seconds: float, rate: int, channels: int) -> l
 
 
 def dataset_items(data: str) -> list[tuple[str, str]]:
-    from tokenlm.data import scan_dataset
+    from tokenlm.datasets import scan_dataset
 
     _, clips = scan_dataset(data)
     return [(str(Path(c.path).resolve()), c.label or "none") for c in clips]

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tokenlm.artifacts import STAGE_FILE, read_json, write_json
+from tokenlm.datasets import SPLITS  # noqa: F401  (re-exported: every split-wise store folder uses them)
 from tokenlm.errors import ArtifactError
 
 if TYPE_CHECKING:
@@ -61,7 +62,6 @@ TRAINING = "training"  # the autoencoder's checkpoints and log while it trains
 SWEEP_TABLE = "sweep.csv"
 SWEEP_JSON = "sweep.json"
 REPORT_FILES = "report_files"
-SPLITS = ("train", "val", "test")
 
 
 def bin_file(split: str) -> str:

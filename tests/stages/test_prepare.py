@@ -13,7 +13,7 @@ import torch
 from tokenlm.artifacts import STAGE_FILE, Stage, features_dir, read_json, read_jsonl
 from tokenlm.audio import load_audio
 from tokenlm.cli import main
-from tokenlm.data import SPLITS
+from tokenlm.datasets import SPLITS
 from tokenlm.errors import TokenlmError
 from tokenlm.features import FeatureConfig, LogMel
 from tokenlm.rundir import MANIFEST, RunDir, read_feature_meta

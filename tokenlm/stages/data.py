@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from tokenlm.config import build, recipe_section
-from tokenlm.data import SPLITS, SplitConfig, assign_splits, scan_dataset
+from tokenlm.datasets import SPLITS, SplitConfig, assign_splits, scan_dataset
 from tokenlm.pipeline import RunContext
 
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from tokenlm.artifacts import Stage, fingerprint, read_jsonl, write_json, write_jsonl
 from tokenlm.audio import load_audio
 from tokenlm.config import to_dict
-from tokenlm.data import SPLITS, Clip, SplitConfig, assign_splits, scan_dataset
+from tokenlm.datasets import SPLITS, Clip, SplitConfig, assign_splits, scan_dataset
 from tokenlm.errors import AudioError, TokenlmError
 from tokenlm.features import FeatureConfig, LogMel, RunningStats
 from tokenlm.runtime import bounded_map, cpu_threads, kernel_threads

@@ -25,7 +25,7 @@ from tokenlm.artifacts import Stage, read_json, read_jsonl, stage_key, write_jso
 from tokenlm.audio import load_audio
 from tokenlm.codebook import CodebookConfig, fit_codebook
 from tokenlm.config import build, to_dict
-from tokenlm.data import SPLITS, SplitConfig, assign_splits, scan_dataset
+from tokenlm.datasets import SPLITS, SplitConfig, assign_splits, scan_dataset
 from tokenlm.errors import AudioError, TokenlmError
 from tokenlm.features import FeatureConfig
 from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder

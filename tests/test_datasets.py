@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tokenlm.data import Clip, SplitConfig, assign_splits, detect_layout, scan_dataset
+from tokenlm.datasets import Clip, SplitConfig, assign_splits, detect_layout, scan_dataset
 from tokenlm.errors import ConfigError
 
 
