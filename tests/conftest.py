@@ -159,3 +159,27 @@ def tiny_run(tmp_path_factory) -> Path:
     finally:
         torch.set_num_threads(previous)
     return run
+
+
+class Crash(Exception):
+    """Raised by a training callback to stand for a crash (kill -9, power cut) mid-run."""
+
+
+def crash_at(step_to_crash: int):
+    """A training-loop callback that crashes after step ``step_to_crash``."""
+    def callback(step, record):
+        if step == step_to_crash:
+            raise Crash
+    return callback
+
+
+def crash_and_resume(fit, tmp_path, capsys, crash):
+    """``fit(folder, callbacks) -> result`` three times: uninterrupted in one folder; in another
+    until the ``crash`` callback fires, then again there (resuming). Returns (uninterrupted
+    result, resumed result, what the resumed run printed on stderr)."""
+    reference = fit(tmp_path / "reference")
+    with pytest.raises(Crash):
+        fit(tmp_path / "resumed", [crash])
+    capsys.readouterr()
+    resumed = fit(tmp_path / "resumed")
+    return reference, resumed, capsys.readouterr().err

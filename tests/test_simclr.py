@@ -12,6 +12,7 @@ from tokenlm.baselines.cnn import embed_clips
 from tokenlm.baselines.simclr import AugmentConfig, SimCLRConfig, augment, nt_xent, train_simclr
 from tokenlm.models.cnn import VGGConfig, VGGish
 from tokenlm.models.simclr import SimCLRModel
+from tests.conftest import crash_and_resume, crash_at
 
 # Tiny models: one torch thread (see conftest.py).
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -115,10 +116,6 @@ def test_training_lowers_the_loss_and_learns_to_tell_sounds_apart():
     assert after >= 0.8 and after >= before + 0.1, (before, after)
 
 
-class Crash(Exception):
-    pass
-
-
 def test_training_resumes_exactly_after_an_interruption(tmp_path, capsys):
     rng = np.random.default_rng(0)
     clips = [(-50 + 10 * rng.standard_normal((30, 8))).astype(np.float16) for _ in range(12)]
@@ -131,15 +128,7 @@ def test_training_resumes_exactly_after_an_interruption(tmp_path, capsys):
                            work_dir=folder, callbacks=callbacks)
         return model.state_dict(), log["history"]
 
-    def crash_at_step_5(step, record):
-        if step == 5:
-            raise Crash
-
-    reference, ref_history = fit(tmp_path / "ref")
-    with pytest.raises(Crash):
-        fit(tmp_path / "resumed", [crash_at_step_5])
-    capsys.readouterr()
-    resumed, history = fit(tmp_path / "resumed")
-    assert "resuming from step 3" in capsys.readouterr().err  # the end of epoch 1
+    (reference, ref_history), (resumed, history), err = crash_and_resume(fit, tmp_path, capsys, crash_at(5))
+    assert "resuming from step 3" in err  # the end of epoch 1
     assert history == ref_history and len(history) == 2
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)

@@ -20,6 +20,7 @@ from tokenlm.training import (
     EpochBatches, TrainConfig, atomic_torch_save, batch_rng, load_checkpoint, lr_factor, rng_state, set_rng_state,
     train,
 )
+from tests.conftest import Crash, crash_at
 
 W_TRUE = torch.tensor([[2.0, -1.0, 0.5]])
 
@@ -98,17 +99,6 @@ def test_rng_state_roundtrip_through_weights_only(tmp_path):
     set_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
     assert not list(tmp_path.glob(".*tmp*"))  # the temp file was renamed away
-
-
-class Crash(Exception):
-    pass
-
-
-def crash_at(step_to_crash):
-    def callback(step, record):
-        if step == step_to_crash:
-            raise Crash
-    return callback
 
 
 def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):

@@ -12,6 +12,7 @@ from tokenlm.baselines.cnn import (
     random_crops, save_model, train_classifier,
 )
 from tokenlm.models.cnn import TimbreCNN, TimbreConfig, VGGConfig, VGGish
+from tests.conftest import crash_and_resume, crash_at
 
 # Tiny models: one torch thread (see conftest.py).
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -88,10 +89,6 @@ def test_training_learns_a_separable_task_and_keeps_the_best_epoch():
     assert embed_clips(model, val[0], 16).shape == (6, 8)
 
 
-class Crash(Exception):
-    pass
-
-
 def test_training_resumes_exactly_after_an_interruption(tmp_path, capsys):
     rng = np.random.default_rng(1)
     labels = np.array([0, 1] * 10)
@@ -105,15 +102,7 @@ def test_training_resumes_exactly_after_an_interruption(tmp_path, capsys):
                                work_dir=folder, callbacks=callbacks)
         return model.state_dict(), {k: v for k, v in log.items() if k != "train_seconds"}
 
-    def crash_at_step_5(step, record):
-        if step == 5:
-            raise Crash
-
-    reference, ref_log = fit(tmp_path / "ref")
-    with pytest.raises(Crash):
-        fit(tmp_path / "resumed", [crash_at_step_5])
-    capsys.readouterr()
-    resumed, log = fit(tmp_path / "resumed")
-    assert "resuming from step 3" in capsys.readouterr().err  # the end of epoch 1
+    (reference, ref_log), (resumed, log), err = crash_and_resume(fit, tmp_path, capsys, crash_at(5))
+    assert "resuming from step 3" in err  # the end of epoch 1
     assert log == ref_log and [h["epoch"] for h in log["history"]] == [1, 2, 3]
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)  # batch-norm statistics too

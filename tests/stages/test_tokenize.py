@@ -15,7 +15,7 @@ import torch
 from tokenlm.artifacts import read_json, read_jsonl
 from tokenlm.store import RaggedSplit
 from tokenlm.tokenizer import AudioTokenizer, load_patch_coder
-from tests.conftest import run_cli as tokenlm, sound
+from tests.conftest import Crash, crash_and_resume, run_cli as tokenlm, sound
 
 SR = 16000
 RECIPE = """\
@@ -292,10 +292,6 @@ def test_error_without_features_or_data_is_one_line(tmp_path, capsys):
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
-class Crash(Exception):
-    pass
-
-
 def test_autoencoder_training_resumes_exactly_after_an_interruption(run, tmp_path, capsys):
     """The autoencoder trains on the shared loop: a crash early in epoch 2 and a rerun in the
     same folder end with the weights and metrics of an uninterrupted run."""
@@ -324,11 +320,7 @@ def test_autoencoder_training_resumes_exactly_after_an_interruption(run, tmp_pat
         if "val_mse" in record:
             first_epoch.append(step)
 
-    reference, ref_metrics = fit(tmp_path / "ref")
-    with pytest.raises(Crash):
-        fit(tmp_path / "resumed", [crash_early_in_epoch_2])
-    capsys.readouterr()
-    resumed, metrics = fit(tmp_path / "resumed")
-    assert f"resuming from step {first_epoch[0]}" in capsys.readouterr().err
+    (reference, ref_metrics), (resumed, metrics), err = crash_and_resume(fit, tmp_path, capsys, crash_early_in_epoch_2)
+    assert f"resuming from step {first_epoch[0]}" in err
     assert metrics == ref_metrics and metrics["epochs_run"] == 3
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)

@@ -45,6 +45,7 @@ from tokenlm.rundir import (
     EMBEDDINGS, EMBEDDINGS_INDEX, MODEL_RESULTS, MODEL_WEIGHTS, RESULTS, SPLITS, RunDir, fold_folder,
 )
 from tokenlm.runtime import pick_device, seed_everything
+from tokenlm.stages.options import baseline_options
 from tokenlm.stages.probe_config import BASELINES, SECTION, BaselinesConfig, ProbeConfig, configs
 
 TITLES = {
@@ -258,12 +259,7 @@ def _configs(ctx: RunContext, overrides: dict | None = None) -> tuple[ProbeConfi
               help="Comma list of baselines to train: vgg,simclr,timbre (default: the recipe's probe.baselines, "
                    "else all three).")
 @click.option("--config", "recipe", type=click.Path(dir_okay=False), help="Recipe YAML (section: probe; run.dir).")
-@click.option("--epochs", type=int, help="Upper bound on supervised baseline epochs (early stopping on val).")
-@click.option("--simclr-epochs", type=int, help="SimCLR training epochs.")
-@click.option("--seed", type=int, help="Seed for the baselines.")
-@click.option("--no-folds", is_flag=True, default=None, help="Skip the models of the official folds.")
-@click.option("--device", help="cpu, cuda or auto (default).")
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@baseline_options(seeds="the baselines", folds="the models of the official folds")
 def command(run, names, recipe, epochs, simclr_epochs, seed, no_folds, device, no_progress):
     """Train (or reuse) the CNN baselines of RUN, each cached under RUN/baselines/<name>/.
 

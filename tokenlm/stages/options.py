@@ -1,4 +1,5 @@
-"""Command-line options shared by the commands that train with tokenlm.training (pretrain, vocoder).
+"""Command-line options shared by several commands: training (pretrain, vocoder) and the CNN
+baselines (baselines, probe).
 
     @training_options(LM_TRAINING_DEFAULTS, items="Sequences (of context codes)", seeds="batches and dropout")
     def command(run, ..., device, no_progress, **options): ...
@@ -40,8 +41,29 @@ def training_options(defaults: Mapping[str, Any], *, items: str, seeds: str) -> 
         click.option("--no-progress", is_flag=True, help="No progress bars."),
     ]
 
+    return _all_of(options)
+
+
+def baseline_options(*, seeds: str, folds: str) -> Callable:
+    """Add --epochs, --simclr-epochs, --seed, --no-folds, --device and --no-progress: the
+    options of the commands that train the CNN baselines. ``seeds``: what the seed drives;
+    ``folds``: what --no-folds skips."""
+    options = [
+        click.option("--epochs", type=int, help="Upper bound on supervised baseline epochs (early stopping on val)."),
+        click.option("--simclr-epochs", type=int, help="SimCLR training epochs."),
+        click.option("--seed", type=int, help=f"Seed for {seeds}."),
+        click.option("--no-folds", is_flag=True, default=None, help=f"Skip {folds}."),
+        click.option("--device", help="cpu, cuda or auto (default)."),
+        click.option("--no-progress", is_flag=True, help="No progress bars."),
+    ]
+
+    return _all_of(options)
+
+
+def _all_of(options: list[Callable]) -> Callable:
+    """One decorator applying ``options`` so that they list in order, top first."""
     def decorate(command: Callable) -> Callable:
-        for option in reversed(options):  # click lists options in decorator order, top first
+        for option in reversed(options):  # click lists options in decorator order
             command = option(command)
         return command
 

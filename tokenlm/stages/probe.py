@@ -43,6 +43,7 @@ from tokenlm.pipeline import RunContext
 from tokenlm.rundir import REPORT, RESULTS, RunDir, as_run, is_finished
 from tokenlm.runtime import pick_device, seed_everything
 from tokenlm.stages.baselines import train_baselines
+from tokenlm.stages.options import baseline_options
 from tokenlm.stages.probe_config import SECTION, BaselinesConfig, ProbeConfig, configs
 
 # ---- the stage ------------------------------------------------------------------------
@@ -134,12 +135,7 @@ def run(ctx: RunContext) -> None:
 @click.option("-K", "--codebook-size", type=int,
               help="Codebook size whose codes are probed (default: the run's current).")
 @click.option("--config", "recipe", type=click.Path(dir_okay=False), help="Recipe YAML (section: probe; run.dir).")
-@click.option("--epochs", type=int, help="Upper bound on supervised baseline epochs (early stopping on val).")
-@click.option("--simclr-epochs", type=int, help="SimCLR training epochs.")
-@click.option("--seed", type=int, help="Seed for the probes and baselines.")
-@click.option("--no-folds", is_flag=True, default=None, help="Skip the cross-validation over official folds.")
-@click.option("--device", help="cpu, cuda or auto (default).")
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@baseline_options(seeds="the probes and baselines", folds="the cross-validation over official folds")
 def command(run, baselines, layers, codebook_size, recipe, epochs, simclr_epochs, seed, no_folds, device, no_progress):
     """Linear probes of every representation of RUN, beside the CNN baselines: one table.
 
