@@ -183,30 +183,3 @@ class Stage:
         os.replace(self.work_dir, self.out_dir)
         if old.exists():
             shutil.rmtree(old)
-
-
-# ---- transitional: the old path helpers, until every module uses tokenlm.rundir.RunDir ----
-
-def features_dir(run):
-    from tokenlm.rundir import RunDir
-    return RunDir(run).features
-
-
-def tokenizer_dir(run):
-    from tokenlm.rundir import RunDir
-    return RunDir(run).tokenizer
-
-
-def codebook_dir(run, k):
-    from tokenlm.rundir import RunDir
-    return RunDir(run).codebook(k)
-
-
-def tokens_dir(run, k=None):
-    from tokenlm.rundir import RunDir
-    return RunDir(run).tokens(k)
-
-
-def default_codebook_size(run):
-    from tokenlm.rundir import RunDir
-    return RunDir(run).codebook_size

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from tokenlm.artifacts import STAGE_FILE, Stage, features_dir, read_json, read_jsonl
+from tokenlm.artifacts import STAGE_FILE, Stage, read_json, read_jsonl
 from tokenlm.audio import load_audio
 from tokenlm.cli import main
 from tokenlm.datasets import SPLITS
@@ -62,7 +62,7 @@ def frames_of(path, config=FeatureConfig()):
 def test_prepare_end_to_end(corpus, tmp_path, capsys):
     run = tmp_path / "run"
     out = prepare(corpus, run, progress=False)
-    assert out == features_dir(run) and (out / STAGE_FILE).is_file()
+    assert out == RunDir(run).features and (out / STAGE_FILE).is_file()
     err = capsys.readouterr().err
     assert "19 clips ok, 4 skipped" in err
     for reason in ("cannot decode", "silent", "NaN", "too short"):
@@ -111,7 +111,7 @@ def test_norm_stats_come_from_train_only(corpus, tmp_path):
     manifest = [m for m in read_jsonl(run / MANIFEST) if m["status"] == "ok"]
     train = np.concatenate([frames_of(m["path"]) for m in manifest if m["split"] == "train"]).astype(np.float64)
     everything = np.concatenate([frames_of(m["path"]) for m in manifest]).astype(np.float64)
-    norm = read_json(features_dir(run) / "meta.json")["norm"]
+    norm = read_json(RunDir(run).features / "meta.json")["norm"]
     assert norm["frames"] == len(train)
     np.testing.assert_allclose(norm["mean"], train.mean(axis=0), rtol=1e-6, atol=1e-4)
     np.testing.assert_allclose(norm["std"], np.maximum(train.std(axis=0), 1e-3), rtol=1e-5, atol=1e-4)
@@ -153,7 +153,7 @@ def test_strict_fails_with_the_manifest_written(corpus, tmp_path):
         prepare(corpus, run, strict=True, progress=False)
     assert "\n" not in str(info.value)
     assert len(read_jsonl(run / MANIFEST)) == 23  # the reasons can be read
-    assert not (features_dir(run) / STAGE_FILE).exists()  # nothing looks finished
+    assert not (RunDir(run).features / STAGE_FILE).exists()  # nothing looks finished
 
     prepare(corpus, run, progress=False)  # without --strict the same corpus is fine
     with pytest.raises(TokenlmError, match="--strict"):  # and a finished run is checked too
@@ -182,9 +182,9 @@ def test_cli_prepare_from_a_recipe(make_corpus, tmp_path, capsys):
     recipe.write_text(f"data:\n  path: {data}\nrun:\n  dir: {tmp_path / 'run'}\n"
                       f"features:\n  n_mels: 16\n  f_max: 6000\nsplit:\n  seed: 3\n")
     main(["prepare", "--config", str(recipe)])
-    meta = read_json(features_dir(tmp_path / "run") / "meta.json")
+    meta = read_json(RunDir(tmp_path / "run").features / "meta.json")
     assert meta["n_mels"] == 16 and meta["f_max"] == 6000.0
-    assert read_json(features_dir(tmp_path / "run") / STAGE_FILE)["config"]["split"]["seed"] == 3
+    assert read_json(RunDir(tmp_path / "run").features / STAGE_FILE)["config"]["split"]["seed"] == 3
 
     recipe.write_text("features:\n  n_mel: 16\n")  # a typo names the known options
     with pytest.raises(SystemExit) as info:
@@ -200,7 +200,7 @@ def test_no_usable_train_clip_is_an_error(tmp_path):
         (root / "x" / f"{name}.wav").write_bytes(b"RIFF nonsense")
     with pytest.raises(TokenlmError, match="no usable clip in the train split"):
         prepare(root, tmp_path / "run", progress=False)
-    assert not (features_dir(tmp_path / "run") / STAGE_FILE).exists()
+    assert not (RunDir(tmp_path / "run").features / STAGE_FILE).exists()
 
 
 def test_prepare_leaves_torch_threads_as_they_were(make_corpus, tmp_path):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tokenlm.artifacts import Stage, features_dir, read_json, write_json, write_jsonl
+from tokenlm.artifacts import Stage, read_json, write_json, write_jsonl
+from tokenlm.rundir import RunDir
 from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
 from tokenlm.evaluation.clips import LabelledClips
 from tokenlm.evaluation.representations import parse_layers
@@ -69,7 +70,7 @@ def make_run(root: Path, *, folds: bool = False, per_split=(6, 2, 2), leak: bool
         clips.append((first[0], first[1], "test", None))
     arrays = {c[0] + c[2]: _clip(CLASSES.index(c[1]), rng) for c in clips}
 
-    stage = Stage(features_dir(run), config={"fabricated": seed, "folds": folds, "leak": leak})
+    stage = Stage(RunDir(run).features, config={"fabricated": seed, "folds": folds, "leak": leak})
     work = stage.start()
     train_frames = []
     for split in ("train", "val", "test"):
@@ -216,7 +217,6 @@ def _train_tokenizer_and_lm(run: Path) -> None:
     """A real (tiny) tokenizer and code LM on the fabricated run, through their own stages."""
     import torch
 
-    from tokenlm.artifacts import tokenizer_dir
     from tokenlm.codebook import CodebookConfig
     from tokenlm.config import build
     from tokenlm.models.autoencoder import AutoencoderConfig
@@ -230,14 +230,14 @@ def _train_tokenizer_and_lm(run: Path) -> None:
     train_autoencoder_stage(run, AutoencoderConfig(hidden=(32, 16), bottleneck=8),
                             AutoencoderTraining(epochs=1, batch_size=64), device=cpu, progress=False)
     fit_codebook_stage(run, VOCAB, CodebookConfig(niter=2, gpu="never"), device=cpu)
-    write_json(tokenizer_dir(run) / "current.json", {"codebook_size": VOCAB})
+    write_json(RunDir(run).tokenizer / "current.json", {"codebook_size": VOCAB})
     # Codes from the real tokenizer, written over the fabricated ones (the tokens stage proper
     # decodes audio files, which this run does not have).
-    tokenizer = AudioTokenizer.load(tokenizer_dir(run), codebook_size=VOCAB)
+    tokenizer = AudioTokenizer.load(RunDir(run).tokenizer, codebook_size=VOCAB)
     tokens = Stage(run / "tokens" / f"k{VOCAB}", config={"k": VOCAB, "real": True})
     work = tokens.start()
     for split in ("train", "val", "test"):
-        source = RaggedSplit(features_dir(run), split, "float16", width=N_MELS)
+        source = RaggedSplit(RunDir(run).features, split, "float16", width=N_MELS)
         with RaggedWriter(work, split, "uint16") as writer:
             for row, frames in source:
                 codes = tokenizer.encode_frames(torch.from_numpy(frames.astype(np.float32)))

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from tokenlm.artifacts import codebook_dir, tokens_dir
+from tokenlm.rundir import RunDir
 from tokenlm.stages.sweep import NO_STEADY_GAIN, STILL_IMPROVING, SweepConfig, flattening_k, sweep
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -25,8 +25,8 @@ def test_every_size_gets_a_codebook_tokens_and_a_row(swept):
         rows = list(csv.DictReader(f))
     assert [int(r["k"]) for r in rows] == [4, 8, 16]
     for k in (4, 8, 16):
-        assert (codebook_dir(swept, k) / "codebook.npy").is_file()
-        assert (tokens_dir(swept, k) / "train.bin").is_file()
+        assert (RunDir(swept).codebook(k) / "codebook.npy").is_file()
+        assert (RunDir(swept).tokens(k) / "train.bin").is_file()
     for r in rows:
         assert 0 < float(r["relative_quantisation_error"]) < 1
         assert 0 <= float(r["pnmi"]) <= 1 and 0 < float(r["purity"]) <= 1
@@ -47,9 +47,9 @@ def test_outputs_are_written(swept):
 
 
 def test_rerun_reuses_every_codebook(swept, capsys):
-    before = {k: (codebook_dir(swept, k) / "stage.json").stat().st_mtime_ns for k in (4, 8, 16)}
+    before = {k: (RunDir(swept).codebook(k) / "stage.json").stat().st_mtime_ns for k in (4, 8, 16)}
     sweep(swept, SweepConfig(codebook_sizes=(4, 8, 16)), device="cpu", progress=False)
-    after = {k: (codebook_dir(swept, k) / "stage.json").stat().st_mtime_ns for k in (4, 8, 16)}
+    after = {k: (RunDir(swept).codebook(k) / "stage.json").stat().st_mtime_ns for k in (4, 8, 16)}
     assert before == after
     assert "codebook K=8 up to date" in capsys.readouterr().err
 
