@@ -20,12 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
 from tokenlm.artifacts import read_stage
 from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
 from tokenlm.evaluation.clips import LabelledClips
+from tokenlm.lm import CodeLM
 from tokenlm.rundir import SPLITS, RunDir, index_file, is_finished, read_tokens_meta
 from tokenlm.store import RaggedSplit
+from tokenlm.tokenizer import AudioTokenizer
 
 
 class Unavailable(Exception):
@@ -97,8 +101,6 @@ def bag_of_codes(clips: LabelledClips, codes: Codes, cost: TokenizerCost) -> Rep
 def autoencoder_bottleneck(clips: LabelledClips, codebook_size: int | None, device,
                            progress: bool = True) -> Representation:
     """The tokenizer's un-quantised bottleneck per patch, mean + std pooled: (N, 2 d)."""
-    import torch
-
     # Any codebook will do (the bottleneck comes before quantisation), but loading needs one.
     tokenizer = load_tokenizer(clips.run, codebook_size, device)
     _check_same_features(tokenizer, clips)
@@ -120,8 +122,6 @@ def lm_layers(clips: LabelledClips, codes: Codes, lm_dir: Path, layers: str, bat
     representation per layer of ``layers`` ("all" or "0,2,4")."""
     if not is_finished(lm_dir):
         raise Unavailable(f"no trained LM at {lm_dir} (run `tokenlm pretrain {clips.run.root}` first)")
-    from tokenlm.lm import CodeLM
-
     lm = CodeLM.load(lm_dir, device=device)
     if lm.codebook_size != codes.codebook_size:
         raise Unavailable(f"the LM was trained on {lm.codebook_size}-code tokens, the probed codes have "
@@ -217,8 +217,6 @@ def load_tokenizer(run: RunDir, codebook_size: int | None, device):
     """The run's AudioTokenizer; Unavailable when it has none (or no codebook of that size)."""
     if not is_finished(run.tokenizer):
         raise Unavailable(f"no trained tokenizer at {run.tokenizer} (run `tokenlm tokenize` first)")
-    from tokenlm.tokenizer import AudioTokenizer
-
     try:
         return AudioTokenizer.load(run.tokenizer, codebook_size=codebook_size, device=device)
     except ArtifactError as err:  # e.g. no codebook of that size: the other rows still stand
@@ -273,6 +271,4 @@ def _stage_seconds(directory: Path) -> float | None:
 
 
 def _bar(iterable, desc: str, progress: bool):
-    from tqdm.auto import tqdm
-
     return tqdm(iterable, desc=desc, unit="clip" if desc != "LM" else "batch", disable=not progress, leave=False)

@@ -15,12 +15,11 @@ import click
 
 from tokenlm.errors import ConfigError
 from tokenlm.pipeline import BY_NAME, PIPELINE, RunContext
+from tokenlm.stages.report import write_report
 
 
 def run_recipe(recipe: str | Path, *, stages: tuple[str, ...] | None = None, device: str | None = None) -> Path:
     """Run the recipe's stages in pipeline order; return the path of the run's report."""
-    from tokenlm.stages.report import write_report
-
     ctx = RunContext.create(None, recipe, device=device)
     wanted = tuple(stages or ctx.recipe.get("stages") or PIPELINE)
     unknown = [s for s in wanted if s not in PIPELINE]
