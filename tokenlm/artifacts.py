@@ -106,10 +106,12 @@ def read_stage(out_dir: str | Path, hint: str = "") -> dict:
 class Stage:
     """One stage's output folder.
 
-    >>> stage = Stage(run / "tokenizer", config={...}, inputs={"features": key})
-    >>> if not stage.done:
-    ...     work = stage.start()      # build everything inside `work`
-    ...     stage.finish(extra={...})  # stage.json, then atomic rename to run/tokenizer
+    >>> stage = Stage(run.tokenizer, config={...}, inputs={"features": key})
+    >>> stage.build("autoencoder", make)   # make(work) builds inside `work`, returns extra
+    ...                                    # stage.json fields; skipped when up to date
+
+    ``start`` and ``finish`` are the two halves of ``build``, for stages whose work is
+    shared between processes (a torchrun rank other than 0 never finishes a stage).
     """
 
     def __init__(self, out_dir: str | Path, config: dict, inputs: dict[str, str] | None = None):
