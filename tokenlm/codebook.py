@@ -8,7 +8,24 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from tokenlm.errors import ConfigError
+
 log = logging.getLogger(__name__)
+
+# Codes are stored as uint16 (tokenlm.store), so a codebook has at most this many codes; fewer
+# than two codes carry no information.
+MIN_CODEBOOK_SIZE, MAX_CODEBOOK_SIZE = 2, 65535
+
+
+class CodebookSizeError(ConfigError, ValueError):
+    """A K that cannot be fit or stored. Also a ValueError, what fit_codebook always raised."""
+
+
+def check_codebook_size(k) -> None:
+    """A CodebookSizeError unless ``k`` is a codebook size codes can be stored for."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not MIN_CODEBOOK_SIZE <= k <= MAX_CODEBOOK_SIZE:
+        raise CodebookSizeError(f"codebook size (-K) must be an integer from {MIN_CODEBOOK_SIZE} to {MAX_CODEBOOK_SIZE} "
+                          f"(codes are stored as uint16), got {k!r}")
 
 
 @dataclass(frozen=True)
@@ -26,10 +43,15 @@ class CodebookConfig:
 
 def fit_codebook(vectors: np.ndarray, k: int, config: CodebookConfig = CodebookConfig()) -> tuple[np.ndarray, dict]:
     """K-means centroids (k, d) float32 of ``vectors`` (n, d), and a record of how they were fit."""
+    check_codebook_size(k)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = vectors.shape
     if n < k:
-        raise ValueError(f"cannot fit {k} codes on {n} vectors: use a smaller K or more training audio")
+        raise CodebookSizeError(f"cannot fit {k} codes on {n} vectors (the train split's patches): "
+                                f"use a K of at most {n}, or more training audio")
+    if not np.isfinite(vectors).all():
+        raise ConfigError("the bottleneck vectors are not finite (NaN or inf): the features or the autoencoder "
+                          "are broken; rebuild them")
     rng = np.random.default_rng(config.seed)
     budget = k * config.points_per_centroid
     sample = vectors if n <= budget else vectors[np.sort(rng.choice(n, budget, replace=False))]

@@ -20,12 +20,15 @@ from safetensors.torch import load_file, save_file
 
 from tokenlm.artifacts import read_json, stage_key, write_json
 from tokenlm.audio import prepare_waveform
-from tokenlm.codebook import CodeAssigner
-from tokenlm.config import to_dict
-from tokenlm.errors import ArtifactError
+from tokenlm.codebook import CodeAssigner, check_codebook_size
+from tokenlm.config import build, to_dict
+from tokenlm.errors import ArtifactError, ConfigError
 from tokenlm.features import FeatureConfig, LogMel, patchify
 from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
-from tokenlm.rundir import AUTOENCODER_WEIGHTS, CODEBOOK, CONFIG, codebook_dir, codebook_sizes, current_codebook_size
+from tokenlm.rundir import (
+    AUTOENCODER_WEIGHTS, CODEBOOK, CONFIG, META, STAGE_FILE, codebook_dir, codebook_sizes, current_codebook_size,
+    RunDir, is_finished, read_feature_meta,
+)
 
 
 
@@ -49,6 +52,9 @@ class TokenizerConfig:
     codebook_size: int = 256
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     training: AutoencoderTraining = field(default_factory=AutoencoderTraining)
+
+    def __post_init__(self):
+        check_codebook_size(self.codebook_size)  # before the autoencoder trains, not after
 
 
 class PatchCoder(torch.nn.Module):
@@ -172,10 +178,7 @@ class AudioTokenizer:
         if not (codebook / CODEBOOK).is_file():
             have = ", ".join(codebook_dir(path, k).name for k in sorted(codebook_sizes(path), reverse=True)) or "none"
             raise ArtifactError(f"no codebook at {codebook} (this tokenizer has: {have})")
-        centroids = np.load(codebook / CODEBOOK)
-        bottleneck = coder.autoencoder.encoder[-1].out_features
-        if centroids.ndim != 2 or centroids.shape[1] != bottleneck:
-            raise ArtifactError(f"{codebook / CODEBOOK}: shape {centroids.shape} does not fit a {bottleneck}-d bottleneck")
+        centroids = load_codebook(codebook / CODEBOOK, coder.autoencoder.encoder[-1].out_features)
         info = {"tokenizer_dir": str(path), "codebook_dir": str(codebook), "tokenizer_hash": _key_or_none(codebook)}
         tokenizer = cls(coder, centroids, info)
         return tokenizer.to(device) if device is not None else tokenizer
@@ -195,15 +198,102 @@ def save_patch_coder(coder: PatchCoder, directory: Path, extra: dict | None = No
 
 
 def load_patch_coder(directory: str | Path) -> PatchCoder:
+    """A tokenizer's autoencoder with its features and normalisation, each checked: anything
+    that does not fit is an ArtifactError naming the file and the reason."""
     directory = Path(directory)
-    if not (directory / AUTOENCODER_WEIGHTS).is_file():
+    weights = directory / AUTOENCODER_WEIGHTS
+    if not weights.is_file():
         raise ArtifactError(f"no trained tokenizer at {directory} (run `tokenlm tokenize` first)")
-    config = read_json(directory / CONFIG)
-    features = FeatureConfig(**config["features"])
-    ae_config = AutoencoderConfig(**{**config["autoencoder"], "hidden": tuple(config["autoencoder"]["hidden"])})
+    config_path = directory / CONFIG
+    try:
+        features, mean, std, ae_config = _coder_config(read_json(config_path))
+    except ConfigError as err:
+        raise ArtifactError(f"{config_path}: {err}") from None
+    _check_against_features(directory, features, mean, std)
     autoencoder = PatchAutoencoder(features.patch_dim, ae_config)
-    autoencoder.load_state_dict(load_file(str(directory / AUTOENCODER_WEIGHTS)))
-    return PatchCoder(features, config["norm"]["mean"], config["norm"]["std"], autoencoder).eval()
+    try:
+        state = load_file(str(weights))
+        autoencoder.load_state_dict(state)
+    except Exception as err:  # truncated file (SafetensorError), shapes or names that do not fit (RuntimeError)
+        if isinstance(err, MemoryError):
+            raise
+        raise ArtifactError(f"{weights}: cannot load the autoencoder ({str(err).splitlines()[0]})") from None
+    if not all(torch.isfinite(t).all() for t in state.values()):
+        raise ArtifactError(f"{weights}: the autoencoder's weights are not finite (NaN or inf)")
+    return PatchCoder(features, mean, std, autoencoder).eval()
+
+
+def _coder_config(config) -> tuple[FeatureConfig, np.ndarray, np.ndarray, AutoencoderConfig]:
+    """A tokenizer config.json's features, normalisation and autoencoder sizes, checked
+    (known keys, types, values); a ConfigError says what is wrong."""
+    sections = ("features", "norm", "autoencoder")
+    missing = [name for name in sections if not isinstance(config, dict) or not isinstance(config.get(name), dict)]
+    if missing:
+        raise ConfigError(f"not a tokenizer config (no {', '.join(missing)} section)")
+    features = build(FeatureConfig, config["features"], where="features")
+    ae_config = build(AutoencoderConfig, config["autoencoder"], where="autoencoder")
+    if config.get("patch_dim", features.patch_dim) != features.patch_dim:
+        raise ConfigError(f"patch_dim {config['patch_dim']} but the features make patches of {features.patch_dim}")
+    mean, std = (_per_mel_bin(config["norm"].get(name), features.n_mels, f"norm.{name}") for name in ("mean", "std"))
+    if not (std > 0).all():
+        raise ConfigError("norm.std has values <= 0")
+    return features, mean, std, ae_config
+
+
+def _per_mel_bin(values, n_mels: int, where: str) -> np.ndarray:
+    """One finite number per mel bin, as float32."""
+    try:
+        array = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} must be a list of numbers") from None
+    if array.shape != (n_mels,):
+        raise ConfigError(f"{where} has shape {array.shape}, but there are {n_mels} mel bins")
+    if not np.isfinite(array).all():
+        raise ConfigError(f"{where} is not finite (NaN or inf)")
+    return array
+
+
+def _check_against_features(directory: Path, features: FeatureConfig, mean: np.ndarray, std: np.ndarray) -> None:
+    """Inside a run, the tokenizer's features and normalisation must be those of the run's
+    features it was trained on (same stage key): a changed sample rate would make codes of
+    other sounds."""
+    feats_dir = RunDir(directory.parent).features
+    stage_path = directory / STAGE_FILE
+    if not (is_finished(feats_dir) and stage_path.is_file()):
+        return  # a tokenizer on its own: nothing to compare with
+    trained_on = read_json(stage_path).get("inputs", {}).get("features")
+    if trained_on is None or trained_on != _key_or_none(feats_dir):
+        return  # the features were rebuilt since: they are not what it was trained on
+    meta = read_feature_meta(feats_dir)
+    differ = [f"{name} {getattr(features, name)!r} (features: {getattr(meta.config, name)!r})"
+              for name in FeatureConfig.__dataclass_fields__ if getattr(features, name) != getattr(meta.config, name)]
+    if not (np.allclose(mean, meta.norm_mean) and np.allclose(std, meta.norm_std)):
+        differ.append("the normalisation statistics")
+    if differ:
+        raise ArtifactError(f"{directory / CONFIG} disagrees with the features it was trained on "
+                            f"({feats_dir / META}): {', '.join(differ)}")
+
+
+def load_codebook(path: Path, bottleneck: int) -> np.ndarray:
+    """codebook.npy: (K, bottleneck) finite floats, 2 <= K <= 65535; else an ArtifactError."""
+    try:
+        centroids = np.load(path, allow_pickle=False)
+    except (OSError, EOFError, ValueError) as err:  # empty or truncated file
+        raise ArtifactError(f"{path}: not a readable codebook ({str(err).splitlines()[0] or type(err).__name__})") from None
+    if centroids.ndim != 2 or centroids.shape[1] != bottleneck:
+        raise ArtifactError(f"{path}: shape {centroids.shape} does not fit a {bottleneck}-d bottleneck")
+    if not np.issubdtype(centroids.dtype, np.floating):
+        raise ArtifactError(f"{path}: centroids of dtype {centroids.dtype}, expected float32")
+    try:
+        check_codebook_size(len(centroids))
+    except ConfigError as err:
+        raise ArtifactError(f"{path}: {len(centroids)} centroids ({err})") from None
+    expected = path.parent.name
+    if expected.startswith("k") and expected[1:].isdigit() and int(expected[1:]) != len(centroids):
+        raise ArtifactError(f"{path}: {len(centroids)} centroids in the folder of K={expected[1:]}")
+    if not np.isfinite(centroids).all():
+        raise ArtifactError(f"{path}: centroids are not finite (NaN or inf)")
+    return centroids
 
 
 def _autoencoder_config(autoencoder: PatchAutoencoder) -> AutoencoderConfig:

@@ -174,6 +174,9 @@ def train(
             log.close()
 
     dist.barrier()  # rank 0 may still be writing best.pt from the last evaluation
+    if state.best_step is None and any(monitor in h for h in state.history):  # each one NaN or inf
+        raise ArtifactError(f"no evaluation in {state.step} steps gave a finite {monitor} (all NaN or inf): "
+                            f"the validation data or the model's outputs are not finite; check the data")
     if state.best_step is not None:
         best = load_checkpoint(ckpt_dir / BEST_CHECKPOINT, device)
         model.load_state_dict(best["model"])
@@ -217,8 +220,28 @@ def _train_step(wrapped, model, optimizer, scheduler, cfg, dist, step, loss_fn, 
     scheduler.step()
     value = loss.detach().float().item()
     if not math.isfinite(value):
-        raise ArtifactError(f"training diverged at step {step} (loss {value}): lower the learning rate")
+        raise _not_finite_error(step, value, batch)
     return value, items, lr
+
+
+def _not_finite_error(step: int, value: float, batch) -> ArtifactError:
+    """Why a loss is NaN or inf: bad data (no learning rate can fix that) or divergence."""
+    if not _all_finite(batch):
+        return ArtifactError(f"the training batch of step {step} holds NaN or infinite values (loss {value}): "
+                             f"the training data is not finite; rebuild it from audio that decodes to "
+                             f"finite samples")
+    return ArtifactError(f"training diverged at step {step} (loss {value}): lower the learning rate")
+
+
+def _all_finite(batch) -> bool:
+    """Whether every floating-point tensor of a batch (tensor, tuple/list, dict) is finite."""
+    if isinstance(batch, torch.Tensor):
+        return not batch.is_floating_point() or bool(torch.isfinite(batch).all())
+    if isinstance(batch, dict):
+        return all(_all_finite(v) for v in batch.values())
+    if isinstance(batch, (tuple, list)):
+        return all(_all_finite(v) for v in batch)
+    return True
 
 
 def _loss_and_count(out) -> tuple[torch.Tensor, int]:
@@ -282,6 +305,8 @@ def _track_best(state: _State, metrics: dict, monitor: str, mode: str, step: int
 
 
 def _improves(value: float, best: float | None, mode: str) -> bool:
+    if not math.isfinite(value):  # NaN compares false both ways: it must never become the best
+        return False
     if best is None:
         return True
     return value > best if mode == "max" else value < best
