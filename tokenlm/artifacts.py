@@ -70,8 +70,17 @@ def read_jsonl(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"missing file: {path}")
+    rows = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:  # e.g. a file cut short by a crash or a full disk
+                raise ArtifactError(f"{path}, line {number}: not valid JSON ({err.msg}): the file is damaged; "
+                                    f"rebuild it") from None
+    return rows
 
 
 def library_versions() -> dict:

@@ -2,12 +2,16 @@
 (tokenlm.pipeline.STAGES), imported only when called, so ``tokenlm --help`` stays fast
 (torch loads lazily).
 
-Errors meant for the user (TokenlmError) print as one line and exit 1; Ctrl-C exits 130
-with a word on resuming. Anything else is a bug and keeps its traceback.
+Errors meant for the user (TokenlmError) print as one line and exit 1, and so do the errors
+of the machine around a run (a full disk, a read-only or forbidden folder: OSError with one
+of ``ENVIRONMENT_ERRNOS``); Ctrl-C exits 130 with a word on resuming. Anything else is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 
 import click
@@ -47,13 +51,27 @@ def cli():
     """
 
 
+# OSErrors that say something about the disk or the permissions, not about tokenlm's code.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
+                      errno.EMFILE, errno.ENFILE}
+
+
 def main(argv=None):
     try:
         cli.main(args=argv, prog_name="tokenlm", standalone_mode=False)
     except TokenlmError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
-    except click.exceptions.Abort:
+    except OSError as err:
+        if err.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        click.echo(f"error: {os_error_line(err)}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort as err:
+        # click turns EOFError into Abort as well as Ctrl-C; a file that ends too early is no
+        # interruption, and rerunning would not fix it: show it as the bug it is.
+        if isinstance(err.__context__, EOFError):
+            raise err.__context__ from None
         click.echo("interrupted: rerun the same command to resume", err=True)
         sys.exit(130)
     except KeyboardInterrupt:
@@ -64,6 +82,17 @@ def main(argv=None):
         sys.exit(err.exit_code)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)
+
+
+def os_error_line(err: OSError) -> str:
+    """One line for an OSError of the environment: the path, the system's words, what to do."""
+    where = f"{err.filename}: " if err.filename else ""
+    what = err.strerror or os.strerror(err.errno)
+    advice = {errno.ENOSPC: "free some space (or use another folder), then rerun the same command to resume",
+              errno.EDQUOT: "free some space (or use another folder), then rerun the same command to resume",
+              errno.EFBIG: "the file size limit (ulimit -f) was reached; raise it, then rerun the same command",
+              errno.EROFS: "the folder is read-only: write the run somewhere writable"}
+    return f"{where}{what} ({advice.get(err.errno, 'check the path and its permissions')})"
 
 
 if __name__ == "__main__":

@@ -85,7 +85,22 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if value.lower() in ("0", "false", "no", "off"):
             return False
         raise ConfigError(f"option '{where}' takes true/false, got {value!r}")
+    _check_type(value, hint, where)
     return value
+
+
+# What a plain-typed option accepts once coerced; a wrong type is a one-line error here rather
+# than a traceback deep inside the stage (or an artifact's config that loads but is wrong).
+_ACCEPTS = {int: (int,), float: (float, int), bool: (bool,), str: (str,)}
+_NAMES = {int: "an integer", float: "a number", bool: "true/false", str: "a string"}
+
+
+def _check_type(value: Any, hint: Any, where: str) -> None:
+    accepted = _ACCEPTS.get(hint)
+    if accepted is None:
+        return
+    if not isinstance(value, accepted) or (hint is not bool and isinstance(value, bool)):
+        raise ConfigError(f"option '{where}' takes {_NAMES[hint]}, got {value!r}")
 
 
 def _number(kind, value, where):

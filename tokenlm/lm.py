@@ -185,6 +185,7 @@ class CodeLM:
         info = getattr(model.config, "tokenlm", None)
         if not isinstance(info, dict) or "codebook_size" not in info:
             raise ArtifactError(f"{lm_dir / CONFIG} has no 'tokenlm' section: not a tokenlm code LM")
+        _check_vocabulary(info, model.config.vocab_size, lm_dir / CONFIG)
         return cls(model.to(device), info, device)
 
     @property
@@ -338,6 +339,18 @@ class CodeLM:
             logits = logits.masked_fill(logits < threshold, float("-inf"))
         probs = torch.softmax(logits, dim=-1)
         return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _check_vocabulary(info: dict, vocab_size: int, where: Path) -> None:
+    """The ``tokenlm`` section's codebook size and BOS id: integers that fit the model's
+    vocabulary as vocab_layout lays it out (codes 0..K-1, then BOS)."""
+    size, bos = info.get("codebook_size"), info.get("bos_token_id")
+    for name, value in (("codebook_size", size), ("bos_token_id", bos)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ArtifactError(f"{where}: tokenlm.{name} must be an integer, got {value!r}")
+    if not 2 <= size < vocab_size or not size <= bos < vocab_size:
+        raise ArtifactError(f"{where}: tokenlm.codebook_size {size} and bos_token_id {bos} do not fit the "
+                            f"model's vocabulary of {vocab_size} ids")
 
 
 def _batches_by_length(jobs: list, batch_size: int, length=lambda job: job[2] - job[1]):

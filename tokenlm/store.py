@@ -9,6 +9,7 @@ id and label. Memory stays flat whatever the corpus size.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,16 +33,23 @@ class RaggedWriter:
 
     def add(self, row: dict, array: np.ndarray) -> None:
         """Append one clip's rows; ``row`` (id, label, ...) goes to the index with offset/length."""
+        if self.dtype.kind in "ui" and np.size(array):  # a cast would wrap out-of-range values silently
+            info = np.iinfo(self.dtype)
+            low, high = np.min(array), np.max(array)
+            if low < info.min or high > info.max:
+                raise ValueError(f"values [{low}, {high}] do not fit {self.dtype} (clip {row.get('id')})")
         array = np.ascontiguousarray(array, dtype=self.dtype)
         length = array.shape[0]
         if self.width > 1 and array.shape[1:] != (self.width,):
             raise ValueError(f"expected rows of width {self.width}, got shape {array.shape}")
-        self._file.write(array.tobytes())
+        with _naming(self._file.name):
+            self._file.write(array.tobytes())
         self.rows.append({**row, "offset": self.offset, "length": length})
         self.offset += length
 
     def close(self) -> None:
-        self._file.close()
+        with _naming(self._file.name):
+            self._file.close()  # flushes: a full disk can show here
         write_jsonl(self.directory / index_file(self.split), self.rows)
 
     def __enter__(self):
@@ -54,6 +62,18 @@ class RaggedWriter:
             self._file.close()
 
 
+@contextmanager
+def _naming(path: str):
+    """Give an OSError of a write to an open file (which names no file) the file's path, so the
+    user learns where the disk was full."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from None
+
+
 class RaggedSplit:
     """Read side: ``split[i]`` is clip i's array, ``split.rows[i]`` its index entry."""
 
@@ -63,7 +83,7 @@ class RaggedSplit:
         self.width = width
         self.rows = read_jsonl(self.directory / index_file(split))
         path = self.directory / bin_file(split)
-        total = sum(r["length"] for r in self.rows)
+        total = _check_index(self.rows, self.directory / index_file(split))
         expected_bytes = total * width * np.dtype(dtype).itemsize
         if not path.is_file() or os.path.getsize(path) != expected_bytes:
             raise ArtifactError(f"{path} is missing or does not match its index (expected {expected_bytes} bytes)")
@@ -85,3 +105,15 @@ class RaggedSplit:
     @property
     def labels(self) -> list:
         return [r.get("label") for r in self.rows]
+
+
+def _check_index(rows: list[dict], path: Path) -> int:
+    """The number of rows an index describes; its clips must lie back to back from offset 0."""
+    offset = 0
+    for number, row in enumerate(rows, 1):
+        start, length = (row.get("offset"), row.get("length")) if isinstance(row, dict) else (None, None)
+        if not (isinstance(start, int) and isinstance(length, int)) or start != offset or length < 0:
+            raise ArtifactError(f"{path}, entry {number}: offset {start!r} / length {length!r} where offset "
+                                f"{offset} and a length >= 0 belong: the index is damaged; rebuild it")
+        offset += length
+    return offset

@@ -108,10 +108,16 @@ class Vocoder:
         if missing:
             raise ArtifactError(f"{directory / CONFIG} lacks {', '.join(missing)}: cannot check it against "
                                 f"a tokenizer")
-        model = WaveNet(WaveNetConfig.from_dict(config["wavenet"]))
+        try:
+            model = WaveNet(WaveNetConfig.from_dict(config["wavenet"]))
+            _check_info(config, model.config)
+        except ConfigError as err:
+            raise ArtifactError(f"{directory / CONFIG}: {err}") from None
         try:
             model.load_state_dict(load_file(str(directory / WAVENET_WEIGHTS)))
-        except (RuntimeError, KeyError) as err:
+        except Exception as err:  # truncated file (SafetensorError), shapes or names that do not fit (RuntimeError)
+            if isinstance(err, MemoryError):
+                raise
             raise ArtifactError(f"{directory / WAVENET_WEIGHTS} does not fit its {CONFIG} "
                                 f"({str(err).splitlines()[0]})") from None
         info = {k: v for k, v in config.items() if k not in ("format", "wavenet")}
@@ -195,6 +201,20 @@ class Vocoder:
             audio = self.model.generate(torch.from_numpy(codes).to(device), temperature=temperature,
                                         generator=generator, prompt_q=prompt_q, progress=progress)
         return audio.float().cpu().numpy()
+
+
+def _check_info(config: dict, wavenet: WaveNetConfig) -> None:
+    """The facts about the codes in a vocoder's config.json: integers (K at least 2), and the
+    ones the WaveNet config repeats agree with it."""
+    for key in ("sample_rate", "samples_per_code", "codebook_size"):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < (2 if key == "codebook_size" else 1):
+            raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+    if config["sample_rate"] != wavenet.sample_rate or config["samples_per_code"] != wavenet.samples_per_code:
+        raise ConfigError(f"sample_rate/samples_per_code {config['sample_rate']}/{config['samples_per_code']} "
+                          f"disagree with its wavenet section ({wavenet.sample_rate}/{wavenet.samples_per_code})")
+    if config["codebook_size"] != (wavenet.codebook_size or 0):
+        raise ConfigError(f"codebook_size {config['codebook_size']} but the WaveNet takes {wavenet.codebook_size} codes")
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:

@@ -116,7 +116,10 @@ def _extract(clips: list[Clip], features: FeatureConfig, work: Path, progress: b
         writer.close()
     ok = [m for m in manifest if m["status"] == "ok"]
     if not any(m["split"] == "train" for m in ok):
-        raise TokenlmError("no usable clip in the train split: nothing to learn from (see the manifest)")
+        skipped = [m for m in manifest if m["split"] == "train"]  # no manifest is written: say why here
+        why = f", e.g. {skipped[0]['path']}: {skipped[0]['reason']}" if skipped else ""
+        raise TokenlmError(f"no usable clip in the train split: nothing to learn from "
+                           f"({len(skipped)} train clip(s) skipped{why})")
     meta = {
         **to_dict(features),
         "norm": stats.result(),
