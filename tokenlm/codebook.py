@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from tokenlm.errors import ConfigError
+from tokenlm.errors import ArtifactError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +24,8 @@ class CodebookSizeError(ConfigError, ValueError):
 def check_codebook_size(k) -> None:
     """A CodebookSizeError unless ``k`` is a codebook size codes can be stored for."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not MIN_CODEBOOK_SIZE <= k <= MAX_CODEBOOK_SIZE:
-        raise CodebookSizeError(f"codebook size (-K) must be an integer from {MIN_CODEBOOK_SIZE} to {MAX_CODEBOOK_SIZE} "
-                          f"(codes are stored as uint16), got {k!r}")
+        raise CodebookSizeError(f"codebook size (-K) must be an integer from {MIN_CODEBOOK_SIZE} to "
+                                f"{MAX_CODEBOOK_SIZE} (codes are stored as uint16), got {k!r}")
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,8 @@ def fit_codebook(vectors: np.ndarray, k: int, config: CodebookConfig = CodebookC
         raise CodebookSizeError(f"cannot fit {k} codes on {n} vectors (the train split's patches): "
                                 f"use a K of at most {n}, or more training audio")
     if not np.isfinite(vectors).all():
-        raise ConfigError("the bottleneck vectors are not finite (NaN or inf): the features or the autoencoder "
-                          "are broken; rebuild them")
+        raise ArtifactError("the bottleneck vectors to fit the codebook on are not finite (NaN or inf): the "
+                            "features or the autoencoder are broken; rebuild them")
     rng = np.random.default_rng(config.seed)
     budget = k * config.points_per_centroid
     sample = vectors if n <= budget else vectors[np.sort(rng.choice(n, budget, replace=False))]

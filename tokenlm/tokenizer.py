@@ -26,8 +26,8 @@ from tokenlm.errors import ArtifactError, ConfigError
 from tokenlm.features import FeatureConfig, LogMel, patchify
 from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
 from tokenlm.rundir import (
-    AUTOENCODER_WEIGHTS, CODEBOOK, CONFIG, META, STAGE_FILE, codebook_dir, codebook_sizes, current_codebook_size,
-    RunDir, is_finished, read_feature_meta,
+    AUTOENCODER_WEIGHTS, CODEBOOK, CONFIG, META, STAGE_FILE, RunDir, codebook_dir, codebook_sizes,
+    current_codebook_size, is_finished, read_feature_meta,
 )
 
 
