@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from tokenlm.artifacts import read_json, write_json
+from tokenlm.codebook import CodebookConfig, fit_codebook
 from tokenlm.config import build
 from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
 from tokenlm.features import FeatureConfig
@@ -235,6 +236,13 @@ def test_bad_codebook_sizes_are_one_line(run, k, reason, capsys):
     code = run_cli("tokenize", "--out", run, "-K", k, "--device", "cpu")
     line = one_error_line(capsys.readouterr().err)
     assert code == 1 and reason in line
+
+
+def test_codebook_refuses_non_finite_vectors():
+    vectors = np.zeros((40, 2), np.float32)
+    vectors[5, 1] = np.nan
+    with pytest.raises(ArtifactError, match="not finite"):
+        fit_codebook(vectors, 4, CodebookConfig(init="faiss"))
 
 
 def test_codes_that_do_not_fit_uint16_are_refused_not_wrapped(tmp_path):
