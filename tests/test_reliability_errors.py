@@ -26,6 +26,7 @@ from tokenlm.lm import CodeLM
 from tokenlm.models.gpt import LMConfig, build_gpt2
 from tokenlm.models.wavenet import WaveNet, WaveNetConfig
 from tokenlm.rundir import AUTOENCODER_WEIGHTS, CODEBOOK, CONFIG, META, MODEL_WEIGHTS, WAVENET_WEIGHTS
+from tokenlm.stages.generate_codes import read_prompt_codes
 from tokenlm.stages.prepare import prepare
 from tokenlm.store import RaggedSplit, RaggedWriter
 from tokenlm.tokenizer import AudioTokenizer
@@ -243,6 +244,14 @@ def test_codebook_refuses_non_finite_vectors():
     vectors[5, 1] = np.nan
     with pytest.raises(ArtifactError, match="not finite"):
         fit_codebook(vectors, 4, CodebookConfig(init="faiss"))
+
+
+def test_empty_prompt_codes_file_is_a_config_error(tmp_path):
+    """An empty .npy raises EOFError, which click used to report as "interrupted: rerun"."""
+    empty = tmp_path / "prompt.npy"
+    empty.write_bytes(b"")
+    with pytest.raises(ConfigError, match="not a list of integer codes"):
+        read_prompt_codes(empty)
 
 
 def test_codes_that_do_not_fit_uint16_are_refused_not_wrapped(tmp_path):

@@ -33,7 +33,7 @@ def read_prompt_codes(path: str | Path) -> np.ndarray:
             codes = np.load(path, allow_pickle=False)
         else:
             codes = np.array(path.read_text().replace(",", " ").split(), dtype=np.int64)
-    except ValueError as err:
+    except (ValueError, EOFError) as err:  # EOFError: an empty or truncated .npy
         raise ConfigError(f"{path}: not a list of integer codes ({err})") from None
     if codes.ndim != 1 or not np.issubdtype(codes.dtype, np.integer):
         raise ConfigError(f"{path}: expected a 1-D array of integer codes, got {codes.dtype} {codes.shape}")
