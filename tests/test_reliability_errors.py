@@ -220,8 +220,8 @@ def test_lm_vocabulary_is_validated_on_load(tmp_path, section, reason):
 def test_recipe_options_are_type_checked():
     with pytest.raises(ConfigError, match="'features.n_mels' takes an integer, got 64.5"):
         build(FeatureConfig, {"n_mels": 64.5}, where="features")
-    with pytest.raises(ConfigError, match="'training.device' takes a string, got 3"):
-        build(TrainConfig, {"device": 3}, where="training")
+    with pytest.raises(ConfigError, match="'training.lr' takes a number, got"):
+        build(TrainConfig, {"lr": [0.1]}, where="training")
     with pytest.raises(ConfigError, match="takes an integer, got True"):
         build(TrainConfig, {"steps": True})
     assert build(FeatureConfig, {"f_min": 50}).f_min == 50.0  # an int where a float goes is fine

@@ -62,7 +62,8 @@ def to_dict(config: Any) -> dict:
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """YAML gives lists and ints where the dataclass wants tuples and floats; fix those only."""
+    """YAML gives lists and ints where the dataclass wants tuples and floats: fix those; a
+    number option given something else is a ConfigError."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
@@ -89,10 +90,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-# What a plain-typed option accepts once coerced; a wrong type is a one-line error here rather
-# than a traceback deep inside the stage (or an artifact's config that loads but is wrong).
-_ACCEPTS = {int: (int,), float: (float, int), bool: (bool,), str: (str,)}
-_NAMES = {int: "an integer", float: "a number", bool: "true/false", str: "a string"}
+# What a number or flag option accepts once coerced; a wrong type is a one-line error here
+# rather than a traceback deep inside the stage (or an artifact's config that loads but is
+# wrong). Text options are left to their own checks: some parse lists too (probe layers).
+_ACCEPTS = {int: (int,), float: (float, int), bool: (bool,)}
+_NAMES = {int: "an integer", float: "a number", bool: "true/false"}
 
 
 def _check_type(value: Any, hint: Any, where: str) -> None:
