@@ -28,6 +28,7 @@ from tokenlm.models.wavenet import WaveNet, WaveNetConfig
 from tokenlm.rundir import AUTOENCODER_WEIGHTS, CODEBOOK, CONFIG, META, MODEL_WEIGHTS, WAVENET_WEIGHTS
 from tokenlm.stages.generate_codes import read_prompt_codes
 from tokenlm.stages.prepare import prepare
+from tokenlm.stages.probe_config import configs as probe_configs
 from tokenlm.store import RaggedSplit, RaggedWriter
 from tokenlm.tokenizer import AudioTokenizer
 from tokenlm.training import TrainConfig, train
@@ -225,6 +226,7 @@ def test_recipe_options_are_type_checked():
     with pytest.raises(ConfigError, match="takes an integer, got True"):
         build(TrainConfig, {"steps": True})
     assert build(FeatureConfig, {"f_min": 50}).f_min == 50.0  # an int where a float goes is fine
+    assert probe_configs({"layers": [0, 2]})[0].layers == "0,2"  # text options parse their own forms
 
 
 # ---- item 10: one line instead of a traceback ------------------------------------------------
