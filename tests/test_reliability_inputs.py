@@ -173,15 +173,17 @@ def test_hash_content_records_each_files_hash_and_keeps_identical_files_together
 
 # ---- 9. folder scanning names what it cannot use ------------------------------------------------
 
-def test_a_symlinked_class_folder_is_scanned(tmp_path):
+def test_a_symlinked_class_folder_is_scanned(tmp_path, capsys):
     data = corpus(tmp_path / "corpus")
     shutil.move(data / "class2", tmp_path / "kept_elsewhere")
     (data / "class2").symlink_to(tmp_path / "kept_elsewhere")
     _, clips = scan_dataset(data)
     assert {c.label for c in clips} == {"class0", "class1", "class2"}
+    assert run_cli("data", "info", data) == 0
+    assert "3 classes" in capsys.readouterr().out
 
 
-def test_dangling_symlinks_and_symlink_loops_are_recorded_as_skipped(tmp_path):
+def test_dangling_symlinks_and_symlink_loops_are_recorded_as_skipped(tmp_path, capsys):
     data = corpus(tmp_path / "corpus")
     (data / "class0" / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
     (data / "class1" / "loop").symlink_to(data)
@@ -190,6 +192,9 @@ def test_dangling_symlinks_and_symlink_loops_are_recorded_as_skipped(tmp_path):
                if r["status"] == "skipped"}
     assert skipped.keys() == {"gone.wav", "loop"}
     assert skipped["gone.wav"].startswith("dangling symlink") and skipped["loop"].startswith("symlink loop")
+    capsys.readouterr()
+    assert run_cli("data", "info", data) == 0
+    assert "2 entries skipped" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
