@@ -25,9 +25,9 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
 
 from tokenlm.errors import ConfigError
+from tokenlm.input_files import find_audio_files
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".au", ".aif", ".aiff", ".opus"}
 SPLITS = ("train", "val", "test")
@@ -140,40 +140,11 @@ def _check_inside(folder: Path, clips: list[Clip]) -> None:
 def read_folders(root: Path, skipped: list[dict] | None = None) -> list[Clip]:
     """DIR/<label>/**/<file>: the label is the first folder under DIR. Symlinks are followed."""
     clips = []
-    for path in _audio_files(root, frozenset({os.path.realpath(root)}), skipped if skipped is not None else []):
+    for path in find_audio_files(root, AUDIO_EXTENSIONS, skipped if skipped is not None else []):
         rel = path.relative_to(root)
         label = rel.parts[0] if len(rel.parts) > 1 else None
         clips.append(Clip(id=_clip_id(rel), path=str(path), label=label))
     return clips
-
-
-def _audio_files(folder: Path, ancestors: frozenset[str], skipped: list[dict]) -> Iterator[Path]:
-    """Audio files under ``folder`` in sorted order, following symlinked folders. A folder that
-    leads back to one of its ancestors (a symlink loop) is not entered; it, dangling symlinks
-    and unreadable files or folders are recorded in ``skipped``."""
-    try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except OSError as err:
-        skipped.append({"path": str(folder), "reason": f"folder cannot be read ({err.strerror})"})
-        return
-    for entry in entries:
-        path = Path(entry.path)
-        if entry.is_dir():  # follows a symlink
-            real = os.path.realpath(path)
-            if real in ancestors:
-                skipped.append({"path": str(path), "reason": f"symlink loop (back to {real})"})
-            else:
-                yield from _audio_files(path, ancestors | {real}, skipped)
-        elif path.suffix.lower() not in AUDIO_EXTENSIONS:
-            continue
-        elif entry.is_symlink() and not path.exists():
-            skipped.append({"path": str(path), "reason": f"dangling symlink (to {os.readlink(path)})"})
-        elif not entry.is_file():
-            skipped.append({"path": str(path), "reason": "not a regular file"})
-        elif not os.access(path, os.R_OK):
-            skipped.append({"path": str(path), "reason": "unreadable (permission denied)"})
-        else:
-            yield path
 
 
 def read_manifest(root: Path) -> list[Clip]:
