@@ -29,6 +29,7 @@ from tokenlm.features import FeatureConfig, LogMel, RunningStats
 from tokenlm.input_files import file_stamp
 from tokenlm.runtime import bounded_map, cpu_threads, kernel_threads
 from tokenlm.pipeline import RunContext
+from tokenlm.stages.options import data_options
 from tokenlm.rundir import MANIFEST, META, RunDir
 from tokenlm.store import RaggedWriter
 
@@ -201,14 +202,6 @@ def _say(text: str) -> None:
     click.echo(text, err=True)
 
 
-def data_options(command):
-    """--hash-content and --allow-outside, for every command that can run prepare."""
-    command = click.option("--allow-outside", is_flag=True, default=None,
-                           help="Accept manifest paths outside the manifest's folder.")(command)
-    return click.option("--hash-content", is_flag=True, default=None,
-                        help="Identify input files by a hash of their bytes too (reads every file once more).")(command)
-
-
 def data_flags(section: dict, **flags) -> dict:
     """strict, hash_content and allow_outside: a flag given on the command line, else the
     recipe's data section, else off."""
@@ -222,7 +215,7 @@ def data_flags(section: dict, **flags) -> dict:
 @click.option("--out", "run", type=click.Path(), help="Run directory.")
 @click.option("--config", "recipe", type=click.Path(), help="Recipe YAML (sections: data, features, split).")
 @click.option("--strict", is_flag=True, default=None, help="Fail if any clip is skipped.")
-@data_options
+@data_options()
 def command(data, run, recipe, strict, hash_content, allow_outside):
     """Scan a dataset, split it and compute log-mel features into RUN/features."""
     if not recipe and not (data and run):

@@ -36,7 +36,8 @@ from tokenlm.rundir import (
     read_run_manifest,
 )
 from tokenlm.runtime import bounded_map, kernel_threads, pick_device, seed_everything
-from tokenlm.stages.prepare import data_flags, data_options, prepare
+from tokenlm.stages.options import data_options
+from tokenlm.stages.prepare import data_flags, prepare
 from tokenlm.store import RaggedWriter
 from tokenlm.tokenizer import (
     AudioTokenizer, AutoencoderTraining, PatchCoder, TokenizerConfig, load_patch_coder, save_patch_coder,
@@ -243,7 +244,7 @@ def _say(text: str) -> None:
 @click.option("--bottleneck", type=int, help="Autoencoder bottleneck width.")
 @click.option("--device", help="cpu, cuda or auto (default).")
 @click.option("--strict", is_flag=True, default=None, help="Fail if any clip is skipped.")
-@data_options
+@data_options()
 def command(data, out, tokenizer_path, codebook_size, recipe, epochs, bottleneck, device, strict, hash_content,
             allow_outside):
     """Train the autoencoder and codebook on the train split, then encode every clip.
