@@ -51,14 +51,18 @@ def _audio_files(folder: Path, extensions, ancestors: frozenset[str], skipped: l
 def file_stamp(path: str | Path, hash_content: bool = False) -> dict | None:
     """What identifies a file's version without reading it: size, mtime, ctime and inode (a
     copy made with ``cp -p`` or ``rsync -t`` keeps size and mtime but not ctime and inode),
-    plus a hash of its bytes when asked. None when the file cannot be stat'ed."""
+    plus a hash of its bytes when asked (and readable: decoding will say why it is not). None
+    when the file cannot be stat'ed."""
     try:
         st = os.stat(path)
     except OSError:
         return None
     stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
     if hash_content:
-        stamp["sha256"] = _content_hash(path)
+        try:
+            stamp["sha256"] = _content_hash(path)
+        except OSError:
+            pass
     return stamp
 
 
