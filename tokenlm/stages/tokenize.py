@@ -138,7 +138,7 @@ def encode_run_stage(run: str | Path | RunDir, k: int, *, device: torch.device, 
         if meta["skipped"]:
             first = meta["skipped"][0]
             raise ArtifactError(f"{len(meta['skipped'])} clip(s) that prepare accepted cannot be read now, e.g. "
-                                f"{first['path']}: {first['reason']}")
+                                f"{first['path']}: {first['reason']} (restore them, or rerun prepare)")
         _say(f"tokens: {sum(meta['tokens'].values())} codes at {tokenizer.code_rate:g}/s -> {stage.out_dir}")
         return {"tokens": meta["tokens"]}
 
