@@ -4,9 +4,16 @@ Layouts read: ESC-50 (meta/esc50.csv, 5 folds), UrbanSound8K (metadata/UrbanSoun
 10 folds), GTZAN (genres/<genre>/*), Speech Commands (validation_list.txt/testing_list.txt),
 a CSV/JSONL manifest (path,label[,split|fold|group]) and folder-per-class (DIR/<label>/*).
 
+Every clip's path is absolute and resolved, so a run never depends on the directory it was
+started from. Folders are scanned following symlinks (a symlink loop is cut and recorded);
+entries that cannot be clips (dangling symlinks, unreadable files or folders) are recorded
+with a reason rather than dropped. Paths a metadata file lists must lie inside the dataset's
+folder unless ``allow_outside``.
+
 Splits: official splits or folds when the dataset has them; otherwise a deterministic split
 that keeps each ``group`` (speaker, instrument, source recording) on one side only, so a
-probe never meets a test speaker it trained on.
+probe never meets a test speaker it trained on. One recording listed under two ids (same
+resolved file, or same bytes when hashed) is one group (``link_duplicates``).
 """
 
 from __future__ import annotations
@@ -14,10 +21,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
+from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tokenlm.errors import ConfigError
+from tokenlm.input_files import find_audio_files
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".au", ".aif", ".aiff", ".opus"}
 SPLITS = ("train", "val", "test")
@@ -74,30 +84,63 @@ def detect_layout(root: str | Path) -> str:
     return "folders"
 
 
-def scan_dataset(root: str | Path) -> tuple[str, list[Clip]]:
-    """Every clip the dataset at ``root`` lists, with the layout's name. Files are not opened."""
+# Layouts whose paths come from a metadata file, which could name any file on the machine.
+_LISTED_LAYOUTS = ("manifest", "esc50", "urbansound8k")
+
+
+def scan_dataset(root: str | Path, *, allow_outside: bool = False,
+                 skipped: list[dict] | None = None) -> tuple[str, list[Clip]]:
+    """Every clip the dataset at ``root`` lists, with the layout's name and absolute, resolved
+    paths. Files are not opened. ``skipped``, when given, receives the entries of a scanned
+    folder that cannot be clips ({"path", "reason"}); paths a metadata file lists outside the
+    dataset's folder are refused unless ``allow_outside``."""
+    root = Path(os.path.abspath(root))
     layout = detect_layout(root)
+    found: list[dict] = []  # what the folder walk could not use
     readers = {
         "esc50": read_esc50,
         "urbansound8k": read_urbansound8k,
-        "gtzan": read_gtzan,
-        "speechcommands": read_speechcommands,
+        "gtzan": lambda r: read_gtzan(r, found),
+        "speechcommands": lambda r: read_speechcommands(r, found),
         "manifest": read_manifest,
-        "folders": read_folders,
+        "folders": lambda r: read_folders(r, found),
     }
-    clips = readers[layout](Path(root))
+    clips = readers[layout](root)
+    if skipped is not None:
+        skipped += found
     if not clips:
         raise ConfigError(f"no audio files found in {root} (layout: {layout})")
-    ids = [c.id for c in clips]
-    if len(set(ids)) != len(ids):
-        raise ConfigError(f"{root}: clip ids are not unique (two entries name the same file?)")
-    return layout, clips
+    _check_unique_ids(root, clips)
+    if layout in _LISTED_LAYOUTS and not allow_outside:
+        _check_inside(root if root.is_dir() else root.parent, clips)
+    return layout, [replace(c, path=os.path.realpath(c.path)) for c in clips]
 
 
-def read_folders(root: Path) -> list[Clip]:
-    """DIR/<label>/**/<file>: the label is the first folder under DIR."""
+def _check_unique_ids(root: Path, clips: list[Clip]) -> None:
+    """x.wav and x.flac in one folder would both be clip x: name them instead of guessing."""
+    first: dict[str, Clip] = {}
+    for clip in clips:
+        other = first.setdefault(clip.id, clip)
+        if other is not clip:
+            raise ConfigError(f"{root}: clip ids are not unique: '{clip.id}' is both {other.path} and "
+                              f"{clip.path} (rename one, or give ids in a manifest)")
+
+
+def _check_inside(folder: Path, clips: list[Clip]) -> None:
+    """A listed path outside the dataset's folder is refused: a manifest should not be able to
+    read /etc/passwd or another dataset by accident. The test is on the path as written
+    (``../`` collapsed), so symlinks inside the folder may still point anywhere."""
+    for clip in clips:
+        path = os.path.normpath(os.path.join(folder, clip.path))
+        if os.path.commonpath([folder, path]) != str(folder):
+            raise ConfigError(f"{clip.path} (clip {clip.id}) is outside the dataset folder {folder}: move it in, "
+                              f"or allow it with --allow-outside (recipe: data.allow_outside: true)")
+
+
+def read_folders(root: Path, skipped: list[dict] | None = None) -> list[Clip]:
+    """DIR/<label>/**/<file>: the label is the first folder under DIR. Symlinks are followed."""
     clips = []
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()):
+    for path in find_audio_files(root, AUDIO_EXTENSIONS, skipped if skipped is not None else []):
         rel = path.relative_to(root)
         label = rel.parts[0] if len(rel.parts) > 1 else None
         clips.append(Clip(id=_clip_id(rel), path=str(path), label=label))
@@ -164,10 +207,10 @@ def read_urbansound8k(root: Path) -> list[Clip]:
         ]
 
 
-def read_gtzan(root: Path) -> list[Clip]:
+def read_gtzan(root: Path, skipped: list[dict] | None = None) -> list[Clip]:
     """GTZAN: genres/<genre>/<genre>.000NN.{au,wav} (genres_original/ in the Kaggle copy);
     no official split."""
-    return read_folders(_gtzan_genres(root))
+    return read_folders(_gtzan_genres(root), skipped)
 
 
 def _gtzan_genres(root: Path) -> Path | None:
@@ -177,13 +220,13 @@ def _gtzan_genres(root: Path) -> Path | None:
     return None
 
 
-def read_speechcommands(root: Path) -> list[Clip]:
+def read_speechcommands(root: Path, skipped: list[dict] | None = None) -> list[Clip]:
     """Speech Commands: <word>/<speaker>_nohash_<n>.wav with official validation/testing lists.
     The speaker hash is the group. _background_noise_ is not a class and is left out."""
     val = set((root / "validation_list.txt").read_text().split())
     test = set((root / "testing_list.txt").read_text().split())
     clips = []
-    for clip in read_folders(root):
+    for clip in read_folders(root, skipped):
         if clip.label is None or clip.label.startswith("_"):
             continue
         rel = Path(clip.path).relative_to(root).as_posix()
@@ -219,6 +262,42 @@ def _split_name(value, where) -> str | None:
     if name is None:
         raise ConfigError(f"{where}: unknown split '{value}' (use train, val or test)")
     return name
+
+
+# ---- duplicates -----------------------------------------------------------------------
+
+def link_duplicates(clips: list[Clip], content: dict[str, str] | None = None) -> tuple[list[Clip], list[list[str]]]:
+    """One recording listed under several ids (same resolved path, or same ``content`` hash:
+    clip id -> hash) must not land in train and test: its clips' groups are merged into one,
+    so a group-aware split keeps them on one side. Returns the clips and the duplicate id sets."""
+    same: dict[tuple, list[Clip]] = defaultdict(list)
+    for clip in clips:
+        same[("path", clip.path)].append(clip)
+        if content and content.get(clip.id):
+            same[("content", content[clip.id])].append(clip)
+    sets = [members for members in same.values() if len(members) > 1]
+    if not sets:
+        return clips, []
+    parent: dict[str, str] = {}
+
+    def root(key: str) -> str:
+        while parent.get(key, key) != key:
+            key = parent[key]
+        return key
+
+    for members in sets:  # union of the members' groups; the smallest name stands for them
+        roots = {root(_group_key(c)) for c in members}
+        first = min(roots)
+        for r in roots:
+            parent[r] = first
+    linked = [c if root(_group_key(c)) == _group_key(c) else replace(c, group=root(_group_key(c))) for c in clips]
+    ids = {tuple(sorted(c.id for c in members)) for members in sets}
+    return linked, [list(i) for i in sorted(ids)]
+
+
+def _group_key(clip: Clip) -> str:
+    """The group a split keeps together: a clip without one is its own."""
+    return clip.group or f"clip:{clip.id}"
 
 
 # ---- splits -----------------------------------------------------------------------------
@@ -260,7 +339,7 @@ def _split_by_group(clips: list[Clip], config: SplitConfig) -> list[Clip]:
     its own (stratified); else groups are split globally, val and test first taking groups
     that cover the labels they lack. Either way every label with three or more groups
     appears in val and test. A clip without a group is its own group."""
-    groups_of_clip = [c.group or f"clip:{c.id}" for c in clips]
+    groups_of_clip = [_group_key(c) for c in clips]
     labels_per_group: dict[str, set] = {}
     for clip, group in zip(clips, groups_of_clip):
         labels_per_group.setdefault(group, set()).add(clip.label)

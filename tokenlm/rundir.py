@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tokenlm.artifacts import STAGE_FILE, read_json, write_json
+from tokenlm.artifacts import STAGE_FILE, read_json, read_jsonl, write_json
 from tokenlm.datasets import SPLITS  # noqa: F401  (re-exported: every split-wise store folder uses them)
 from tokenlm.errors import ArtifactError
 
@@ -239,6 +239,18 @@ def as_run(run: str | Path | RunDir) -> RunDir:
 
 
 # ---- typed metadata -------------------------------------------------------------------
+
+def read_run_manifest(run: "RunDir") -> list[dict]:
+    """The run's clips, one row each, as the finished features saw them: the features' own
+    manifest (RUN/manifest.jsonl is only a copy for people, and may belong to a prepare that
+    failed or is still running). A run of new data encoded with ``tokenize --tokenizer`` has
+    no features, only RUN/manifest.jsonl."""
+    if is_finished(run.features):
+        return read_jsonl(run.features / MANIFEST)
+    if run.manifest.is_file():
+        return read_jsonl(run.manifest)
+    raise ArtifactError(f"{run.root} has no features yet: run `tokenlm prepare` first")
+
 
 @dataclass(frozen=True)
 class FeatureMeta:

@@ -23,23 +23,26 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from tokenlm.artifacts import read_jsonl
 from tokenlm.audio import load_audio
 from tokenlm.errors import ArtifactError, AudioError
+from tokenlm.input_files import check_unchanged
 from tokenlm.models.wavenet import mu_law_encode
-from tokenlm.rundir import RunDir
+from tokenlm.rundir import RunDir, read_run_manifest
 from tokenlm.store import RaggedSplit
 
 IGNORE = -100  # target of samples that are not scored
 
 
-def clip_paths(run: RunDir) -> dict[str, str]:
-    """Clip id -> audio path, from the run's manifest."""
-    return {row["id"]: row["path"] for row in read_jsonl(run.manifest)}
+def clip_rows(run: RunDir) -> dict[str, dict]:
+    """Clip id -> its row in the run's manifest (path, file stamp, ...)."""
+    return {row["id"]: row for row in read_run_manifest(run) if row.get("id") is not None}
 
 
-def load_aligned(path: str, n_codes: int, sample_rate: int, samples_per_code: int) -> np.ndarray:
-    """A clip's audio at ``sample_rate``, cut or zero-padded to ``n_codes * samples_per_code``."""
+def load_aligned(clip: dict, n_codes: int, sample_rate: int, samples_per_code: int) -> np.ndarray:
+    """A clip's audio (``clip``: its manifest row) at ``sample_rate``, cut or zero-padded to
+    ``n_codes * samples_per_code``; the file must be the one ``prepare`` read."""
+    path = clip["path"]
+    check_unchanged(clip)
     try:
         wav = load_audio(path, sample_rate)
     except AudioError as err:
@@ -52,11 +55,11 @@ def load_aligned(path: str, n_codes: int, sample_rate: int, samples_per_code: in
     return wav[:n]
 
 
-def _load_many(paths: list[str], lengths: list[int], sample_rate: int, spc: int, desc: str, progress: bool):
+def _load_many(clips: list[dict], lengths: list[int], sample_rate: int, spc: int, desc: str, progress: bool):
     """load_aligned over many clips, two decoding threads (soundfile and soxr release the GIL)."""
     with ThreadPoolExecutor(max_workers=2) as pool:
-        jobs = pool.map(lambda job: load_aligned(job[0], job[1], sample_rate, spc), zip(paths, lengths))
-        yield from tqdm(jobs, total=len(paths), desc=desc, unit="clip", disable=not progress, leave=False)
+        jobs = pool.map(lambda job: load_aligned(job[0], job[1], sample_rate, spc), zip(clips, lengths))
+        yield from tqdm(jobs, total=len(clips), desc=desc, unit="clip", disable=not progress, leave=False)
 
 
 def to_mu_law(wav: np.ndarray, n_classes: int = 256) -> np.ndarray:
@@ -82,15 +85,15 @@ class AlignedAudio:
     @classmethod
     def load(cls, run: RunDir, split: RaggedSplit, indices, sample_rate: int, spc: int, n_classes: int,
              progress: bool = True) -> "AlignedAudio":
-        paths = clip_paths(run)
+        clips = clip_rows(run)
         rows = [split.rows[i] for i in indices]
-        missing = [r["id"] for r in rows if r["id"] not in paths]
+        missing = [r["id"] for r in rows if r["id"] not in clips]
         if missing:
             raise ArtifactError(f"{run.manifest} does not list clip {missing[0]} of the tokens: "
                                 f"the tokens are from another run")
         codes = [np.asarray(split[i], dtype=np.int64) for i in indices]
         audio = [to_mu_law(w, n_classes) for w in _load_many(
-            [paths[r["id"]] for r in rows], [len(c) for c in codes], sample_rate, spc,
+            [clips[r["id"]] for r in rows], [len(c) for c in codes], sample_rate, spc,
             f"{split.split} audio", progress)]
         return cls(codes, audio, [r["id"] for r in rows], spc)
 

@@ -152,8 +152,10 @@ def test_strict_fails_with_the_manifest_written(corpus, tmp_path):
     with pytest.raises(TokenlmError, match=r"--strict: 4 clip\(s\) skipped") as info:
         prepare(corpus, run, strict=True, progress=False)
     assert "\n" not in str(info.value)
-    assert len(read_jsonl(run / MANIFEST)) == 23  # the reasons can be read
+    named = str(info.value).rsplit("every clip's status: ", 1)[1].rstrip(")")
+    assert len(read_jsonl(named)) == 23  # the reasons can be read, in the manifest the error names
     assert not (RunDir(run).features / STAGE_FILE).exists()  # nothing looks finished
+    assert not (run / MANIFEST).exists()  # RUN/manifest.jsonl is written only when the stage finishes
 
     prepare(corpus, run, progress=False)  # without --strict the same corpus is fine
     with pytest.raises(TokenlmError, match="--strict"):  # and a finished run is checked too

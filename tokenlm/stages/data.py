@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from tokenlm.config import build, recipe_section
-from tokenlm.datasets import SPLITS, SplitConfig, assign_splits, scan_dataset
+from tokenlm.datasets import SPLITS, SplitConfig, assign_splits, link_duplicates, scan_dataset
 from tokenlm.pipeline import RunContext
 
 
@@ -44,9 +44,12 @@ def demo(out, kind, seed):
 @command.command("info")
 @click.argument("path", type=click.Path())
 @click.option("--config", "recipe", type=click.Path(), help="Recipe YAML (section: split).")
-def info(path, recipe):
+@click.option("--allow-outside", is_flag=True, help="Accept manifest paths outside the manifest's folder.")
+def info(path, recipe, allow_outside):
     """Show a dataset's layout, classes and the train/val/test split tokenlm would use."""
-    layout, clips = scan_dataset(path)
+    skipped: list[dict] = []
+    layout, clips = scan_dataset(path, allow_outside=allow_outside, skipped=skipped)
+    clips, duplicates = link_duplicates(clips)  # as prepare does (without content hashes)
     clips = assign_splits(clips, build(SplitConfig, recipe_section(recipe, "split"), where="split"))
     per_split = Counter(c.split for c in clips)
     labels = Counter(c.label for c in clips)
@@ -55,3 +58,7 @@ def info(path, recipe):
     click.echo("splits: " + ", ".join(f"{s} {per_split.get(s, 0)}" for s in SPLITS))
     for label, n in sorted(labels.items(), key=lambda kv: str(kv[0])):
         click.echo(f"  {label}: {n}")
+    if duplicates:
+        click.echo(f"{len(duplicates)} file(s) listed under more than one id, e.g. {', '.join(duplicates[0])}")
+    if skipped:
+        click.echo(f"{len(skipped)} entries skipped, e.g. {skipped[0]['path']}: {skipped[0]['reason']}")

@@ -1,5 +1,5 @@
-"""Command-line options shared by several commands: training (pretrain, vocoder) and the CNN
-baselines (baselines, probe).
+"""Command-line options shared by several commands: training (pretrain, vocoder), the CNN
+baselines (baselines, probe) and reading a dataset (prepare, tokenize).
 
     @training_options(LM_TRAINING_DEFAULTS, items="Sequences (of context codes)", seeds="batches and dropout")
     def command(run, ..., device, no_progress, **options): ...
@@ -58,6 +58,17 @@ def baseline_options(*, seeds: str, folds: str) -> Callable:
     ]
 
     return _all_of(options)
+
+
+def data_options() -> Callable:
+    """Add --hash-content and --allow-outside: how a command that runs ``prepare`` reads the
+    dataset. Both default to None ("not given"), so the recipe's data section applies."""
+    return _all_of([
+        click.option("--hash-content", is_flag=True, default=None,
+                     help="Identify input files by a hash of their bytes too (reads every file once more)."),
+        click.option("--allow-outside", is_flag=True, default=None,
+                     help="Accept manifest paths outside the manifest's folder."),
+    ])
 
 
 def _all_of(options: list[Callable]) -> Callable:

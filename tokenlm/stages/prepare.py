@@ -1,8 +1,11 @@
 """Stage 1: dataset -> manifest + log-mel features of every clip, streamed.
 
 Writes RUN/features/ ({split}.bin float16 frames, {split}.index.jsonl, meta.json with the
-feature config and train-only normalisation statistics) and RUN/manifest.jsonl (one line per
-input clip with its status and, for skipped clips, the reason).
+feature config and train-only normalisation statistics, and manifest.jsonl: one line per input
+clip with its absolute path, the file's stamp, its status and, for skipped clips or scanned
+entries that could not be clips, the reason). RUN/manifest.jsonl is a copy of the finished
+stage's manifest, written when the stage finishes or is found up to date, never before: the
+stages that read the manifest read the features' own copy (``rundir.read_manifest``).
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from tqdm import tqdm
 from tokenlm.artifacts import Stage, fingerprint, read_jsonl, write_json, write_jsonl
 from tokenlm.audio import load_audio
 from tokenlm.config import to_dict
-from tokenlm.datasets import SPLITS, Clip, SplitConfig, assign_splits, scan_dataset
+from tokenlm.datasets import SPLITS, Clip, SplitConfig, assign_splits, link_duplicates, scan_dataset
 from tokenlm.errors import AudioError, TokenlmError
 from tokenlm.features import FeatureConfig, LogMel, RunningStats
+from tokenlm.input_files import file_stamp
 from tokenlm.runtime import bounded_map, cpu_threads, kernel_threads
 from tokenlm.pipeline import RunContext
+from tokenlm.stages.options import data_options
 from tokenlm.rundir import MANIFEST, META, RunDir
 from tokenlm.store import RaggedWriter
 
@@ -37,39 +42,77 @@ def prepare(
     *,
     strict: bool = False,
     progress: bool = True,
+    hash_content: bool = False,
+    allow_outside: bool = False,
 ) -> Path:
     """Scan ``data``, split it, and write log-mel features of every usable clip into ``run``.
 
     Unusable clips are skipped and recorded in the manifest; with ``strict`` any skip is an
-    error (raised after the manifest is written, so the reasons can be read).
+    error, and the stage is left unfinished (the error names the manifest with the reasons).
+    Input files are identified by size, times and inode, and by a hash of their bytes with
+    ``hash_content``. Paths a manifest lists outside its folder need ``allow_outside``.
     """
     run = RunDir(run)
-    layout, clips = scan_dataset(data)
+    scan_skipped: list[dict] = []
+    layout, clips = scan_dataset(data, allow_outside=allow_outside, skipped=scan_skipped)
+    files = {c.id: file_stamp(c.path, hash_content) for c in clips}
+    clips, duplicates = link_duplicates(clips, {i: f["sha256"] for i, f in files.items() if f and "sha256" in f})
     clips = assign_splits(clips, split)
     stage = Stage(
         run.features,
         config={"features": to_dict(features), "split": to_dict(split), "layout": layout},
-        inputs={"data": _fingerprint_files(clips)},
+        inputs={"data": fingerprint([[(c.id, c.path, c.label, c.split, files[c.id]) for c in clips], scan_skipped])},
     )
 
     def make(work: Path) -> dict:
         manifest, meta = _extract(clips, features, work, progress)
-        meta.update(layout=layout, data=str(data))
+        manifest = [{**row, "file": files[row["id"]]} for row in manifest] + [
+            {"id": None, "path": s["path"], "label": None, "split": None, "group": None, "fold": None,
+             "duration": None, "status": "skipped", "reason": s["reason"], "file": None} for s in scan_skipped]
+        meta.update(layout=layout, data=str(data), clips_skipped=meta["clips_skipped"] + len(scan_skipped),
+                    duplicates=duplicates)
         write_json(work / META, meta)
         write_jsonl(work / MANIFEST, manifest)
-        run.root.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(work / MANIFEST, run.manifest)
         _print_summary(manifest)
+        _report_duplicates(clips, duplicates)
         if strict:
-            _check_strict(run.manifest)
-        _say(f"features: {stage.out_dir}\nmanifest: {run.manifest}")
+            _check_strict(work / MANIFEST)
         return {"clips_ok": meta["clips_ok"], "clips_skipped": meta["clips_skipped"]}
 
     if stage.up_to_date("features"):
         if strict:
-            _check_strict(run.manifest)
-        return stage.out_dir
-    return stage.build("features", make)
+            _check_strict(stage.out_dir / MANIFEST)
+        _publish_manifest(run)
+    else:
+        stage.build("features", make)
+        _publish_manifest(run)
+        _say(f"features: {stage.out_dir}\nmanifest: {run.manifest}")
+    return stage.out_dir
+
+
+def _publish_manifest(run: RunDir) -> None:
+    """RUN/manifest.jsonl := the finished features' manifest, unless it already is (atomic:
+    a reader sees the old copy or the new one)."""
+    source = run.features / MANIFEST
+    if run.manifest.is_file() and run.manifest.read_bytes() == source.read_bytes():
+        return
+    tmp = run.root / f".{MANIFEST}.tmp-{os.getpid()}"
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, run.manifest)
+
+
+def _report_duplicates(clips: list[Clip], duplicates: list[list[str]]) -> None:
+    """Say which recordings are listed twice; an official split that puts one recording on
+    two sides cannot be changed here, so that is said too."""
+    if not duplicates:
+        return
+    _say(f"{len(duplicates)} recording(s) listed under more than one id (e.g. {', '.join(duplicates[0])}): "
+         f"each kept on one side of the split (meta.json: duplicates)")
+    split_of = {c.id: c.split for c in clips}
+    crossing = [ids for ids in duplicates if len({split_of[i] for i in ids}) > 1]
+    if crossing:
+        _say(f"warning: the official split puts {len(crossing)} of them in two splits "
+             f"(e.g. {', '.join(f'{i} in {split_of[i]}' for i in crossing[0])})")
 
 
 def _extract(clips: list[Clip], features: FeatureConfig, work: Path, progress: bool):
@@ -141,19 +184,6 @@ def _decode(clip: Clip, features: FeatureConfig):
         return None, err.reason
 
 
-def _fingerprint_files(clips: list[Clip]) -> str:
-    """Cheap identity of the input files: path, size and mtime (not their bytes, which for a
-    large corpus would take longer to hash than to featurise) plus labels and splits."""
-    entries = []
-    for c in clips:
-        try:
-            st = os.stat(c.path)
-            entries.append((c.id, c.path, c.label, c.split, st.st_size, st.st_mtime_ns))
-        except OSError:
-            entries.append((c.id, c.path, c.label, c.split, None, None))
-    return fingerprint(entries)
-
-
 def _print_summary(manifest: list[dict]) -> None:
     ok = sum(1 for m in manifest if m["status"] == "ok")
     reasons = Counter(m["reason"].split(" (")[0] for m in manifest if m["status"] != "ok")
@@ -167,11 +197,20 @@ def _check_strict(manifest_path: Path) -> None:
     skipped = [m for m in read_jsonl(manifest_path) if m["status"] != "ok"]
     if skipped:
         first = skipped[0]
-        raise TokenlmError(f"--strict: {len(skipped)} clip(s) skipped, e.g. {first['path']}: {first['reason']}")
+        raise TokenlmError(f"--strict: {len(skipped)} clip(s) skipped, e.g. {first['path']}: {first['reason']} "
+                           f"(every clip's status: {manifest_path})")
 
 
 def _say(text: str) -> None:
     click.echo(text, err=True)
+
+
+def data_flags(section: dict, **flags) -> dict:
+    """strict, hash_content and allow_outside: a flag given on the command line, else the
+    recipe's data section, else off."""
+    names = ("strict", "hash_content", "allow_outside")
+    return {name: bool(flags[name] if flags.get(name) is not None else section.get(name, False))
+            for name in names}
 
 
 @click.command("prepare")
@@ -179,23 +218,25 @@ def _say(text: str) -> None:
 @click.option("--out", "run", type=click.Path(), help="Run directory.")
 @click.option("--config", "recipe", type=click.Path(), help="Recipe YAML (sections: data, features, split).")
 @click.option("--strict", is_flag=True, default=None, help="Fail if any clip is skipped.")
-def command(data, run, recipe, strict):
+@data_options()
+def command(data, run, recipe, strict, hash_content, allow_outside):
     """Scan a dataset, split it and compute log-mel features into RUN/features."""
     if not recipe and not (data and run):
         raise TokenlmError("need --data and --out (or a recipe with data.path and run.dir)")
     ctx = RunContext.create(run, recipe)
-    _prepare(ctx, data=data, strict=strict)
+    _prepare(ctx, data=data, strict=strict, hash_content=hash_content, allow_outside=allow_outside)
 
 
 def run(ctx: RunContext) -> None:
     _prepare(ctx)
 
 
-def _prepare(ctx: RunContext, data: str | None = None, strict: bool | None = None) -> Path:
+def _prepare(ctx: RunContext, data: str | None = None, **flags) -> Path:
+    """prepare() with the recipe's data section under the command-line flags (None: not given)."""
     section = ctx.section("data")
     data = data or section.get("path")
     if not data:
         raise TokenlmError("need --data (or a recipe with data.path)")
     return prepare(data, ctx.run, ctx.config(FeatureConfig, "features"), ctx.config(SplitConfig, "split"),
-                   strict=bool(strict if strict is not None else section.get("strict", False)),
-                   progress=ctx.progress)
+                   progress=ctx.progress, **data_flags(section, **flags))
+

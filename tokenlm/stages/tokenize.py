@@ -21,20 +21,23 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tokenlm.artifacts import Stage, read_json, read_jsonl, stage_key, write_json, write_jsonl
+from tokenlm.artifacts import Stage, read_json, stage_key, write_json, write_jsonl
 from tokenlm.audio import load_audio
 from tokenlm.codebook import CodebookConfig, fit_codebook
 from tokenlm.config import build, to_dict
 from tokenlm.datasets import SPLITS, SplitConfig, assign_splits, scan_dataset
-from tokenlm.errors import AudioError, TokenlmError
+from tokenlm.errors import ArtifactError, AudioError, TokenlmError
 from tokenlm.features import FeatureConfig
+from tokenlm.input_files import check_unchanged
 from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
 from tokenlm.pipeline import RunContext
 from tokenlm.rundir import (
     CODEBOOK, CONFIG, META, METRICS, STAGE_FILE, TRAINING, RunDir, as_run, is_finished, read_feature_meta,
+    read_run_manifest,
 )
 from tokenlm.runtime import bounded_map, kernel_threads, pick_device, seed_everything
-from tokenlm.stages.prepare import prepare
+from tokenlm.stages.options import data_options
+from tokenlm.stages.prepare import data_flags, prepare
 from tokenlm.store import RaggedWriter
 from tokenlm.tokenizer import (
     AudioTokenizer, AutoencoderTraining, PatchCoder, TokenizerConfig, load_patch_coder, save_patch_coder,
@@ -119,15 +122,23 @@ def _fit_codebook(run: RunDir, work: Path, k: int, config: CodebookConfig, devic
 # ---- encoding ---------------------------------------------------------------------------
 
 def encode_run_stage(run: str | Path | RunDir, k: int, *, device: torch.device, progress: bool = True) -> Path:
-    """RUN/tokens/k{K}: every usable clip of the run's manifest, encoded."""
+    """RUN/tokens/k{K}: every usable clip of the run's manifest, encoded. Every clip that
+    ``prepare`` accepted must still be there, unchanged, and decode: the tokens never hold
+    fewer clips than the features."""
     run = as_run(run)
     stage = Stage(run.tokens(k), config={"k": k},
                   inputs={"codebook": stage_key(run.codebook(k)), "features": stage_key(run.features)})
 
     def make(work: Path) -> dict:
         tokenizer = AudioTokenizer.load(run.tokenizer, codebook_size=k, device=device)
-        rows = [r for r in read_jsonl(run.manifest) if r["status"] == "ok"]
+        rows = [r for r in read_run_manifest(run) if r["status"] == "ok"]
+        for row in rows:  # before hours of encoding, not after
+            check_unchanged(row)
         meta = encode_clips(tokenizer, rows, work, progress=progress)
+        if meta["skipped"]:
+            first = meta["skipped"][0]
+            raise ArtifactError(f"{len(meta['skipped'])} clip(s) that prepare accepted cannot be read now, e.g. "
+                                f"{first['path']}: {first['reason']} (restore them, or rerun prepare)")
         _say(f"tokens: {sum(meta['tokens'].values())} codes at {tokenizer.code_rate:g}/s -> {stage.out_dir}")
         return {"tokens": meta["tokens"]}
 
@@ -188,7 +199,7 @@ def _load(path: str, tokenizer: AudioTokenizer):
 
 def encode_new_data(tokenizer_path: Path, data: Path, out: Path, split: SplitConfig, *,
                     codebook_size: int | None = None, device=None, progress: bool = True,
-                    strict: bool = False) -> Path:
+                    strict: bool = False, allow_outside: bool = False) -> Path:
     """Encode a new dataset with a trained tokenizer into OUT/tokens/k{K} (+ OUT/manifest.jsonl,
     one line per clip with its status and reason). With ``strict`` any skipped clip is an
     error, raised after the manifest is written so the reasons can be read."""
@@ -196,7 +207,7 @@ def encode_new_data(tokenizer_path: Path, data: Path, out: Path, split: SplitCon
     if is_finished(out.features):  # its tokens and manifest would be overwritten
         raise TokenlmError(f"{out.root} is a training run: write the new data's codes to another --out")
     tokenizer = AudioTokenizer.load(tokenizer_path, codebook_size=codebook_size, device=pick_device(device))
-    layout, clips = scan_dataset(data)
+    layout, clips = scan_dataset(data, allow_outside=allow_outside)
     clips = assign_splits(clips, split)
     rows = [{"id": c.id, "path": c.path, "label": c.label, "split": c.split, "group": c.group, "fold": c.fold} for c in clips]
     target = out.tokens(tokenizer.codebook_size)
@@ -233,7 +244,9 @@ def _say(text: str) -> None:
 @click.option("--bottleneck", type=int, help="Autoencoder bottleneck width.")
 @click.option("--device", help="cpu, cuda or auto (default).")
 @click.option("--strict", is_flag=True, default=None, help="Fail if any clip is skipped.")
-def command(data, out, tokenizer_path, codebook_size, recipe, epochs, bottleneck, device, strict):
+@data_options()
+def command(data, out, tokenizer_path, codebook_size, recipe, epochs, bottleneck, device, strict, hash_content,
+            allow_outside):
     """Train the autoencoder and codebook on the train split, then encode every clip.
 
     \b
@@ -248,10 +261,11 @@ def command(data, out, tokenizer_path, codebook_size, recipe, epochs, bottleneck
         if not data:
             raise TokenlmError("--tokenizer needs --data: the audio to encode")
         encode_new_data(Path(tokenizer_path), Path(data), ctx.run.root, split, codebook_size=codebook_size,
-                        device=device, strict=bool(strict))
+                        device=device, strict=bool(strict), allow_outside=bool(allow_outside))
         return
     if data:
-        prepare(data, ctx.run, ctx.config(FeatureConfig, "features"), split, strict=bool(strict))
+        flags = data_flags(ctx.section("data"), strict=strict, hash_content=hash_content, allow_outside=allow_outside)
+        prepare(data, ctx.run, ctx.config(FeatureConfig, "features"), split, **flags)
     elif not is_finished(ctx.run.features):
         raise TokenlmError(f"{ctx.run.root} has no features yet: pass --data DIR")
     tokens = _tokenize(ctx, {"codebook_size": codebook_size, "epochs": epochs, "bottleneck": bottleneck})

@@ -47,7 +47,7 @@ from tokenlm.tokenizer import AudioTokenizer
 from tokenlm.training import TrainConfig, distributed_stage, train
 from tokenlm.vocoder import Vocoder, save_vocoder, write_wav
 from tokenlm.vocoder_data import (
-    AlignedAudio, CropBatches, clip_paths, count_scored, load_aligned, spread, validation_crops, wavenet_loss,
+    AlignedAudio, CropBatches, clip_rows, count_scored, load_aligned, spread, validation_crops, wavenet_loss,
 )
 
 # The vocoder's training defaults where they differ from TrainConfig's generic ones.
@@ -325,14 +325,14 @@ def _excerpts(run: RunDir, split: RaggedSplit, vocoder: Vocoder, cfg: VocoderCon
     ``split``; clips without a code are left out."""
     n_codes = max(1, round(cfg.metrics_seconds * vocoder.code_rate))
     spc = vocoder.samples_per_code
-    paths = clip_paths(run)
+    manifest = clip_rows(run)
     clips = []
     for i in spread(len(split), cfg.metrics_clips):
         row, codes = split.rows[i], np.asarray(split[i], dtype=np.int64)
-        if row["id"] not in paths:
+        if row["id"] not in manifest:
             raise ArtifactError(f"{run.manifest} does not list clip {row['id']} of the tokens")
         n = int(min(n_codes, len(codes)))
-        audio = load_aligned(paths[row["id"]], len(codes), vocoder.sample_rate, spc)
+        audio = load_aligned(manifest[row["id"]], len(codes), vocoder.sample_rate, spc)
         clips.append((row["id"], audio[: n * spc], codes[:n]))
     return [clip for clip in clips if len(clip[2])]
 
