@@ -75,20 +75,20 @@ def audio_blocks(path: str | Path, sample_rate: int, min_samples: int = 1,
     yield from _stream(_read_blocks(path, block_frames), info.samplerate, sample_rate, min_samples, path)
 
 
-def _read_blocks(path, block_frames: int) -> Iterator[np.ndarray]:
-    """soundfile's blocks (T, C), with its errors turned into AudioError."""
-    try:
-        yield from sf.blocks(str(path), blocksize=block_frames, dtype="float32", always_2d=True)
-    except Exception as err:  # soundfile raises several types (LibsndfileError, RuntimeError)
-        raise AudioError(path, f"cannot decode ({_first_line(err)})") from None
-
-
 def audio_seconds(path: str | Path) -> float:
     """The file's duration from its header (0.0 when unreadable: decoding will say why)."""
     try:
         return float(sf.info(str(path)).duration)
     except Exception:
         return 0.0
+
+
+def _read_blocks(path, block_frames: int) -> Iterator[np.ndarray]:
+    """soundfile's blocks (T, C), with its errors turned into AudioError."""
+    try:
+        yield from sf.blocks(str(path), blocksize=block_frames, dtype="float32", always_2d=True)
+    except Exception as err:  # soundfile raises several types (LibsndfileError, RuntimeError)
+        raise AudioError(path, f"cannot decode ({_first_line(err)})") from None
 
 
 def _stream(blocks, file_rate: int, sample_rate: int, min_samples: int, path) -> Iterator[np.ndarray]:

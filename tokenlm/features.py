@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tokenlm.audio import BLOCK_SECONDS, audio_blocks
+from tokenlm.audio import BLOCK_SECONDS, audio_blocks, audio_seconds
 from tokenlm.errors import AudioError
 
 
@@ -189,12 +189,35 @@ def file_log_mel(path: str | Path, log_mel: LogMel, min_samples: int = 1,
             frames = log_mel(torch.from_numpy(first)).numpy()
         return _finite(frames, path), len(first)
     stream = LogMelStream(log_mel)
-    parts, num_samples = [], 0
+    # Into one array sized from the header: joining per-block pieces would hold the frames twice.
+    config = log_mel.config
+    out = _Growing(config.num_frames(round(audio_seconds(path) * config.sample_rate)), config.n_mels)
+    num_samples = 0
     for block in _chain([first, rest], blocks):
-        parts.append(_finite(stream.push(block), path))
+        out.append(_finite(stream.push(block), path))
         num_samples += len(block)
-    parts.append(_finite(stream.finish(), path))
-    return np.concatenate(parts), num_samples
+    out.append(_finite(stream.finish(), path))
+    return out.array(), num_samples
+
+
+class _Growing:
+    """A (rows, width) float32 array filled block by block, grown if the estimate was short."""
+
+    def __init__(self, rows: int, width: int):
+        self.data = np.empty((max(rows, 1), width), dtype=np.float32)
+        self.filled = 0
+
+    def append(self, rows: np.ndarray) -> None:
+        end = self.filled + len(rows)
+        if end > len(self.data):
+            grown = np.empty((max(end, len(self.data) * 5 // 4), self.data.shape[1]), dtype=np.float32)
+            grown[: self.filled] = self.data[: self.filled]
+            self.data = grown
+        self.data[self.filled:end] = rows
+        self.filled = end
+
+    def array(self) -> np.ndarray:
+        return self.data[: self.filled]
 
 
 def _chain(head: list, tail: Iterable) -> Iterator:
@@ -235,16 +258,20 @@ def unpatchify(patches: torch.Tensor, n_mels: int) -> torch.Tensor:
 class RunningStats:
     """Per-mel-bin mean and std accumulated in float64 over streamed frames (train split only)."""
 
+    SLICE = 65536  # frames summed at a time
+
     def __init__(self, n_mels: int):
         self.count = 0
         self.total = np.zeros(n_mels)
         self.total_sq = np.zeros(n_mels)
 
     def update(self, frames: np.ndarray) -> None:
-        frames = np.asarray(frames, dtype=np.float64)  # (frames, M)
-        self.count += frames.shape[0]
-        self.total += frames.sum(axis=0)
-        self.total_sq += np.square(frames).sum(axis=0)
+        # A slice at a time: an hour-long clip in float64 (and its square) would take 370 MB.
+        for start in range(0, len(frames), self.SLICE):
+            part = np.asarray(frames[start:start + self.SLICE], dtype=np.float64)  # (frames, M)
+            self.count += part.shape[0]
+            self.total += part.sum(axis=0)
+            self.total_sq += np.square(part).sum(axis=0)
 
     def result(self) -> dict:
         if self.count == 0:
