@@ -117,12 +117,13 @@ class LogMel(torch.nn.Module):
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         squeeze = wav.dim() == 1
         wav = wav.reshape(1, -1) if squeeze else wav
-        log_mel = self.uncentred(wav, center=True)
+        log_mel = self.frames(wav, center=True)
         return log_mel[0] if squeeze else log_mel
 
-    def uncentred(self, wav: torch.Tensor, center: bool = False) -> torch.Tensor:
-        """(B, T) -> (B, frames, M); without ``center`` frame f starts at sample f * hop (the
-        caller pads), which is how ``LogMelStream`` continues a signal across blocks."""
+    def frames(self, wav: torch.Tensor, center: bool) -> torch.Tensor:
+        """(B, T) -> (B, frames, M). ``center`` pads n_fft // 2 zeros on each side (librosa's
+        default); without it frame f starts at sample f * hop and the caller pads, which is how
+        ``LogMelStream`` continues a signal across blocks."""
         spec = torch.stft(
             wav.float(),
             n_fft=self.config.n_fft,
@@ -168,7 +169,7 @@ class LogMelStream:
             return np.zeros((0, self.config.n_mels), dtype=np.float32)
         with torch.inference_mode():
             wav = torch.from_numpy(self.pending[: (n - 1) * hop + n_fft]).reshape(1, -1)
-            frames = self.log_mel.uncentred(wav)[0].numpy()
+            frames = self.log_mel.frames(wav, center=False)[0].numpy()
         self.pending = self.pending[n * hop:]
         return frames
 

@@ -7,7 +7,7 @@
 
 Tokens are encoded from the audio files with the tokenizer's own log-mel, autoencoder and
 codebook (``AudioTokenizer.encode_frames_batch``, what ``encode`` calls on new audio), so a
-clip gets the same codes however it is encoded: bit for bit up to one decoding block
+clip gets the same codes however it is encoded: bit for bit on the CPU up to one decoding block
 (``audio.BLOCK_SECONDS``); longer files are decoded in blocks, equal within float tolerance.
 """
 
