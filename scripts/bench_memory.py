@@ -102,8 +102,9 @@ def measure(args: list) -> tuple[float, float]:
     env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH") or str(Path(__file__).resolve().parents[1])}
     with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: progress bars would fill a pipe
         start = time.perf_counter()
+        # cwd: not a checkout, whose tokenlm `python -m` would import ahead of PYTHONPATH's
         child = subprocess.Popen([sys.executable, "-m", "tokenlm", *map(str, args)], env=env,
-                                 stdout=log, stderr=log)
+                                 cwd=tempfile.gettempdir(), stdout=log, stderr=log)
         _, status, usage = os.wait4(child.pid, 0)
         wall = time.perf_counter() - start
         child.returncode = os.waitstatus_to_exitcode(status)
