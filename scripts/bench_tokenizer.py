@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="audio to encode (default: the run's own clips)")
     parser.add_argument("-K", "--codebook-size", type=int, help="codebook to use (default: the run's current one)")
     parser.add_argument("--threads", type=int, default=2, help="torch and FAISS threads (default 2)")
-    parser.add_argument("--batch-clips", type=int, default=32, help="clips per encode_batch call, as in tokenize")
+    parser.add_argument("--batch-seconds", type=float, default=600.0, help="seconds of audio per encoding pass, as in tokenize")
     parser.add_argument("--limit", type=int, help="encode at most this many clips")
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one, removed at the end)")
     parser.add_argument("--synth-clips", type=int, default=400, help="clips to synthesize when there is no data")
@@ -98,7 +98,7 @@ def run(args, work: Path) -> None:
     peak = PeakRss()
     start = time.perf_counter()
     with peak:
-        meta = encode_clips(tokenizer, rows, _fresh(work / "tokens"), progress=False, batch_clips=args.batch_clips)
+        meta = encode_clips(tokenizer, rows, _fresh(work / "tokens"), progress=False, batch_seconds=args.batch_seconds)
     wall = time.perf_counter() - start
     codes = sum(meta["tokens"].values())
     print(f"\nend to end (files -> tokens on disk): {wall:.2f} s for {seconds:.0f} s of audio = "

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tokenlm.audio import load_audio, prepare_waveform
+from tokenlm.audio import audio_blocks, load_audio, prepare_waveform
 from tokenlm.errors import AudioError, TokenlmError
 
 SR = 16000
@@ -67,6 +67,11 @@ def _inf_double(tmp_path, write_audio):
     return write_audio("inf.wav", data=wav, subtype="DOUBLE")
 
 
+def _huge_stereo(tmp_path, write_audio):
+    wav = np.full((8000, 2), 3e38, np.float32)  # finite, but the two channels' sum is not
+    return write_audio("huge.wav", data=wav, subtype="FLOAT")
+
+
 def _silence(tmp_path, write_audio):
     return write_audio("silence.wav", data=np.zeros(SR, np.float32), subtype="PCM_16")
 
@@ -87,18 +92,25 @@ BROKEN = {
     "zero samples": (_zero_samples, "no samples"),
     "NaN float": (_nan_float, "NaN or infinite"),
     "inf double": (_inf_double, "NaN or infinite"),
+    "huge stereo floats": (_huge_stereo, "overflow"),
     "silence": (_silence, "silent"),
     "too short": (_too_short, "too short"),
     "missing": (_missing, "not found"),
 }
 
 
+def in_blocks(path, sample_rate, min_samples=1):
+    """``audio_blocks`` in 0.01 s blocks, joined: the streaming path for any file here."""
+    return np.concatenate(list(audio_blocks(path, sample_rate, min_samples, block_seconds=0.01)))
+
+
+@pytest.mark.parametrize("load", [load_audio, in_blocks], ids=["whole", "blocks"])
 @pytest.mark.parametrize("case", list(BROKEN))
-def test_broken_file_raises_audio_error_naming_file_and_reason(case, tmp_path, write_audio):
+def test_broken_file_raises_audio_error_naming_file_and_reason(case, load, tmp_path, write_audio):
     make, reason = BROKEN[case]
     path = make(tmp_path, write_audio)
     with pytest.raises(AudioError) as info:
-        load_audio(path, SR, min_samples=400)
+        load(path, SR, min_samples=400)
     err = info.value
     assert isinstance(err, TokenlmError)  # the CLI prints it as one line
     assert err.path == str(path)
@@ -136,6 +148,20 @@ def test_any_rate_is_resampled_to_16k_keeping_length_pitch_and_level(rate, write
     middle = out[2000:-2000]  # away from the resampler's edges
     np.testing.assert_allclose(np.abs(middle).max(), 0.5, rtol=0.02)
     np.testing.assert_allclose(np.sqrt(np.mean(middle**2)), 0.5 / np.sqrt(2), rtol=0.02)
+
+
+@pytest.mark.parametrize("rate,channels", [(16000, 1), (44100, 2), (48000, 6), (8000, 1)])
+def test_blocks_join_into_the_whole_file(rate, channels, write_audio, make_tone):
+    """soxr's streaming resampler continues across blocks: the joined blocks are the one-shot
+    result, and one block covering the file is the one-shot path itself."""
+    wav = make_tone(700.0, 1.3, rate, 0.4, channels=channels, noise=0.05)
+    path = write_audio(f"tone_{rate}.wav", data=wav, sample_rate=rate, subtype="FLOAT")
+    whole = load_audio(path, SR)
+    blocks = list(audio_blocks(path, SR, block_seconds=0.1))
+    assert len(blocks) > 5 and all(b.dtype == np.float32 for b in blocks)
+    np.testing.assert_allclose(np.concatenate(blocks), whole, atol=1e-6, rtol=0)
+    [single] = audio_blocks(path, SR, block_seconds=2.0)
+    np.testing.assert_array_equal(single, whole)
 
 
 def test_downsampling_filters_out_what_would_alias(write_audio, make_tone):

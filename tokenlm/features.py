@@ -3,15 +3,22 @@
 The log-mel matches ``librosa.power_to_db(librosa.feature.melspectrogram(...), ref=1.0,
 amin=log_floor, top_db=None)`` with the same parameters (tested), computed batched on CPU
 or GPU. A patch is ``patch_frames`` consecutive frames spanning every mel bin: one token.
+``file_log_mel`` computes a file's log-mel block by block (``audio_blocks`` + ``LogMelStream``),
+so memory holds one block of audio and the frames, however long the recording.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+
+from tokenlm.audio import BLOCK_SECONDS, audio_blocks, audio_seconds
+from tokenlm.errors import AudioError
 
 
 @dataclass(frozen=True)
@@ -110,20 +117,120 @@ class LogMel(torch.nn.Module):
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         squeeze = wav.dim() == 1
         wav = wav.reshape(1, -1) if squeeze else wav
+        log_mel = self.frames(wav, center=True)
+        return log_mel[0] if squeeze else log_mel
+
+    def frames(self, wav: torch.Tensor, center: bool) -> torch.Tensor:
+        """(B, T) -> (B, frames, M). ``center`` pads n_fft // 2 zeros on each side (librosa's
+        default); without it frame f starts at sample f * hop and the caller pads, which is how
+        ``LogMelStream`` continues a signal across blocks."""
         spec = torch.stft(
             wav.float(),
             n_fft=self.config.n_fft,
             hop_length=self.config.hop_length,
             window=self.window,
-            center=True,
+            center=center,
             pad_mode="constant",
             return_complex=True,
         )  # (B, n_fft//2+1, frames)
         power = spec.real.square() + spec.imag.square()
         mel = torch.matmul(self.filterbank, power)  # (B, M, frames)
         log_mel = 10.0 * torch.log10(mel.clamp_min(self.config.log_floor))
-        log_mel = log_mel.transpose(1, 2)  # (B, frames, M)
-        return log_mel[0] if squeeze else log_mel
+        return log_mel.transpose(1, 2)  # (B, frames, M)
+
+
+class LogMelStream:
+    """``LogMel`` of a signal that arrives in blocks: the same frames as one call on the whole
+    signal (within float tolerance), with at most one block plus one window in memory.
+
+    A centred STFT pads n_fft // 2 zeros on each side; the stream pads the start, carries the
+    samples of frames not yet complete into the next block, and pads the end in ``finish``.
+    """
+
+    def __init__(self, log_mel: LogMel):
+        self.log_mel = log_mel
+        self.config = log_mel.config
+        self.pending = np.zeros(self.config.n_fft // 2, dtype=np.float32)
+
+    def push(self, block: np.ndarray) -> np.ndarray:
+        """The frames (n, M) that ``block`` completes."""
+        self.pending = np.concatenate([self.pending, np.asarray(block, dtype=np.float32)])
+        return self._complete_frames()
+
+    def finish(self) -> np.ndarray:
+        """The last frames, over the end padding."""
+        self.pending = np.concatenate([self.pending, np.zeros(self.config.n_fft // 2, dtype=np.float32)])
+        return self._complete_frames()
+
+    def _complete_frames(self) -> np.ndarray:
+        n_fft, hop = self.config.n_fft, self.config.hop_length
+        n = 0 if len(self.pending) < n_fft else 1 + (len(self.pending) - n_fft) // hop
+        if n == 0:
+            return np.zeros((0, self.config.n_mels), dtype=np.float32)
+        with torch.inference_mode():
+            wav = torch.from_numpy(self.pending[: (n - 1) * hop + n_fft]).reshape(1, -1)
+            frames = self.log_mel.frames(wav, center=False)[0].numpy()
+        self.pending = self.pending[n * hop:]
+        return frames
+
+
+def file_log_mel(path: str | Path, log_mel: LogMel, min_samples: int = 1,
+                 block_seconds: float = BLOCK_SECONDS) -> tuple[np.ndarray, int]:
+    """(log-mel frames (frames, M) float32, number of samples) of an audio file at
+    ``log_mel``'s sample rate, decoded block by block: memory is one block of audio plus the
+    frames (1/40 of 48 kHz stereo float32 at the default config), whatever the file's length.
+
+    Raises AudioError like ``load_audio``, and for a log-mel that is not finite.
+    """
+    blocks = audio_blocks(path, log_mel.config.sample_rate, min_samples, block_seconds)
+    first = next(blocks)
+    rest = next(blocks, None)
+    if rest is None:  # one block: the one-shot path, bit for bit
+        with torch.inference_mode():
+            frames = log_mel(torch.from_numpy(first)).numpy()
+        return _finite(frames, path), len(first)
+    stream = LogMelStream(log_mel)
+    # Into one array sized from the header: joining per-block pieces would hold the frames twice.
+    config = log_mel.config
+    out = _Growing(config.num_frames(round(audio_seconds(path) * config.sample_rate)), config.n_mels)
+    num_samples = 0
+    for block in _chain([first, rest], blocks):
+        out.append(_finite(stream.push(block), path))
+        num_samples += len(block)
+    out.append(_finite(stream.finish(), path))
+    return out.array(), num_samples
+
+
+class _Growing:
+    """A (rows, width) float32 array filled block by block, grown if the estimate was short."""
+
+    def __init__(self, rows: int, width: int):
+        self.data = np.empty((max(rows, 1), width), dtype=np.float32)
+        self.filled = 0
+
+    def append(self, rows: np.ndarray) -> None:
+        end = self.filled + len(rows)
+        if end > len(self.data):
+            grown = np.empty((max(end, len(self.data) * 5 // 4), self.data.shape[1]), dtype=np.float32)
+            grown[: self.filled] = self.data[: self.filled]
+            self.data = grown
+        self.data[self.filled:end] = rows
+        self.filled = end
+
+    def array(self) -> np.ndarray:
+        return self.data[: self.filled]
+
+
+def _chain(head: list, tail: Iterable) -> Iterator:
+    yield from head
+    yield from tail
+
+
+def _finite(frames: np.ndarray, path) -> np.ndarray:
+    # Samples near float32's range pass every check on the waveform, but their power overflows.
+    if not np.isfinite(frames).all():
+        raise AudioError(path, "log-mel is not finite (samples too large to square)")
+    return frames
 
 
 def patchify(frames: torch.Tensor, patch_frames: int, patch_hop: int | None = None) -> tuple[torch.Tensor, bool]:
@@ -152,16 +259,20 @@ def unpatchify(patches: torch.Tensor, n_mels: int) -> torch.Tensor:
 class RunningStats:
     """Per-mel-bin mean and std accumulated in float64 over streamed frames (train split only)."""
 
+    SLICE = 65536  # frames summed at a time
+
     def __init__(self, n_mels: int):
         self.count = 0
         self.total = np.zeros(n_mels)
         self.total_sq = np.zeros(n_mels)
 
     def update(self, frames: np.ndarray) -> None:
-        frames = np.asarray(frames, dtype=np.float64)  # (frames, M)
-        self.count += frames.shape[0]
-        self.total += frames.sum(axis=0)
-        self.total_sq += np.square(frames).sum(axis=0)
+        # A slice at a time: an hour-long clip in float64 (and its square) would take 370 MB.
+        for start in range(0, len(frames), self.SLICE):
+            part = np.asarray(frames[start:start + self.SLICE], dtype=np.float64)  # (frames, M)
+            self.count += part.shape[0]
+            self.total += part.sum(axis=0)
+            self.total_sq += np.square(part).sum(axis=0)
 
     def result(self) -> dict:
         if self.count == 0:

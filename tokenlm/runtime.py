@@ -67,14 +67,20 @@ def kernel_threads(n: int | None, *, faiss: bool = False):
             faiss_lib.omp_set_num_threads(faiss_previous)
 
 
-def bounded_map(pool: Executor, fn, items, ahead: int):
+def bounded_map(pool: Executor, fn, items, ahead: int, *, weight=None, budget: float = float("inf")):
     """``pool.map(fn, items)`` in order, with at most ``ahead`` calls submitted and not yet
     consumed: Executor.map submits everything at once and buffers every result, so memory
-    would grow with the corpus."""
-    pending: deque = deque()
+    would grow with the corpus. With ``weight`` (item -> e.g. seconds of audio), the calls in
+    flight also weigh at most ``budget`` together (one call always runs, however heavy)."""
+    pending: deque = deque()  # (future, weight)
+    load = 0.0
     for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= ahead:
-            yield pending.popleft().result()
+        cost = weight(item) if weight is not None else 0.0
+        while pending and (len(pending) >= ahead or load + cost > budget):
+            future, done_cost = pending.popleft()
+            load -= done_cost
+            yield future.result()
+        pending.append((pool.submit(fn, item), cost))
+        load += cost
     while pending:
-        yield pending.popleft().result()
+        yield pending.popleft()[0].result()

@@ -128,9 +128,10 @@ def lm_layers(clips: LabelledClips, codes: Codes, lm_dir: Path, layers: str, bat
                           f"{codes.codebook_size} (pass -K {lm.codebook_size})")
     start = time.perf_counter()
     pooled = []  # (clips, layers + 1, d) per chunk
-    chunk = 4 * batch_clips  # several LM batches per call: the LM sorts windows by length inside it
-    for s in _bar(range(0, len(clips), chunk), "LM", progress):
-        batch = [codes.by_id[clip_id] for clip_id in clips.ids[s : s + chunk]]
+    # Several LM batches per call (the LM sorts windows by length inside it), bounded by codes,
+    # not clips: a call holds every hidden state of its clips until they are pooled.
+    clip_codes = [codes.by_id[clip_id] for clip_id in clips.ids]
+    for batch in _bar(list(chunks_by_length(clip_codes, 4 * batch_clips * lm.context)), "LM", progress):
         pooled.append(lm.pooled_hidden_states(batch, batch_size=batch_clips).float().cpu().numpy())
     stacked = np.concatenate(pooled)  # (N, layers + 1, d)
     extract_s = (time.perf_counter() - start) / stacked.shape[1]
@@ -268,6 +269,20 @@ def _stage_seconds(directory: Path) -> float | None:
         return float(read_stage(directory).get("wall_time_s"))
     except (ArtifactError, TypeError, ValueError):
         return None
+
+
+def chunks_by_length(items: list, max_total: int):
+    """Consecutive runs of ``items`` whose lengths add up to at most ``max_total`` (an item
+    longer than that on its own)."""
+    chunk, total = [], 0
+    for item in items:
+        if chunk and total + len(item) > max_total:
+            yield chunk
+            chunk, total = [], 0
+        chunk.append(item)
+        total += len(item)
+    if chunk:
+        yield chunk
 
 
 def _bar(iterable, desc: str, progress: bool):

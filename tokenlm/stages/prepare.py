@@ -17,21 +17,24 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import click
-import torch
 from tqdm import tqdm
 
 from tokenlm.artifacts import Stage, fingerprint, read_jsonl, write_json, write_jsonl
-from tokenlm.audio import load_audio
+from tokenlm.audio import audio_seconds
 from tokenlm.config import to_dict
 from tokenlm.datasets import SPLITS, Clip, SplitConfig, assign_splits, link_duplicates, scan_dataset
 from tokenlm.errors import AudioError, TokenlmError
-from tokenlm.features import FeatureConfig, LogMel, RunningStats
+from tokenlm.features import FeatureConfig, LogMel, RunningStats, file_log_mel
 from tokenlm.input_files import file_stamp
 from tokenlm.runtime import bounded_map, cpu_threads, kernel_threads
 from tokenlm.pipeline import RunContext
 from tokenlm.stages.options import data_options
 from tokenlm.rundir import MANIFEST, META, RunDir
 from tokenlm.store import RaggedWriter
+
+# Audio in flight while featurising (clips are decoded in blocks, but each clip's frames are
+# held until written): 4 hours is ~370 MB of float32 log-mel at 100 frames/s x 64 mels.
+AHEAD_SECONDS = 4 * 3600.0
 
 
 def prepare(
@@ -123,21 +126,23 @@ def _extract(clips: list[Clip], features: FeatureConfig, work: Path, progress: b
     manifest = []
 
     def featurise(clip: Clip):
-        wav, error = _decode(clip, features)
-        if error is not None:
-            return None, error
-        with torch.inference_mode():
-            frames = log_mel(torch.from_numpy(wav)).numpy()  # (frames, M)
-        return (len(wav), frames), None
+        # Decoded block by block: memory is a block of audio plus the clip's frames. Shorter
+        # than one STFT window is unusable; shorter than a patch is padded later and flagged.
+        try:
+            return file_log_mel(clip.path, log_mel, min_samples=features.n_fft), None
+        except AudioError as err:
+            return None, err.reason
 
     # Clips are featurised in parallel, one clip per thread: decoding, soxr and torch all
     # release the GIL. torch's own intra-op threads are turned off meanwhile: on a clip-sized
     # STFT they cost more than they give, and with every core busy their spin-waits made
     # log-mel 100x slower. The ordered, bounded map keeps the output deterministic and the
-    # memory flat (at most `ahead` clips in flight, however far decoding runs ahead).
+    # memory flat: at most `ahead` clips and AHEAD_SECONDS of audio in flight (one clip
+    # always), however far decoding runs ahead and however long the recordings.
     workers = min(cpu_threads(), 8)
     with kernel_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:
-        results = bounded_map(pool, featurise, clips, ahead=2 * workers)
+        results = bounded_map(pool, featurise, clips, ahead=2 * workers,
+                              weight=lambda clip: audio_seconds(clip.path), budget=AHEAD_SECONDS)
         for clip, (result, error) in tqdm(zip(clips, results), total=len(clips), desc="features",
                                           unit="clip", disable=not progress):
             row = {"id": clip.id, "path": clip.path, "label": clip.label, "split": clip.split,
@@ -145,7 +150,7 @@ def _extract(clips: list[Clip], features: FeatureConfig, work: Path, progress: b
             if error is not None:
                 manifest.append({**row, "duration": None, "status": "skipped", "reason": error})
                 continue
-            num_samples, frames = result
+            frames, num_samples = result
             writers[clip.split].add(
                 {"id": clip.id, "label": clip.label, "group": clip.group, "fold": clip.fold,
                  "padded": frames.shape[0] < features.patch_frames},
@@ -175,13 +180,6 @@ def _extract(clips: list[Clip], features: FeatureConfig, work: Path, progress: b
     return manifest, meta
 
 
-def _decode(clip: Clip, features: FeatureConfig):
-    """(waveform, None) or (None, reason). Shorter than one STFT window is unusable; shorter
-    than a patch is padded later and flagged."""
-    try:
-        return load_audio(clip.path, features.sample_rate, min_samples=features.n_fft), None
-    except AudioError as err:
-        return None, err.reason
 
 
 def _print_summary(manifest: list[dict]) -> None:

@@ -5,8 +5,10 @@
     RUN/tokenizer/k{K}/       codebook.npy + metrics.json
     RUN/tokens/k{K}/          {split}.bin uint16 codes, {split}.index.jsonl, meta.json
 
-Tokens are written by ``AudioTokenizer.encode`` from the audio files, the same path users
-call on new audio, so a clip always gets the same codes however it is encoded.
+Tokens are encoded from the audio files with the tokenizer's own log-mel, autoencoder and
+codebook (``AudioTokenizer.encode_frames_batch``, what ``encode`` calls on new audio), so a
+clip gets the same codes however it is encoded: bit for bit on the CPU up to one decoding block
+(``audio.BLOCK_SECONDS``); longer files are decoded in blocks, equal within float tolerance.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -22,12 +25,12 @@ import torch
 from tqdm import tqdm
 
 from tokenlm.artifacts import Stage, read_json, stage_key, write_json, write_jsonl
-from tokenlm.audio import load_audio
+from tokenlm.audio import audio_seconds
 from tokenlm.codebook import CodebookConfig, fit_codebook
 from tokenlm.config import build, to_dict
 from tokenlm.datasets import SPLITS, SplitConfig, assign_splits, scan_dataset
 from tokenlm.errors import ArtifactError, AudioError, TokenlmError
-from tokenlm.features import FeatureConfig
+from tokenlm.features import FeatureConfig, LogMel, file_log_mel
 from tokenlm.input_files import check_unchanged
 from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
 from tokenlm.pipeline import RunContext
@@ -44,6 +47,10 @@ from tokenlm.tokenizer import (
 )
 from tokenlm.tokenizer_training import PatchSampler, bottlenecks, codebook_metrics, fit_autoencoder, reconstruction_metrics
 
+# encode_clips' passes: seconds of audio decoded ahead and encoded at once (10 minutes of
+# log-mel is 15 MB), and at most this many clips in one pass (short clips).
+BATCH_SECONDS = 600.0
+BATCH_CLIPS = 32
 
 
 def tokenize(run: str | Path, config: TokenizerConfig = TokenizerConfig(), codebook: CodebookConfig = CodebookConfig(),
@@ -146,29 +153,34 @@ def encode_run_stage(run: str | Path | RunDir, k: int, *, device: torch.device, 
 
 
 def encode_clips(tokenizer: AudioTokenizer, rows: list[dict], out: Path, *, progress: bool = True,
-                 batch_clips: int = 32, durations: dict | None = None) -> dict:
-    """Encode clips (manifest rows: id, path, label, split) into ``out``, streaming: memory does
-    not grow with the corpus. Clips that fail to decode are listed in meta.json's ``skipped``.
-    ``durations``, when given, receives each encoded clip's id -> seconds."""
+                 batch_seconds: float = BATCH_SECONDS, durations: dict | None = None) -> dict:
+    """Encode clips (manifest rows: id, path, label, split) into ``out``, streaming: memory grows
+    neither with the corpus nor with a clip beyond its log-mel frames (files are decoded in
+    blocks; about ``batch_seconds`` of audio is decoded ahead and encoded per pass). Clips
+    that fail to decode are listed in meta.json's ``skipped``. ``durations``, when given,
+    receives each encoded clip's id -> seconds."""
     writers = {s: RaggedWriter(out, s, "uint16") for s in SPLITS}
     skipped = []
     bar = tqdm(total=len(rows), desc="encode", unit="clip", disable=not progress)
-    # Decoding (soundfile + soxr) releases the GIL: two threads decode the next batch while
-    # this one encodes the current one. The encoder's tensors are clip-sized, so torch's and
-    # FAISS's own thread pools are turned off meanwhile: competing with the decoding threads
-    # (or anything else on the machine) their spin-waits made encoding 10-15x slower.
+    features = tokenizer.coder.features
+    log_mel = LogMel(features)  # on the CPU, in the decoding threads
+    max_frames = max(int(batch_seconds * features.frame_rate), 4 * features.patch_frames)
+    # Decoding (soundfile + soxr + log-mel) releases the GIL: two threads decode the next
+    # batch while this one encodes the current one. The encoder's passes are bounded, so
+    # torch's and FAISS's own thread pools are turned off meanwhile: competing with the
+    # decoding threads (or anything else on the machine) their spin-waits made encoding
+    # 10-15x slower.
     with kernel_threads(1, faiss=True), ThreadPoolExecutor(max_workers=2) as pool:
-        loaded = bounded_map(pool, lambda r: _load(r["path"], tokenizer), rows, ahead=batch_clips)
-        for start in range(0, len(rows), batch_clips):
-            batch = rows[start:start + batch_clips]
-            decoded = [next(loaded) for _ in batch]
-            good = [(r, w) for r, w in zip(batch, decoded) if not isinstance(w, str)]
-            skipped += [{"id": r["id"], "path": r["path"], "reason": w} for r, w in zip(batch, decoded) if isinstance(w, str)]
-            codes = tokenizer.encode_batch([w for _, w in good], tokenizer.sample_rate) if good else []
-            for (row, w), c in zip(good, codes):
-                writers[row.get("split") or "train"].add({"id": row["id"], "label": row.get("label")}, c.numpy())
+        loaded = bounded_map(pool, lambda r: _clip_frames(r["path"], log_mel), rows, ahead=BATCH_CLIPS,
+                             weight=lambda r: audio_seconds(r["path"]), budget=batch_seconds)
+        for batch in _batches(zip(rows, loaded), max_frames):
+            good = [(row, clip) for row, clip in batch if isinstance(clip, ClipFrames)]
+            skipped += [{"id": row["id"], "path": row["path"], "reason": reason}
+                        for row, reason in batch if isinstance(reason, str)]
+            for (row, clip), codes in zip(good, _encode(tokenizer, [c.frames for _, c in good], max_frames)):
+                writers[row.get("split") or "train"].add({"id": row["id"], "label": row.get("label")}, codes)
                 if durations is not None:
-                    durations[row["id"]] = round(len(w) / tokenizer.sample_rate, 4)
+                    durations[row["id"]] = round(clip.num_samples / tokenizer.sample_rate, 4)
             bar.update(len(batch))
     bar.close()
     for w in writers.values():
@@ -190,11 +202,65 @@ def encode_clips(tokenizer: AudioTokenizer, rows: list[dict], out: Path, *, prog
     return meta
 
 
-def _load(path: str, tokenizer: AudioTokenizer):
+@dataclass(frozen=True)
+class ClipFrames:
+    """One clip's log-mel frames (frames, M) in dB and its length in samples."""
+
+    frames: torch.Tensor
+    num_samples: int
+
+
+def _clip_frames(path: str, log_mel: LogMel):
+    """ClipFrames, or the reason the file cannot be used."""
     try:
-        return load_audio(path, tokenizer.sample_rate, min_samples=tokenizer.coder.features.n_fft)
+        frames, num_samples = file_log_mel(path, log_mel, min_samples=log_mel.config.n_fft)
     except AudioError as err:
         return err.reason
+    return ClipFrames(torch.from_numpy(frames), num_samples)
+
+
+def _batches(pairs, max_frames: int):
+    """Consecutive (row, ClipFrames or reason) pairs, grouped until their frames reach
+    ``max_frames`` or BATCH_CLIPS clips: seconds of audio set a batch's size, not clip count."""
+    batch, frames = [], 0
+    for row, clip in pairs:
+        batch.append((row, clip))
+        frames += len(clip.frames) if isinstance(clip, ClipFrames) else 0
+        if frames >= max_frames or len(batch) >= BATCH_CLIPS:
+            yield batch
+            batch, frames = [], 0
+    if batch:
+        yield batch
+
+
+def _encode(tokenizer: AudioTokenizer, clips: list[torch.Tensor], max_frames: int) -> list[np.ndarray]:
+    """Each clip's codes from its frames, at most about ``max_frames`` frames per autoencoder
+    and FAISS pass. A long clip is cut on patch boundaries (``_pieces``), so its codes are
+    those of the whole clip."""
+    pieces = [(i, piece) for i, frames in enumerate(clips) for piece in _pieces(frames, tokenizer, max_frames)]
+    codes = [[] for _ in clips]
+    start = 0
+    while start < len(pieces):
+        end, total = start + 1, len(pieces[start][1])
+        while end < len(pieces) and total + len(pieces[end][1]) <= max_frames:
+            total += len(pieces[end][1])
+            end += 1
+        passed = pieces[start:end]
+        for (i, _), piece_codes in zip(passed, tokenizer.encode_frames_batch([p for _, p in passed])):
+            codes[i].append(piece_codes.numpy())
+        start = end
+    return [np.concatenate(c) for c in codes]
+
+
+def _pieces(frames: torch.Tensor, tokenizer: AudioTokenizer, max_frames: int) -> list[torch.Tensor]:
+    """``frames`` (frames, M) in pieces of at most ``max_frames`` whose patches, together, are
+    exactly the whole clip's: pieces start on patch starts and overlap as patches do."""
+    features = tokenizer.coder.features
+    step, size = features.patch_step, features.patch_frames
+    if len(frames) <= max_frames:
+        return [frames]  # the encoder pads a clip shorter than a patch, so keep such clips whole
+    advance = max(1, (max_frames - size) // step + 1) * step  # frames between piece starts
+    return [frames[s:s + advance - step + size] for s in range(0, len(frames) - size + 1, advance)]
 
 
 def encode_new_data(tokenizer_path: Path, data: Path, out: Path, split: SplitConfig, *,
