@@ -26,10 +26,10 @@ from tokenlm.datasets import SPLITS, Clip, SplitConfig, assign_splits, link_dupl
 from tokenlm.errors import AudioError, TokenlmError
 from tokenlm.features import FeatureConfig, LogMel, RunningStats, file_log_mel
 from tokenlm.input_files import file_stamp
-from tokenlm.runtime import bounded_map, cpu_threads, kernel_threads
 from tokenlm.pipeline import RunContext
-from tokenlm.stages.options import data_options
 from tokenlm.rundir import MANIFEST, META, RunDir
+from tokenlm.runtime import bounded_map, cpu_threads, kernel_threads
+from tokenlm.stages.options import data_options
 from tokenlm.store import RaggedWriter
 
 # Audio in flight while featurising (clips are decoded in blocks, but each clip's frames are
