@@ -234,6 +234,20 @@ def current_codebook_size(tokenizer_dir: str | Path) -> int:
     raise ArtifactError(f"{tokenizer_dir}: cannot tell which codebook to use (found {sizes}); pass a codebook size")
 
 
+def run_root_of(stage_dir: str | Path) -> Path:
+    """The run folder a stage folder belongs to, where its run's lock lives: the stage's
+    parent, above the folders that group stages (tokenizer/k{K}, tokens/k{K},
+    baselines/NAME) and above a sweep's per-K runs (sweep_k/k{K}/lm). A folder outside any
+    run (``--out`` elsewhere) is its own parent's."""
+    stage_dir = Path(stage_dir).absolute()
+    root = stage_dir.parent
+    if (root.name in ("tokenizer", "tokens") and re.fullmatch(r"k\d+", stage_dir.name)) or root.name == "baselines":
+        root = root.parent
+    if root.parent.name == "sweep_k" and re.fullmatch(r"k\d+", root.name):
+        root = root.parent.parent
+    return root
+
+
 def as_run(run: str | Path | RunDir) -> RunDir:
     return run if isinstance(run, RunDir) else RunDir(run)
 
