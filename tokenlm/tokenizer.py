@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from tokenlm.artifacts import read_json, stage_key, write_json
+from tokenlm.artifacts import check_outputs, read_json, stage_key, write_json
 from tokenlm.audio import prepare_waveform
 from tokenlm.codebook import CodeAssigner
 from tokenlm.config import to_dict
@@ -172,6 +172,7 @@ class AudioTokenizer:
         if not (codebook / CODEBOOK).is_file():
             have = ", ".join(codebook_dir(path, k).name for k in sorted(codebook_sizes(path), reverse=True)) or "none"
             raise ArtifactError(f"no codebook at {codebook} (this tokenizer has: {have})")
+        check_outputs(codebook)  # missing or truncated files: one line naming the file
         centroids = np.load(codebook / CODEBOOK)
         bottleneck = coder.autoencoder.encoder[-1].out_features
         if centroids.ndim != 2 or centroids.shape[1] != bottleneck:
@@ -198,6 +199,7 @@ def load_patch_coder(directory: str | Path) -> PatchCoder:
     directory = Path(directory)
     if not (directory / AUTOENCODER_WEIGHTS).is_file():
         raise ArtifactError(f"no trained tokenizer at {directory} (run `tokenlm tokenize` first)")
+    check_outputs(directory)  # missing or truncated files: one line naming the file
     config = read_json(directory / CONFIG)
     features = FeatureConfig(**config["features"])
     ae_config = AutoencoderConfig(**{**config["autoencoder"], "hidden": tuple(config["autoencoder"]["hidden"])})
