@@ -352,6 +352,8 @@ class Stage:
         folder into place and give the run's lock back."""
         if self._started is None:
             raise RuntimeError("Stage.finish() called before start()")
+        for stale in self.work_dir.rglob(".*.tmp-*"):  # a temporary file of a process that died writing it
+            stale.unlink()
         record = {
             "stage": self.out_dir.name,
             "key": self.key,
