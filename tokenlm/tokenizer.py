@@ -172,11 +172,11 @@ class AudioTokenizer:
         if not (codebook / CODEBOOK).is_file():
             have = ", ".join(codebook_dir(path, k).name for k in sorted(codebook_sizes(path), reverse=True)) or "none"
             raise ArtifactError(f"no codebook at {codebook} (this tokenizer has: {have})")
-        check_outputs(codebook)  # missing or truncated files: one line naming the file
         centroids = np.load(codebook / CODEBOOK)
         bottleneck = coder.autoencoder.encoder[-1].out_features
         if centroids.ndim != 2 or centroids.shape[1] != bottleneck:
             raise ArtifactError(f"{codebook / CODEBOOK}: shape {centroids.shape} does not fit a {bottleneck}-d bottleneck")
+        check_outputs(codebook)  # missing or truncated files: one line naming the file
         info = {"tokenizer_dir": str(path), "codebook_dir": str(codebook), "tokenizer_hash": _key_or_none(codebook)}
         tokenizer = cls(coder, centroids, info)
         return tokenizer.to(device) if device is not None else tokenizer
