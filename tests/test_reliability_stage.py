@@ -33,12 +33,19 @@ ROOT = Path(__file__).resolve().parents[1]
 # argv: OUT PAYLOAD GATE [CRASH_AT]. Builds OUT with config {"payload": PAYLOAD}, writing
 # PAYLOAD into payload.txt; with GATE, says GATE.started once inside the stage and waits for
 # GATE.go before finishing; with CRASH_AT=n, kills itself (SIGKILL) at the n-th os.replace.
+# With FILE_SIZE_LIMIT in its environment, no file it writes may grow past that many bytes
+# (ulimit -f), and a write that would fails as on a full disk.
 WORKER = r"""
 import os, signal, sys, time
 from pathlib import Path
 from tokenlm import artifacts
 from tokenlm.artifacts import Stage
 
+if os.environ.get("FILE_SIZE_LIMIT"):
+    import resource
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    limit = int(os.environ["FILE_SIZE_LIMIT"])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 out, payload, gate = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 if len(sys.argv) > 4:
     crash_at, calls, real_replace = int(sys.argv[4]), [], os.replace
@@ -61,10 +68,10 @@ Stage(out, config={"payload": payload}).build("thing", make)
 """
 
 
-def worker(out: Path, payload: str, gate: Path | str = "-", *extra, wait: float = 0.0) -> subprocess.Popen:
+def worker(out: Path, payload: str, gate: Path | str = "-", *extra, wait: float = 0.0, **env) -> subprocess.Popen:
     """A process building ``out``; its stderr goes to ``process.log`` (read with ``said``)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENLM_LOCK_WAIT": str(wait)}
-    log = out.parent.parent / f"{payload}-{time.monotonic_ns()}.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENLM_LOCK_WAIT": str(wait), **env}
+    log = out.parent.parent / f"{payload[:8]}-{time.monotonic_ns()}.log"
     with open(log, "w") as err:
         process = subprocess.Popen([sys.executable, "-c", WORKER, str(out), payload, str(gate), *map(str, extra)],
                                    env=env, stdout=subprocess.DEVNULL, stderr=err)
@@ -191,6 +198,19 @@ def test_kill_9_at_any_rename_of_a_finish_never_leaves_wrong_data_and_a_rerun_re
     assert finished_payload(out) == "B"
     assert sorted(os.listdir(out.parent)) == ["thing"]  # leftovers of the killed finish are gone
     assert sorted(os.listdir(out)) == ["payload.txt", STAGE_FILE]
+
+
+def test_a_full_disk_during_a_rebuild_keeps_the_finished_stage_and_the_run_usable(tmp_path):
+    out = tmp_path / "run" / "thing"
+    assert ended(worker(out, "A")) == 0
+    full = worker(out, "B" * 64, FILE_SIZE_LIMIT="4096")  # its payload.txt needs 6400 bytes
+    assert ended(full) == 1
+    assert "File too large" in said(full)
+    assert finished_payload(out) == "A"  # the old output is untouched and still up to date
+    rerun = worker(out, "B" * 64)
+    assert ended(rerun) == 0, said(rerun)
+    assert finished_payload(out) == "B" * 64
+    assert sorted(os.listdir(out.parent)) == ["thing"]
 
 
 # ---- 4. folders tokenlm did not make ------------------------------------------------------------

@@ -223,6 +223,18 @@ def _refuse_unless_ours(folder: Path, role: str) -> None:
                             f"replaced as {role}: move it out of the way, or choose another run folder")
 
 
+def _delete(folder: Path) -> None:
+    """Remove a folder of tokenlm's with its marks (stage.json, key file) last, so that one
+    whose removal a kill cut short is still recognised as tokenlm's, and cleared next time."""
+    for child in folder.iterdir():
+        if child.name not in (STAGE_FILE, KEY_FILE):
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    shutil.rmtree(folder)
+
+
 def _key_of_work(folder: Path) -> str | None:
     """The key a work folder is being built for (its key file, or the stage.json of a finish
     that was cut short before the rename)."""
@@ -326,7 +338,7 @@ class Stage:
             if self.work_dir.exists():
                 _refuse_unless_ours(self.work_dir, "a work folder")
                 if _key_of_work(self.work_dir) != self.key:  # another key with the same 8 first digits
-                    shutil.rmtree(self.work_dir)
+                    _delete(self.work_dir)
             self.work_dir.mkdir(parents=True, exist_ok=True)
             (self.work_dir / KEY_FILE).write_text(self.key)
         except BaseException:
@@ -345,7 +357,7 @@ class Stage:
             os.replace(legacy, self.work_dir)
         for folder in [*parent.glob(f".{name}.partial*"), *parent.glob(f".{name}.old-*")]:
             if folder != self.work_dir and folder.is_dir() and not folder.is_symlink() and made_by_tokenlm(folder):
-                shutil.rmtree(folder)
+                _delete(folder)
 
     def finish(self, extra: dict | None = None) -> Path:
         """Record the outputs in stage.json, flush everything to the disk, move the work
@@ -353,7 +365,8 @@ class Stage:
         if self._started is None:
             raise RuntimeError("Stage.finish() called before start()")
         for stale in self.work_dir.rglob(".*.tmp-*"):  # a temporary file of a process that died writing it
-            stale.unlink()
+            if stale.is_file():
+                stale.unlink()
         record = {
             "stage": self.out_dir.name,
             "key": self.key,
@@ -382,4 +395,4 @@ class Stage:
         os.replace(self.work_dir, self.out_dir)
         fsync_dir(self.out_dir.parent)
         if old.exists():
-            shutil.rmtree(old)
+            _delete(old)
