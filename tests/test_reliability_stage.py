@@ -376,3 +376,18 @@ def test_loading_an_lm_or_vocoder_with_a_truncated_file_names_the_file(tmp_path,
     load = {"lm": CodeLM.load, "vocoder": Vocoder.load}[loader]
     with pytest.raises(ArtifactError, match=f"{weights} is 10 bytes"):
         load(stage.out_dir)
+
+
+@pytest.mark.parametrize("store", ["features", "tokens/k8"])
+def test_reading_features_or_tokens_with_a_truncated_file_names_the_file(tiny_run, tmp_path, store):
+    import shutil
+
+    from tokenlm.rundir import read_feature_meta, read_tokens_meta
+
+    copy = tmp_path / store
+    shutil.copytree(tiny_run / store, copy)
+    read = read_feature_meta if store == "features" else read_tokens_meta
+    read(copy)
+    os.truncate(copy / "train.bin", 6)  # cut short: a whole number of neither vectors nor codes
+    with pytest.raises(ArtifactError, match="train.bin is 6 bytes"):
+        read(copy)

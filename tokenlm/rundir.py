@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tokenlm.artifacts import STAGE_FILE, read_json, write_json
+from tokenlm.artifacts import STAGE_FILE, check_outputs, read_json, write_json
 from tokenlm.datasets import SPLITS  # noqa: F401  (re-exported: every split-wise store folder uses them)
 from tokenlm.errors import ArtifactError
 
@@ -273,6 +273,7 @@ def read_feature_meta(directory: str | Path) -> FeatureMeta:
     from tokenlm.features import FeatureConfig
 
     path = Path(directory) / META
+    check_outputs(directory)  # every file there at the size prepare left it
     meta = read_json(path)
     try:
         config = FeatureConfig(**{k: meta[k] for k in FeatureConfig.__dataclass_fields__ if k in meta})
@@ -309,6 +310,7 @@ def read_tokens_meta(directory: str | Path, codebook_size: int | None = None) ->
     directory = Path(directory)
     if not is_finished(directory):
         raise ArtifactError(f"{directory} is missing or incomplete: run `tokenlm tokenize` first")
+    check_outputs(directory)  # every file there at the size tokenize left it
     meta = read_json(directory / META)
     # Runs written before the vocabulary was unified call K "vocab_size".
     size = meta.get("codebook_size", meta.get("vocab_size"))
