@@ -68,6 +68,20 @@ Stage(out, config={"payload": payload}).build("thing", make)
 """
 
 
+@pytest.fixture(autouse=True)
+def no_worker_outlives_its_test():
+    """A failing test must not leave a worker waiting at its gate forever: kill what is left."""
+    yield
+    while SPAWNED:
+        process = SPAWNED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+SPAWNED: list = []
+
+
 def worker(out: Path, payload: str, gate: Path | str = "-", *extra, wait: float = 0.0, **env) -> subprocess.Popen:
     """A process building ``out``; its stderr goes to ``process.log`` (read with ``said``)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENLM_LOCK_WAIT": str(wait), **env}
@@ -76,6 +90,7 @@ def worker(out: Path, payload: str, gate: Path | str = "-", *extra, wait: float 
         process = subprocess.Popen([sys.executable, "-c", WORKER, str(out), payload, str(gate), *map(str, extra)],
                                    env=env, stdout=subprocess.DEVNULL, stderr=err)
     process.log = log
+    SPAWNED.append(process)
     return process
 
 
@@ -391,3 +406,59 @@ def test_reading_features_or_tokens_with_a_truncated_file_names_the_file(tiny_ru
     os.truncate(copy / "train.bin", 6)  # cut short: a whole number of neither vectors nor codes
     with pytest.raises(ArtifactError, match="train.bin is 6 bytes"):
         read(copy)
+
+
+# ---- 1. the issue's case: two `prepare` commands on one run, different configs ------------------
+
+# argv: GATE ARGS...: `tokenlm ARGS` that holds still between building its stage and
+# finishing it (with the run's lock held) until GATE.go appears, saying GATE.started.
+HELD_COMMAND = r"""
+import os, sys, time
+from pathlib import Path
+from tokenlm.artifacts import Stage
+
+gate, real_finish = Path(sys.argv[1]), Stage.finish
+
+def finish_when_told(self, extra=None):
+    gate.with_suffix(".started").write_text(str(os.getpid()))
+    while not gate.with_suffix(".go").exists():
+        time.sleep(0.01)
+    return real_finish(self, extra)
+
+Stage.finish = finish_when_told
+from tokenlm.cli import main
+main(sys.argv[2:])
+"""
+
+
+def test_two_prepares_with_different_configs_on_one_run_never_mix(make_corpus, tmp_path, monkeypatch, capsys):
+    from tokenlm.features import FeatureConfig
+    from tokenlm.stages.prepare import prepare
+
+    corpus, run = make_corpus(labels=2, groups=2, clips=1), tmp_path / "run"
+    log = tmp_path / "first.log"
+    with open(log, "w") as err:
+        first = subprocess.Popen([sys.executable, "-c", HELD_COMMAND, tmp_path / "gate", "prepare", "--data", corpus,
+                                  "--out", run], env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=err)
+    first.log = log
+    SPAWNED.append(first)
+    wait_for(tmp_path / "gate.started", first)
+    recipe = tmp_path / "f_min50.yaml"
+    recipe.write_text("features:\n  f_min: 50\n")
+    monkeypatch.setenv("TOKENLM_LOCK_WAIT", "0")
+    capsys.readouterr()
+    assert run_cli("prepare", "--data", corpus, "--out", run, "--config", recipe) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"in use by pid {first.pid}" in err[0]
+    (tmp_path / "gate.go").touch()
+    assert ended(first) == 0, said(first)
+
+    def features_match_their_record(f_min: float) -> None:
+        record, meta = read_json(run / "features" / STAGE_FILE), read_json(run / "features" / "meta.json")
+        assert record["config"]["features"]["f_min"] == meta["f_min"] == f_min
+        reference = prepare(corpus, tmp_path / f"reference{f_min}", FeatureConfig(f_min=f_min), progress=False)
+        assert (run / "features" / "train.bin").read_bytes() == (reference / "train.bin").read_bytes()
+
+    features_match_their_record(0.0)
+    assert run_cli("prepare", "--data", corpus, "--out", run, "--config", recipe) == 0  # now it may
+    features_match_their_record(50.0)
