@@ -162,11 +162,13 @@ def test_interrupted_work_is_wiped_for_a_different_key(tmp_path):
     assert other.done and not Stage(tmp_path / "thing", config={"k": 8}).done
 
 
-def test_work_folder_without_key_file_is_not_trusted(tmp_path):
+def test_work_folder_without_key_file_is_neither_trusted_nor_deleted(tmp_path):
     stage = Stage(tmp_path / "thing", config={"k": 8})
     stage.work_dir.mkdir(parents=True)
     (stage.work_dir / "stale.txt").write_text("from an unknown run")
-    assert not (stage.start() / "stale.txt").exists()
+    with pytest.raises(ArtifactError, match="not made by tokenlm"):
+        stage.start()
+    assert (stage.work_dir / "stale.txt").read_text() == "from an unknown run"
 
 
 def test_interrupted_rebuild_keeps_the_old_finished_output(tmp_path):

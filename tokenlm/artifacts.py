@@ -1,27 +1,38 @@
 """The run directory's mechanics: atomic stage folders, stage.json, hashing, JSON files.
 
-A stage builds its output in a hidden work folder next to the final one and renames it into
-place only when complete, so interrupted work never looks finished. The work folder survives
-an interruption, so a stage with checkpoints (LM, vocoder) resumes from it. ``stage.json``
-records the config, the hashes of the inputs, library versions and wall time; a rerun whose
-config and inputs hash to the same key skips the stage, any change rebuilds it.
+A stage builds its output in a hidden work folder next to the final one, named by the
+stage's key, and renames it into place only when complete, so interrupted work never looks
+finished and two configs never share a work folder. The work folder survives an
+interruption, so a stage with checkpoints (LM, vocoder) resumes from it. ``stage.json``
+records the config, the hashes of the inputs, library versions, wall time and the size and
+hash of every output file; a rerun whose config and inputs hash to the same key, and whose
+files are all there at their recorded sizes, skips the stage; anything else rebuilds it.
+
+A stage holds its run's lock (tokenlm.runlock) from start to finish, so one command at a
+time writes a run. Files are fsynced before the renames that publish them, so a power cut
+never leaves a "finished" stage with empty files. A folder that tokenlm did not make is
+never deleted or replaced.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import platform
 import shutil
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable
 
+from tokenlm import runlock
 from tokenlm.errors import ArtifactError
 
 STAGE_FILE = "stage.json"
+KEY_FILE = ".key"  # in a work folder: the key of the stage it is being built for
 
 
 def fingerprint(obj: Any) -> str:
@@ -39,12 +50,40 @@ def file_hash(path: str | Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()[:16]
 
 
+def fsync_file(path: str | Path) -> None:
+    """Flush a file's bytes to the disk (before a rename publishes it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a folder's entries (a rename into it, a new file) to the disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Rename a complete, flushed temporary file onto ``path``, durably."""
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically: readers see the old file or the new one, never half of one."""
+    """Write JSON atomically and durably: readers see the old file or the new one, never half
+    of one, even after a power cut."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
+    with open(tmp, "w") as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    _publish(tmp, path)
 
 
 def read_json(path: str | Path) -> Any:
@@ -63,7 +102,9 @@ def write_jsonl(path: str | Path, rows) -> None:
     with open(tmp, "w") as f:
         for row in rows:
             f.write(json.dumps(row, default=str) + "\n")
-    os.replace(tmp, path)
+        f.flush()
+        os.fsync(f.fileno())
+    _publish(tmp, path)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -85,17 +126,21 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 def library_versions() -> dict:
     """Versions that can change results; recorded in every stage.json."""
-    import numpy
-    import torch
-
     import tokenlm
 
     return {
         "tokenlm": tokenlm.__version__,
         "python": platform.python_version(),
-        "numpy": numpy.__version__,
-        "torch": torch.__version__,
+        "numpy": _version("numpy"),
+        "torch": _version("torch"),
     }
+
+
+def _version(package: str) -> str:
+    # The loaded module's own word when it is loaded; else its installed metadata, which
+    # spares finishing a stage the cost of importing torch.
+    module = sys.modules.get(package)
+    return module.__version__ if module is not None else importlib.metadata.version(package)
 
 
 def stage_key(out_dir: str | Path) -> str:
@@ -112,6 +157,104 @@ def read_stage(out_dir: str | Path, hint: str = "") -> dict:
     return read_json(path)
 
 
+# ---- the record of a stage's files ----------------------------------------------------------
+
+def record_outputs(directory: str | Path) -> dict[str, dict]:
+    """Size and hash of every file in a work folder (stage.json and the key file aside), each
+    flushed to the disk on the way, as are the folders: ``{relative path: {size, sha256}}``."""
+    directory = Path(directory)
+    files = {}
+    for folder, subfolders, names in os.walk(directory):
+        subfolders.sort()
+        for name in sorted(names):
+            path = Path(folder) / name
+            if path.parent == directory and name in (STAGE_FILE, KEY_FILE):
+                continue
+            fsync_file(path)
+            files[path.relative_to(directory).as_posix()] = {"size": path.stat().st_size, "sha256": file_hash(path)}
+        fsync_dir(folder)
+    return files
+
+
+def output_damage(directory: str | Path, record: dict, hashes: bool = False) -> str | None:
+    """What is wrong with a finished stage's files, compared with its stage.json ``record``:
+    a missing file or another size (and, with ``hashes``, other bytes); None when all is
+    well, or when the record predates file records."""
+    directory = Path(directory)
+    files = record.get("files")
+    if not isinstance(files, dict):
+        return None
+    for name, expected in files.items():
+        path = directory / name
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{path} is missing"
+        if size != expected.get("size"):
+            return f"{path} is {size} bytes, not the {expected.get('size')} it had when its stage finished"
+        if hashes and file_hash(path) != expected.get("sha256"):
+            return f"{path} has changed since its stage finished (its hash differs)"
+    return None
+
+
+def check_outputs(directory: str | Path, hashes: bool = False) -> None:
+    """Fail in one line when a finished stage's files are missing, truncated or (with
+    ``hashes``) altered. Loaders call it before reading a model; a folder without stage.json
+    (a model copied on its own) has no record to check against, and passes."""
+    directory = Path(directory)
+    if not (directory / STAGE_FILE).is_file():
+        return
+    damage = output_damage(directory, read_json(directory / STAGE_FILE), hashes)
+    if damage:
+        raise ArtifactError(f"{damage}: rerun the command that made {directory}")
+
+
+def verify(directory: str | Path) -> None:
+    """``check_outputs`` with every file's hash: reads all the bytes, so for a deliberate check."""
+    check_outputs(directory, hashes=True)
+
+
+# ---- stages ---------------------------------------------------------------------------------
+
+def made_by_tokenlm(folder: Path) -> bool:
+    """Whether tokenlm may replace or delete ``folder``: a finished stage (stage.json), one
+    of its work folders (a key file), or an empty folder. Anything else is the user's."""
+    if not folder.exists() and not folder.is_symlink():
+        return True  # nothing there to lose
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    return (folder / STAGE_FILE).is_file() or (folder / KEY_FILE).is_file() or not any(folder.iterdir())
+
+
+def _refuse_unless_ours(folder: Path, role: str) -> None:
+    if not made_by_tokenlm(folder):
+        raise ArtifactError(f"{folder} was not made by tokenlm (no {STAGE_FILE} or {KEY_FILE} in it), so it is not "
+                            f"replaced as {role}: move it out of the way, or choose another run folder")
+
+
+def _delete(folder: Path) -> None:
+    """Remove a folder of tokenlm's with its marks (stage.json, key file) last, so that one
+    whose removal a kill cut short is still recognised as tokenlm's, and cleared next time."""
+    for child in folder.iterdir():
+        if child.name not in (STAGE_FILE, KEY_FILE):
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    shutil.rmtree(folder)
+
+
+def _key_of_work(folder: Path) -> str | None:
+    """The key a work folder is being built for (its key file, or the stage.json of a finish
+    that was cut short before the rename)."""
+    try:
+        if (folder / KEY_FILE).is_file():
+            return (folder / KEY_FILE).read_text().strip()
+        return json.loads((folder / STAGE_FILE).read_text()).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 class Stage:
     """One stage's output folder.
 
@@ -120,57 +263,119 @@ class Stage:
     ...                                    # stage.json fields; skipped when up to date
 
     ``start`` and ``finish`` are the two halves of ``build``, for stages whose work is
-    shared between processes (a torchrun rank other than 0 never finishes a stage).
+    shared between processes (a torchrun rank other than 0 never finishes a stage). The run's
+    lock is held from ``start`` to ``finish`` (or until the Stage is dropped, when the work
+    stopped with an error).
     """
 
     def __init__(self, out_dir: str | Path, config: dict, inputs: dict[str, str] | None = None):
+        from tokenlm.rundir import run_root_of  # rundir builds on this module
+
         self.out_dir = Path(out_dir)
         self.config = config
         self.inputs = dict(inputs or {})
         self.key = fingerprint({"config": config, "inputs": self.inputs})
-        self.work_dir = self.out_dir.parent / f".{self.out_dir.name}.partial"
+        self.work_dir = self.out_dir.parent / f".{self.out_dir.name}.partial-{self.key[:8]}"
+        self.run_root = run_root_of(self.out_dir)
         self._started = None
+        self._release = None  # while the run's lock is held: gives it back
 
     @property
     def done(self) -> bool:
-        """True when the final folder exists and was built from the same config and inputs."""
+        """True when the final folder exists, was built from the same config and inputs, and
+        still holds every file it was finished with, at the same sizes."""
+        return self._state() == "done"
+
+    def _state(self) -> str:
+        """"done", "missing" (nothing finished, or another key) or why its files are damaged."""
         path = self.out_dir / STAGE_FILE
-        if not path.is_file():
-            return False
         try:
-            return json.loads(path.read_text()).get("key") == self.key
+            record = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
-            return False
+            return "missing"
+        if not isinstance(record, dict) or record.get("key") != self.key:
+            return "missing"
+        return output_damage(self.out_dir, record) or "done"
 
     def up_to_date(self, label: str) -> bool:
         """``done``, saying so on stderr: the one check every stage makes before building."""
-        if self.done:
+        state = self._state()
+        if state == "done":
             print(f"{label} up to date: {self.out_dir}", file=sys.stderr, flush=True)
-        return self.done
+        elif state != "missing":
+            print(f"{label}: {state}: rebuilding", file=sys.stderr, flush=True)
+        return state == "done"
+
+    def verify(self) -> None:
+        """Check every output file's hash against stage.json (ArtifactError naming the file)."""
+        verify(self.out_dir)
 
     def build(self, label: str, make: Callable[[Path], dict | None]) -> Path:
         """Skip when up to date; otherwise ``make(work_dir)`` builds the outputs in the work
         folder (returning extra fields for stage.json) and the folder is moved into place."""
         if self.up_to_date(label):
             return self.out_dir
-        extra = make(self.start())
-        return self.finish(extra)
+        self.hold()
+        try:
+            if self._state() == "done":  # another command finished it while this one waited
+                print(f"{label} up to date: {self.out_dir}", file=sys.stderr, flush=True)
+                return self.out_dir
+            extra = make(self.start())
+            return self.finish(extra)
+        finally:
+            self.release()
+
+    def hold(self) -> None:
+        """Take the run's lock (waiting a little for another command), if not held already."""
+        if self._release is None:
+            root = runlock.acquire(self.run_root)
+            self._release = weakref.finalize(self, runlock.release, root)
+
+    def release(self) -> None:
+        """Give the run's lock back (``finish`` does; so does an error in ``build``)."""
+        if self._release is not None:
+            self._release()
+            self._release = None
 
     def start(self) -> Path:
-        """Return the work folder, keeping its contents if an interrupted run of the same
-        key left them (so checkpoints resume), wiping them if the key changed."""
-        key_file = self.work_dir / ".key"
-        if self.work_dir.exists() and (not key_file.is_file() or key_file.read_text() != self.key):
-            shutil.rmtree(self.work_dir)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        key_file.write_text(self.key)
+        """Take the run's lock and return the work folder, keeping its contents if an
+        interrupted run of the same key left them (so checkpoints resume)."""
+        self.hold()
+        try:
+            _refuse_unless_ours(self.out_dir, "an outdated stage")
+            self._clear_leftovers()
+            if self.work_dir.exists():
+                _refuse_unless_ours(self.work_dir, "a work folder")
+                if _key_of_work(self.work_dir) != self.key:  # another key with the same 8 first digits
+                    _delete(self.work_dir)
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            (self.work_dir / KEY_FILE).write_text(self.key)
+        except BaseException:
+            self.release()
+            raise
         self._started = time.time()
         return self.work_dir
 
+    def _clear_leftovers(self) -> None:
+        """Remove what tokenlm left next to the stage when it was interrupted: work folders of
+        other keys (one of this key from before work folders were named by key is adopted)
+        and outdated folders a swap did not get to delete. Others' folders are left alone."""
+        parent, name = self.out_dir.parent, self.out_dir.name
+        legacy = parent / f".{name}.partial"
+        if legacy.is_dir() and _key_of_work(legacy) == self.key and not self.work_dir.exists():
+            os.replace(legacy, self.work_dir)
+        for folder in [*parent.glob(f".{name}.partial*"), *parent.glob(f".{name}.old-*")]:
+            if folder != self.work_dir and folder.is_dir() and not folder.is_symlink() and made_by_tokenlm(folder):
+                _delete(folder)
+
     def finish(self, extra: dict | None = None) -> Path:
-        """Write stage.json into the work folder and move it into place."""
+        """Record the outputs in stage.json, flush everything to the disk, move the work
+        folder into place and give the run's lock back."""
         if self._started is None:
             raise RuntimeError("Stage.finish() called before start()")
+        for stale in self.work_dir.rglob(".*.tmp-*"):  # a temporary file of a process that died writing it
+            if stale.is_file():
+                stale.unlink()
         record = {
             "stage": self.out_dir.name,
             "key": self.key,
@@ -180,17 +385,23 @@ class Stage:
             "wall_time_s": round(time.time() - self._started, 3),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **(extra or {}),
+            "files": record_outputs(self.work_dir),
         }
-        (self.work_dir / ".key").unlink(missing_ok=True)
         write_json(self.work_dir / STAGE_FILE, record)
+        (self.work_dir / KEY_FILE).unlink(missing_ok=True)
+        fsync_dir(self.work_dir)
         self._swap_into_place()
+        self.release()
         return self.out_dir
 
     def _swap_into_place(self) -> None:
-        # An outdated final folder goes as a whole, nested stages built on it included.
+        # An outdated final folder goes as a whole, nested stages built on it included; a
+        # folder that is not tokenlm's is refused, never deleted.
+        _refuse_unless_ours(self.out_dir, "an outdated stage")
         old = self.out_dir.parent / f".{self.out_dir.name}.old-{os.getpid()}"
         if self.out_dir.exists():
             os.replace(self.out_dir, old)
         os.replace(self.work_dir, self.out_dir)
+        fsync_dir(self.out_dir.parent)
         if old.exists():
-            shutil.rmtree(old)
+            _delete(old)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tokenlm.artifacts import check_outputs
 from tokenlm.errors import ArtifactError, ConfigError
 from tokenlm.models.gpt import resolve_attn_implementation
 from tokenlm.rundir import CONFIG
@@ -173,6 +174,7 @@ class CodeLM:
         lm_dir = Path(lm_dir)
         if not (lm_dir / CONFIG).is_file():
             raise ArtifactError(f"no language model at {lm_dir}: run `tokenlm pretrain RUN` first")
+        check_outputs(lm_dir)  # missing or truncated files: one line naming the file
         device = pick_device(device)
         hf_logging.disable_progress_bar()
         try:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tokenlm.artifacts import STAGE_FILE, read_json, read_jsonl, write_json
+from tokenlm.artifacts import STAGE_FILE, check_outputs, read_json, read_jsonl, write_json
 from tokenlm.datasets import SPLITS  # noqa: F401  (re-exported: every split-wise store folder uses them)
 from tokenlm.errors import ArtifactError
 
@@ -234,6 +234,20 @@ def current_codebook_size(tokenizer_dir: str | Path) -> int:
     raise ArtifactError(f"{tokenizer_dir}: cannot tell which codebook to use (found {sizes}); pass a codebook size")
 
 
+def run_root_of(stage_dir: str | Path) -> Path:
+    """The run folder a stage folder belongs to, where its run's lock lives: the stage's
+    parent, above the folders that group stages (tokenizer/k{K}, tokens/k{K},
+    baselines/NAME) and above a sweep's per-K runs (sweep_k/k{K}/lm). A folder outside any
+    run (``--out`` elsewhere) is its own parent's."""
+    stage_dir = Path(stage_dir).absolute()
+    root = stage_dir.parent
+    if (root.name in ("tokenizer", "tokens") and re.fullmatch(r"k\d+", stage_dir.name)) or root.name == "baselines":
+        root = root.parent
+    if root.parent.name == "sweep_k" and re.fullmatch(r"k\d+", root.name):
+        root = root.parent.parent
+    return root
+
+
 def as_run(run: str | Path | RunDir) -> RunDir:
     return run if isinstance(run, RunDir) else RunDir(run)
 
@@ -271,6 +285,7 @@ def read_feature_meta(directory: str | Path) -> FeatureMeta:
     from tokenlm.features import FeatureConfig
 
     path = Path(directory) / META
+    check_outputs(directory)  # every file there at the size prepare left it
     meta = read_json(path)
     try:
         config = FeatureConfig(**{k: meta[k] for k in FeatureConfig.__dataclass_fields__ if k in meta})
@@ -307,6 +322,7 @@ def read_tokens_meta(directory: str | Path, codebook_size: int | None = None) ->
     directory = Path(directory)
     if not is_finished(directory):
         raise ArtifactError(f"{directory} is missing or incomplete: run `tokenlm tokenize` first")
+    check_outputs(directory)  # every file there at the size tokenize left it
     meta = read_json(directory / META)
     # Runs written before the vocabulary was unified call K "vocab_size".
     size = meta.get("codebook_size", meta.get("vocab_size"))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from tokenlm.artifacts import read_json, stage_key, write_json
+from tokenlm.artifacts import check_outputs, read_json, stage_key, write_json
 from tokenlm.audio import prepare_waveform
 from tokenlm.codebook import CodeAssigner, check_codebook_size
 from tokenlm.config import build, to_dict
@@ -179,6 +179,7 @@ class AudioTokenizer:
             have = ", ".join(codebook_dir(path, k).name for k in sorted(codebook_sizes(path), reverse=True)) or "none"
             raise ArtifactError(f"no codebook at {codebook} (this tokenizer has: {have})")
         centroids = load_codebook(codebook / CODEBOOK, coder.autoencoder.encoder[-1].out_features)
+        check_outputs(codebook)  # missing or truncated files: one line naming the file
         info = {"tokenizer_dir": str(path), "codebook_dir": str(codebook), "tokenizer_hash": _key_or_none(codebook)}
         tokenizer = cls(coder, centroids, info)
         return tokenizer.to(device) if device is not None else tokenizer
@@ -204,6 +205,7 @@ def load_patch_coder(directory: str | Path) -> PatchCoder:
     weights = directory / AUTOENCODER_WEIGHTS
     if not weights.is_file():
         raise ArtifactError(f"no trained tokenizer at {directory} (run `tokenlm tokenize` first)")
+    check_outputs(directory)  # missing or truncated files: one line naming the file
     config_path = directory / CONFIG
     try:
         features, mean, std, ae_config = _coder_config(read_json(config_path))

@@ -22,7 +22,7 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file, save_file
 
-from tokenlm.artifacts import read_json, write_json
+from tokenlm.artifacts import check_outputs, read_json, write_json
 from tokenlm.errors import ArtifactError, ConfigError
 from tokenlm.models.wavenet import WaveNet, WaveNetConfig, mu_law_encode
 from tokenlm.rundir import CONFIG, WAVENET_WEIGHTS
@@ -101,6 +101,7 @@ class Vocoder:
         directory = Path(directory)
         if not (directory / CONFIG).is_file() or not (directory / WAVENET_WEIGHTS).is_file():
             raise ArtifactError(f"no trained vocoder at {directory}: run `tokenlm vocoder {directory.parent}` first")
+        check_outputs(directory)  # missing or truncated files: one line naming the file
         config = read_json(directory / CONFIG)
         if config.get("format") != FORMAT or "wavenet" not in config:
             raise ArtifactError(f"{directory / CONFIG}: not a tokenlm vocoder config")

@@ -290,7 +290,7 @@ def test_interrupted_fold_training_resumes_finished_models(tmp_path, monkeypatch
         probe(run, *config, device="cpu", progress=False)
     assert not (run / "baselines" / "timbre").exists()  # interrupted work never looks finished
     monkeypatch.setattr(baselines_module, "_fit_supervised", real_fit)
-    stamp = (run / "baselines" / ".timbre.partial" / "folds" / "fold1" / "model.safetensors").stat().st_mtime_ns
+    stamp = (next((run / "baselines").glob(".timbre.partial-*")) / "folds" / "fold1" / "model.safetensors").stat().st_mtime_ns
     probe(run, *config, device="cpu", progress=False)
     assert (run / "baselines" / "timbre" / "folds" / "fold1" / "model.safetensors").stat().st_mtime_ns == stamp
     assert len(_rows(run)["timbre"]["folds"]["per_fold"]) == 4
