@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from tokenlm.artifacts import read_json, write_json
+from tokenlm.artifacts import STAGE_FILE, read_json, record_outputs, write_json
 from tokenlm.codebook import CodebookConfig, fit_codebook
 from tokenlm.config import build
 from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
@@ -100,6 +100,7 @@ def test_tokenize_on_non_finite_normalisation_fails_in_one_line(run, capsys):
     meta = read_json(run / "features" / META)
     meta["norm"]["mean"][0] = float("nan")
     write_json(run / "features" / META, meta)
+    rerecord(run / "features")
     # --epochs 1: another autoencoder config, so the stage trains instead of being up to date
     code = run_cli("tokenize", "--out", run, "-K", TINY_K, "--epochs", 1, "--device", "cpu")
     line = one_error_line(capsys.readouterr().err)
@@ -108,11 +109,19 @@ def test_tokenize_on_non_finite_normalisation_fails_in_one_line(run, capsys):
 
 # ---- item 6, config validation: tokenizer ----------------------------------------------------
 
+def rerecord(stage_dir: Path) -> None:
+    """Make a stage's file records match its edited files, as if the stage had written them
+    so: these tests reach the loaders' validation, past the size check of stage.json."""
+    stage = read_json(stage_dir / STAGE_FILE)
+    write_json(stage_dir / STAGE_FILE, {**stage, "files": record_outputs(stage_dir)})
+
+
 def _edit_config(run: Path, edit) -> Path:
     path = run / "tokenizer" / CONFIG
     config = read_json(path)
     edit(config)
     write_json(path, config)
+    rerecord(path.parent)
     return path
 
 
@@ -138,6 +147,7 @@ def test_tokenizer_weights_that_do_not_fit_or_are_truncated(run):
     _edit_config(run, lambda c: c["autoencoder"].update(bottleneck=8))
     weights = run / "tokenizer" / AUTOENCODER_WEIGHTS
     weights.write_bytes(weights.read_bytes()[:1000])
+    rerecord(weights.parent)
     with pytest.raises(ArtifactError, match="cannot load the autoencoder"):
         AudioTokenizer.load(run / "tokenizer")
 
