@@ -41,13 +41,18 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def file_hash(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    """Short sha256 of a file's bytes."""
+def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """sha256 of a file's bytes (hex), read in chunks: memory stays flat for any size."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk_size):
             digest.update(block)
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
+
+
+def file_hash(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """Short sha256 of a file's bytes (stage records)."""
+    return sha256_file(path, chunk_size)[:16]
 
 
 def fsync_file(path: str | Path) -> None:

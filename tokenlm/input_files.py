@@ -6,11 +6,11 @@ makes against it, so codes or decoders are never made from other audio than the 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Iterator
 
+from tokenlm.artifacts import sha256_file
 from tokenlm.errors import ArtifactError
 
 
@@ -60,18 +60,10 @@ def file_stamp(path: str | Path, hash_content: bool = False) -> dict | None:
     stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
     if hash_content:
         try:
-            stamp["sha256"] = _content_hash(path)
+            stamp["sha256"] = sha256_file(path)
         except OSError:
             pass
     return stamp
-
-
-def _content_hash(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_unchanged(row: dict) -> None:

@@ -4,7 +4,6 @@ build, and the work folder that only becomes the build once it is complete."""
 from __future__ import annotations
 
 import csv
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tokenlm.artifacts import sha256_file
 from tokenlm.demo.common import SAMPLE_RATE, DemoError
 
 META_FILE = "meta.csv"
@@ -32,12 +32,7 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+_sha256 = sha256_file  # the demo records the soundfont and eSpeak library it was built with
 
 
 def _summarise(rows: list[tuple[str, str, str]], seconds_per_clip: float) -> dict:
