@@ -317,3 +317,23 @@ def test_no_usable_train_clip_does_not_point_to_a_manifest_never_written(tmp_pat
         prepare(corpus, tmp_path / "run", progress=False)
     assert "see the manifest" not in str(err.value) and ".wav" in str(err.value)
     assert not (tmp_path / "run" / "manifest.jsonl").exists()
+
+
+def test_a_full_disk_while_writing_json_names_the_file(tmp_path):
+    """write() and fsync() errors carry no file name: write_json/write_jsonl add the path they
+    were writing, so the CLI's one line still says where."""
+    script = (
+        "import resource, sys\n"
+        "from tokenlm.artifacts import write_json, write_jsonl\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))\n"
+        "for write, path in ((write_json, sys.argv[1]), (write_jsonl, sys.argv[2])):\n"
+        "    try:\n"
+        "        write(path, [{'x': 'y' * 100}] * 100)\n"
+        "    except OSError as err:\n"
+        "        print(err.filename)\n"
+    )
+    paths = [tmp_path / "big.json", tmp_path / "big.jsonl"]
+    done = subprocess.run([sys.executable, "-c", script, *map(str, paths)], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.stdout.split() == [str(p) for p in paths], done.stderr
+    assert not any(p.exists() for p in paths)  # nothing half-written was published

@@ -25,6 +25,7 @@ import shutil
 import sys
 import time
 import weakref
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -84,11 +85,23 @@ def write_json(path: str | Path, obj: Any) -> None:
     of one, even after a power cut."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
+    with _naming(path), open(tmp, "w") as f:
         f.write(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
         f.flush()
         os.fsync(f.fileno())
     _publish(tmp, path)
+
+
+@contextmanager
+def _naming(path: Path):
+    """A write error (disk full, file too large) raised by write() or fsync() carries no file
+    name; give it the path being written, so the user's one line says where."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err
+        raise
 
 
 def read_json(path: str | Path) -> Any:
@@ -104,7 +117,7 @@ def read_json(path: str | Path) -> Any:
 def write_jsonl(path: str | Path, rows) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
+    with _naming(path), open(tmp, "w") as f:
         for row in rows:
             f.write(json.dumps(row, default=str) + "\n")
         f.flush()
