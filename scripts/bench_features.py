@@ -95,7 +95,7 @@ def write_manifest(path: Path, items: list[tuple[str, str]], n: int) -> None:
 def child(manifest: str, run: str, threads: int) -> None:
     import torch
 
-    from tokenlm.artifacts import read_json
+    from tokenlm.fileio import read_json
     from tokenlm.rundir import META, RunDir
     from tokenlm.stages.prepare import prepare
 

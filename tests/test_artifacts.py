@@ -10,18 +10,8 @@ import numpy as np
 import pytest
 
 from tokenlm import artifacts
-from tokenlm.artifacts import (
-    STAGE_FILE,
-    Stage,
-    file_hash,
-    fingerprint,
-    read_json,
-    read_jsonl,
-    read_stage,
-    stage_key,
-    write_json,
-    write_jsonl,
-)
+from tokenlm.artifacts import STAGE_FILE, Stage, read_stage, stage_key
+from tokenlm.fileio import file_hash, fingerprint, read_json, read_jsonl, write_json, write_jsonl
 from tokenlm.errors import ArtifactError
 from tokenlm.store import RaggedSplit, RaggedWriter
 

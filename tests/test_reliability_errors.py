@@ -17,7 +17,8 @@ import pytest
 import torch
 from torch import nn
 
-from tokenlm.artifacts import STAGE_FILE, read_json, record_outputs, write_json
+from tokenlm.artifacts import STAGE_FILE, record_outputs
+from tokenlm.fileio import read_json, write_json
 from tokenlm.codebook import CodebookConfig, fit_codebook
 from tokenlm.config import build
 from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
@@ -324,7 +325,7 @@ def test_a_full_disk_while_writing_json_names_the_file(tmp_path):
     were writing, so the CLI's one line still says where."""
     script = (
         "import resource, sys\n"
-        "from tokenlm.artifacts import write_json, write_jsonl\n"
+        "from tokenlm.fileio import write_json, write_jsonl\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))\n"
         "for write, path in ((write_json, sys.argv[1]), (write_jsonl, sys.argv[2])):\n"
         "    try:\n"

@@ -13,7 +13,8 @@ import pytest
 import soundfile as sf
 
 from conftest import run_cli, tone, write_corpus
-from tokenlm.artifacts import STAGE_FILE, read_json, read_jsonl
+from tokenlm.artifacts import STAGE_FILE
+from tokenlm.fileio import read_json, read_jsonl
 from tokenlm.datasets import scan_dataset
 from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
 from tokenlm.models.autoencoder import AutoencoderConfig

@@ -21,7 +21,8 @@ import pytest
 
 from tests.conftest import run_cli
 from tokenlm import artifacts
-from tokenlm.artifacts import STAGE_FILE, Stage, read_json, write_json
+from tokenlm.artifacts import STAGE_FILE, Stage
+from tokenlm.fileio import read_json, write_json
 from tokenlm.errors import ArtifactError
 from tokenlm.rundir import RunDir
 

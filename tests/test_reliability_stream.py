@@ -14,7 +14,7 @@ import torch
 
 from tests.conftest import sound
 from tokenlm.audio import audio_blocks, load_audio
-from tokenlm.artifacts import read_jsonl
+from tokenlm.fileio import read_jsonl
 from tokenlm.errors import AudioError
 from tokenlm.evaluation.representations import chunks_by_length
 from tokenlm.features import FeatureConfig, LogMel, file_log_mel

@@ -12,7 +12,7 @@ import soundfile as sf
 import soxr
 import torch
 
-from tokenlm.artifacts import write_json
+from tokenlm.fileio import write_json
 from tokenlm.codebook import CodebookConfig
 from tokenlm.errors import ArtifactError, AudioError
 from tokenlm.models.autoencoder import AutoencoderConfig

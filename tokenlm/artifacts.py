@@ -1,4 +1,5 @@
-"""The run directory's mechanics: atomic stage folders, stage.json, hashing, JSON files.
+"""The run directory's mechanics: atomic stage folders and stage.json (the files
+themselves are written by tokenlm.fileio).
 
 A stage builds its output in a hidden work folder next to the final one, named by the
 stage's key, and renames it into place only when complete, so interrupted work never looks
@@ -16,7 +17,6 @@ never deleted or replaced.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -25,121 +25,15 @@ import shutil
 import sys
 import time
 import weakref
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from tokenlm import runlock
 from tokenlm.errors import ArtifactError
+from tokenlm.fileio import file_hash, fingerprint, fsync_dir, fsync_file, read_json, write_json
 
 STAGE_FILE = "stage.json"
 KEY_FILE = ".key"  # in a work folder: the key of the stage it is being built for
-
-
-def fingerprint(obj: Any) -> str:
-    """Short stable hash of a JSON-able object (key order does not matter)."""
-    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    """sha256 of a file's bytes (hex), read in chunks: memory stays flat for any size."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk_size):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_hash(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    """Short sha256 of a file's bytes (stage records)."""
-    return sha256_file(path, chunk_size)[:16]
-
-
-def fsync_file(path: str | Path) -> None:
-    """Flush a file's bytes to the disk (before a rename publishes it)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: str | Path) -> None:
-    """Flush a folder's entries (a rename into it, a new file) to the disk."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _publish(tmp: Path, path: Path) -> None:
-    """Rename a complete, flushed temporary file onto ``path``, durably."""
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically and durably: readers see the old file or the new one, never half
-    of one, even after a power cut."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with _naming(path), open(tmp, "w") as f:
-        f.write(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    _publish(tmp, path)
-
-
-@contextmanager
-def _naming(path: Path):
-    """A write error (disk full, file too large) raised by write() or fsync() carries no file
-    name; give it the path being written, so the user's one line says where."""
-    try:
-        yield
-    except OSError as err:
-        if err.filename is None and err.errno is not None:
-            raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err
-        raise
-
-
-def read_json(path: str | Path) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"missing file: {path}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ArtifactError(f"{path}: not valid JSON ({err})") from None
-
-
-def write_jsonl(path: str | Path, rows) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with _naming(path), open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    _publish(tmp, path)
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"missing file: {path}")
-    rows = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:  # e.g. a file cut short by a crash or a full disk
-                raise ArtifactError(f"{path}, line {number}: not valid JSON ({err.msg}): the file is damaged; "
-                                    f"rebuild it") from None
-    return rows
 
 
 def library_versions() -> dict:

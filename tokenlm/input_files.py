@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from tokenlm.artifacts import sha256_file
+from tokenlm.fileio import sha256_file
 from tokenlm.errors import ArtifactError
 
 

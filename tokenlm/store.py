@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenlm.artifacts import read_jsonl, write_jsonl
+from tokenlm.fileio import read_jsonl, write_jsonl
 from tokenlm.errors import ArtifactError
 from tokenlm.rundir import bin_file, index_file
 

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from tokenlm.artifacts import check_outputs, read_json, stage_key, write_json
+from tokenlm.artifacts import check_outputs, stage_key
+from tokenlm.fileio import read_json, write_json
 from tokenlm.audio import prepare_waveform
 from tokenlm.codebook import CodeAssigner, check_codebook_size
 from tokenlm.config import build, to_dict

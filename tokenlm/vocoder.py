@@ -22,7 +22,8 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file, save_file
 
-from tokenlm.artifacts import check_outputs, read_json, write_json
+from tokenlm.artifacts import check_outputs
+from tokenlm.fileio import read_json, write_json
 from tokenlm.errors import ArtifactError, ConfigError
 from tokenlm.models.wavenet import WaveNet, WaveNetConfig, mu_law_encode
 from tokenlm.rundir import CONFIG, WAVENET_WEIGHTS

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tokenlm.artifacts import read_json
+from tokenlm.fileio import read_json
 from tokenlm.errors import ConfigError
 from tokenlm.pipeline import RunContext
 from tokenlm.stages import baselines as baselines_stage

@@ -10,7 +10,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from tokenlm.artifacts import STAGE_FILE, Stage, read_json, read_jsonl
+from tokenlm.artifacts import STAGE_FILE, Stage
+from tokenlm.fileio import read_json, read_jsonl
 from tokenlm.audio import load_audio
 from tokenlm.cli import main
 from tokenlm.datasets import SPLITS

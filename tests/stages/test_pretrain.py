@@ -19,7 +19,8 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from tokenlm.artifacts import Stage, read_json, write_json
+from tokenlm.artifacts import Stage
+from tokenlm.fileio import read_json, write_json
 from tokenlm.cli import cli, main
 from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
 from tokenlm.lm import CodeLM

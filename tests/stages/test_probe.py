@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tokenlm.artifacts import Stage, read_json, write_json, write_jsonl
+from tokenlm.artifacts import Stage
+from tokenlm.fileio import read_json, write_json, write_jsonl
 from tokenlm.rundir import RunDir
 from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
 from tokenlm.evaluation.clips import LabelledClips

@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from tokenlm.artifacts import read_json, read_jsonl
+from tokenlm.fileio import read_json, read_jsonl
 from tokenlm.store import RaggedSplit
 from tokenlm.tokenizer import AudioTokenizer, load_patch_coder
 from tests.conftest import Crash, crash_and_resume, run_cli as tokenlm, sound

@@ -15,7 +15,7 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
-from tokenlm.artifacts import read_json, write_json
+from tokenlm.fileio import read_json, write_json
 from tokenlm.audio import load_audio
 from tokenlm.errors import ArtifactError, ConfigError
 from tokenlm.evaluation.audio_quality import log_spectral_distance, logmel_distance_db

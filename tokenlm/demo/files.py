@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenlm.artifacts import sha256_file
+from tokenlm.fileio import sha256_file
 from tokenlm.demo.common import SAMPLE_RATE, DemoError
 
 META_FILE = "meta.csv"

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from sklearn.metrics import f1_score
 
-from tokenlm.artifacts import Stage, read_json, stage_key, write_json, write_jsonl
+from tokenlm.artifacts import Stage, stage_key
+from tokenlm.fileio import read_json, write_json, write_jsonl
 from tokenlm.baselines.cnn import (
     ClassifierTraining, count_flops, count_parameters, embed_clips, load_model, predict_clips, save_model,
     train_classifier,

@@ -17,7 +17,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from tokenlm.artifacts import STAGE_FILE, read_jsonl, write_json
+from tokenlm.artifacts import STAGE_FILE
+from tokenlm.fileio import read_jsonl, write_json
 from tokenlm.audio import load_audio
 from tokenlm.errors import ConfigError
 from tokenlm.rundir import RunDir, as_run, continuation_file, info_file, is_finished

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from tokenlm.artifacts import write_json
+from tokenlm.fileio import write_json
 from tokenlm.audio import load_audio
 from tokenlm.errors import ConfigError
 from tokenlm.lm import CodeLM

@@ -19,7 +19,8 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from tokenlm.artifacts import Stage, fingerprint, read_jsonl, write_json, write_jsonl
+from tokenlm.artifacts import Stage
+from tokenlm.fileio import fingerprint, read_jsonl, write_json, write_jsonl
 from tokenlm.audio import audio_seconds
 from tokenlm.config import to_dict
 from tokenlm.datasets import SPLITS, Clip, SplitConfig, assign_splits, link_duplicates, scan_dataset

@@ -39,7 +39,8 @@ import click
 import numpy as np
 import torch
 
-from tokenlm.artifacts import Stage, stage_key, write_json
+from tokenlm.artifacts import Stage, stage_key
+from tokenlm.fileio import write_json
 from tokenlm.config import build, to_dict
 from tokenlm.errors import ArtifactError, TokenlmError
 from tokenlm.lm import IGNORE, count_baselines, lm_loss, pad_batch, scoring_windows

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import click
 
-from tokenlm.artifacts import Stage, stage_key, write_json
+from tokenlm.artifacts import Stage, stage_key
+from tokenlm.fileio import write_json
 from tokenlm.config import to_dict
 from tokenlm.evaluation.clips import LabelledClips
 from tokenlm.evaluation.probe_table import render_report

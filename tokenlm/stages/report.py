@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from tokenlm.artifacts import read_json, read_jsonl
+from tokenlm.fileio import read_json, read_jsonl
 from tokenlm.rundir import MANIFEST, META, METRICS, REPORT, SAMPLES, SPLITS, TRAIN_LOG, RunDir, figure_file
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from tokenlm.artifacts import Stage, read_json, stage_key, write_json
+from tokenlm.artifacts import Stage, stage_key
+from tokenlm.fileio import read_json, write_json
 from tokenlm.codebook import CodebookConfig, label_code_agreement
 from tokenlm.config import load_yaml, to_dict
 from tokenlm.errors import TokenlmError

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tokenlm.artifacts import Stage, read_json, stage_key, write_json, write_jsonl
+from tokenlm.artifacts import Stage, stage_key
+from tokenlm.fileio import read_json, write_json, write_jsonl
 from tokenlm.audio import audio_seconds
 from tokenlm.codebook import CodebookConfig, fit_codebook
 from tokenlm.config import build, to_dict

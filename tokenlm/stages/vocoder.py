@@ -31,7 +31,8 @@ import click
 import numpy as np
 import torch
 
-from tokenlm.artifacts import Stage, read_json, stage_key, write_json
+from tokenlm.artifacts import Stage, stage_key
+from tokenlm.fileio import read_json, write_json
 from tokenlm.config import build, recipe_section, to_dict
 from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
 from tokenlm.evaluation.audio_quality import quality_metrics
