@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tokenlm.artifacts import read_jsonl  # noqa: E402
 from tokenlm.rundir import AUTOENCODER_WEIGHTS, RunDir  # noqa: E402
 from tokenlm.audio import prepare_waveform  # noqa: E402
-from tokenlm.datasets import SplitConfig, assign_splits, scan_dataset  # noqa: E402
+from tokenlm.datasets import scan_dataset  # noqa: E402
+from tokenlm.splits import SplitConfig, assign_splits
 from tokenlm.stages.tokenize import encode_clips  # noqa: E402
 from tokenlm.tokenizer import AudioTokenizer  # noqa: E402
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from tokenlm.config import build, load_yaml, recipe_section, to_dict
-from tokenlm.datasets import SplitConfig
+from tokenlm.splits import SplitConfig
 from tokenlm.errors import ConfigError
 from tokenlm.features import FeatureConfig
 

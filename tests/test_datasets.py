@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tokenlm.datasets import Clip, SplitConfig, assign_splits, detect_layout, scan_dataset
+from tokenlm.datasets import Clip, detect_layout, scan_dataset
+from tokenlm.splits import SplitConfig, assign_splits
 from tokenlm.errors import ConfigError
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from tokenlm.config import build, recipe_section
-from tokenlm.datasets import SPLITS, SplitConfig, assign_splits, link_duplicates, scan_dataset
+from tokenlm.datasets import SPLITS, scan_dataset
+from tokenlm.splits import SplitConfig, assign_splits, link_duplicates
 from tokenlm.pipeline import RunContext
 
 

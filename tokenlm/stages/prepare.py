@@ -23,7 +23,8 @@ from tokenlm.artifacts import Stage
 from tokenlm.fileio import fingerprint, read_jsonl, write_json, write_jsonl
 from tokenlm.audio import audio_seconds
 from tokenlm.config import to_dict
-from tokenlm.datasets import SPLITS, Clip, SplitConfig, assign_splits, link_duplicates, scan_dataset
+from tokenlm.datasets import SPLITS, Clip, scan_dataset
+from tokenlm.splits import SplitConfig, assign_splits, link_duplicates
 from tokenlm.errors import AudioError, TokenlmError
 from tokenlm.features import FeatureConfig, LogMel, RunningStats, file_log_mel
 from tokenlm.input_files import file_stamp

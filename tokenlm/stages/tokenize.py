@@ -29,7 +29,8 @@ from tokenlm.fileio import read_json, write_json, write_jsonl
 from tokenlm.audio import audio_seconds
 from tokenlm.codebook import CodebookConfig, fit_codebook
 from tokenlm.config import build, to_dict
-from tokenlm.datasets import SPLITS, SplitConfig, assign_splits, scan_dataset
+from tokenlm.datasets import SPLITS, scan_dataset
+from tokenlm.splits import SplitConfig, assign_splits
 from tokenlm.errors import ArtifactError, AudioError, TokenlmError
 from tokenlm.features import FeatureConfig, LogMel, file_log_mel
 from tokenlm.input_files import check_unchanged
