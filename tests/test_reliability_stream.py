@@ -17,13 +17,14 @@ from tokenlm.audio import audio_blocks, load_audio
 from tokenlm.fileio import read_jsonl
 from tokenlm.errors import AudioError
 from tokenlm.evaluation.representations import chunks_by_length
-from tokenlm.features import FeatureConfig, LogMel, file_log_mel
+from tokenlm.features import FeatureConfig, LogMel, RunningStats, file_log_mel
 from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
 from tokenlm.rundir import read_feature_meta
 from tokenlm.runtime import bounded_map
+from tokenlm.stages import prepare as prepare_stage
 from tokenlm.stages.prepare import prepare
 from tokenlm.stages.tokenize import encode_clips
-from tokenlm.store import RaggedSplit
+from tokenlm.store import RaggedSplit, RaggedWriter
 from tokenlm.tokenizer import AudioTokenizer, PatchCoder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -165,3 +166,48 @@ def test_long_files_encode_within_tolerance_of_the_one_shot_path(write_audio):
     codes = tokenizer.encode_frames(torch.from_numpy(frames)).numpy()
     expected = tokenizer.encode_frames(torch.from_numpy(one_shot)).numpy()
     assert len(codes) == 80 and (codes == expected).mean() > 0.95
+
+
+# ---- round 2: a long clip's frames go to disk block by block ----------------------------
+
+def test_a_writer_appends_a_clip_in_blocks_with_the_bytes_of_one_add(tmp_path):
+    rng = np.random.default_rng(0)
+    clips = [rng.standard_normal((n, 3)).astype(np.float32) for n in (5, 7, 2)]
+    (tmp_path / "whole").mkdir(), (tmp_path / "blocks").mkdir()
+    with RaggedWriter(tmp_path / "whole", "train", "float16", width=3) as whole:
+        for i, clip in enumerate(clips):
+            whole.add({"id": f"c{i}"}, clip)
+    with RaggedWriter(tmp_path / "blocks", "train", "float16", width=3) as blocks:
+        for i, clip in enumerate(clips):
+            blocks.begin(f"c{i}")
+            for start in range(0, len(clip), 3):
+                blocks.extend(clip[start:start + 3])
+            blocks.end({"id": f"c{i}"})
+            blocks.begin("dropped")  # a clip that fails half-way leaves nothing behind
+            blocks.extend(clip)
+            blocks.discard()
+    for name in ("train.bin", "train.index.jsonl"):
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "blocks" / name).read_bytes()
+
+
+def test_streamed_long_clips_give_the_features_of_whole_clips(make_corpus, tmp_path, monkeypatch):
+    """prepare writes a clip longer than STREAM_SECONDS block by block from the writing thread
+    (its frames are never held whole): the features, index, statistics and manifest are the
+    same bytes, and a clip that fails after some blocks were written leaves no trace."""
+    corpus = make_corpus(labels=2, groups=2, clips=2)
+    rng = np.random.default_rng(1)
+    sf.write(corpus / "class0" / "long.wav", 0.1 * rng.standard_normal(31 * SR).astype(np.float32), SR)
+    bad = 0.1 * rng.standard_normal(31 * SR).astype(np.float32)
+    bad[20 * SR:] = HUGE  # the third decoding block overflows the log-mel
+    sf.write(corpus / "class1" / "late_huge.wav", bad, SR, subtype="FLOAT")
+    monkeypatch.setattr(RunningStats, "SLICE", 1000)  # several statistics slices per long clip
+    runs = {}
+    for name, stream_seconds in (("whole", 1e9), ("streamed", 0.0)):
+        monkeypatch.setattr(prepare_stage, "STREAM_SECONDS", stream_seconds)
+        runs[name] = tmp_path / name
+        prepare(corpus, runs[name], progress=False)
+    manifest = read_jsonl(runs["streamed"] / "manifest.jsonl")
+    assert next(m for m in manifest if m["path"].endswith("late_huge.wav"))["status"] == "skipped"
+    assert next(m for m in manifest if m["path"].endswith("long.wav"))["duration"] == 31.0
+    for name in ("train.bin", "train.index.jsonl", "val.bin", "test.index.jsonl", "meta.json", "manifest.jsonl"):
+        assert (runs["whole"] / "features" / name).read_bytes() == (runs["streamed"] / "features" / name).read_bytes(), name

@@ -182,23 +182,41 @@ def file_log_mel(path: str | Path, log_mel: LogMel, min_samples: int = 1,
 
     Raises AudioError like ``load_audio``, and for a log-mel that is not finite.
     """
+    blocks = log_mel_blocks(path, log_mel, min_samples, block_seconds)
+    first, samples = next(blocks)
+    rest = next(blocks, None)
+    if rest is None:  # one block: no copy
+        return first, samples
+    # Into one array sized from the header: joining per-block pieces would hold the frames twice.
+    config = log_mel.config
+    out = _Growing(config.num_frames(round(audio_seconds(path) * config.sample_rate)), config.n_mels)
+    num_samples = 0
+    for frames, samples in _chain([(first, samples), rest], blocks):
+        out.append(frames)
+        num_samples += samples
+    return out.array(), num_samples
+
+
+def log_mel_blocks(path: str | Path, log_mel: LogMel, min_samples: int = 1,
+                   block_seconds: float = BLOCK_SECONDS) -> Iterator[tuple[np.ndarray, int]]:
+    """``file_log_mel`` block by block: (frames, samples decoded) pairs whose frames, joined,
+    are ``file_log_mel``'s. Memory is one block and its frames, however long the file.
+
+    Raises AudioError like ``file_log_mel``, possibly after some blocks (a caller that writes
+    them as they come undoes them then).
+    """
     blocks = audio_blocks(path, log_mel.config.sample_rate, min_samples, block_seconds)
     first = next(blocks)
     rest = next(blocks, None)
     if rest is None:  # one block: the one-shot path, bit for bit
         with torch.inference_mode():
             frames = log_mel(torch.from_numpy(first)).numpy()
-        return _finite(frames, path), len(first)
+        yield _finite(frames, path), len(first)
+        return
     stream = LogMelStream(log_mel)
-    # Into one array sized from the header: joining per-block pieces would hold the frames twice.
-    config = log_mel.config
-    out = _Growing(config.num_frames(round(audio_seconds(path) * config.sample_rate)), config.n_mels)
-    num_samples = 0
     for block in _chain([first, rest], blocks):
-        out.append(_finite(stream.push(block), path))
-        num_samples += len(block)
-    out.append(_finite(stream.finish(), path))
-    return out.array(), num_samples
+        yield _finite(stream.push(block), path), len(block)
+    yield _finite(stream.finish(), path), 0
 
 
 class _Growing:
@@ -273,6 +291,13 @@ class RunningStats:
             self.count += part.shape[0]
             self.total += part.sum(axis=0)
             self.total_sq += np.square(part).sum(axis=0)
+
+    def snapshot(self) -> tuple:
+        return self.count, self.total.copy(), self.total_sq.copy()
+
+    def restore(self, snapshot: tuple) -> None:
+        """Back to a ``snapshot()``: undoes the updates of a clip that turned out unusable."""
+        self.count, self.total, self.total_sq = snapshot[0], snapshot[1].copy(), snapshot[2].copy()
 
     def result(self) -> dict:
         if self.count == 0:

@@ -29,23 +29,47 @@ class RaggedWriter:
         self.width = width
         self.rows: list[dict] = []
         self.offset = 0
+        self._clip_id, self._length = None, 0  # the clip being appended
         self._file = open(self.directory / bin_file(split), "wb")
 
     def add(self, row: dict, array: np.ndarray) -> None:
         """Append one clip's rows; ``row`` (id, label, ...) goes to the index with offset/length."""
+        self.begin(row.get("id"))
+        self.extend(array)
+        self.end(row)
+
+    # A long clip arrives in blocks: begin(), extend() per block, then end(row) once its index
+    # entry is known (or discard() if it turned out unusable). The bytes equal one add().
+
+    def begin(self, clip_id=None) -> None:
+        self._clip_id = clip_id  # named when a value does not fit
+        self._length = 0
+
+    def extend(self, array: np.ndarray) -> None:
+        """Append rows of the clip begun."""
         if self.dtype.kind in "ui" and np.size(array):  # a cast would wrap out-of-range values silently
             info = np.iinfo(self.dtype)
             low, high = np.min(array), np.max(array)
             if low < info.min or high > info.max:
-                raise ValueError(f"values [{low}, {high}] do not fit {self.dtype} (clip {row.get('id')})")
+                raise ValueError(f"values [{low}, {high}] do not fit {self.dtype} (clip {self._clip_id})")
         array = np.ascontiguousarray(array, dtype=self.dtype)
-        length = array.shape[0]
         if self.width > 1 and array.shape[1:] != (self.width,):
             raise ValueError(f"expected rows of width {self.width}, got shape {array.shape}")
         with _naming(self._file.name):
             self._file.write(array.tobytes())
-        self.rows.append({**row, "offset": self.offset, "length": length})
-        self.offset += length
+        self._length += array.shape[0]
+
+    def end(self, row: dict) -> None:
+        """Close the clip begun: ``row`` goes to the index with its offset and length."""
+        self.rows.append({**row, "offset": self.offset, "length": self._length})
+        self.offset += self._length
+
+    def discard(self) -> None:
+        """Drop the rows of the clip begun, as if it had never been."""
+        with _naming(self._file.name):
+            self._file.seek(self.offset * self.width * self.dtype.itemsize)
+            self._file.truncate()
+        self._length = 0
 
     def close(self) -> None:
         with _naming(self._file.name):

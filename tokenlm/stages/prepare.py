@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import click
+import numpy as np
 from tqdm import tqdm
 
 from tokenlm.artifacts import Stage
@@ -26,7 +27,7 @@ from tokenlm.config import to_dict
 from tokenlm.datasets import SPLITS, Clip, scan_dataset
 from tokenlm.splits import SplitConfig, assign_splits, link_duplicates
 from tokenlm.errors import AudioError, TokenlmError
-from tokenlm.features import FeatureConfig, LogMel, RunningStats, file_log_mel
+from tokenlm.features import FeatureConfig, LogMel, RunningStats, file_log_mel, log_mel_blocks
 from tokenlm.input_files import file_stamp
 from tokenlm.pipeline import RunContext
 from tokenlm.rundir import MANIFEST, META, RunDir
@@ -34,9 +35,12 @@ from tokenlm.runtime import bounded_map, cpu_threads, kernel_threads
 from tokenlm.stages.options import data_options
 from tokenlm.store import RaggedWriter
 
-# Audio in flight while featurising (clips are decoded in blocks, but each clip's frames are
-# held until written): 4 hours is ~370 MB of float32 log-mel at 100 frames/s x 64 mels.
-AHEAD_SECONDS = 4 * 3600.0
+# Clips longer than this are featurised block by block in the writing thread, each block's
+# frames written as they come, so memory does not grow with a recording's length. Shorter ones
+# are featurised whole in parallel threads, at most AHEAD_SECONDS of audio in flight: half an
+# hour is ~46 MB of float32 log-mel at 100 frames/s x 64 mels.
+STREAM_SECONDS = 300.0
+AHEAD_SECONDS = 1800.0
 
 
 def prepare(
@@ -128,13 +132,16 @@ def _extract(clips: list[Clip], features: FeatureConfig, work: Path, progress: b
     manifest = []
 
     def featurise(clip: Clip):
-        # Decoded block by block: memory is a block of audio plus the clip's frames. Shorter
-        # than one STFT window is unusable; shorter than a patch is padded later and flagged.
+        # Shorter than one STFT window is unusable; shorter than a patch is padded later and
+        # flagged. A long clip is left to the writing thread (``_stream_clip``).
+        if seconds(clip) > STREAM_SECONDS:
+            return _STREAMED, None
         try:
             return file_log_mel(clip.path, log_mel, min_samples=features.n_fft), None
         except AudioError as err:
             return None, err.reason
 
+    seconds = _memo(lambda clip: audio_seconds(clip.path))
     # Clips are featurised in parallel, one clip per thread: decoding, soxr and torch all
     # release the GIL. torch's own intra-op threads are turned off meanwhile: on a clip-sized
     # STFT they cost more than they give, and with every core busy their spin-waits made
@@ -143,25 +150,28 @@ def _extract(clips: list[Clip], features: FeatureConfig, work: Path, progress: b
     # always), however far decoding runs ahead and however long the recordings.
     workers = min(cpu_threads(), 8)
     with kernel_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:
-        results = bounded_map(pool, featurise, clips, ahead=2 * workers,
-                              weight=lambda clip: audio_seconds(clip.path), budget=AHEAD_SECONDS)
+        results = bounded_map(pool, featurise, clips, ahead=2 * workers, budget=AHEAD_SECONDS,
+                              weight=lambda clip: seconds(clip) if seconds(clip) <= STREAM_SECONDS else 0.0)
         for clip, (result, error) in tqdm(zip(clips, results), total=len(clips), desc="features",
                                           unit="clip", disable=not progress):
             row = {"id": clip.id, "path": clip.path, "label": clip.label, "split": clip.split,
                    "group": clip.group, "fold": clip.fold}
+            writer = writers[clip.split]
+            index_row = {"id": clip.id, "label": clip.label, "group": clip.group, "fold": clip.fold}
+            if result is _STREAMED:
+                num_samples, error = _stream_clip(clip, log_mel, writer, stats if clip.split == "train" else None)
+            elif error is None:
+                frames, num_samples = result
+                writer.add({**index_row, "padded": frames.shape[0] < features.patch_frames}, frames)
+                if clip.split == "train":
+                    stats.update(frames)
             if error is not None:
                 manifest.append({**row, "duration": None, "status": "skipped", "reason": error})
                 continue
-            frames, num_samples = result
-            writers[clip.split].add(
-                {"id": clip.id, "label": clip.label, "group": clip.group, "fold": clip.fold,
-                 "padded": frames.shape[0] < features.patch_frames},
-                frames,
-            )
-            if clip.split == "train":
-                stats.update(frames)
             manifest.append({**row, "duration": round(num_samples / features.sample_rate, 4),
                              "status": "ok", "reason": None})
+            if result is _STREAMED:
+                writer.end({**index_row, "padded": False})  # longer than any patch
     for writer in writers.values():
         writer.close()
     ok = [m for m in manifest if m["status"] == "ok"]
@@ -182,6 +192,50 @@ def _extract(clips: list[Clip], features: FeatureConfig, work: Path, progress: b
     return manifest, meta
 
 
+
+
+_STREAMED = object()  # featurise's answer for a clip the writing thread streams
+
+
+def _stream_clip(clip: Clip, log_mel: LogMel, writer: RaggedWriter, stats: RunningStats | None):
+    """Featurise a long clip block by block straight into ``writer`` (left open for its index
+    row) and ``stats``: (samples, None), or (0, reason) with both left as they were."""
+    features = log_mel.config
+    saved = stats.snapshot() if stats is not None else None
+    # Statistics are summed in RunningStats.SLICE frames from the clip's start, as for a whole
+    # clip, so meta.json is byte-identical to featurising it in one piece.
+    pending, num_samples = [], 0
+    writer.begin(clip.id)
+    try:
+        for frames, samples in log_mel_blocks(clip.path, log_mel, min_samples=features.n_fft):
+            writer.extend(frames)
+            num_samples += samples
+            if stats is not None:
+                pending = _feed(stats, pending + [frames])
+        if stats is not None and pending:
+            stats.update(np.concatenate(pending))
+    except AudioError as err:
+        writer.discard()
+        if stats is not None:
+            stats.restore(saved)
+        return 0, err.reason
+    return num_samples, None
+
+
+def _feed(stats: RunningStats, pending: list[np.ndarray]) -> list[np.ndarray]:
+    """Give ``stats`` every whole SLICE of the pending frames; return the rest."""
+    if sum(len(p) for p in pending) < RunningStats.SLICE:
+        return pending
+    joined = np.concatenate(pending)
+    whole = len(joined) - len(joined) % RunningStats.SLICE
+    stats.update(joined[:whole])
+    return [joined[whole:]] if whole < len(joined) else []
+
+
+def _memo(fn):
+    """``fn`` of a clip, computed once per clip (a header read)."""
+    cache = {}
+    return lambda clip: cache[clip.id] if clip.id in cache else cache.setdefault(clip.id, fn(clip))
 
 
 def _print_summary(manifest: list[dict]) -> None:
