@@ -211,3 +211,25 @@ def test_streamed_long_clips_give_the_features_of_whole_clips(make_corpus, tmp_p
     assert next(m for m in manifest if m["path"].endswith("long.wav"))["duration"] == 31.0
     for name in ("train.bin", "train.index.jsonl", "val.bin", "test.index.jsonl", "meta.json", "manifest.jsonl"):
         assert (runs["whole"] / "features" / name).read_bytes() == (runs["streamed"] / "features" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("patch_hop", [None, 2, 7])
+def test_long_clips_encoded_block_by_block_get_the_codes_of_whole_clips(patch_hop, write_audio, tmp_path):
+    """encode_clips encodes a clip longer than a batch as its decoding blocks come (16 s: two
+    blocks), without holding its frames: same codes file and index as encoding it whole, and
+    a clip that fails in its second block leaves nothing but its entry in ``skipped``."""
+    tokenizer = tiny_tokenizer(FeatureConfig(patch_hop=patch_hop))
+    bad = sound("tone", 16.0, SR, seed=9).astype(np.float32)
+    bad[15 * SR + 100:] = HUGE
+    rows = []
+    for i, (kind, seconds) in enumerate([("chirp", 16.0), ("tone", 0.05), ("bad", 16.0), ("noise", 2.0)]):
+        wav = bad if kind == "bad" else sound(kind, seconds, SR, seed=i)
+        rows.append({"id": f"c{i}", "path": str(write_audio(f"c{i}.wav", data=wav, subtype="FLOAT")),
+                     "label": None, "split": "train"})
+    metas = {}
+    for name, batch_seconds in (("whole", 1e6), ("blocks", 1.0)):
+        (tmp_path / name).mkdir()
+        metas[name] = encode_clips(tokenizer, rows, tmp_path / name, progress=False, batch_seconds=batch_seconds)
+    assert [s["id"] for s in metas["blocks"]["skipped"]] == ["c2"] and metas["blocks"] == metas["whole"]
+    for name in ("train.bin", "train.index.jsonl"):
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "blocks" / name).read_bytes()

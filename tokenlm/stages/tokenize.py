@@ -32,7 +32,7 @@ from tokenlm.config import build, to_dict
 from tokenlm.datasets import SPLITS, scan_dataset
 from tokenlm.splits import SplitConfig, assign_splits
 from tokenlm.errors import ArtifactError, AudioError, TokenlmError
-from tokenlm.features import FeatureConfig, LogMel, file_log_mel
+from tokenlm.features import FeatureConfig, LogMel, file_log_mel, log_mel_blocks
 from tokenlm.input_files import check_unchanged
 from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
 from tokenlm.pipeline import RunContext
@@ -173,9 +173,24 @@ def encode_clips(tokenizer: AudioTokenizer, rows: list[dict], out: Path, *, prog
     # decoding threads (or anything else on the machine) their spin-waits made encoding
     # 10-15x slower.
     with kernel_threads(1, faiss=True), ThreadPoolExecutor(max_workers=2) as pool:
-        loaded = bounded_map(pool, lambda r: _clip_frames(r["path"], log_mel), rows, ahead=BATCH_CLIPS,
-                             weight=lambda r: audio_seconds(r["path"]), budget=batch_seconds)
+        # A clip longer than a batch is left to this thread, which encodes it block by block
+        # into its writer (``_encode_streamed``): its frames are never held whole.
+        seconds = {r["id"]: audio_seconds(r["path"]) for r in rows}
+        streamed = {i for i, s in seconds.items() if s > batch_seconds}
+        loaded = bounded_map(pool, lambda r: _STREAMED if r["id"] in streamed else _clip_frames(r["path"], log_mel),
+                             rows, ahead=BATCH_CLIPS, budget=batch_seconds,
+                             weight=lambda r: 0.0 if r["id"] in streamed else seconds[r["id"]])
         for batch in _batches(zip(rows, loaded), max_frames):
+            if batch[0][1] is _STREAMED:
+                row = batch[0][0]
+                writer = writers[row.get("split") or "train"]
+                num_samples, reason = _encode_streamed(tokenizer, row, log_mel, writer, max_frames)
+                if reason is not None:
+                    skipped.append({"id": row["id"], "path": row["path"], "reason": reason})
+                elif durations is not None:
+                    durations[row["id"]] = round(num_samples / tokenizer.sample_rate, 4)
+                bar.update(1)
+                continue
             good = [(row, clip) for row, clip in batch if isinstance(clip, ClipFrames)]
             skipped += [{"id": row["id"], "path": row["path"], "reason": reason}
                         for row, reason in batch if isinstance(reason, str)]
@@ -221,11 +236,49 @@ def _clip_frames(path: str, log_mel: LogMel):
     return ClipFrames(torch.from_numpy(frames), num_samples)
 
 
+_STREAMED = object()  # in place of a clip encoded block by block by the writing thread
+
+
+def _encode_streamed(tokenizer: AudioTokenizer, row: dict, log_mel: LogMel, writer: RaggedWriter,
+                     max_frames: int):
+    """Encode a long clip as its log-mel blocks come, in the pieces ``_pieces`` would cut (so
+    its codes are the whole clip's), writing each piece's codes: (samples, None), or (0,
+    reason) with the writer left as it was."""
+    features = tokenizer.coder.features
+    step, size = features.patch_step, features.patch_frames
+    advance = max(1, (max_frames - size) // step + 1) * step
+    piece = advance - step + size
+    pending, num_samples, seen = np.zeros((0, features.n_mels), np.float32), 0, 0
+    skip = 0  # frames between two pieces not yet arrived (patches further apart than long)
+    writer.begin(row["id"])
+    try:
+        for frames, samples in log_mel_blocks(row["path"], log_mel, min_samples=features.n_fft):
+            num_samples, seen = num_samples + samples, seen + len(frames)
+            dropped = min(skip, len(frames))
+            pending, skip = np.concatenate([pending, frames[dropped:]]), skip - dropped
+            while len(pending) >= piece:
+                writer.extend(tokenizer.encode_frames(torch.from_numpy(pending[:piece])).numpy())
+                pending, skip = pending[advance:], max(0, advance - len(pending))
+        if len(pending) >= size or seen < size:  # the last patches; a clip under a patch is padded
+            writer.extend(tokenizer.encode_frames(torch.from_numpy(pending)).numpy())
+    except AudioError as err:
+        writer.discard()
+        return 0, err.reason
+    writer.end({"id": row["id"], "label": row.get("label")})
+    return num_samples, None
+
+
 def _batches(pairs, max_frames: int):
     """Consecutive (row, ClipFrames or reason) pairs, grouped until their frames reach
     ``max_frames`` or BATCH_CLIPS clips: seconds of audio set a batch's size, not clip count."""
     batch, frames = [], 0
     for row, clip in pairs:
+        if clip is _STREAMED:  # a batch of its own, in its place
+            if batch:
+                yield batch
+            yield [(row, clip)]
+            batch, frames = [], 0
+            continue
         batch.append((row, clip))
         frames += len(clip.frames) if isinstance(clip, ClipFrames) else 0
         if frames >= max_frames or len(batch) >= BATCH_CLIPS:
