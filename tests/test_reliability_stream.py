@@ -233,3 +233,29 @@ def test_long_clips_encoded_block_by_block_get_the_codes_of_whole_clips(patch_ho
     assert [s["id"] for s in metas["blocks"]["skipped"]] == ["c2"] and metas["blocks"] == metas["whole"]
     for name in ("train.bin", "train.index.jsonl"):
         assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "blocks" / name).read_bytes()
+
+
+def test_prepare_and_encoding_hold_a_block_not_a_long_clips_frames(make_corpus, tmp_path):
+    """numpy reports its buffers to tracemalloc: featurising and encoding a 6-minute clip peaks
+    under its frames' 9.2 MB (float32), at a 15 s decoding block and its frames (~7 MB at
+    16 kHz), where both held the whole clip's frames and a block (~16 MB) before."""
+    corpus = make_corpus(labels=2, groups=2, clips=1)
+    seconds = 360
+    sf.write(corpus / "class0" / "long.wav", sound("chirp", seconds, SR, seed=5), SR, subtype="PCM_16")
+    frames_bytes = seconds * 100 * 64 * 4
+
+    def peak(fn) -> int:
+        tracemalloc.start()
+        try:
+            fn()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    run = tmp_path / "run"
+    assert peak(lambda: prepare(corpus, run, progress=False)) < frames_bytes
+    rows = [row for row in read_jsonl(run / "manifest.jsonl") if row["path"].endswith("long.wav")]
+    (tmp_path / "tokens").mkdir()
+    tokenizer = tiny_tokenizer(FeatureConfig())
+    encode = lambda: encode_clips(tokenizer, rows, tmp_path / "tokens", progress=False, batch_seconds=20.0)
+    assert peak(encode) < frames_bytes

@@ -292,6 +292,10 @@ class RunningStats:
             self.total += part.sum(axis=0)
             self.total_sq += np.square(part).sum(axis=0)
 
+    def clip(self) -> "ClipStats":
+        """An updater for one clip arriving in blocks, with the sums of ``update(whole clip)``."""
+        return ClipStats(self)
+
     def snapshot(self) -> tuple:
         return self.count, self.total.copy(), self.total_sq.copy()
 
@@ -307,3 +311,35 @@ class RunningStats:
         # A bin that never varies (e.g. above a band-limited source) would divide by zero.
         std = np.maximum(np.sqrt(var), 1e-3)
         return {"mean": mean.tolist(), "std": std.tolist(), "frames": self.count}
+
+
+class ClipStats:
+    """``RunningStats.update`` of one clip fed block by block, bit for bit: the same SLICE-frame
+    slices from the clip's start, each summed row after row as numpy sums a slice's rows, so
+    that no more than a block is held. ``finish()`` adds the last, partial slice."""
+
+    def __init__(self, stats: RunningStats):
+        self.stats = stats
+        self.count, self.total, self.total_sq = 0, None, None
+
+    def update(self, frames: np.ndarray) -> None:
+        start = 0
+        while start < len(frames):
+            take = min(self.stats.SLICE - self.count, len(frames) - start)
+            part = np.asarray(frames[start:start + take], dtype=np.float64)
+            if self.count:  # continue the slice's running sums
+                self.total = np.concatenate([self.total[None], part]).sum(axis=0)
+                self.total_sq = np.concatenate([self.total_sq[None], np.square(part)]).sum(axis=0)
+            else:
+                self.total, self.total_sq = part.sum(axis=0), np.square(part).sum(axis=0)
+            self.count += take
+            start += take
+            if self.count == self.stats.SLICE:
+                self.finish()
+
+    def finish(self) -> None:
+        if self.count:
+            self.stats.count += self.count
+            self.stats.total += self.total
+            self.stats.total_sq += self.total_sq
+        self.count = 0

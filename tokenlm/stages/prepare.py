@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import click
-import numpy as np
 from tqdm import tqdm
 
 from tokenlm.artifacts import Stage
@@ -202,34 +201,23 @@ def _stream_clip(clip: Clip, log_mel: LogMel, writer: RaggedWriter, stats: Runni
     row) and ``stats``: (samples, None), or (0, reason) with both left as they were."""
     features = log_mel.config
     saved = stats.snapshot() if stats is not None else None
-    # Statistics are summed in RunningStats.SLICE frames from the clip's start, as for a whole
-    # clip, so meta.json is byte-identical to featurising it in one piece.
-    pending, num_samples = [], 0
+    clip_stats = stats.clip() if stats is not None else None
+    num_samples = 0
     writer.begin(clip.id)
     try:
         for frames, samples in log_mel_blocks(clip.path, log_mel, min_samples=features.n_fft):
             writer.extend(frames)
             num_samples += samples
-            if stats is not None:
-                pending = _feed(stats, pending + [frames])
-        if stats is not None and pending:
-            stats.update(np.concatenate(pending))
+            if clip_stats is not None:
+                clip_stats.update(frames)
+        if clip_stats is not None:
+            clip_stats.finish()
     except AudioError as err:
         writer.discard()
         if stats is not None:
             stats.restore(saved)
         return 0, err.reason
     return num_samples, None
-
-
-def _feed(stats: RunningStats, pending: list[np.ndarray]) -> list[np.ndarray]:
-    """Give ``stats`` every whole SLICE of the pending frames; return the rest."""
-    if sum(len(p) for p in pending) < RunningStats.SLICE:
-        return pending
-    joined = np.concatenate(pending)
-    whole = len(joined) - len(joined) % RunningStats.SLICE
-    stats.update(joined[:whole])
-    return [joined[whole:]] if whole < len(joined) else []
 
 
 def _memo(fn):
