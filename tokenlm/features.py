@@ -296,13 +296,6 @@ class RunningStats:
         """An updater for one clip arriving in blocks, with the sums of ``update(whole clip)``."""
         return ClipStats(self)
 
-    def snapshot(self) -> tuple:
-        return self.count, self.total.copy(), self.total_sq.copy()
-
-    def restore(self, snapshot: tuple) -> None:
-        """Back to a ``snapshot()``: undoes the updates of a clip that turned out unusable."""
-        self.count, self.total, self.total_sq = snapshot[0], snapshot[1].copy(), snapshot[2].copy()
-
     def result(self) -> dict:
         if self.count == 0:
             raise ValueError("no frames to compute normalisation statistics from")
@@ -316,30 +309,33 @@ class RunningStats:
 class ClipStats:
     """``RunningStats.update`` of one clip fed block by block, bit for bit: the same SLICE-frame
     slices from the clip's start, each summed row after row as numpy sums a slice's rows, so
-    that no more than a block is held. ``finish()`` adds the last, partial slice."""
+    that no more than a block is held. Nothing reaches ``stats`` before ``finish()``: a clip
+    that fails half-way is simply dropped."""
 
     def __init__(self, stats: RunningStats):
         self.stats = stats
-        self.count, self.total, self.total_sq = 0, None, None
+        self.slices: list[tuple] = []  # (count, sum, sum of squares) of each slice, in order
 
     def update(self, frames: np.ndarray) -> None:
         start = 0
         while start < len(frames):
-            take = min(self.stats.SLICE - self.count, len(frames) - start)
+            count, total, total_sq = self.slices[-1] if self.slices else (self.stats.SLICE, None, None)
+            if count == self.stats.SLICE:  # a new slice
+                count, total, total_sq = 0, None, None
+                self.slices.append(None)
+            take = min(self.stats.SLICE - count, len(frames) - start)
             part = np.asarray(frames[start:start + take], dtype=np.float64)
-            if self.count:  # continue the slice's running sums
-                self.total = np.concatenate([self.total[None], part]).sum(axis=0)
-                self.total_sq = np.concatenate([self.total_sq[None], np.square(part)]).sum(axis=0)
+            if count:  # continue the slice's running sums
+                total = np.concatenate([total[None], part]).sum(axis=0)
+                total_sq = np.concatenate([total_sq[None], np.square(part)]).sum(axis=0)
             else:
-                self.total, self.total_sq = part.sum(axis=0), np.square(part).sum(axis=0)
-            self.count += take
+                total, total_sq = part.sum(axis=0), np.square(part).sum(axis=0)
+            self.slices[-1] = (count + take, total, total_sq)
             start += take
-            if self.count == self.stats.SLICE:
-                self.finish()
 
     def finish(self) -> None:
-        if self.count:
-            self.stats.count += self.count
-            self.stats.total += self.total
-            self.stats.total_sq += self.total_sq
-        self.count = 0
+        for count, total, total_sq in self.slices:
+            self.stats.count += count
+            self.stats.total += total
+            self.stats.total_sq += total_sq
+        self.slices = []

@@ -158,7 +158,8 @@ def _extract(clips: list[Clip], features: FeatureConfig, work: Path, progress: b
             writer = writers[clip.split]
             index_row = {"id": clip.id, "label": clip.label, "group": clip.group, "fold": clip.fold}
             if result is _STREAMED:
-                num_samples, error = _stream_clip(clip, log_mel, writer, stats if clip.split == "train" else None)
+                num_samples, error = _stream_clip(clip, log_mel, writer, index_row,
+                                                  stats if clip.split == "train" else None)
             elif error is None:
                 frames, num_samples = result
                 writer.add({**index_row, "padded": frames.shape[0] < features.patch_frames}, frames)
@@ -169,8 +170,6 @@ def _extract(clips: list[Clip], features: FeatureConfig, work: Path, progress: b
                 continue
             manifest.append({**row, "duration": round(num_samples / features.sample_rate, 4),
                              "status": "ok", "reason": None})
-            if result is _STREAMED:
-                writer.end({**index_row, "padded": False})  # longer than any patch
     for writer in writers.values():
         writer.close()
     ok = [m for m in manifest if m["status"] == "ok"]
@@ -191,32 +190,28 @@ def _extract(clips: list[Clip], features: FeatureConfig, work: Path, progress: b
     return manifest, meta
 
 
-
-
 _STREAMED = object()  # featurise's answer for a clip the writing thread streams
 
 
-def _stream_clip(clip: Clip, log_mel: LogMel, writer: RaggedWriter, stats: RunningStats | None):
-    """Featurise a long clip block by block straight into ``writer`` (left open for its index
-    row) and ``stats``: (samples, None), or (0, reason) with both left as they were."""
-    features = log_mel.config
-    saved = stats.snapshot() if stats is not None else None
+def _stream_clip(clip: Clip, log_mel: LogMel, writer: RaggedWriter, index_row: dict,
+                 stats: RunningStats | None):
+    """Featurise a long clip block by block straight into ``writer`` and ``stats``: (samples,
+    None), or (0, reason) with both left as they were."""
     clip_stats = stats.clip() if stats is not None else None
     num_samples = 0
     writer.begin(clip.id)
     try:
-        for frames, samples in log_mel_blocks(clip.path, log_mel, min_samples=features.n_fft):
+        for frames, samples in log_mel_blocks(clip.path, log_mel, min_samples=log_mel.config.n_fft):
             writer.extend(frames)
             num_samples += samples
             if clip_stats is not None:
                 clip_stats.update(frames)
-        if clip_stats is not None:
-            clip_stats.finish()
     except AudioError as err:
         writer.discard()
-        if stats is not None:
-            stats.restore(saved)
         return 0, err.reason
+    writer.end({**index_row, "padded": False})  # longer than any patch
+    if clip_stats is not None:
+        clip_stats.finish()
     return num_samples, None
 
 
