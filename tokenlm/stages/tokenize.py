@@ -157,8 +157,9 @@ def encode_run_stage(run: str | Path | RunDir, k: int, *, device: torch.device, 
 def encode_clips(tokenizer: AudioTokenizer, rows: list[dict], out: Path, *, progress: bool = True,
                  batch_seconds: float = BATCH_SECONDS, durations: dict | None = None) -> dict:
     """Encode clips (manifest rows: id, path, label, split) into ``out``, streaming: memory grows
-    neither with the corpus nor with a clip beyond its log-mel frames (files are decoded in
-    blocks; about ``batch_seconds`` of audio is decoded ahead and encoded per pass). Clips
+    neither with the corpus nor with a clip's length (files are decoded in blocks; about
+    ``batch_seconds`` of audio is decoded ahead and encoded per pass, and a longer clip is
+    encoded as its blocks come). Clips
     that fail to decode are listed in meta.json's ``skipped``. ``durations``, when given,
     receives each encoded clip's id -> seconds."""
     writers = {s: RaggedWriter(out, s, "uint16") for s in SPLITS}
