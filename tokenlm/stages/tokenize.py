@@ -53,6 +53,7 @@ from tokenlm.tokenizer_training import PatchSampler, bottlenecks, codebook_metri
 # log-mel is 15 MB), and at most this many clips in one pass (short clips).
 BATCH_SECONDS = 600.0
 BATCH_CLIPS = 32
+STREAM_PIECE_SECONDS = 60.0  # audio per encoder pass of a clip encoded block by block
 
 
 def tokenize(run: str | Path, config: TokenizerConfig = TokenizerConfig(), codebook: CodebookConfig = CodebookConfig(),
@@ -247,6 +248,9 @@ def _encode_streamed(tokenizer: AudioTokenizer, row: dict, log_mel: LogMel, writ
     reason) with the writer left as it was."""
     features = tokenizer.coder.features
     step, size = features.patch_step, features.patch_frames
+    # Pieces of a few decoding blocks: a batch's worth (10 minutes) per pass let the peak grow
+    # with the number of passes (0.40 GB for a 2-hour file, 0.36 GB for 15 minutes).
+    max_frames = min(max_frames, int(STREAM_PIECE_SECONDS * features.frame_rate))
     advance = max(1, (max_frames - size) // step + 1) * step
     piece = advance - step + size
     pending, num_samples, seen = np.zeros((0, features.n_mels), np.float32), 0, 0
