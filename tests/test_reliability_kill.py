@@ -1,0 +1,113 @@
+"""Issue 11, round 2: a NaN batch on one torchrun rank stops every rank with the one-line error,
+and `tokenize --tokenizer` publishes OUT/manifest.jsonl only when its stage finishes and stamps
+the input files like prepare (--hash-content)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from tokenlm.fileio import read_jsonl
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+# ---- (c) under torchrun a NaN batch on one rank stops every rank ------------------------------
+
+# Run by torchrun: a tiny DDP model trained with the shared loop; rank 1's batch of step 3 is
+# NaN. Each rank writes the error it stopped with into OUT/rank{r}.txt.
+NAN_SCRIPT = """
+import sys
+from pathlib import Path
+
+import torch
+
+from tokenlm.errors import TokenlmError
+from tokenlm.training import TrainConfig, setup_distributed, train
+
+out = Path(sys.argv[1])
+dist = setup_distributed("cpu")
+torch.manual_seed(0)
+model = torch.nn.Linear(4, 1)
+drawn = []
+
+
+def batch(rng, size):
+    drawn.append(size)
+    x = torch.from_numpy(rng.standard_normal((size, 4))).float()
+    return x * float("nan") if dist.rank == 1 and len(drawn) == 3 else x
+
+
+try:
+    train(model, TrainConfig(steps=20, batch_size=4, warmup_steps=1, eval_every=10, device="cpu"), out / "work",
+          loss_fn=lambda m, x: (m(x) ** 2).mean(), train_batch=batch, dist=dist, progress=False)
+except TokenlmError as err:
+    (out / f"rank{dist.rank}.txt").write_text(str(err))
+    sys.exit(1)
+"""
+
+
+def test_a_nan_batch_on_one_rank_stops_every_rank_with_one_line(tmp_path):
+    script = tmp_path / "nan.py"
+    script.write_text(NAN_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+               str(tmp_path)]
+    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode != 0
+    said = {r: (tmp_path / f"rank{r}.txt") for r in (0, 1)}
+    assert all(path.exists() for path in said.values()), done.stdout + done.stderr
+    assert "training batch of step 3 holds NaN" in said[1].read_text()
+    assert "NaN or infinite on 1 other process" in said[0].read_text()
+    assert all(len(path.read_text().splitlines()) == 1 for path in said.values())
+
+
+# ---- (d) tokenize --tokenizer: the manifest belongs to its stage ------------------------------
+
+def test_new_data_manifest_is_published_only_when_the_stage_finishes(tiny_run, tmp_path, capsys):
+    corpus = tiny_run.parent / "corpus"
+    (tmp_path / "new").mkdir()
+    bad = tmp_path / "new" / "broken.wav"
+    bad.write_bytes(b"not audio")
+    out = tmp_path / "out"
+    # a dataset with a clip that cannot be decoded, --strict: the stage fails, no manifest is published
+    data = tmp_path / "data"
+    for path in corpus.rglob("*.wav"):
+        (data / path.parent.name).mkdir(parents=True, exist_ok=True)
+        os.symlink(path, data / path.parent.name / path.name)
+    os.symlink(bad, data / path.parent.name / "broken.wav")
+    assert run_cli("tokenize", "--tokenizer", tiny_run / "tokenizer", "--data", data, "--out", out,
+                   "--device", "cpu", "--strict") == 1
+    err = capsys.readouterr().err
+    assert "--strict: 1 clip(s) skipped" in err and "every clip's status" in err
+    assert not (out / "manifest.jsonl").exists()
+    # the same data without --strict finishes, and the published manifest is the stage's own
+    assert run_cli("tokenize", "--tokenizer", tiny_run / "tokenizer", "--data", data, "--out", out,
+                   "--device", "cpu") == 0
+    tokens = out / "tokens" / "k8"
+    assert (out / "manifest.jsonl").read_bytes() == (tokens / "manifest.jsonl").read_bytes()
+    rows = {r["id"]: r for r in read_jsonl(out / "manifest.jsonl")}
+    assert rows[f"{path.parent.name}/broken"]["status"] == "skipped"
+    # removed, it comes back from the finished stage without encoding again
+    (out / "manifest.jsonl").unlink()
+    assert run_cli("tokenize", "--tokenizer", tiny_run / "tokenizer", "--data", data, "--out", out,
+                   "--device", "cpu") == 0
+    assert "up to date" in capsys.readouterr().err
+    assert (out / "manifest.jsonl").read_bytes() == (tokens / "manifest.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("hashed", [False, True], ids=["stamps", "hash-content"])
+def test_new_data_input_files_are_stamped_like_prepare(tiny_run, tmp_path, hashed):
+    flag = ["--hash-content"] if hashed else []
+    assert run_cli("tokenize", "--tokenizer", tiny_run / "tokenizer", "--data", tiny_run.parent / "corpus",
+                   "--out", tmp_path / "out", "--device", "cpu", *flag) == 0
+    rows = read_jsonl(tmp_path / "out" / "manifest.jsonl")
+    assert rows and all({"size", "mtime_ns", "ctime_ns", "inode"} <= set(r["file"]) for r in rows)
+    assert all(("sha256" in r["file"]) == hashed for r in rows)
