@@ -5,6 +5,7 @@ the input files like prepare (--hash-content)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +112,43 @@ def test_new_data_input_files_are_stamped_like_prepare(tiny_run, tmp_path, hashe
     rows = read_jsonl(tmp_path / "out" / "manifest.jsonl")
     assert rows and all({"size", "mtime_ns", "ctime_ns", "inode"} <= set(r["file"]) for r in rows)
     assert all(("sha256" in r["file"]) == hashed for r in rows)
+
+
+# ---- (b) a read-only RUN ------------------------------------------------------------------------
+
+@pytest.fixture
+def read_only_copy(tiny_run, tmp_path):
+    """A copy of the tiny run, seen read-only through a bind mount (skipped where mounting is
+    not permitted, e.g. without root)."""
+    source, view = tmp_path / "source", tmp_path / "run"
+    shutil.copytree(tiny_run, source)
+    view.mkdir()
+    mounted = subprocess.run(["mount", "--bind", str(source), str(view)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {mounted.stderr.strip()}")
+    try:
+        remounted = subprocess.run(["mount", "-o", "remount,ro,bind", str(view)], capture_output=True, text=True)
+        if remounted.returncode != 0:
+            pytest.skip(f"cannot remount read-only here: {remounted.stderr.strip()}")
+        yield view
+    finally:
+        subprocess.run(["umount", str(view)], check=True)
+
+
+def tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): (p.is_dir() or p.read_bytes()) for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("command", ["tokenize", "prepare"])
+def test_a_read_only_run_gets_one_line_and_is_left_unchanged(read_only_copy, tiny_run, capsys, command):
+    before = tree(read_only_copy)
+    recipe = read_only_copy.parent / "recipe.yaml"
+    recipe.write_text("features: {f_min: 30}\n")  # new features: prepare must write
+    args = {"tokenize": ["-K", "4", "--device", "cpu"],  # a new codebook and tokens
+            "prepare": ["--data", tiny_run.parent / "corpus", "--config", recipe]}[command]
+    capsys.readouterr()
+    assert run_cli(command, "--out", read_only_copy, *args) == 1
+    err = capsys.readouterr().err.strip()  # progress lines ("autoencoder up to date"), then the error
+    assert "Traceback" not in err and [line for line in err.splitlines() if "error" in line] == [err.splitlines()[-1]]
+    assert err.splitlines()[-1].startswith("error: ") and "read-only" in err.lower(), err
+    assert tree(read_only_copy) == before
