@@ -4,16 +4,19 @@ the input files like prepare (--hash-content)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
-from tokenlm.fileio import read_jsonl
+from conftest import run_cli, write_corpus
+from tokenlm.artifacts import Stage, stage_key, verify
+from tokenlm.fileio import read_json, read_jsonl
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -152,3 +155,104 @@ def test_a_read_only_run_gets_one_line_and_is_left_unchanged(read_only_copy, tin
     assert "Traceback" not in err and [line for line in err.splitlines() if "error" in line] == [err.splitlines()[-1]]
     assert err.splitlines()[-1].startswith("error: ") and "read-only" in err.lower(), err
     assert tree(read_only_copy) == before
+
+
+# ---- (a) kill -9 in the middle of every stage's own writes ----------------------------------------
+
+STAGES = ["features", "tokenizer", "tokenizer/k4", "tokens/k4", "lm"]
+COMMAND_OF = {"features": "prepare", "tokenizer": "tokenize", "tokenizer/k4": "tokenize", "tokens/k4": "tokenize",
+              "lm": "pretrain"}
+PIPELINE = ["prepare", "tokenize", "pretrain"]
+RECIPE = """
+run: {{dir: {run}}}
+data: {{path: {data}}}
+split: {{val_fraction: 0.34, test_fraction: 0.33}}
+tokenizer:
+  codebook_size: 4
+  autoencoder: {{hidden: [16, 8], bottleneck: 4}}
+  training: {{epochs: 2, batch_size: 64}}
+lm:
+  n_layer: 1
+  n_head: 1
+  n_embd: 8
+  context: 16
+  training: {{steps: 4, batch_size: 2, warmup_steps: 1, eval_every: 2}}
+"""
+TIMINGS = ("seconds", "_per_s", "elapsed", "wall_time")  # how long it took: the only fields a kill may change
+
+
+def run_recipe(root: Path, data: Path, upto: str) -> int:
+    """`tokenlm run` of the tiny recipe, through the stages up to ``upto``'s command."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "recipe.yaml").write_text(RECIPE.format(run=root / "run", data=data))
+    stages = PIPELINE[:PIPELINE.index(COMMAND_OF[upto]) + 1]
+    return run_cli("run", root / "recipe.yaml", "--stages", ",".join(stages), "--device", "cpu")
+
+
+def killed_inside(stage: str, root: Path, data: Path) -> int:
+    """Run the recipe in a forked child that, the first time it flushes a file or folder
+    (os.fsync: checkpoints, JSON, features, codes, weights) inside ``stage``, kills itself with
+    SIGKILL: the stage has written part of its work, not all of it. Returns the child's signal."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            inside, real_start, real_fsync = [], Stage.start, os.fsync
+
+            def start(self):
+                inside.append(self.out_dir.relative_to(self.run_root).as_posix())
+                return real_start(self)
+
+            def fsync(fd):
+                if inside and inside[-1] == stage:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                real_fsync(fd)
+
+            Stage.start, os.fsync = start, fsync
+            run_recipe(root, data, stage)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
+
+
+def records(run: Path, upto: str) -> dict:
+    """Each stage's key and the content of its output files (each matching its size and hash
+    in stage.json): the run's own path written as RUN, timings left out, checkpoints by name."""
+    found = {}
+    for stage in STAGES[:STAGES.index(upto) + 1]:
+        verify(run / stage)
+        files = {}
+        for name in read_json(run / stage / "stage.json")["files"]:
+            data = (run / stage / name).read_bytes().replace(str(run).encode(), b"RUN")
+            if name.endswith(".json"):
+                data = {k: v for k, v in json.loads(data).items() if not any(t in k for t in TIMINGS)}
+            elif name.endswith(".csv"):
+                rows = [line.split(",") for line in data.decode().splitlines()]
+                keep = [i for i, column in enumerate(rows[0]) if not any(t in column for t in TIMINGS)]
+                data = [[row[i] for i in keep] for row in rows]
+            elif name.startswith("ckpt/"):
+                data = None  # resume state: its loss history holds timings
+            files[name] = data
+        found[stage] = (stage_key(run / stage), files)
+    return found
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("kill")
+    data = write_corpus(root / "corpus", labels=3, groups=3, clips=1, seconds=0.5)
+    assert run_recipe(root / "reference", data, STAGES[-1]) == 0
+    return data, records(root / "reference" / "run", STAGES[-1])
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_kill_9_inside_a_stages_writes_then_a_rerun_finishes_it_as_if_never_killed(uninterrupted, tmp_path, stage):
+    data, expected = uninterrupted
+    assert killed_inside(stage, tmp_path, data) == signal.SIGKILL  # it did reach a write inside the stage
+    assert not (tmp_path / "run" / stage / "stage.json").exists()  # ...and died before finishing it
+    assert run_recipe(tmp_path, data, stage) == 0
+    found = records(tmp_path / "run", stage)
+    assert {s: key for s, (key, _) in found.items()} == {s: expected[s][0] for s in found}
+    differing = {f"{s}/{name}" for s in found for name in {*found[s][1], *expected[s][1]}
+                 if found[s][1].get(name) != expected[s][1].get(name)}
+    assert not differing
