@@ -1,6 +1,7 @@
-"""Issue 11, round 2: a NaN batch on one torchrun rank stops every rank with the one-line error,
-and `tokenize --tokenizer` publishes OUT/manifest.jsonl only when its stage finishes and stamps
-the input files like prepare (--hash-content)."""
+"""Issue 11, round 2: kill -9 inside every stage's own writes, then a rerun finishes it as an
+uninterrupted run would; a read-only RUN gets one line and stays as it was; a NaN batch on one
+torchrun rank stops every rank with the one-line error; `tokenize --tokenizer` publishes
+OUT/manifest.jsonl only when its stage finishes and stamps the input files like prepare."""
 
 from __future__ import annotations
 
@@ -159,10 +160,12 @@ def test_a_read_only_run_gets_one_line_and_is_left_unchanged(read_only_copy, tin
 
 # ---- (a) kill -9 in the middle of every stage's own writes ----------------------------------------
 
-STAGES = ["features", "tokenizer", "tokenizer/k4", "tokens/k4", "lm"]
+STAGES = ["features", "tokenizer", "tokenizer/k4", "tokens/k4", "lm", "baselines/timbre", "probe", "vocoder",
+          "sweep"]
 COMMAND_OF = {"features": "prepare", "tokenizer": "tokenize", "tokenizer/k4": "tokenize", "tokens/k4": "tokenize",
-              "lm": "pretrain"}
-PIPELINE = ["prepare", "tokenize", "pretrain"]
+              "lm": "pretrain", "baselines/timbre": "baselines", "probe": "probe", "vocoder": "vocoder",
+              "sweep": "sweep"}
+PIPELINE = ["prepare", "tokenize", "pretrain", "baselines", "probe", "vocoder", "sweep"]
 RECIPE = """
 run: {{dir: {run}}}
 data: {{path: {data}}}
@@ -177,16 +180,46 @@ lm:
   n_embd: 8
   context: 16
   training: {{steps: 4, batch_size: 2, warmup_steps: 1, eval_every: 2}}
+probe: {{baselines: [timbre], epochs: 1, batch_size: 8, timbre_filters: 4, crop_seconds: 0.25, max_iter: 50}}
+vocoder:
+  layers_per_cycle: 1
+  cycles: 1
+  residual_channels: 2
+  gate_channels: 2
+  skip_channels: 2
+  cond_channels: 2
+  crop_codes: 2
+  val_crops: 1
+  metrics_clips: 1
+  metrics_seconds: 0.1
+  training: {{steps: 2, batch_size: 2, eval_every: 2, warmup_steps: 1}}
+sweep: {{codebook_sizes: [4], with_vocoder: false}}
 """
-TIMINGS = ("seconds", "_per_s", "elapsed", "wall_time")  # how long it took: the only fields a kill may change
+TIMINGS = ("seconds", "_per_s", "elapsed", "wall_time", "rtf")  # how long it took: the only fields a kill may change
 
 
-def run_recipe(root: Path, data: Path, upto: str) -> int:
-    """`tokenlm run` of the tiny recipe, through the stages up to ``upto``'s command."""
+def without_timings(value):
+    """``value`` (parsed JSON) without the fields that say how long something took."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if not (k.endswith("_s") or any(t in k for t in TIMINGS))}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
+def run_recipe(root: Path, data: Path, stages: list[str]) -> int:
+    """`tokenlm run` of the tiny recipe's ``stages`` (commands) into ROOT/run."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "recipe.yaml").write_text(RECIPE.format(run=root / "run", data=data))
-    stages = PIPELINE[:PIPELINE.index(COMMAND_OF[upto]) + 1]
     return run_cli("run", root / "recipe.yaml", "--stages", ",".join(stages), "--device", "cpu")
+
+
+def run_before(stage: str, reference: Path, root: Path) -> None:
+    """ROOT/run := the reference run without ``stage`` and the stages after it: the stages
+    before are finished (a copy, up to date by their keys), ``stage`` is next."""
+    shutil.copytree(reference, root / "run", symlinks=True)
+    for later in reversed(STAGES[STAGES.index(stage):]):
+        shutil.rmtree(root / "run" / later, ignore_errors=True)
 
 
 def killed_inside(stage: str, root: Path, data: Path) -> int:
@@ -203,12 +236,12 @@ def killed_inside(stage: str, root: Path, data: Path) -> int:
                 return real_start(self)
 
             def fsync(fd):
-                if inside and inside[-1] == stage:
+                if stage in inside:  # its first flush (the sweep's may be in a stage it nests)
                     os.kill(os.getpid(), signal.SIGKILL)
                 real_fsync(fd)
 
             Stage.start, os.fsync = start, fsync
-            run_recipe(root, data, stage)
+            run_recipe(root, data, [COMMAND_OF[stage]])
         finally:
             os._exit(0)
     _, status = os.waitpid(pid, 0)
@@ -217,7 +250,8 @@ def killed_inside(stage: str, root: Path, data: Path) -> int:
 
 def records(run: Path, upto: str) -> dict:
     """Each stage's key and the content of its output files (each matching its size and hash
-    in stage.json): the run's own path written as RUN, timings left out, checkpoints by name."""
+    in stage.json): the run's own path written as RUN, timings left out, checkpoints and
+    reports by name."""
     found = {}
     for stage in STAGES[:STAGES.index(upto) + 1]:
         verify(run / stage)
@@ -225,34 +259,34 @@ def records(run: Path, upto: str) -> dict:
         for name in read_json(run / stage / "stage.json")["files"]:
             data = (run / stage / name).read_bytes().replace(str(run).encode(), b"RUN")
             if name.endswith(".json"):
-                data = {k: v for k, v in json.loads(data).items() if not any(t in k for t in TIMINGS)}
+                data = without_timings(json.loads(data))
             elif name.endswith(".csv"):
                 rows = [line.split(",") for line in data.decode().splitlines()]
                 keep = [i for i, column in enumerate(rows[0]) if not any(t in column for t in TIMINGS)]
                 data = [[row[i] for i in keep] for row in rows]
-            elif name.startswith("ckpt/"):
-                data = None  # resume state: its loss history holds timings
+            elif name.startswith("ckpt/") or name.endswith(".md"):
+                data = None  # resume state, or a report of the results above: both hold timings
             files[name] = data
         found[stage] = (stage_key(run / stage), files)
     return found
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> tuple[Path, dict]:
+def uninterrupted(tmp_path_factory) -> tuple[Path, Path, dict]:
     root = tmp_path_factory.mktemp("kill")
     data = write_corpus(root / "corpus", labels=3, groups=3, clips=1, seconds=0.5)
-    assert run_recipe(root / "reference", data, STAGES[-1]) == 0
-    return data, records(root / "reference" / "run", STAGES[-1])
+    assert run_recipe(root / "reference", data, PIPELINE) == 0
+    return data, root / "reference" / "run", records(root / "reference" / "run", STAGES[-1])
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_kill_9_inside_a_stages_writes_then_a_rerun_finishes_it_as_if_never_killed(uninterrupted, tmp_path, stage):
-    data, expected = uninterrupted
+    data, reference, expected = uninterrupted
+    run_before(stage, reference, tmp_path)
     assert killed_inside(stage, tmp_path, data) == signal.SIGKILL  # it did reach a write inside the stage
     assert not (tmp_path / "run" / stage / "stage.json").exists()  # ...and died before finishing it
-    assert run_recipe(tmp_path, data, stage) == 0
+    assert run_recipe(tmp_path, data, [COMMAND_OF[stage]]) == 0
     found = records(tmp_path / "run", stage)
     assert {s: key for s, (key, _) in found.items()} == {s: expected[s][0] for s in found}
-    differing = {f"{s}/{name}" for s in found for name in {*found[s][1], *expected[s][1]}
-                 if found[s][1].get(name) != expected[s][1].get(name)}
-    assert not differing
+    files, reference_files = found[stage][1], expected[stage][1]  # the stages before it are copies
+    assert not {name for name in {*files, *reference_files} if files.get(name) != reference_files.get(name)}
