@@ -100,6 +100,11 @@ def test_new_data_manifest_is_published_only_when_the_stage_finishes(tiny_run, t
     assert (out / "manifest.jsonl").read_bytes() == (tokens / "manifest.jsonl").read_bytes()
     rows = {r["id"]: r for r in read_jsonl(out / "manifest.jsonl")}
     assert rows[f"{path.parent.name}/broken"]["status"] == "skipped"
+    # --strict on the finished stage with its skipped clip: still refused, in one line
+    capsys.readouterr()
+    assert run_cli("tokenize", "--tokenizer", tiny_run / "tokenizer", "--data", data, "--out", out,
+                   "--device", "cpu", "--strict") == 1
+    assert "--strict: 1 clip(s) skipped" in capsys.readouterr().err
     # removed, it comes back from the finished stage without encoding again
     (out / "manifest.jsonl").unlink()
     assert run_cli("tokenize", "--tokenizer", tiny_run / "tokenizer", "--data", data, "--out", out,

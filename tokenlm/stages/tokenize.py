@@ -43,7 +43,7 @@ from tokenlm.rundir import (
 )
 from tokenlm.runtime import bounded_map, kernel_threads, pick_device, seed_everything
 from tokenlm.stages.options import data_options
-from tokenlm.stages.prepare import data_flags, prepare
+from tokenlm.stages.prepare import check_strict, data_flags, prepare
 from tokenlm.store import RaggedWriter
 from tokenlm.tokenizer import (
     AudioTokenizer, AutoencoderTraining, PatchCoder, TokenizerConfig, load_patch_coder, save_patch_coder,
@@ -296,14 +296,14 @@ def encode_new_data(tokenizer_path: Path, data: Path, out: Path, split: SplitCon
         write_jsonl(work / MANIFEST, [
             {**r, "duration": durations.get(r["id"]), "status": "skipped" if r["id"] in reasons else "ok",
              "reason": reasons.get(r["id"])} for r in rows])
-        if strict and reasons:
-            first = meta["skipped"][0]
-            raise TokenlmError(f"--strict: {len(reasons)} clip(s) skipped, e.g. {first['path']}: {first['reason']} "
-                               f"(every clip's status: {work / MANIFEST})")
+        if strict:
+            check_strict(work / MANIFEST)
         _say(f"{sum(meta['clips'].values())} clips encoded, {len(meta['skipped'])} skipped -> {target}")
         return {"tokens": meta["tokens"], "skipped": len(meta["skipped"])}
 
     stage.build(f"tokens K={tokenizer.codebook_size}", make)
+    if strict:  # a stage finished earlier without --strict may hold skipped clips
+        check_strict(target / MANIFEST)
     _publish(target / MANIFEST, out.manifest)
     return target
 
