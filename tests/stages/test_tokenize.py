@@ -246,10 +246,12 @@ def test_encode_new_data_with_a_trained_tokenizer(run, tmp_path):
     assert manifest["hiss/empty"]["status"] == "skipped" and manifest["hiss/empty"]["reason"]
     assert manifest["hiss/hiss_44k"]["status"] == "ok" and manifest["hiss/hiss_44k"]["duration"] == 1.0
 
-    # --strict turns the skipped clip into a failure (exit 1) after writing the manifest.
+    # --strict turns the skipped clip into a failure (exit 1) after writing the stage's manifest
+    # (in its work folder: OUT/manifest.jsonl is published only by a finished stage).
     strict = tmp_path / "strict"
     assert tokenlm("tokenize", "--tokenizer", run / "tokenizer", "--data", new, "--out", strict, "--strict") == 1
-    assert read_jsonl(strict / "manifest.jsonl")
+    assert read_jsonl(next((strict / "tokens").glob(".k4.partial-*/manifest.jsonl")))
+    assert not (strict / "manifest.jsonl").exists()
     assert not list((strict / "tokens").rglob("stage.json"))  # nothing that looks finished
 
 

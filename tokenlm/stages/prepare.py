@@ -84,12 +84,12 @@ def prepare(
         _print_summary(manifest)
         _report_duplicates(clips, duplicates)
         if strict:
-            _check_strict(work / MANIFEST)
+            check_strict(work / MANIFEST)
         return {"clips_ok": meta["clips_ok"], "clips_skipped": meta["clips_skipped"]}
 
     if stage.up_to_date("features"):
         if strict:
-            _check_strict(stage.out_dir / MANIFEST)
+            check_strict(stage.out_dir / MANIFEST)
         _publish_manifest(run)
     else:
         stage.build("features", make)
@@ -230,7 +230,8 @@ def _print_summary(manifest: list[dict]) -> None:
     _say(line)
 
 
-def _check_strict(manifest_path: Path) -> None:
+def check_strict(manifest_path: Path) -> None:
+    """--strict: any clip the manifest lists as skipped is an error naming the manifest."""
     skipped = [m for m in read_jsonl(manifest_path) if m["status"] != "ok"]
     if skipped:
         first = skipped[0]

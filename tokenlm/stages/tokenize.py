@@ -13,6 +13,7 @@ clip gets the same codes however it is encoded: bit for bit on the CPU up to one
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,24 +26,24 @@ import torch
 from tqdm import tqdm
 
 from tokenlm.artifacts import Stage, stage_key
-from tokenlm.fileio import read_json, write_json, write_jsonl
+from tokenlm.fileio import fingerprint, read_json, write_json, write_jsonl
 from tokenlm.audio import audio_seconds
 from tokenlm.codebook import CodebookConfig, fit_codebook
 from tokenlm.config import build, to_dict
 from tokenlm.datasets import SPLITS, scan_dataset
-from tokenlm.splits import SplitConfig, assign_splits
+from tokenlm.splits import SplitConfig, assign_splits, link_duplicates
 from tokenlm.errors import ArtifactError, AudioError, TokenlmError
 from tokenlm.features import FeatureConfig, LogMel, file_log_mel, log_mel_blocks
-from tokenlm.input_files import check_unchanged
+from tokenlm.input_files import check_unchanged, file_stamp
 from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
 from tokenlm.pipeline import RunContext
 from tokenlm.rundir import (
-    CODEBOOK, CONFIG, META, METRICS, STAGE_FILE, TRAINING, RunDir, as_run, is_finished, read_feature_meta,
+    CODEBOOK, CONFIG, MANIFEST, META, METRICS, STAGE_FILE, TRAINING, RunDir, as_run, is_finished, read_feature_meta,
     read_run_manifest,
 )
 from tokenlm.runtime import bounded_map, kernel_threads, pick_device, seed_everything
 from tokenlm.stages.options import data_options
-from tokenlm.stages.prepare import data_flags, prepare
+from tokenlm.stages.prepare import check_strict, data_flags, prepare
 from tokenlm.store import RaggedWriter
 from tokenlm.tokenizer import (
     AudioTokenizer, AutoencoderTraining, PatchCoder, TokenizerConfig, load_patch_coder, save_patch_coder,
@@ -325,33 +326,54 @@ def _pieces(frames: torch.Tensor, tokenizer: AudioTokenizer, max_frames: int) ->
 
 def encode_new_data(tokenizer_path: Path, data: Path, out: Path, split: SplitConfig, *,
                     codebook_size: int | None = None, device=None, progress: bool = True,
-                    strict: bool = False, allow_outside: bool = False) -> Path:
+                    strict: bool = False, hash_content: bool = False, allow_outside: bool = False) -> Path:
     """Encode a new dataset with a trained tokenizer into OUT/tokens/k{K} (+ OUT/manifest.jsonl,
-    one line per clip with its status and reason). With ``strict`` any skipped clip is an
-    error, raised after the manifest is written so the reasons can be read."""
+    one line per clip with its status and reason, copied from the stage's own manifest when the
+    stage finishes, never before). Input files are stamped like ``prepare`` stamps them (with a
+    hash of their bytes with ``hash_content``). With ``strict`` any skipped clip is an error,
+    raised after the stage's manifest is written (the error names it) and before it finishes."""
     out = RunDir(out)
     if is_finished(out.features):  # its tokens and manifest would be overwritten
         raise TokenlmError(f"{out.root} is a training run: write the new data's codes to another --out")
     tokenizer = AudioTokenizer.load(tokenizer_path, codebook_size=codebook_size, device=pick_device(device))
     layout, clips = scan_dataset(data, allow_outside=allow_outside)
+    files = {c.id: file_stamp(c.path, hash_content) for c in clips}
+    clips, _ = link_duplicates(clips, {i: f["sha256"] for i, f in files.items() if f and "sha256" in f})
     clips = assign_splits(clips, split)
-    rows = [{"id": c.id, "path": c.path, "label": c.label, "split": c.split, "group": c.group, "fold": c.fold} for c in clips]
+    rows = [{"id": c.id, "path": c.path, "label": c.label, "split": c.split, "group": c.group, "fold": c.fold,
+             "file": files[c.id]} for c in clips]
     target = out.tokens(tokenizer.codebook_size)
     stage = Stage(target, config={"data": str(data), "split": to_dict(split)},
-                  inputs={"tokenizer": tokenizer.info.get("tokenizer_hash") or str(tokenizer_path)})
-    work = stage.start()
-    durations: dict = {}
-    meta = encode_clips(tokenizer, rows, work, progress=progress, durations=durations)
-    reasons = {s["id"]: s["reason"] for s in meta["skipped"]}
-    write_jsonl(out.manifest, [
-        {**r, "duration": durations.get(r["id"]), "status": "skipped" if r["id"] in reasons else "ok",
-         "reason": reasons.get(r["id"])} for r in rows])
-    if strict and reasons:
-        first = meta["skipped"][0]
-        raise TokenlmError(f"--strict: {len(reasons)} clip(s) skipped, e.g. {first['path']}: {first['reason']}")
-    stage.finish(extra={"tokens": meta["tokens"], "skipped": len(meta["skipped"])})
-    _say(f"{sum(meta['clips'].values())} clips encoded, {len(meta['skipped'])} skipped -> {target}")
+                  inputs={"tokenizer": tokenizer.info.get("tokenizer_hash") or str(tokenizer_path),
+                          "data": fingerprint([(r["id"], r["path"], r["label"], r["split"], r["file"]) for r in rows])})
+
+    def make(work: Path) -> dict:
+        durations: dict = {}
+        meta = encode_clips(tokenizer, rows, work, progress=progress, durations=durations)
+        reasons = {s["id"]: s["reason"] for s in meta["skipped"]}
+        write_jsonl(work / MANIFEST, [
+            {**r, "duration": durations.get(r["id"]), "status": "skipped" if r["id"] in reasons else "ok",
+             "reason": reasons.get(r["id"])} for r in rows])
+        if strict:
+            check_strict(work / MANIFEST)
+        _say(f"{sum(meta['clips'].values())} clips encoded, {len(meta['skipped'])} skipped -> {target}")
+        return {"tokens": meta["tokens"], "skipped": len(meta["skipped"])}
+
+    stage.build(f"tokens K={tokenizer.codebook_size}", make)
+    if strict:  # a stage finished earlier without --strict may hold skipped clips
+        check_strict(target / MANIFEST)
+    _publish(target / MANIFEST, out.manifest)
     return target
+
+
+def _publish(source: Path, dest: Path) -> None:
+    """``dest`` := a copy of the finished stage's ``source``, unless it already is (atomic: a
+    reader sees the old copy or the new one)."""
+    if dest.is_file() and dest.read_bytes() == source.read_bytes():
+        return
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, dest)
 
 
 def _say(text: str) -> None:
@@ -386,8 +408,9 @@ def command(data, out, tokenizer_path, codebook_size, recipe, epochs, bottleneck
     if tokenizer_path:
         if not data:
             raise TokenlmError("--tokenizer needs --data: the audio to encode")
+        flags = data_flags(ctx.section("data"), strict=strict, hash_content=hash_content, allow_outside=allow_outside)
         encode_new_data(Path(tokenizer_path), Path(data), ctx.run.root, split, codebook_size=codebook_size,
-                        device=device, strict=bool(strict), allow_outside=bool(allow_outside))
+                        device=device, **flags)
         return
     if data:
         flags = data_flags(ctx.section("data"), strict=strict, hash_content=hash_content, allow_outside=allow_outside)

@@ -212,16 +212,28 @@ def _train_step(wrapped, model, optimizer, scheduler, cfg, dist, step, loss_fn, 
     with autocast(cfg, dist.device):
         loss, _ = _loss_and_count(loss_fn(wrapped, batch))
     loss.backward()
+    value = loss.detach().float().item()
+    _stop_unless_finite(value, step, batch, dist)
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     lr = optimizer.param_groups[0]["lr"]
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     scheduler.step()
-    value = loss.detach().float().item()
-    if not math.isfinite(value):
-        raise _not_finite_error(step, value, batch)
     return value, items, lr
+
+
+def _stop_unless_finite(value: float, step: int, batch, dist: DistContext) -> None:
+    """Raise when this step's loss is NaN or inf on any process. The processes agree first
+    (one tiny all-reduce of a flag), so a bad batch on one rank stops every rank with the
+    one-line error instead of leaving the others waiting in the next step's gradient sync."""
+    finite = math.isfinite(value)
+    bad_ranks = all_reduce_sum([0.0 if finite else 1.0], dist)[0]
+    if not finite:
+        raise _not_finite_error(step, value, batch)
+    if bad_ranks:
+        raise ArtifactError(f"the training loss of step {step} is NaN or infinite on {int(bad_ranks)} other "
+                            f"process(es) (their error says why): every process stops")
 
 
 def _not_finite_error(step: int, value: float, batch) -> ArtifactError:
