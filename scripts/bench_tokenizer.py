@@ -3,7 +3,7 @@
     python scripts/bench_tokenizer.py --run runs/demo --data data/demo
     python scripts/bench_tokenizer.py                 # no run: synthesize a corpus, train a small tokenizer
 
-End to end is what ``tokenlm tokenize`` does per clip (``encode_clips``): decode the file,
+End to end is what ``tokenlm tokenize`` does per clip (``tokenlm.encoding.encode_clips``): decode the file,
 mix to mono and resample, log-mel, autoencoder, FAISS nearest centroid, append to the token
 files. The figure is seconds of audio encoded per second of wall time ("x real time"); the
 breakdown times each step on its own, one clip at a time, to show where the time goes.
@@ -29,11 +29,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tokenlm.artifacts import read_jsonl  # noqa: E402
-from tokenlm.rundir import AUTOENCODER_WEIGHTS, RunDir  # noqa: E402
 from tokenlm.audio import prepare_waveform  # noqa: E402
 from tokenlm.datasets import scan_dataset  # noqa: E402
+from tokenlm.rundir import AUTOENCODER_WEIGHTS, RunDir  # noqa: E402
 from tokenlm.splits import SplitConfig, assign_splits
-from tokenlm.stages.tokenize import encode_clips  # noqa: E402
+from tokenlm.encoding import encode_clips  # noqa: E402
 from tokenlm.tokenizer import AudioTokenizer  # noqa: E402
 
 

@@ -11,8 +11,8 @@ import pytest
 
 from tokenlm import artifacts
 from tokenlm.artifacts import STAGE_FILE, Stage, read_stage, stage_key
-from tokenlm.fileio import file_hash, fingerprint, read_json, read_jsonl, write_json, write_jsonl
 from tokenlm.errors import ArtifactError
+from tokenlm.fileio import file_hash, fingerprint, read_json, read_jsonl, write_json, write_jsonl
 from tokenlm.store import RaggedSplit, RaggedWriter
 
 

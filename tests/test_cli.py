@@ -8,8 +8,8 @@ import pytest
 from tokenlm import cli
 from tokenlm import pipeline
 from tokenlm.cli import main
-from tokenlm.pipeline import BY_NAME, StageSpec
 from tokenlm.errors import TokenlmError
+from tokenlm.pipeline import BY_NAME, StageSpec
 
 # Every command, in the order `tokenlm --help` lists them (pipeline order). Written out rather
 # than read from the CLI, so that a command whose module went missing cannot drop out unseen.

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import pytest
 
 from tokenlm.config import build, load_yaml, recipe_section, to_dict
-from tokenlm.splits import SplitConfig
 from tokenlm.errors import ConfigError
 from tokenlm.features import FeatureConfig
+from tokenlm.splits import SplitConfig
 
 
 @dataclass(frozen=True)

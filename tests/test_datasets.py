@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from tokenlm.datasets import Clip, detect_layout, scan_dataset
-from tokenlm.splits import SplitConfig, assign_splits
 from tokenlm.errors import ConfigError
+from tokenlm.splits import SplitConfig, assign_splits
 
 
 def touch(path: Path) -> Path:

@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 from tokenlm.artifacts import STAGE_FILE, record_outputs
-from tokenlm.fileio import read_json, write_json
 from tokenlm.codebook import CodebookConfig, fit_codebook
 from tokenlm.config import build
 from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
 from tokenlm.features import FeatureConfig
+from tokenlm.fileio import read_json, write_json
 from tokenlm.lm import CodeLM
 from tokenlm.models.gpt import LMConfig, build_gpt2
 from tokenlm.models.wavenet import WaveNet, WaveNetConfig

@@ -14,9 +14,9 @@ import soundfile as sf
 
 from conftest import run_cli, tone, write_corpus
 from tokenlm.artifacts import STAGE_FILE
-from tokenlm.fileio import read_json, read_jsonl
 from tokenlm.datasets import scan_dataset
 from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
+from tokenlm.fileio import read_json, read_jsonl
 from tokenlm.models.autoencoder import AutoencoderConfig
 from tokenlm.rundir import MANIFEST, RunDir
 from tokenlm.stages.prepare import prepare

@@ -22,8 +22,8 @@ import pytest
 from tests.conftest import run_cli
 from tokenlm import artifacts
 from tokenlm.artifacts import STAGE_FILE, Stage
-from tokenlm.fileio import read_json, write_json
 from tokenlm.errors import ArtifactError
+from tokenlm.fileio import read_json, write_json
 from tokenlm.rundir import RunDir
 
 # Spelled here rather than imported, so that this module runs (and fails test by test) on the

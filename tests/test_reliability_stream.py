@@ -14,16 +14,16 @@ import torch
 
 from tests.conftest import sound
 from tokenlm.audio import audio_blocks, load_audio
-from tokenlm.fileio import read_jsonl
 from tokenlm.errors import AudioError
 from tokenlm.evaluation.representations import chunks_by_length
 from tokenlm.features import FeatureConfig, LogMel, RunningStats, file_log_mel
+from tokenlm.fileio import read_jsonl
 from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
 from tokenlm.rundir import read_feature_meta
 from tokenlm.runtime import bounded_map
 from tokenlm.stages import prepare as prepare_stage
 from tokenlm.stages.prepare import prepare
-from tokenlm.stages.tokenize import encode_clips
+from tokenlm.encoding import encode_clips
 from tokenlm.store import RaggedSplit, RaggedWriter
 from tokenlm.tokenizer import AudioTokenizer, PatchCoder
 

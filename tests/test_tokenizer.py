@@ -12,9 +12,9 @@ import soundfile as sf
 import soxr
 import torch
 
-from tokenlm.fileio import write_json
 from tokenlm.codebook import CodebookConfig
 from tokenlm.errors import ArtifactError, AudioError
+from tokenlm.fileio import write_json
 from tokenlm.models.autoencoder import AutoencoderConfig
 from tokenlm.stages.prepare import prepare
 from tokenlm.stages.tokenize import tokenize

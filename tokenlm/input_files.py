@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from tokenlm.fileio import sha256_file
 from tokenlm.errors import ArtifactError
+from tokenlm.fileio import sha256_file
 
 
 def find_audio_files(root: Path, extensions, skipped: list[dict]) -> Iterator[Path]:

@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tokenlm.artifacts import STAGE_FILE, check_outputs
-from tokenlm.fileio import read_json, read_jsonl, write_json
 from tokenlm.datasets import SPLITS  # noqa: F401  (re-exported: every split-wise store folder uses them)
 from tokenlm.errors import ArtifactError
+from tokenlm.fileio import read_json, read_jsonl, write_json
 
 if TYPE_CHECKING:
     import numpy as np

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenlm.fileio import read_jsonl, write_jsonl
 from tokenlm.errors import ArtifactError
+from tokenlm.fileio import read_jsonl, write_jsonl
 from tokenlm.rundir import bin_file, index_file
 
 

@@ -19,12 +19,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tokenlm.artifacts import check_outputs, stage_key
-from tokenlm.fileio import read_json, write_json
 from tokenlm.audio import prepare_waveform
 from tokenlm.codebook import CodeAssigner, check_codebook_size
 from tokenlm.config import build, to_dict
 from tokenlm.errors import ArtifactError, ConfigError
 from tokenlm.features import FeatureConfig, LogMel, patchify
+from tokenlm.fileio import read_json, write_json
 from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
 from tokenlm.rundir import (
     AUTOENCODER_WEIGHTS, CODEBOOK, CONFIG, META, STAGE_FILE, RunDir, codebook_dir, codebook_sizes,

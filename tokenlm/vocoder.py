@@ -23,8 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tokenlm.artifacts import check_outputs
-from tokenlm.fileio import read_json, write_json
 from tokenlm.errors import ArtifactError, ConfigError
+from tokenlm.fileio import read_json, write_json
 from tokenlm.models.wavenet import WaveNet, WaveNetConfig, mu_law_encode
 from tokenlm.rundir import CONFIG, WAVENET_WEIGHTS
 from tokenlm.runtime import kernel_threads, pick_device

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tokenlm.fileio import read_json
 from tokenlm.errors import ConfigError
+from tokenlm.fileio import read_json
 from tokenlm.pipeline import RunContext
 from tokenlm.stages import baselines as baselines_stage
 from tokenlm.stages import probe as probe_stage

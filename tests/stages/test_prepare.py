@@ -11,12 +11,12 @@ import soundfile as sf
 import torch
 
 from tokenlm.artifacts import STAGE_FILE, Stage
-from tokenlm.fileio import read_json, read_jsonl
 from tokenlm.audio import load_audio
 from tokenlm.cli import main
 from tokenlm.datasets import SPLITS
 from tokenlm.errors import TokenlmError
 from tokenlm.features import FeatureConfig, LogMel
+from tokenlm.fileio import read_json, read_jsonl
 from tokenlm.rundir import MANIFEST, RunDir, read_feature_meta
 from tokenlm.stages.prepare import prepare
 from tokenlm.store import RaggedSplit

@@ -20,13 +20,13 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from tokenlm.artifacts import Stage
-from tokenlm.fileio import read_json, write_json
 from tokenlm.cli import cli, main
+from tokenlm.config import load_yaml
 from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
+from tokenlm.fileio import read_json, write_json
 from tokenlm.lm import CodeLM
 from tokenlm.models.gpt import LMConfig, build_gpt2
 from tokenlm.stages.generate_codes import generate_codes
-from tokenlm.config import load_yaml
 from tokenlm.stages.pretrain import PackedClips, lm_configs, pretrain
 from tokenlm.store import RaggedSplit, RaggedWriter
 from tokenlm.training import TrainConfig, load_checkpoint

@@ -10,11 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from tokenlm.artifacts import Stage
-from tokenlm.fileio import read_json, write_json, write_jsonl
-from tokenlm.rundir import RunDir
 from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
 from tokenlm.evaluation.clips import LabelledClips
 from tokenlm.evaluation.representations import parse_layers
+from tokenlm.fileio import read_json, write_json, write_jsonl
+from tokenlm.rundir import RunDir
 from tokenlm.stages.probe import command, probe
 from tokenlm.stages.probe_config import ProbeConfig, configs
 from tokenlm.store import RaggedSplit, RaggedWriter

@@ -267,7 +267,7 @@ def test_encoding_restores_thread_counts(run, tmp_path):
     caller's settings back."""
     import faiss
 
-    from tokenlm.stages.tokenize import encode_clips
+    from tokenlm.encoding import encode_clips
 
     rows = [r for r in read_jsonl(run / "manifest.jsonl") if r["status"] == "ok"][:3]
     faiss_before = faiss.omp_get_max_threads()

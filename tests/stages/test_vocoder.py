@@ -15,10 +15,10 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
-from tokenlm.fileio import read_json, write_json
 from tokenlm.audio import load_audio
 from tokenlm.errors import ArtifactError, ConfigError
 from tokenlm.evaluation.audio_quality import log_spectral_distance, logmel_distance_db
+from tokenlm.fileio import read_json, write_json
 from tokenlm.models.wavenet import WaveNetConfig, mu_law_decode, mu_law_encode
 from tokenlm.stages.vocoder import VocoderConfig, train_vocoder, vocoder_config
 from tokenlm.tokenizer import AudioTokenizer

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenlm.fileio import read_jsonl
 from tokenlm.errors import ArtifactError
+from tokenlm.fileio import read_jsonl
 from tokenlm.rundir import SPLITS, RunDir, as_run, index_file, is_finished, read_feature_meta
 from tokenlm.store import RaggedSplit
 

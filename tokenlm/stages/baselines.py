@@ -27,7 +27,6 @@ import torch
 from sklearn.metrics import f1_score
 
 from tokenlm.artifacts import Stage, stage_key
-from tokenlm.fileio import read_json, write_json, write_jsonl
 from tokenlm.baselines.cnn import (
     ClassifierTraining, count_flops, count_parameters, embed_clips, load_model, predict_clips, save_model,
     train_classifier,
@@ -39,6 +38,7 @@ from tokenlm.evaluation.clips import LabelledClips
 from tokenlm.evaluation.linear_probe import fold_assignments, summarise_folds
 from tokenlm.evaluation.probe_table import pct
 from tokenlm.evaluation.rows import LINEAR, SUPERVISED, fit_seconds, headline, probe_vectors
+from tokenlm.fileio import read_json, write_json, write_jsonl
 from tokenlm.models.cnn import MODELS, TimbreConfig, VGGConfig, VGGish
 from tokenlm.models.simclr import SimCLRModel
 from tokenlm.pipeline import RunContext

@@ -9,8 +9,8 @@ import click
 
 from tokenlm.config import build, recipe_section
 from tokenlm.datasets import SPLITS, scan_dataset
-from tokenlm.splits import SplitConfig, assign_splits, link_duplicates
 from tokenlm.pipeline import RunContext
+from tokenlm.splits import SplitConfig, assign_splits, link_duplicates
 
 
 def run(ctx: RunContext) -> None:

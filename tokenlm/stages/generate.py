@@ -18,9 +18,9 @@ import click
 import numpy as np
 
 from tokenlm.artifacts import STAGE_FILE
-from tokenlm.fileio import read_jsonl, write_json
 from tokenlm.audio import load_audio
 from tokenlm.errors import ConfigError
+from tokenlm.fileio import read_jsonl, write_json
 from tokenlm.rundir import RunDir, as_run, continuation_file, info_file, is_finished
 from tokenlm.trained import check_same_codes, load_lm, load_vocoder
 from tokenlm.vocoder import write_wav

@@ -15,9 +15,9 @@ from pathlib import Path
 import click
 import numpy as np
 
-from tokenlm.fileio import write_json
 from tokenlm.audio import load_audio
 from tokenlm.errors import ConfigError
+from tokenlm.fileio import write_json
 from tokenlm.lm import CodeLM
 from tokenlm.rundir import RunDir, as_run, generated_codes_file, info_file
 from tokenlm.trained import load_lm, load_lm_tokenizer

@@ -10,8 +10,6 @@ stages that read the manifest read the features' own copy (``rundir.read_manifes
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,17 +18,17 @@ import click
 from tqdm import tqdm
 
 from tokenlm.artifacts import Stage
-from tokenlm.fileio import fingerprint, read_jsonl, write_json, write_jsonl
 from tokenlm.audio import audio_seconds
 from tokenlm.config import to_dict
 from tokenlm.datasets import SPLITS, Clip, scan_dataset
-from tokenlm.splits import SplitConfig, assign_splits, link_duplicates
 from tokenlm.errors import AudioError, TokenlmError
 from tokenlm.features import FeatureConfig, LogMel, RunningStats, file_log_mel, log_mel_blocks
+from tokenlm.fileio import fingerprint, publish_copy, read_jsonl, write_json, write_jsonl
 from tokenlm.input_files import file_stamp
 from tokenlm.pipeline import RunContext
 from tokenlm.rundir import MANIFEST, META, RunDir
 from tokenlm.runtime import bounded_map, cpu_threads, kernel_threads
+from tokenlm.splits import SplitConfig, assign_splits, link_duplicates
 from tokenlm.stages.options import data_options
 from tokenlm.store import RaggedWriter
 
@@ -90,23 +88,12 @@ def prepare(
     if stage.up_to_date("features"):
         if strict:
             check_strict(stage.out_dir / MANIFEST)
-        _publish_manifest(run)
+        publish_copy(run.features / MANIFEST, run.manifest)
     else:
         stage.build("features", make)
-        _publish_manifest(run)
+        publish_copy(run.features / MANIFEST, run.manifest)
         _say(f"features: {stage.out_dir}\nmanifest: {run.manifest}")
     return stage.out_dir
-
-
-def _publish_manifest(run: RunDir) -> None:
-    """RUN/manifest.jsonl := the finished features' manifest, unless it already is (atomic:
-    a reader sees the old copy or the new one)."""
-    source = run.features / MANIFEST
-    if run.manifest.is_file() and run.manifest.read_bytes() == source.read_bytes():
-        return
-    tmp = run.root / f".{MANIFEST}.tmp-{os.getpid()}"
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, run.manifest)
 
 
 def _report_duplicates(clips: list[Clip], duplicates: list[list[str]]) -> None:

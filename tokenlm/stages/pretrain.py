@@ -40,9 +40,9 @@ import numpy as np
 import torch
 
 from tokenlm.artifacts import Stage, stage_key
-from tokenlm.fileio import write_json
 from tokenlm.config import build, to_dict
 from tokenlm.errors import ArtifactError, TokenlmError
+from tokenlm.fileio import write_json
 from tokenlm.lm import IGNORE, count_baselines, lm_loss, pad_batch, scoring_windows
 from tokenlm.models.gpt import LMConfig, build_gpt2, vocab_layout
 from tokenlm.pipeline import RunContext

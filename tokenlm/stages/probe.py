@@ -31,7 +31,6 @@ from pathlib import Path
 import click
 
 from tokenlm.artifacts import Stage, stage_key
-from tokenlm.fileio import write_json
 from tokenlm.config import to_dict
 from tokenlm.evaluation.clips import LabelledClips
 from tokenlm.evaluation.probe_table import render_report
@@ -40,6 +39,7 @@ from tokenlm.evaluation.representations import (
     tokens_folder_or_none,
 )
 from tokenlm.evaluation.rows import baseline_row, headline, representation_row, selection_score, skipped_row
+from tokenlm.fileio import write_json
 from tokenlm.pipeline import RunContext
 from tokenlm.rundir import REPORT, RESULTS, RunDir, as_run, is_finished
 from tokenlm.runtime import pick_device, seed_everything

@@ -23,10 +23,10 @@ import click
 import numpy as np
 
 from tokenlm.artifacts import Stage, stage_key
-from tokenlm.fileio import read_json, write_json
 from tokenlm.codebook import CodebookConfig, label_code_agreement
 from tokenlm.config import load_yaml, to_dict
 from tokenlm.errors import TokenlmError
+from tokenlm.fileio import read_json, write_json
 from tokenlm.pipeline import RunContext
 from tokenlm.rundir import METRICS, REPORT, RESULTS, SWEEP_JSON, SWEEP_TABLE, RunDir, figure_file, is_finished
 from tokenlm.runtime import pick_device

@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from tokenlm.artifacts import Stage, stage_key
-from tokenlm.fileio import read_json, write_json
 from tokenlm.config import build, recipe_section, to_dict
 from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
 from tokenlm.evaluation.audio_quality import quality_metrics
+from tokenlm.fileio import read_json, write_json
 from tokenlm.models.wavenet import WaveNet, WaveNetConfig
 from tokenlm.pipeline import RunContext
 from tokenlm.rundir import (

@@ -1,0 +1,202 @@
+"""Audio files -> a token store, streamed: ``encode_clips`` decodes clips on two threads while
+the encoder runs, in batches bounded by seconds of audio, and encodes a clip longer than a
+batch block by block as its decoding blocks come, cut on patch boundaries, so memory never
+grows with a recording's length and every clip gets the codes ``AudioTokenizer.encode`` gives
+it. Used by ``tokenize`` (RUN/tokens/k{K}) and by encoding new data with a trained tokenizer.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from tokenlm.audio import audio_seconds
+from tokenlm.datasets import SPLITS
+from tokenlm.errors import AudioError
+from tokenlm.features import LogMel, file_log_mel, log_mel_blocks
+from tokenlm.fileio import write_json
+from tokenlm.rundir import META
+from tokenlm.runtime import bounded_map, kernel_threads
+from tokenlm.store import RaggedWriter
+from tokenlm.tokenizer import AudioTokenizer
+
+# encode_clips' passes: seconds of audio decoded ahead and encoded at once (10 minutes of
+# log-mel is 15 MB), and at most this many clips in one pass (short clips).
+BATCH_SECONDS = 600.0
+BATCH_CLIPS = 32
+STREAM_PIECE_SECONDS = 60.0  # audio per encoder pass of a clip encoded block by block
+
+
+def encode_clips(tokenizer: AudioTokenizer, rows: list[dict], out: Path, *, progress: bool = True,
+                 batch_seconds: float = BATCH_SECONDS, durations: dict | None = None) -> dict:
+    """Encode clips (manifest rows: id, path, label, split) into ``out``, streaming: memory grows
+    neither with the corpus nor with a clip's length (files are decoded in blocks; about
+    ``batch_seconds`` of audio is decoded ahead and encoded per pass, and a longer clip is
+    encoded as its blocks come). Clips
+    that fail to decode are listed in meta.json's ``skipped``. ``durations``, when given,
+    receives each encoded clip's id -> seconds."""
+    writers = {s: RaggedWriter(out, s, "uint16") for s in SPLITS}
+    skipped = []
+    bar = tqdm(total=len(rows), desc="encode", unit="clip", disable=not progress)
+    features = tokenizer.coder.features
+    log_mel = LogMel(features)  # on the CPU, in the decoding threads
+    max_frames = max(int(batch_seconds * features.frame_rate), 4 * features.patch_frames)
+    # Decoding (soundfile + soxr + log-mel) releases the GIL: two threads decode the next
+    # batch while this one encodes the current one. The encoder's passes are bounded, so
+    # torch's and FAISS's own thread pools are turned off meanwhile: competing with the
+    # decoding threads (or anything else on the machine) their spin-waits made encoding
+    # 10-15x slower.
+    with kernel_threads(1, faiss=True), ThreadPoolExecutor(max_workers=2) as pool:
+        # A clip longer than a batch is left to this thread, which encodes it block by block
+        # into its writer (``_encode_streamed``): its frames are never held whole.
+        seconds = {r["id"]: audio_seconds(r["path"]) for r in rows}
+        streamed = {i for i, s in seconds.items() if s > batch_seconds}
+        loaded = bounded_map(pool, lambda r: _STREAMED if r["id"] in streamed else _clip_frames(r["path"], log_mel),
+                             rows, ahead=BATCH_CLIPS, budget=batch_seconds,
+                             weight=lambda r: 0.0 if r["id"] in streamed else seconds[r["id"]])
+        for batch in _batches(zip(rows, loaded), max_frames):
+            if batch[0][1] is _STREAMED:
+                row = batch[0][0]
+                writer = writers[row.get("split") or "train"]
+                num_samples, reason = _encode_streamed(tokenizer, row, log_mel, writer, max_frames)
+                if reason is not None:
+                    skipped.append({"id": row["id"], "path": row["path"], "reason": reason})
+                elif durations is not None:
+                    durations[row["id"]] = round(num_samples / tokenizer.sample_rate, 4)
+                bar.update(1)
+                continue
+            good = [(row, clip) for row, clip in batch if isinstance(clip, ClipFrames)]
+            skipped += [{"id": row["id"], "path": row["path"], "reason": reason}
+                        for row, reason in batch if isinstance(reason, str)]
+            for (row, clip), codes in zip(good, _encode(tokenizer, [c.frames for _, c in good], max_frames)):
+                writers[row.get("split") or "train"].add({"id": row["id"], "label": row.get("label")}, codes)
+                if durations is not None:
+                    durations[row["id"]] = round(clip.num_samples / tokenizer.sample_rate, 4)
+            bar.update(len(batch))
+    bar.close()
+    for w in writers.values():
+        w.close()
+    meta = {
+        "codebook_size": tokenizer.codebook_size,
+        "code_rate": tokenizer.code_rate,
+        "sample_rate": tokenizer.sample_rate,
+        "samples_per_code": tokenizer.samples_per_code,
+        "patch_frames": tokenizer.patch_frames,
+        "dtype": "uint16",
+        "tokenizer_hash": tokenizer.info.get("tokenizer_hash"),
+        "tokenizer_dir": tokenizer.info.get("tokenizer_dir"),
+        "tokens": {s: w.offset for s, w in writers.items()},
+        "clips": {s: len(w.rows) for s, w in writers.items()},
+        "skipped": skipped,
+    }
+    write_json(out / META, meta)
+    return meta
+
+
+@dataclass(frozen=True)
+class ClipFrames:
+    """One clip's log-mel frames (frames, M) in dB and its length in samples."""
+
+    frames: torch.Tensor
+    num_samples: int
+
+
+def _clip_frames(path: str, log_mel: LogMel):
+    """ClipFrames, or the reason the file cannot be used."""
+    try:
+        frames, num_samples = file_log_mel(path, log_mel, min_samples=log_mel.config.n_fft)
+    except AudioError as err:
+        return err.reason
+    return ClipFrames(torch.from_numpy(frames), num_samples)
+
+
+_STREAMED = object()  # in place of a clip encoded block by block by the writing thread
+
+
+def _encode_streamed(tokenizer: AudioTokenizer, row: dict, log_mel: LogMel, writer: RaggedWriter,
+                     max_frames: int):
+    """Encode a long clip as its log-mel blocks come, in the pieces ``_pieces`` would cut (so
+    its codes are the whole clip's), writing each piece's codes: (samples, None), or (0,
+    reason) with the writer left as it was."""
+    features = tokenizer.coder.features
+    step, size = features.patch_step, features.patch_frames
+    # Pieces of a few decoding blocks: a batch's worth (10 minutes) per pass let the peak grow
+    # with the number of passes (0.40 GB for a 2-hour file, 0.36 GB for 15 minutes).
+    max_frames = min(max_frames, int(STREAM_PIECE_SECONDS * features.frame_rate))
+    advance = max(1, (max_frames - size) // step + 1) * step
+    piece = advance - step + size
+    pending, num_samples, seen = np.zeros((0, features.n_mels), np.float32), 0, 0
+    skip = 0  # frames between two pieces not yet arrived (patches further apart than long)
+    writer.begin(row["id"])
+    try:
+        for frames, samples in log_mel_blocks(row["path"], log_mel, min_samples=features.n_fft):
+            num_samples, seen = num_samples + samples, seen + len(frames)
+            dropped = min(skip, len(frames))
+            pending, skip = np.concatenate([pending, frames[dropped:]]), skip - dropped
+            while len(pending) >= piece:
+                writer.extend(tokenizer.encode_frames(torch.from_numpy(pending[:piece])).numpy())
+                pending, skip = pending[advance:], max(0, advance - len(pending))
+        if len(pending) >= size or seen < size:  # the last patches; a clip under a patch is padded
+            writer.extend(tokenizer.encode_frames(torch.from_numpy(pending)).numpy())
+    except AudioError as err:
+        writer.discard()
+        return 0, err.reason
+    writer.end({"id": row["id"], "label": row.get("label")})
+    return num_samples, None
+
+
+def _batches(pairs, max_frames: int):
+    """Consecutive (row, ClipFrames or reason) pairs, grouped until their frames reach
+    ``max_frames`` or BATCH_CLIPS clips: seconds of audio set a batch's size, not clip count."""
+    batch, frames = [], 0
+    for row, clip in pairs:
+        if clip is _STREAMED:  # a batch of its own, in its place
+            if batch:
+                yield batch
+            yield [(row, clip)]
+            batch, frames = [], 0
+            continue
+        batch.append((row, clip))
+        frames += len(clip.frames) if isinstance(clip, ClipFrames) else 0
+        if frames >= max_frames or len(batch) >= BATCH_CLIPS:
+            yield batch
+            batch, frames = [], 0
+    if batch:
+        yield batch
+
+
+def _encode(tokenizer: AudioTokenizer, clips: list[torch.Tensor], max_frames: int) -> list[np.ndarray]:
+    """Each clip's codes from its frames, at most about ``max_frames`` frames per autoencoder
+    and FAISS pass. A long clip is cut on patch boundaries (``_pieces``), so its codes are
+    those of the whole clip."""
+    pieces = [(i, piece) for i, frames in enumerate(clips) for piece in _pieces(frames, tokenizer, max_frames)]
+    codes = [[] for _ in clips]
+    start = 0
+    while start < len(pieces):
+        end, total = start + 1, len(pieces[start][1])
+        while end < len(pieces) and total + len(pieces[end][1]) <= max_frames:
+            total += len(pieces[end][1])
+            end += 1
+        passed = pieces[start:end]
+        for (i, _), piece_codes in zip(passed, tokenizer.encode_frames_batch([p for _, p in passed])):
+            codes[i].append(piece_codes.numpy())
+        start = end
+    return [np.concatenate(c) for c in codes]
+
+
+def _pieces(frames: torch.Tensor, tokenizer: AudioTokenizer, max_frames: int) -> list[torch.Tensor]:
+    """``frames`` (frames, M) in pieces of at most ``max_frames`` whose patches, together, are
+    exactly the whole clip's: pieces start on patch starts and overlap as patches do."""
+    features = tokenizer.coder.features
+    step, size = features.patch_step, features.patch_frames
+    if len(frames) <= max_frames:
+        return [frames]  # the encoder pads a clip shorter than a patch, so keep such clips whole
+    advance = max(1, (max_frames - size) // step + 1) * step  # frames between piece starts
+    return [frames[s:s + advance - step + size] for s in range(0, len(frames) - size + 1, advance)]
+
+
