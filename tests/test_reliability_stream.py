@@ -41,6 +41,16 @@ def huge_samples(seconds: float = 0.5, channels: int = 1) -> np.ndarray:
 
 # ---- item 5: huge finite samples --------------------------------------------------------
 
+
+def peak(fn) -> int:
+    """The most memory (bytes, Python allocations traced) that calling ``fn`` held at once."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
 def test_huge_mono_floats_are_refused_for_their_log_mel(write_audio):
     path = write_audio("huge.wav", data=huge_samples(), subtype="FLOAT")
     with pytest.raises(AudioError, match="log-mel is not finite") as info:
@@ -80,14 +90,6 @@ def test_decoding_in_blocks_holds_one_block_not_the_file(write_audio):
     path = write_audio("long.wav", data=0.1 * rng.standard_normal((20 * 48000, 2)).astype(np.float32),
                        sample_rate=48000, subtype="PCM_16")
     whole_bytes = 20 * 48000 * 2 * 4
-
-    def peak(fn) -> int:
-        tracemalloc.start()
-        try:
-            fn()
-            return tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
 
     streamed = peak(lambda: sum(len(b) for b in audio_blocks(path, SR, block_seconds=1.0)))
     whole = peak(lambda: load_audio(path, SR))
@@ -243,14 +245,6 @@ def test_prepare_and_encoding_hold_a_block_not_a_long_clips_frames(make_corpus, 
     seconds = 360
     sf.write(corpus / "class0" / "long.wav", sound("chirp", seconds, SR, seed=5), SR, subtype="PCM_16")
     frames_bytes = seconds * 100 * 64 * 4
-
-    def peak(fn) -> int:
-        tracemalloc.start()
-        try:
-            fn()
-            return tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
 
     run = tmp_path / "run"
     assert peak(lambda: prepare(corpus, run, progress=False)) < frames_bytes
