@@ -89,8 +89,8 @@ def prepare(
         if strict:
             check_strict(stage.out_dir / MANIFEST)
         publish_copy(run.features / MANIFEST, run.manifest)
-    else:
-        stage.build("features", make)
+    else:  # build()'s own up-to-date check would read stage.json and stat every file again
+        stage.finish(make(stage.start()))
         publish_copy(run.features / MANIFEST, run.manifest)
         _say(f"features: {stage.out_dir}\nmanifest: {run.manifest}")
     return stage.out_dir
