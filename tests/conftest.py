@@ -99,7 +99,7 @@ def write_corpus(root: Path, layout: str = "folders", labels: int = 3, groups: i
                  seconds: float = 0.25, sample_rate: int = 16000) -> Path:
     """Write ROOT/<label>/<label>_g<k>_<i>.wav (16-bit PCM), one pitch per label, a different
     detune and loudness per group, and for "csv"/"jsonl" a ROOT/manifest.{csv,jsonl} with
-    path,label,group. Returns ROOT."""
+    path,label,group ("unlabelled": a ROOT/manifest.csv of paths alone). Returns ROOT."""
     rows = []
     for li in range(labels):
         label = f"class{li}"
@@ -111,7 +111,9 @@ def write_corpus(root: Path, layout: str = "folders", labels: int = 3, groups: i
                 (root / label).mkdir(parents=True, exist_ok=True)
                 sf.write(root / rel, wav, sample_rate, subtype="PCM_16")
                 rows.append({"path": rel, "label": label, "group": f"{label}_g{g}"})
-    if layout == "csv":
+    if layout == "unlabelled":  # a manifest of paths alone: a pretraining corpus
+        (root / "manifest.csv").write_text("path\n" + "".join(f"{r['path']}\n" for r in rows))
+    elif layout == "csv":
         with open(root / "manifest.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["path", "label", "group"])
             writer.writeheader()

@@ -46,7 +46,7 @@ def test_every_stage_leaves_its_artifacts(finished_run):
         "manifest.jsonl", "features/stage.json",
         "tokenizer/autoencoder.safetensors", "tokenizer/k8/codebook.npy", "tokens/k8/train.bin",
         "lm/model.safetensors", "lm/config.json", "lm/train_log.csv",
-        "probe/results.json", "probe/report.md",
+        "probe/corpus/results.json", "probe/corpus/report.md", "probe/summary.md",
         "baselines/vgg/stage.json", "baselines/simclr/stage.json", "baselines/timbre/stage.json",
         "vocoder/wavenet.safetensors", "vocoder/metrics.json",
         "sweep/sweep.csv", "sweep/report.md", "tokenizer/k4/codebook.npy",

@@ -165,10 +165,10 @@ def test_a_read_only_run_gets_one_line_and_is_left_unchanged(read_only_copy, tin
 
 # ---- (a) kill -9 in the middle of every stage's own writes ----------------------------------------
 
-STAGES = ["features", "tokenizer", "tokenizer/k4", "tokens/k4", "lm", "baselines/timbre", "probe", "vocoder",
+STAGES = ["features", "tokenizer", "tokenizer/k4", "tokens/k4", "lm", "baselines/timbre", "probe/corpus", "vocoder",
           "sweep"]
 COMMAND_OF = {"features": "prepare", "tokenizer": "tokenize", "tokenizer/k4": "tokenize", "tokens/k4": "tokenize",
-              "lm": "pretrain", "baselines/timbre": "baselines", "probe": "probe", "vocoder": "vocoder",
+              "lm": "pretrain", "baselines/timbre": "baselines", "probe/corpus": "probe", "vocoder": "vocoder",
               "sweep": "sweep"}
 PIPELINE = ["prepare", "tokenize", "pretrain", "baselines", "probe", "vocoder", "sweep"]
 RECIPE = """

@@ -187,10 +187,16 @@ def test_the_lock_of_every_stage_of_a_run_is_the_runs(tmp_path):
     from tokenlm.rundir import run_root_of
 
     run = RunDir(tmp_path / "run")
+    run.features.mkdir(parents=True)
+    run.scale_point(2).features.mkdir(parents=True)
+    task = run.task("keywords")
     for folder in (run.features, run.tokenizer, run.codebook(16), run.tokens(16), run.lm, run.vocoder,
-                   run.probe, run.baseline("simclr"), run.sweep, run.sweep_k(16).lm, run.sweep_k(16).probe):
+                   run.probe_task("keywords"), run.baseline("simclr"), run.sweep, run.sweep_k(16).lm,
+                   run.sweep_k(16).probe_task("keywords"), task.features, task.tokens(16), task.baseline("vgg"),
+                   run.scale_point(0.5).lm, run.scale_point(2).task("keywords").tokens(16)):
         assert run_root_of(folder) == run.root.absolute(), folder
     assert run_root_of(tmp_path / "elsewhere" / "lm") == tmp_path / "elsewhere"
+    assert run_root_of(tmp_path / "probe" / "features") == tmp_path / "probe"  # a run named probe
 
 
 def test_two_configs_never_share_a_work_folder(tmp_path):

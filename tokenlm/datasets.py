@@ -96,6 +96,34 @@ def scan_dataset(root: str | Path, *, allow_outside: bool = False,
     return layout, [replace(c, path=os.path.realpath(c.path)) for c in clips]
 
 
+def scan_sources(sources, *, allow_outside: bool = False,
+                 skipped: list[dict] | None = None) -> tuple[str, list[Clip]]:
+    """``scan_dataset`` of one dataset, or of several pooled into one (a pretraining corpus
+    made of several folders): a pooled source's clip ids and groups are prefixed with its
+    folder's name, so they stay unique and a split never divides one source's group."""
+    if isinstance(sources, (str, os.PathLike)):
+        return scan_dataset(sources, allow_outside=allow_outside, skipped=skipped)
+    sources = [str(s) for s in sources]
+    if not sources:
+        raise ConfigError("no data given (an empty list of datasets)")
+    if len(sources) == 1:
+        return scan_dataset(sources[0], allow_outside=allow_outside, skipped=skipped)
+    names = [Path(s.rstrip("/")).stem for s in sources]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"datasets pooled from several folders need distinct folder names, got {', '.join(names)}")
+    layouts, clips = [], []
+    for name, source in zip(names, sources):
+        layout, found = scan_dataset(source, allow_outside=allow_outside, skipped=skipped)
+        layouts.append(layout)
+        clips += [replace(c, id=f"{name}/{c.id}", group=f"{name}/{c.group}" if c.group else None) for c in found]
+    return "+".join(layouts), clips
+
+
+def source_text(sources) -> str:
+    """How a dataset (or several pooled) is named in records: its path, or paths joined by ','."""
+    return str(sources) if isinstance(sources, (str, os.PathLike)) else ",".join(str(s) for s in sources)
+
+
 def _check_unique_ids(root: Path, clips: list[Clip]) -> None:
     """x.wav and x.flac in one folder would both be clip x: name them instead of guessing."""
     first: dict[str, Clip] = {}

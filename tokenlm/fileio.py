@@ -95,6 +95,21 @@ def read_json(path: str | Path) -> Any:
         raise ArtifactError(f"{path}: not valid JSON ({err})") from None
 
 
+def write_text(path: str | Path, text: str) -> bool:
+    """Write a text file atomically and durably, unless it already holds exactly ``text`` (a
+    summary rebuilt from unchanged results is left untouched). Returns whether it wrote."""
+    path = Path(path)
+    if path.is_file() and path.read_text() == text:
+        return False
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with _naming(path), open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    _publish(tmp, path)
+    return True
+
+
 def write_jsonl(path: str | Path, rows) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

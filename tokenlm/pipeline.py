@@ -92,6 +92,26 @@ class RunContext:
     def config(self, cls: type[T], section: str, *overrides: Mapping[str, Any] | None) -> T:
         return build(cls, self.section(section), *overrides, where=section)
 
+    def recipe_tasks(self) -> list:
+        """The labelled tasks the recipe's ``tasks:`` section names (tokenlm.tasks), or none."""
+        from tokenlm.tasks import SECTION, recipe_tasks
+
+        return recipe_tasks(self.run, self.recipe.get(SECTION))
+
+    def tasks(self) -> list:
+        """The tasks the run is judged on: the recipe's, else those it holds, else its own data."""
+        from tokenlm.tasks import SECTION, run_tasks
+
+        return run_tasks(self.run, self.recipe.get(SECTION))
+
+    def pretrain_data(self) -> tuple[Any, dict]:
+        """(path or list of paths, split section) of the pretraining corpus: the recipe's
+        ``pretrain:`` section, else its ``data:`` section (a single-dataset run)."""
+        pretrain = self.section("pretrain")
+        if pretrain:
+            return pretrain.get("path"), pretrain.get("split") or self.section("split")
+        return self.section("data").get("path"), self.section("split")
+
 
 def _mapping(sections: Mapping[str, Any], name: str, recipe) -> dict:
     value = sections.get(name) or {}

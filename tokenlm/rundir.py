@@ -15,11 +15,16 @@ record, so a consumer never re-checks a key by hand.
       lm/                     config.json, model.safetensors, train_log.csv, metrics.json
       baselines/<name>/       one supervised or self-supervised baseline each (results.json,
                               model.safetensors, folds/fold{N}/; simclr: embeddings.npy)
-      probe/                  results.json, report.md
+      tasks/<task>/           a labelled task probed with the run's frozen models: a run folder of
+                              its own (features/, tokens/k{K}/, baselines/<supervised>/)
+      probe/<task>/           results.json, report.md (one per task)
+      probe/                  summary.json, summary.md: tasks x representations
       vocoder/                config.json, wavenet.safetensors, metrics.json, samples/
       generated/              generated audio and codes
       sweep/                  sweep.csv, sweep.json, *.png, report.md
-      sweep_k/k{K}/           what the sweep trains per K (lm/, probe/, vocoder/)
+      sweep_k/k{K}/           what the sweep trains per K (lm/, probe/<task>/, vocoder/)
+      scale/h{H}/             the data-scaling study: a run pretrained on the first H hours
+      scale/                  scale.csv, scale.json, scale.png, report.md
       report.md, report_files/
 """
 
@@ -62,6 +67,9 @@ BEST_CHECKPOINT = "best.pt"
 TRAINING = "training"  # the autoencoder's checkpoints and log while it trains
 SWEEP_TABLE = "sweep.csv"
 SWEEP_JSON = "sweep.json"
+SUMMARY = "summary"  # RUN/probe/summary.{json,md}: every task's headline rows
+SCALE_TABLE = "scale.csv"
+SCALE_JSON = "scale.json"
 REPORT_FILES = "report_files"
 
 
@@ -167,7 +175,25 @@ class RunDir:
 
     @property
     def probe(self) -> Path:
+        """Every task's probe (probe/<task>/) and their summary (probe/summary.*)."""
         return self.root / "probe"
+
+    def probe_task(self, task: str) -> Path:
+        """One task's probe stage: results.json, report.md."""
+        return self.probe / task
+
+    @property
+    def tasks_root(self) -> Path:
+        return self.root / "tasks"
+
+    def task(self, name: str) -> "RunDir":
+        """A labelled task probed with this run's models: a run folder of its own, whose
+        ``.features``, ``.tokens(k)`` and ``.baseline(name)`` are the task's."""
+        return RunDir(self.tasks_root / name)
+
+    def task_names(self) -> list[str]:
+        """Tasks with finished features in this run, by name."""
+        return sorted(p.name for p in self.tasks_root.glob("*") if is_finished(p / "features"))
 
     def baseline(self, name: str) -> Path:
         return self.root / "baselines" / name
@@ -185,6 +211,15 @@ class RunDir:
         ``.lm``, ``.probe`` and ``.vocoder`` are that K's models. Outside RUN/sweep, so
         rebuilding the sweep's summary never discards them."""
         return RunDir(self.root / "sweep_k" / f"k{codebook_size}")
+
+    @property
+    def scale(self) -> Path:
+        """The data-scaling study's summary (scale.csv, scale.json, figures, report.md)."""
+        return self.root / "scale"
+
+    def scale_point(self, hours: float) -> "RunDir":
+        """The run whose self-supervised stages saw only the first ``hours`` of the corpus."""
+        return RunDir(self.scale / f"h{hours:g}")
 
     @property
     def report(self) -> Path:
@@ -238,15 +273,27 @@ def current_codebook_size(tokenizer_dir: str | Path) -> int:
 def run_root_of(stage_dir: str | Path) -> Path:
     """The run folder a stage folder belongs to, where its run's lock lives: the stage's
     parent, above the folders that group stages (tokenizer/k{K}, tokens/k{K},
-    baselines/NAME) and above a sweep's per-K runs (sweep_k/k{K}/lm). A folder outside any
-    run (``--out`` elsewhere) is its own parent's."""
+    baselines/NAME, probe/TASK) and above the runs a run holds (tasks/NAME, sweep_k/k{K},
+    scale/h{H}). A folder outside any run (``--out`` elsewhere) is its own parent's."""
     stage_dir = Path(stage_dir).absolute()
     root = stage_dir.parent
     if (root.name in ("tokenizer", "tokens") and re.fullmatch(r"k\d+", stage_dir.name)) or root.name == "baselines":
         root = root.parent
-    if root.parent.name == "sweep_k" and re.fullmatch(r"k\d+", root.name):
+    elif root.name == "probe" and _is_run(root.parent):
+        root = root.parent
+    if root.parent.name == "tasks" and _is_run(root.parent.parent):
         root = root.parent.parent
+    for holder, name in (("sweep_k", r"k\d+"), ("scale", r"h[\d.]+")):
+        if root.parent.name == holder and re.fullmatch(name, root.name):
+            root = root.parent.parent
     return root
+
+
+def _is_run(folder: Path) -> bool:
+    """Whether ``folder`` looks like a run: it holds features or a tokenizer, or is a sweep's
+    per-K run."""
+    return ((folder / "features").is_dir() or (folder / "tokenizer").is_dir()
+            or (folder.parent.name == "sweep_k" and re.fullmatch(r"k\d+", folder.name) is not None))
 
 
 def as_run(run: str | Path | RunDir) -> RunDir:

@@ -43,5 +43,5 @@ def test_command_trains_what_the_probe_then_reuses(tmp_path):
     baselines_stage.run(ctx)
     probe_stage.run(ctx)
     assert (run / "baselines" / "timbre" / "stage.json").stat().st_mtime_ns == stamp
-    rows = {r["name"]: r for r in read_json(run / "probe" / "results.json")["rows"]}
+    rows = {r["name"]: r for r in read_json(run / "probe" / "data" / "results.json")["rows"]}
     assert rows["timbre"]["test"] == results["test"]

@@ -108,14 +108,14 @@ def make_run(root: Path, *, folds: bool = False, per_split=(6, 2, 2), leak: bool
 
 
 def _rows(run: Path) -> dict:
-    return {r["name"]: r for r in read_json(run / "probe" / "results.json")["rows"]}
+    return {r["name"]: r for r in read_json(run / "probe" / "data" / "results.json")["rows"]}
 
 
 def test_every_row_is_produced_and_baselines_are_cached(tmp_path):
     run = make_run(tmp_path)
     config = configs(dict(baselines=("vgg", "simclr", "timbre"), **LEARNING))
     out = probe(run, *config, device="cpu", progress=False)
-    assert out == run / "probe"
+    assert out == run / "probe" / "data"  # the task: the run's own data, named after it
     rows = _rows(run)
     for name in ("logmel_stats", "bag_of_codes", "vgg", "simclr", "timbre"):
         assert rows[name]["status"] == "ok", rows[name]
@@ -132,19 +132,22 @@ def test_every_row_is_produced_and_baselines_are_cached(tmp_path):
     assert rows["bag_of_codes"]["dim"] == VOCAB
     assert rows["vgg"]["kind"] == "supervised end-to-end" and rows["simclr"]["kind"] == "linear probe"
 
-    report = (run / "probe" / "report.md").read_text()
+    report = (run / "probe" / "data" / "report.md").read_text()
     for title in ("log-mel statistics", "bag of codes", "VGG-style CNN", "SimCLR", "timbre CNN", "Skipped"):
         assert title in report
-    for name in ("vgg", "timbre", "simclr"):
+    for name in ("vgg", "timbre"):
         folder = run / "baselines" / name
         assert (folder / "model.safetensors").is_file() and (folder / "results.json").is_file()
         assert read_json(folder / "config.json")["classes"] == list(CLASSES)
+    # SimCLR is pretrained like the LM, on the train split without labels; the probe reads it.
+    simclr = run / "baselines" / "simclr"
+    assert (simclr / "model.safetensors").is_file() and read_json(simclr / "metrics.json")["train_clips"] == 18
+    assert "classes" not in read_json(simclr / "config.json")
 
     # Every clip once, in one split only: the probe never mixes splits.
-    ids = [json.loads(line) for line in (run / "baselines" / "simclr" / "embeddings.jsonl").read_text().splitlines()]
-    assert len({r["id"] for r in ids}) == len(ids) == 30
-    result = rows["logmel_stats"]["test"]
-    assert (result["n_train"], result["n_val"], result["n_test"]) == (18, 6, 6)
+    for name in ("logmel_stats", "simclr"):
+        result = rows[name]["test"]
+        assert (result["n_train"], result["n_val"], result["n_test"]) == (18, 6, 6)
 
     # A rerun reuses the trained baselines and the finished probe.
     stamp = (run / "baselines" / "vgg" / "model.safetensors").stat().st_mtime_ns
@@ -163,7 +166,7 @@ def test_folds_are_cross_validated(tmp_path):
         assert 0.0 <= folds["accuracy_mean"] <= 1.0 and folds["accuracy_std"] >= 0.0
     assert rows["logmel_stats"]["folds"]["accuracy_mean"] == 1.0
     assert (run / "baselines" / "timbre" / "folds" / "fold2" / "model.safetensors").is_file()
-    assert "± " in (run / "probe" / "report.md").read_text()
+    assert "± " in (run / "probe" / "data" / "report.md").read_text()
 
 
 def test_a_clip_in_two_splits_is_refused(tmp_path):
@@ -209,7 +212,7 @@ def test_command_reads_recipe_and_overrides(tmp_path):
     result = CliRunner().invoke(command, ["--config", str(recipe), "--baselines", "none", "--device", "cpu"],
                                 standalone_mode=False)
     assert result.exception is None, result.output
-    saved = read_json(run / "probe" / "stage.json")["config"]
+    saved = read_json(run / "probe" / "data" / "stage.json")["config"]
     assert saved["baselines"] == [] and saved["cs"] == [1.0] and saved["epochs"] == 1
     assert "| log-mel statistics" in result.output
 
@@ -264,7 +267,7 @@ def test_autoencoder_and_lm_rows_with_a_real_tokenizer_and_lm(tmp_path):
     assert all(rows[f"lm_layer_{i}"]["dim"] == 16 for i in range(3))
     assert rows["lm_best"]["layer"] in rows and rows["lm_best"]["test"] == rows[rows["lm_best"]["layer"]]["test"]
     assert rows["bag_of_codes"]["status"] == "ok"
-    assert "LM best layer" in (run / "probe" / "report.md").read_text()
+    assert "LM best layer" in (run / "probe" / "data" / "report.md").read_text()
 
     # --layers picks rows; a layer the LM does not have is a clear error.
     probe(run, ProbeConfig(cs=(1.0,), layers="0,2"), device="cpu", progress=False)

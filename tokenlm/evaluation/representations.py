@@ -5,9 +5,11 @@
 - ``bag_of_codes``: the normalised histogram of a clip's codes (RUN/tokens/k{K});
 - ``autoencoder_bottleneck``: the tokenizer's un-quantised bottleneck, mean + std pooled;
 - ``lm_layers``: the code LM's hidden states, mean-pooled over time, one per layer (0 is the
-  embedding output).
+  embedding output);
+- ``simclr_embeddings``: the SimCLR trunk's embedding, averaged over a clip's windows.
 
-A representation whose artifacts the run lacks (no tokens, tokenizer or LM yet) raises
+The clips are a task's (their features and codes); the models that read them (tokenizer, LM,
+SimCLR) are the run's, trained on its pretraining corpus. A representation whose artifacts the run lacks (no tokens, tokenizer or LM yet) raises
 ``Unavailable`` with the reason, and the probe records the row as skipped. torch, the
 tokenizer and the LM are imported inside the functions that need them, so that
 ``tokenlm probe --help`` stays fast.
@@ -26,8 +28,9 @@ from tqdm.auto import tqdm
 from tokenlm.artifacts import read_stage
 from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
 from tokenlm.evaluation.clips import LabelledClips
+from tokenlm.fileio import read_json
 from tokenlm.lm import CodeLM
-from tokenlm.rundir import SPLITS, RunDir, index_file, is_finished, read_tokens_meta
+from tokenlm.rundir import METRICS, SPLITS, RunDir, index_file, is_finished, read_tokens_meta
 from tokenlm.store import RaggedSplit
 from tokenlm.tokenizer import AudioTokenizer
 
@@ -98,11 +101,12 @@ def bag_of_codes(clips: LabelledClips, codes: Codes, cost: TokenizerCost) -> Rep
                           notes="encoder = autoencoder encoder + codebook")
 
 
-def autoencoder_bottleneck(clips: LabelledClips, codebook_size: int | None, device,
+def autoencoder_bottleneck(clips: LabelledClips, models: RunDir, codebook_size: int | None, device,
                            progress: bool = True) -> Representation:
-    """The tokenizer's un-quantised bottleneck per patch, mean + std pooled: (N, 2 d)."""
+    """The tokenizer of ``models`` (a run) on the clips: its un-quantised bottleneck per patch,
+    mean + std pooled: (N, 2 d)."""
     # Any codebook will do (the bottleneck comes before quantisation), but loading needs one.
-    tokenizer = load_tokenizer(clips.run, codebook_size, device)
+    tokenizer = load_tokenizer(models, codebook_size, device)
     _check_same_features(tokenizer, clips)
     start = time.perf_counter()
     vectors = []
@@ -110,7 +114,7 @@ def autoencoder_bottleneck(clips: LabelledClips, codebook_size: int | None, devi
         frames = torch.from_numpy(clips.logmel(i).astype(np.float32))  # (T, M) dB
         z = tokenizer.embed_frames(frames.to(device))  # (N, d)
         vectors.append(_mean_std(z.float().cpu().numpy()))
-    cost = tokenizer_cost(clips.run, tokenizer)
+    cost = tokenizer_cost(models, tokenizer)
     return Representation("autoencoder", "autoencoder bottleneck (mean+std)", np.stack(vectors),
                           encoder_params=cost.encoder_params, encoder_train_s=cost.autoencoder_train_s,
                           extract_s=time.perf_counter() - start)
@@ -149,6 +153,31 @@ def lm_layers(clips: LabelledClips, codes: Codes, lm_dir: Path, layers: str, bat
     ]
 
 
+def simclr_embeddings(clips: LabelledClips, simclr_dir: Path, device, progress: bool = True) -> Representation:
+    """The SimCLR trunk pretrained on the run's corpus (``simclr_dir``) on the clips: its
+    embedding averaged over each clip's windows, the input normalised as in its training."""
+    from tokenlm.baselines.cnn import embed_clips, load_model
+
+    if not is_finished(simclr_dir):
+        raise Unavailable(f"no trained SimCLR at {simclr_dir} (run `tokenlm baselines --baselines simclr` first)")
+    trunk, record = load_model(simclr_dir, device)
+    ours = record["features"]
+    for name in ("sample_rate", "n_fft", "hop_length", "n_mels"):
+        if ours.get(name) != getattr(clips.feature_meta.config, name):
+            raise ArtifactError(f"SimCLR at {simclr_dir} was trained on features with {name}={ours.get(name)}, "
+                                f"the task's have {getattr(clips.feature_meta.config, name)}")
+    mean = np.asarray(record["norm"]["mean"], dtype=np.float32)
+    std = np.asarray(record["norm"]["std"], dtype=np.float32)
+    start = time.perf_counter()
+    normalised = [(clips.logmel(i).astype(np.float32) - mean) / std for i in _bar(range(len(clips)), "SimCLR", progress)]
+    vectors = embed_clips(trunk, normalised, record["crop_frames"], device)
+    metrics = read_json(simclr_dir / METRICS)
+    return Representation("simclr", "SimCLR CNN trunk (self-supervised)", vectors,
+                          encoder_params=metrics.get("encoder_params"), encoder_train_s=metrics.get("train_seconds"),
+                          flops_per_second=metrics.get("flops_per_second"), extract_s=time.perf_counter() - start,
+                          notes="pretrained on the run's corpus")
+
+
 def parse_layers(spec: str, n_states: int) -> list[int]:
     """Layer numbers to probe out of ``n_states`` (= LM layers + 1)."""
     if spec == "all":
@@ -163,7 +192,8 @@ def parse_layers(spec: str, n_states: int) -> list[int]:
 # ---- codes and tokenizer --------------------------------------------------------------
 
 def load_codes(clips: LabelledClips, codebook_size: int | None) -> Codes:
-    """Every labelled clip's codes (RUN/tokens/k{K}; K: ``codebook_size``, else the run's).
+    """Every labelled clip's codes (TASK/tokens/k{K} of the clips' run; K: ``codebook_size``,
+    else the run's).
 
     Raises Unavailable when the run has no such tokens, ArtifactError when the codes disagree
     with the features about a clip's split or lie outside the codebook.

@@ -1,15 +1,16 @@
-"""The probe's CNN baselines, each a cached stage of its own under RUN/baselines/<name>/.
+"""The probe's CNN baselines, each a cached stage of its own.
 
     tokenlm baselines RUN [--baselines vgg,simclr,timbre]
 
-- ``vgg`` and ``timbre``: supervised end to end (``tokenlm.models.cnn``), trained on the train
-  split, early-stopped on val, scored on test by their own classifier; with official folds,
-  also one model per fold (folds/fold{N}/).
-- ``simclr``: the VGG trunk trained with NT-Xent on the train split's audio (no labels), its
-  pooled embedding of every clip, and the same linear probe as every row of the probe table.
-
-Each folder holds model.safetensors + config.json (what the model needs on new audio) and
-results.json, the row the probe table shows. ``tokenlm probe --baselines ...`` trains (or
+- ``vgg`` and ``timbre``: supervised end to end (``tokenlm.models.cnn``), trained per task
+  (TASK/baselines/<name>/, where TASK is RUN/tasks/<task>, or RUN for a single-dataset run) on
+  its train split, early-stopped on val, scored on test by their own classifier; with official
+  folds, also one model per fold (folds/fold{N}/). Each folder holds model.safetensors +
+  config.json (what the model needs on new audio) and results.json, the row the probe shows.
+- ``simclr``: self-supervised like the code LM, so trained like it on the run's pretraining
+  corpus (RUN/baselines/simclr/: the VGG trunk trained with NT-Xent on the train split, no
+  labels); the probe embeds each task's clips with it and reads them with the linear probe.
+ ``tokenlm probe --baselines ...`` trains (or
 reuses) the baselines it lists before probing. Their settings are the baseline keys of the
 recipe's ``probe:`` section (``BaselinesConfig``); the seed, the folds switch and the linear
 probe's settings come from the probe's own keys (``ProbeConfig``).
@@ -17,7 +18,6 @@ probe's settings come from the probe's own keys (``ProbeConfig``).
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from sklearn.metrics import f1_score
 
 from tokenlm.artifacts import Stage, stage_key
 from tokenlm.baselines.cnn import (
-    ClassifierTraining, count_flops, count_parameters, embed_clips, load_model, predict_clips, save_model,
+    ClassifierTraining, count_flops, count_parameters, load_model, predict_clips, save_model,
     train_classifier,
 )
 from tokenlm.baselines.simclr import AugmentConfig, SimCLRConfig, train_simclr
@@ -37,46 +37,56 @@ from tokenlm.errors import TokenlmError
 from tokenlm.evaluation.clips import LabelledClips
 from tokenlm.evaluation.linear_probe import fold_assignments, summarise_folds
 from tokenlm.evaluation.probe_table import pct
-from tokenlm.evaluation.rows import LINEAR, SUPERVISED, fit_seconds, headline, probe_vectors
-from tokenlm.fileio import read_json, write_json, write_jsonl
+from tokenlm.evaluation.rows import SUPERVISED, headline
+from tokenlm.fileio import read_json, write_json
 from tokenlm.models.cnn import MODELS, TimbreConfig, VGGConfig, VGGish
 from tokenlm.models.simclr import SimCLRModel
 from tokenlm.pipeline import RunContext
 from tokenlm.rundir import (
-    EMBEDDINGS, EMBEDDINGS_INDEX, MODEL_RESULTS, MODEL_WEIGHTS, RESULTS, SPLITS, RunDir, fold_folder,
+    METRICS, MODEL_RESULTS, MODEL_WEIGHTS, RESULTS, SPLITS, RunDir, as_run, fold_folder, read_feature_meta,
 )
 from tokenlm.runtime import pick_device, seed_everything
 from tokenlm.stages.options import baseline_options
 from tokenlm.stages.probe_config import BASELINES, SECTION, BaselinesConfig, ProbeConfig, configs
+from tokenlm.store import RaggedSplit
+from tokenlm.tasks import Task, run_tasks
 
 TITLES = {
     "vgg": "VGG-style CNN (supervised)",
     "timbre": "timbre CNN, vertical filters (supervised)",
-    "simclr": "SimCLR CNN trunk (self-supervised)",
 }
 
 
 # ---- the stage ------------------------------------------------------------------------
 
 def baselines(run: str | Path | RunDir, probe: ProbeConfig, config: BaselinesConfig = BaselinesConfig(), *,
-              device: str | None = None, progress: bool = True) -> dict[str, dict]:
-    """Train (or reuse) every baseline ``probe.baselines`` lists on the run's features; each
-    one's results.json by name."""
-    clips = LabelledClips(run)
+              tasks: list[Task] | None = None, device: str | None = None, progress: bool = True) -> dict[str, dict]:
+    """Train (or reuse) every baseline ``probe.baselines`` lists: SimCLR on the run's
+    pretraining corpus, the supervised CNNs on each task (default: the run's tasks). Returns
+    each supervised baseline's results.json by "task/name", SimCLR's metrics by "simclr"."""
+    run = as_run(run)
+    torch_device = pick_device(device)
     seed_everything(probe.seed)
-    return train_baselines(clips, probe, config, pick_device(device), progress)
+    results = {}
+    if "simclr" in probe.baselines:
+        results["simclr"] = read_json(pretrain_simclr(run, probe, config, torch_device, progress) / METRICS)
+    for task in tasks if tasks is not None else run_tasks(run):
+        clips = LabelledClips(task.data)
+        for name, result in supervised_baselines(clips, probe, config, torch_device, progress).items():
+            results[f"{task.name}/{name}"] = result
+    return results
 
 
-def train_baselines(clips: LabelledClips, probe: ProbeConfig, config: BaselinesConfig, device,
-                    progress: bool) -> dict[str, dict]:
-    """Train (or reuse) each baseline of ``probe.baselines``; its results.json by name."""
+def supervised_baselines(clips: LabelledClips, probe: ProbeConfig, config: BaselinesConfig, device,
+                         progress: bool) -> dict[str, dict]:
+    """Train (or reuse) the supervised baselines of ``probe.baselines`` on one task's clips;
+    each one's results.json by name."""
     results = {}
     for name in probe.baselines:
+        if name == "simclr":
+            continue  # self-supervised: pretrained on the run's corpus (pretrain_simclr)
         try:
-            if name == "simclr":
-                results[name] = simclr_baseline(clips, probe, config, device, progress)
-            else:
-                results[name] = supervised_baseline(name, clips, probe, config, device, progress)
+            results[name] = supervised_baseline(name, clips, probe, config, device, progress)
         except ValueError as err:  # too little data for this baseline: say so in one line
             raise TokenlmError(f"baseline {name}: {err}") from None
     return results
@@ -86,7 +96,7 @@ def run(ctx: RunContext) -> None:
     """``tokenlm run``: the baselines the recipe's ``probe.baselines`` lists."""
     probe, config = _configs(ctx)
     if probe.baselines:
-        baselines(ctx.run, probe, config, device=ctx.device, progress=ctx.progress)
+        baselines(ctx.run, probe, config, tasks=ctx.tasks(), device=ctx.device, progress=ctx.progress)
 
 
 # ---- supervised: vgg, timbre ----------------------------------------------------------
@@ -164,61 +174,59 @@ def _fit_supervised(name, model_config, train_config, clips: LabelledClips, mask
     return result, model
 
 
-# ---- self-supervised: simclr ----------------------------------------------------------
+# ---- self-supervised: simclr, pretrained on the run's corpus ---------------------------
 
-def simclr_baseline(clips: LabelledClips, probe: ProbeConfig, config: BaselinesConfig, device,
-                    progress: bool = True) -> dict:
-    """RUN/baselines/simclr: the VGG trunk trained with NT-Xent on the train split's audio (no
-    labels), its pooled embeddings of every clip, and the same linear probe as every row."""
-    trunk_config = _model_config("vgg", clips, config, n_classes=0)
-    simclr_config = SimCLRConfig(crop_frames=_crop_frames(clips, config), batch_size=config.simclr_batch_size,
+def pretrain_simclr(run: RunDir, probe: ProbeConfig, config: BaselinesConfig, device, progress: bool = True) -> Path:
+    """RUN/baselines/simclr: the VGG trunk trained with NT-Xent on the train split of the run's
+    pretraining features, like every self-supervised model of the run (labels, if the corpus
+    has any, are never read). The probe embeds each task's clips with it
+    (``evaluation.representations.simclr_embeddings``) and reads them with the linear probe."""
+    meta = read_feature_meta(run.features)
+    crop_frames = _crop_frames(meta.config.frame_rate, config)
+    trunk_config = VGGConfig(n_mels=meta.config.n_mels, n_classes=0, channels=config.vgg_channels,
+                             convs_per_block=config.vgg_convs_per_block, dropout=config.dropout)
+    simclr_config = SimCLRConfig(crop_frames=crop_frames, batch_size=config.simclr_batch_size,
                                  epochs=config.simclr_epochs, lr=config.lr, weight_decay=config.weight_decay,
                                  temperature=config.simclr_temperature,
                                  projection_dim=config.simclr_projection_dim, seed=probe.seed)
     augment_config = AugmentConfig()
-    probe_settings = {"cs": list(probe.cs), "max_iter": probe.max_iter, "seed": probe.seed, "folds": probe.folds}
-    stage = Stage(clips.run.baseline("simclr"),
+    stage = Stage(run.baseline("simclr"),
                   config={"trunk": to_dict(trunk_config), "simclr": to_dict(simclr_config),
-                          "augment": to_dict(augment_config), "probe": probe_settings},
-                  inputs={"features": stage_key(clips.run.features)})
+                          "augment": to_dict(augment_config)},
+                  inputs={"features": stage_key(run.features)})
 
     def make(work: Path) -> dict:
-        _say("baseline simclr: contrastive training on the train split (no labels)")
+        train_clips = [frames for _, frames in RaggedSplit(run.features, "train", "float16", width=meta.config.n_mels)]
+        _say(f"SimCLR: contrastive training on {len(train_clips)} clips of the pretraining corpus (no labels)")
         torch.manual_seed(probe.seed)
         model = SimCLRModel(VGGish(trunk_config), simclr_config.projection_dim)
-        train_clips = [clips.logmel(i) for i in clips.index("train")]
-        log = train_simclr(model, train_clips, clips.norm_mean, clips.norm_std, simclr_config, augment_config,
-                           device, progress)
-        start = time.perf_counter()
-        vectors = embed_clips(model.trunk, clips.normalised, simclr_config.crop_frames, device)  # (N, D)
-        extract_s = time.perf_counter() - start
+        try:
+            log = train_simclr(model, train_clips, meta.norm_mean, meta.norm_std, simclr_config, augment_config,
+                               device, progress)
+        except ValueError as err:  # too little audio: say so in one line
+            raise TokenlmError(f"SimCLR: {err}") from None
         trunk = model.trunk.cpu()
-        save_model(trunk, work, extra={**_artifact_extra(clips, config), "simclr": to_dict(simclr_config)})
-        np.save(work / EMBEDDINGS, vectors.astype(np.float32))
-        write_jsonl(work / EMBEDDINGS_INDEX, [{"id": i, "split": s} for i, s in zip(clips.ids, clips.splits)])
-        scores = probe_vectors(vectors, clips, probe)
-        write_json(work / RESULTS, {
-            "name": "simclr", "title": TITLES["simclr"], "kind": LINEAR, "status": "ok", **scores,
-            **_cost(trunk, clips, method="embed"), "encoder_train_s": log["train_seconds"],
-            "probe_fit_s": round(fit_seconds(scores), 3), "extract_s": round(extract_s, 3),
-            "history": log["history"],
-        })
-        accuracy = (scores["test"] or {}).get("accuracy")
-        _say(f"baseline simclr: linear-probe test accuracy {pct(accuracy)} -> {stage.out_dir}")
-        return {"accuracy": accuracy}
+        save_model(trunk, work, extra={**_feature_record(meta), "crop_frames": crop_frames,
+                                       "simclr": to_dict(simclr_config)})
+        one_second = (1, meta.config.n_mels, max(1, round(meta.config.frame_rate)))
+        write_json(work / METRICS, {"train_seconds": log["train_seconds"], "train_clips": len(train_clips),
+                                    "encoder_params": count_parameters(trunk),
+                                    "flops_per_second": count_flops(trunk, one_second, method="embed"),
+                                    "history": log["history"]})
+        _say(f"SimCLR: trained in {log['train_seconds']:.0f} s -> {stage.out_dir}")
+        return {"train_seconds": log["train_seconds"]}
 
-    stage.build("baseline simclr", make)
-    return read_json(stage.out_dir / RESULTS)
+    return stage.build("SimCLR", make)
 
 
 # ---- shared by the CNNs ---------------------------------------------------------------
 
-def _crop_frames(clips: LabelledClips, config: BaselinesConfig) -> int:
-    return max(1, round(config.crop_seconds * clips.frame_rate))
+def _crop_frames(frame_rate: float, config: BaselinesConfig) -> int:
+    return max(1, round(config.crop_seconds * frame_rate))
 
 
 def _train_config(clips: LabelledClips, probe: ProbeConfig, config: BaselinesConfig):
-    return ClassifierTraining(crop_frames=_crop_frames(clips, config), batch_size=config.batch_size, epochs=config.epochs,
+    return ClassifierTraining(crop_frames=_crop_frames(clips.frame_rate, config), batch_size=config.batch_size, epochs=config.epochs,
                        patience=config.patience, lr=config.lr, weight_decay=config.weight_decay, seed=probe.seed)
 
 
@@ -238,10 +246,14 @@ def _cost(model, clips: LabelledClips, method: str = "forward") -> dict:
 
 def _artifact_extra(clips: LabelledClips, config: BaselinesConfig) -> dict:
     """What a saved baseline needs to be used on new audio: its input and normalisation."""
+    return {**_feature_record(clips.feature_meta), "classes": clips.classes,
+            "crop_frames": _crop_frames(clips.frame_rate, config)}
+
+
+def _feature_record(meta) -> dict:
+    """The log-mel settings and normalisation a saved CNN reads its input with."""
     keys = ("sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max", "log_floor")
-    meta = clips.feature_meta
-    return {"features": {k: getattr(meta.config, k) for k in keys}, "norm": meta.raw["norm"],
-            "classes": clips.classes, "crop_frames": _crop_frames(clips, config)}
+    return {"features": {k: getattr(meta.config, k) for k in keys}, "norm": meta.raw["norm"]}
 
 
 def _say(text: str) -> None:
@@ -262,7 +274,8 @@ def _configs(ctx: RunContext, overrides: dict | None = None) -> tuple[ProbeConfi
 @click.option("--config", "recipe", type=click.Path(dir_okay=False), help="Recipe YAML (section: probe; run.dir).")
 @baseline_options(seeds="the baselines", folds="the models of the official folds")
 def command(run, names, recipe, epochs, simclr_epochs, seed, no_folds, device, no_progress):
-    """Train (or reuse) the CNN baselines of RUN, each cached under RUN/baselines/<name>/.
+    """Train (or reuse) the CNN baselines of RUN: SimCLR on its pretraining corpus
+    (RUN/baselines/simclr/), the supervised CNNs on each of its tasks (TASK/baselines/<name>/).
 
     \b
     tokenlm baselines runs/demo
@@ -276,5 +289,9 @@ def command(run, names, recipe, epochs, simclr_epochs, seed, no_folds, device, n
         probe = replace(probe, baselines=BASELINES)
     if not probe.baselines:
         _say("no baselines asked for")
-    for name, results in baselines(ctx.run, probe, config, device=ctx.device, progress=ctx.progress).items():
-        click.echo(f"baseline {name}: accuracy {pct(headline(results))} -> {ctx.run.baseline(name) / RESULTS}")
+    for name, results in baselines(ctx.run, probe, config, tasks=ctx.tasks(), device=ctx.device,
+                                   progress=ctx.progress).items():
+        if name == "simclr":
+            click.echo(f"SimCLR: trained in {results['train_seconds']:.0f} s -> {ctx.run.baseline(name)}")
+        else:
+            click.echo(f"baseline {name}: test accuracy {pct(headline(results))}")

@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from tokenlm.artifacts import Stage
 from tokenlm.audio import audio_seconds
-from tokenlm.config import to_dict
-from tokenlm.datasets import SPLITS, Clip, scan_dataset
+from tokenlm.config import build, to_dict
+from tokenlm.datasets import SPLITS, Clip, scan_sources, source_text
 from tokenlm.errors import AudioError, TokenlmError
 from tokenlm.features import FeatureConfig, LogMel, RunningStats, file_log_mel, log_mel_blocks
 from tokenlm.fileio import fingerprint, publish_copy, read_jsonl, write_json, write_jsonl
@@ -30,6 +30,7 @@ from tokenlm.rundir import MANIFEST, META, RunDir
 from tokenlm.runtime import bounded_map, cpu_threads, kernel_threads
 from tokenlm.splits import SplitConfig, assign_splits, link_duplicates
 from tokenlm.stages.options import data_options
+from tokenlm.tasks import prepare_task
 from tokenlm.store import RaggedWriter
 
 # Clips longer than this are featurised block by block in the writing thread, each block's
@@ -41,7 +42,7 @@ AHEAD_SECONDS = 1800.0
 
 
 def prepare(
-    data: str | Path,
+    data: str | Path | list,
     run: str | Path,
     features: FeatureConfig = FeatureConfig(),
     split: SplitConfig = SplitConfig(),
@@ -51,7 +52,7 @@ def prepare(
     hash_content: bool = False,
     allow_outside: bool = False,
 ) -> Path:
-    """Scan ``data``, split it, and write log-mel features of every usable clip into ``run``.
+    """Scan ``data`` (a dataset, or a list of them pooled), split it, and write log-mel features of every usable clip into ``run``.
 
     Unusable clips are skipped and recorded in the manifest; with ``strict`` any skip is an
     error, and the stage is left unfinished (the error names the manifest with the reasons).
@@ -60,7 +61,7 @@ def prepare(
     """
     run = RunDir(run)
     scan_skipped: list[dict] = []
-    layout, clips = scan_dataset(data, allow_outside=allow_outside, skipped=scan_skipped)
+    layout, clips = scan_sources(data, allow_outside=allow_outside, skipped=scan_skipped)
     files = {c.id: file_stamp(c.path, hash_content) for c in clips}
     clips, duplicates = link_duplicates(clips, {i: f["sha256"] for i, f in files.items() if f and "sha256" in f})
     clips = assign_splits(clips, split)
@@ -75,7 +76,7 @@ def prepare(
         manifest = [{**row, "file": files[row["id"]]} for row in manifest] + [
             {"id": None, "path": s["path"], "label": None, "split": None, "group": None, "fold": None,
              "duration": None, "status": "skipped", "reason": s["reason"], "file": None} for s in scan_skipped]
-        meta.update(layout=layout, data=str(data), clips_skipped=meta["clips_skipped"] + len(scan_skipped),
+        meta.update(layout=layout, data=source_text(data), clips_skipped=meta["clips_skipped"] + len(scan_skipped),
                     duplicates=duplicates)
         write_json(work / META, meta)
         write_jsonl(work / MANIFEST, manifest)
@@ -253,15 +254,20 @@ def command(data, run, recipe, strict, hash_content, allow_outside):
 
 
 def run(ctx: RunContext) -> None:
+    """``tokenlm run``: the pretraining corpus, then every task the recipe names."""
     _prepare(ctx)
+    flags = data_flags(ctx.section("data"))
+    split = ctx.config(SplitConfig, "split")
+    for task in ctx.recipe_tasks():
+        prepare_task(ctx.run, task, split, progress=ctx.progress, **flags)
 
 
 def _prepare(ctx: RunContext, data: str | None = None, **flags) -> Path:
-    """prepare() with the recipe's data section under the command-line flags (None: not given)."""
-    section = ctx.section("data")
-    data = data or section.get("path")
+    """prepare() of the pretraining corpus (the recipe's ``pretrain:`` section, else its
+    ``data:`` section) under the command-line flags (None: not given)."""
+    source, split = ctx.pretrain_data()
+    data = data or source
     if not data:
-        raise TokenlmError("need --data (or a recipe with data.path)")
-    return prepare(data, ctx.run, ctx.config(FeatureConfig, "features"), ctx.config(SplitConfig, "split"),
-                   progress=ctx.progress, **data_flags(section, **flags))
-
+        raise TokenlmError("need --data (or a recipe with data.path, or pretrain.path)")
+    return prepare(data, ctx.run, ctx.config(FeatureConfig, "features"), build(SplitConfig, split, where="split"),
+                   progress=ctx.progress, **data_flags(ctx.section("data"), **flags))

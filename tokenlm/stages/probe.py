@@ -1,27 +1,34 @@
-"""Stage 5: linear probes of every representation of a run, beside the CNN baselines.
+"""Stage 5: linear probes of every representation of a run, on each of its tasks, beside
+the CNN baselines.
 
-    tokenlm probe RUN [--baselines vgg,simclr,timbre] [--layers all|N,...]
+    tokenlm probe RUN [--task DIR ...] [--baselines vgg,simclr,timbre] [--layers all|N,...]
 
-Every labelled clip of RUN/features is turned into one vector per representation
+A task (tokenlm.tasks) is a labelled dataset: the run's own data for a single-dataset run,
+else each dataset of the recipe's ``tasks:`` section or of ``--task``, featurised and encoded
+with the run's frozen tokenizer into RUN/tasks/<task>/ (nothing self-supervised is trained
+again). Every labelled clip of a task is turned into one vector per representation
 (``tokenlm.evaluation.representations``), and the same linear probe
 (``tokenlm.evaluation.linear_probe``: standardise, multinomial logistic regression, C chosen
 on val, test scored once) reads the label out of it. Rows:
 
 - ``logmel_stats``: mean + std of each mel bin over time, the floor every learned
   representation must beat;
-- ``bag_of_codes``: the normalised histogram of a clip's codes (RUN/tokens/k{K});
+- ``bag_of_codes``: the normalised histogram of a clip's codes (TASK/tokens/k{K});
 - ``autoencoder``: the tokenizer's un-quantised bottleneck, mean + std pooled;
 - ``lm_layer_<i>``: the code LM's hidden states, mean-pooled over time, per layer (0 is the
   embedding output), and ``lm_best``: the layer with the best val accuracy;
-- baselines, each its own cached stage under RUN/baselines/<name>/ (``tokenlm.stages.baselines``),
-  trained or reused first: ``vgg`` and ``timbre`` (supervised end to end: their own
-  classifier's accuracy), ``simclr`` (self-supervised trunk, then the same linear probe).
+- ``simclr``: the SimCLR trunk pretrained on the run's corpus (RUN/baselines/simclr), then the
+  same linear probe;
+- supervised baselines, each its own cached stage under TASK/baselines/<name>/
+  (``tokenlm.stages.baselines``), trained or reused first: ``vgg`` and ``timbre`` (their own
+  classifier's accuracy).
 
 Datasets with official folds (ESC-50, UrbanSound8K) are also scored by cross-validation over
 folds (mean ± std); otherwise the train/val/test split is the whole story.
 
-Writes RUN/probe/results.json and RUN/probe/report.md. A row whose artifacts are missing
-(no tokenizer yet, no LM yet) is recorded as skipped with the reason.
+Writes RUN/probe/<task>/results.json and report.md per task, and RUN/probe/summary.{json,md}:
+the headline accuracy of every representation on every task, one table. A row whose artifacts
+are missing (no tokenizer yet, no LM yet) is recorded as skipped with the reason.
 """
 
 from __future__ import annotations
@@ -34,65 +41,112 @@ from tokenlm.artifacts import Stage, stage_key
 from tokenlm.config import to_dict
 from tokenlm.evaluation.clips import LabelledClips
 from tokenlm.evaluation.probe_table import render_report
+from tokenlm.errors import ArtifactError
 from tokenlm.evaluation.representations import (
-    Unavailable, autoencoder_bottleneck, bag_of_codes, lm_layers, load_codes, logmel_stats, tokenizer_cost,
-    tokens_folder_or_none,
+    Unavailable, autoencoder_bottleneck, bag_of_codes, lm_layers, load_codes, logmel_stats, simclr_embeddings,
+    tokenizer_cost, tokens_folder_or_none,
 )
+from tokenlm.evaluation.summary import summary_path, summary_tasks, write_summary
 from tokenlm.evaluation.rows import baseline_row, headline, representation_row, selection_score, skipped_row
 from tokenlm.fileio import write_json
 from tokenlm.pipeline import RunContext
-from tokenlm.rundir import REPORT, RESULTS, RunDir, as_run, is_finished
+from tokenlm.rundir import REPORT, RESULTS, RunDir, as_run, is_finished, read_feature_meta
 from tokenlm.runtime import pick_device, seed_everything
-from tokenlm.stages.baselines import train_baselines
+from tokenlm.splits import SplitConfig
+from tokenlm.stages.baselines import pretrain_simclr, supervised_baselines
 from tokenlm.stages.options import baseline_options
+from tokenlm.stages.prepare import data_flags
 from tokenlm.stages.probe_config import SECTION, BaselinesConfig, ProbeConfig, configs
+from tokenlm.tasks import Task, encode_task, own_task, prepare_task, task_at
 
 # ---- the stage ------------------------------------------------------------------------
 
 def probe(run: str | Path | RunDir, config: ProbeConfig = ProbeConfig(),
-          baseline_config: BaselinesConfig = BaselinesConfig(), *, device: str | None = None,
-          progress: bool = True, lm_dir: str | Path | None = None, out_dir: str | Path | None = None) -> Path:
-    """Probe every representation of ``run`` beside the baselines ``config.baselines`` lists
-    (trained first, or reused).
+          baseline_config: BaselinesConfig = BaselinesConfig(), *, task: Task | None = None,
+          device: str | None = None, progress: bool = True, lm_dir: str | Path | None = None,
+          out_dir: str | Path | None = None) -> Path:
+    """Probe every representation of ``run`` on ``task`` (default: the run's own data) beside
+    the baselines ``config.baselines`` lists (trained first, or reused).
 
-    Needs RUN/features; the code rows need RUN/tokens, the autoencoder row RUN/tokenizer, the
-    LM rows RUN/lm or ``lm_dir`` (each skipped with its reason when missing). Writes RUN/probe,
-    or ``out_dir`` (the sweep probes one LM per codebook size), and returns it.
+    Needs the task's features; the code rows need its codes (``tasks.encode_task``), the
+    autoencoder row RUN/tokenizer, the LM rows RUN/lm or ``lm_dir``, the SimCLR row
+    RUN/baselines/simclr (each skipped with its reason when missing). Writes
+    RUN/probe/<task>, or ``out_dir`` (the sweep probes one LM per codebook size), and returns it.
     """
     run = as_run(run)
-    clips = LabelledClips(run)
+    task = task or own_task(run)
+    clips = LabelledClips(task.data)
     torch_device = pick_device(device)
     seed_everything(config.seed)
-    baselines = train_baselines(clips, config, baseline_config, torch_device, progress)
+    supervised = supervised_baselines(clips, config, baseline_config, torch_device, progress)
+    simclr_dir = None
+    if "simclr" in config.baselines:  # self-supervised: trained once on the corpus, never again here
+        simclr_dir = run.baseline("simclr")
+        if not is_finished(simclr_dir):
+            pretrain_simclr(run, config, baseline_config, torch_device, progress)
 
     lm_dir = Path(lm_dir) if lm_dir is not None else run.lm
-    inputs = {"features": stage_key(run.features), "tokenizer": _optional_key(run.tokenizer),
-              "lm": _optional_key(lm_dir), "tokens": _optional_key(tokens_folder_or_none(run, config.codebook_size)),
-              **{f"baseline_{name}": stage_key(run.baseline(name)) for name in baselines}}
+    codebook_size = config.codebook_size or run.codebook_size_or_none()
+    inputs = {"features": stage_key(task.data.features), "tokenizer": _optional_key(run.tokenizer),
+              "lm": _optional_key(lm_dir), "tokens": _optional_key(tokens_folder_or_none(task.data, codebook_size)),
+              "simclr": _optional_key(simclr_dir),
+              **{f"baseline_{name}": stage_key(task.data.baseline(name)) for name in supervised}}
     settings = {**to_dict(config), **to_dict(baseline_config)}  # the probe: section as one record
-    stage = Stage(Path(out_dir) if out_dir is not None else run.probe, config=settings, inputs=inputs)
+    stage = Stage(Path(out_dir) if out_dir is not None else run.probe_task(task.name), config=settings,
+                  inputs=inputs)
 
     def make(work: Path) -> dict:
-        rows = representation_rows(clips, config, torch_device, progress, lm_dir)
-        rows += [baseline_row(results) for results in baselines.values()]
-        results = {"run": str(run.root), "dataset": clips.summary(), "config": settings, "rows": rows}
+        rows = representation_rows(clips, run, codebook_size, config, torch_device, progress, lm_dir)
+        if simclr_dir is not None:
+            rows.append(representation_row(simclr_embeddings(clips, simclr_dir, torch_device, progress), clips,
+                                           config))
+        rows += [baseline_row(results) for results in supervised.values()]
+        results = {"run": str(run.root), "task": task.name, "task_data": str(task.path or run.features),
+                   "pretraining_data": _pretraining_source(run), "dataset": clips.summary(), "config": settings,
+                   "rows": rows}
         write_json(work / RESULTS, results)
         (work / REPORT).write_text(render_report(results))
         click.echo(f"probe results: {stage.out_dir / RESULTS}\nprobe report:  {stage.out_dir / REPORT}")
         return {"rows": {row["name"]: headline(row) for row in rows}}
 
-    return stage.build("probe", make)
+    return stage.build(f"probe {task.name}", make)
 
 
-def representation_rows(clips: LabelledClips, config: ProbeConfig, device, progress: bool,
-                        lm_dir: Path) -> list[dict]:
-    """Every non-baseline row, in table order; rows whose inputs are missing come back skipped."""
+def probe_tasks(run: RunDir, tasks: list[Task], config: ProbeConfig, baseline_config: BaselinesConfig, *,
+                split: SplitConfig = SplitConfig(), device: str | None = None, progress: bool = True,
+                **flags) -> list[Path]:
+    """Prepare and encode each task with the run's frozen tokenizer (when the run has one), probe
+    it, and rewrite RUN/probe/summary.{json,md}. Returns each task's probe folder."""
+    torch_device = pick_device(device)
+    codebook_size = config.codebook_size or run.codebook_size_or_none()
+    outs = []
+    for task in tasks:
+        prepare_task(run, task, split, progress=progress, **flags)
+        if codebook_size is not None and is_finished(run.codebook(codebook_size)):
+            encode_task(run, task, codebook_size, device=torch_device, progress=progress)
+        outs.append(probe(run, config, baseline_config, task=task, device=device, progress=progress))
+    write_summary(run.probe, summary_tasks(run.probe) + [task.name for task in tasks])
+    return outs
+
+
+def _pretraining_source(run: RunDir) -> str | None:
+    """What the run's self-supervised models were trained on (its features' dataset)."""
+    try:
+        return read_feature_meta(run.features).raw.get("data")
+    except ArtifactError:
+        return None
+
+
+def representation_rows(clips: LabelledClips, run: RunDir, codebook_size: int | None, config: ProbeConfig, device,
+                        progress: bool, lm_dir: Path) -> list[dict]:
+    """Every row of the run's tokenizer and LM (and the log-mel floor) on the clips, in table
+    order; rows whose inputs are missing come back skipped."""
     rows = [representation_row(logmel_stats(clips, progress), clips, config)]
     try:
-        codes, codes_missing = load_codes(clips, config.codebook_size), None
+        codes, codes_missing = load_codes(clips, codebook_size), None
     except Unavailable as why:
         codes, codes_missing = None, str(why)
-    cost = tokenizer_cost(clips.run, codebook_size=None if codes is None else codes.codebook_size)
+    cost = tokenizer_cost(run, codebook_size=None if codes is None else codes.codebook_size)
 
     if codes is None:
         rows.append(skipped_row("bag_of_codes", "bag of codes", codes_missing))
@@ -100,7 +154,7 @@ def representation_rows(clips: LabelledClips, config: ProbeConfig, device, progr
         rows.append(representation_row(bag_of_codes(clips, codes, cost), clips, config))
 
     try:
-        bottleneck = autoencoder_bottleneck(clips, config.codebook_size, device, progress)
+        bottleneck = autoencoder_bottleneck(clips, run, codebook_size, device, progress)
         rows.append(representation_row(bottleneck, clips, config))
     except Unavailable as why:
         rows.append(skipped_row("autoencoder", "autoencoder bottleneck", str(why)))
@@ -123,30 +177,42 @@ def _optional_key(directory: Path | None) -> str | None:
 
 
 def run(ctx: RunContext) -> None:
-    """``tokenlm run``: the probe the recipe's ``probe:`` section describes."""
-    probe(ctx.run, *configs(ctx.section(SECTION)), device=ctx.device, progress=ctx.progress)
+    """``tokenlm run``: every task of the run probed as the recipe's ``probe:`` section says."""
+    probe_tasks(ctx.run, ctx.tasks(), *configs(ctx.section(SECTION)), split=ctx.config(SplitConfig, "split"),
+                device=ctx.device, progress=ctx.progress, **data_flags(ctx.section("data")))
 
 
 # ---- command --------------------------------------------------------------------------
 
 @click.command("probe")
 @click.argument("run", required=False, type=click.Path(file_okay=False))
+@click.option("--task", "task_paths", multiple=True, type=click.Path(),
+              help="A labelled dataset to probe the run's models on (repeatable; name: its folder's). "
+                   "Default: the recipe's tasks, else the run's tasks, else its own data.")
 @click.option("--baselines", help="Comma list of baselines to train and compare: vgg,simclr,timbre (or none).")
 @click.option("--layers", help="LM layers to probe: all (default) or a comma list, 0 = embedding output.")
 @click.option("-K", "--codebook-size", type=int,
               help="Codebook size whose codes are probed (default: the run's current).")
-@click.option("--config", "recipe", type=click.Path(dir_okay=False), help="Recipe YAML (section: probe; run.dir).")
+@click.option("--config", "recipe", type=click.Path(dir_okay=False),
+              help="Recipe YAML (sections: probe, tasks, split; run.dir).")
 @baseline_options(seeds="the probes and baselines", folds="the cross-validation over official folds")
-def command(run, baselines, layers, codebook_size, recipe, epochs, simclr_epochs, seed, no_folds, device, no_progress):
-    """Linear probes of every representation of RUN, beside the CNN baselines: one table.
+def command(run, task_paths, baselines, layers, codebook_size, recipe, epochs, simclr_epochs, seed, no_folds, device,
+            no_progress):
+    """Linear probes of every representation of RUN on each task, beside the CNN baselines.
 
     \b
     tokenlm probe runs/demo
+    tokenlm probe runs/demo --task data/esc50 --task data/speech
     tokenlm probe runs/demo --baselines vgg,simclr,timbre --layers 0,4,8
-    Writes RUN/probe/results.json and RUN/probe/report.md; baselines go to RUN/baselines/<name>/.
+    Writes RUN/probe/<task>/{results.json,report.md} and RUN/probe/summary.{json,md}; a new
+    task's features and codes go to RUN/tasks/<task>/, its supervised baselines below it.
     """
     ctx = RunContext.create(run, recipe, device=device, progress=not no_progress)
     overrides = {"baselines": baselines, "layers": layers, "codebook_size": codebook_size, "epochs": epochs,
                  "simclr_epochs": simclr_epochs, "seed": seed, "folds": False if no_folds else None}
-    out = probe(ctx.run, *configs(ctx.section(SECTION), overrides), device=ctx.device, progress=ctx.progress)
-    click.echo((out / REPORT).read_text())
+    probe_config, baseline_config = configs(ctx.section(SECTION), overrides)
+    tasks = [task_at(ctx.run, path) for path in task_paths] or ctx.tasks()
+    outs = probe_tasks(ctx.run, tasks, probe_config, baseline_config,
+                       split=ctx.config(SplitConfig, "split"), device=ctx.device, progress=ctx.progress,
+                       **data_flags(ctx.section("data")))
+    click.echo((outs[0] / REPORT).read_text() if len(outs) == 1 else summary_path(ctx.run.probe).read_text())

@@ -14,7 +14,9 @@ from pathlib import Path
 import click
 
 from tokenlm.fileio import read_json, read_jsonl
-from tokenlm.rundir import MANIFEST, META, METRICS, REPORT, SAMPLES, SPLITS, TRAIN_LOG, RunDir, figure_file
+from tokenlm.rundir import (
+    MANIFEST, META, METRICS, REPORT, SAMPLES, SPLITS, SUMMARY, TRAIN_LOG, RunDir, figure_file,
+)
 
 
 def write_report(run: str | Path) -> Path:
@@ -97,7 +99,19 @@ def lm_section(run: RunDir) -> str | None:
 
 
 def probe_section(run: RunDir) -> str | None:
-    return _include(run.probe / REPORT, "## Linear probe and baselines\n")
+    """The summary across tasks (when there are several), then each task's probe table."""
+    tasks = [p.name for p in sorted(run.probe.glob("*")) if (p / REPORT).is_file()]
+    summary = run.probe / f"{SUMMARY}.json"
+    if summary.is_file():  # its order: the recipe's
+        listed = read_json(summary)["tasks"]
+        tasks = [t for t in listed if t in tasks] + [t for t in tasks if t not in listed]
+    if not tasks:
+        return None
+    parts = ["## Linear probe and baselines\n"]
+    if len(tasks) > 1:
+        parts.append(_include(run.probe / f"{SUMMARY}.md", "### Every task\n") or "")
+    parts += [_include(run.probe_task(t) / REPORT, f"### Task: {t}\n") for t in tasks]
+    return "\n".join(parts)
 
 
 VOCODER_ROWS = (

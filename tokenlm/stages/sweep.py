@@ -36,6 +36,7 @@ from tokenlm.stages.probe_config import configs
 from tokenlm.stages.tokenize import encode_run_stage, fit_codebook_stage
 from tokenlm.stages.vocoder import VocoderConfig, train_vocoder
 from tokenlm.store import RaggedSplit
+from tokenlm.tasks import encode_task
 
 
 @dataclass(frozen=True)
@@ -83,12 +84,15 @@ def _sweep(ctx: RunContext, config: SweepConfig, codebook: CodebookConfig) -> Pa
     if not is_finished(run.tokenizer):
         raise TokenlmError(f"{run.root} has no trained autoencoder: run `tokenlm tokenize --data DIR --out {run.root}` first")
     torch_device = pick_device(ctx.device)
+    tasks = ctx.tasks()
     rows = []
     for k in sorted(config.codebook_sizes):
         click.secho(f"-- K={k}", bold=True, err=True)
         fit_codebook_stage(run, k, codebook, device=torch_device)
         encode_run_stage(run, k, device=torch_device, progress=ctx.progress)
-        row = codebook_row(run, k)
+        for task in tasks:
+            encode_task(run, task, k, device=torch_device, progress=ctx.progress)
+        row = codebook_row(run, k, labelled=tasks[0].data)
         for enabled, extra in _optional_columns(config):
             if enabled:
                 row.update(extra(ctx, k))
@@ -103,16 +107,18 @@ def _sweep(ctx: RunContext, config: SweepConfig, codebook: CodebookConfig) -> Pa
     return stage.out_dir
 
 
-def codebook_row(run: RunDir, k: int) -> dict:
+def codebook_row(run: RunDir, k: int, labelled: RunDir | None = None) -> dict:
     """The codebook's own figures plus code/label agreement on held-out tokens (val, else
-    train): on the train split a large codebook scores well by memorising clips."""
+    train) of ``labelled`` (the first task; default: the run): on the train split a large
+    codebook scores well by memorising clips."""
     metrics = read_json(run.codebook(k) / METRICS)
     row = {key: metrics[key] for key in (
         "k", "inertia", "relative_quantisation_error", "recon_rmse_db", "autoencoder_recon_rmse_db",
         "used_codes", "dead_codes", "perplexity", "entropy_bits", "bits_per_second")}
-    tokens = RaggedSplit(run.tokens(k), "val", "uint16")
+    labelled = labelled or run
+    tokens = RaggedSplit(labelled.tokens(k), "val", "uint16")
     if len(tokens) == 0:
-        tokens = RaggedSplit(run.tokens(k), "train", "uint16")
+        tokens = RaggedSplit(labelled.tokens(k), "train", "uint16")
     labels = np.repeat(np.array([str(r["label"]) for r in tokens.rows]), [r["length"] for r in tokens.rows])
     if len(set(labels)) > 1 and all(r["label"] is not None for r in tokens.rows):
         row.update(label_code_agreement(np.asarray(tokens.data), labels, k))
@@ -141,12 +147,19 @@ def lm_columns(ctx: RunContext, k: int, *, steps: int | None = None) -> dict:
 
 
 def probe_columns(ctx: RunContext, k: int) -> dict:
-    """Linear-probe test accuracy of that K's LM (best layer on val) and of its bag of codes."""
+    """Linear-probe test accuracy of that K's LM (best layer on val) and of its bag of codes,
+    on each task (columns suffixed with the task's name when there are several)."""
     config, baseline_config = configs(ctx.section("probe"), {"codebook_size": k, "baselines": ()})
-    out = probe(ctx.run.root, config, baseline_config, device=ctx.device, progress=False,
-                lm_dir=ctx.run.sweep_k(k).lm, out_dir=ctx.run.sweep_k(k).probe)
-    rows = {row["name"]: row for row in read_json(out / RESULTS)["rows"]}
-    return {"probe_lm_accuracy": _accuracy(rows.get("lm_best")), "probe_bag_accuracy": _accuracy(rows.get("bag_of_codes"))}
+    tasks = ctx.tasks()
+    columns = {}
+    for task in tasks:
+        out = probe(ctx.run.root, config, baseline_config, task=task, device=ctx.device, progress=False,
+                    lm_dir=ctx.run.sweep_k(k).lm, out_dir=ctx.run.sweep_k(k).probe_task(task.name))
+        rows = {row["name"]: row for row in read_json(out / RESULTS)["rows"]}
+        suffix = f"_{task.name}" if len(tasks) > 1 else ""
+        columns[f"probe_lm_accuracy{suffix}"] = _accuracy(rows.get("lm_best"))
+        columns[f"probe_bag_accuracy{suffix}"] = _accuracy(rows.get("bag_of_codes"))
+    return columns
 
 
 def _accuracy(row: dict | None) -> float | None:
@@ -174,12 +187,23 @@ def write_sweep_outputs(rows: list[dict], config: SweepConfig, out: Path) -> Non
         writer.writerows(rows)
     # Returns are judged on what the codes preserve. Code usage grows with K by construction,
     # and the LM's per-code figures describe a different prediction task at every K.
+    groups = metric_groups(rows)
     flat = {col: flattening_k(rows, col, higher, config.flat_fraction)
-            for name, group in METRIC_GROUPS.items() if name not in ("usage", "lm")
+            for name, group in groups.items() if name not in ("usage", "lm")
             for col, _, higher in group if all(col in r for r in rows)}
     write_json(out / SWEEP_JSON, {"config": to_dict(config), "rows": rows, "returns_flatten_at": flat})
-    figures = [name for name in METRIC_GROUPS if _plot_group(rows, name, out / figure_file(name))]
-    (out / REPORT).write_text(_report(rows, flat, figures, config.flat_fraction))
+    figures = [name for name, group in groups.items() if _plot_group(rows, group, out / figure_file(name))]
+    (out / REPORT).write_text(_report(rows, groups, flat, figures, config.flat_fraction))
+
+
+def metric_groups(rows: list[dict]) -> dict:
+    """METRIC_GROUPS, the probe's group widened to one column per task in a run of several."""
+    per_task = [c for c in rows[0] if c.startswith(("probe_lm_accuracy_", "probe_bag_accuracy_"))]
+    if not per_task:
+        return METRIC_GROUPS
+    titles = {"probe_lm_accuracy_": "LM probe accuracy", "probe_bag_accuracy_": "bag-of-codes accuracy"}
+    return {**METRIC_GROUPS, "probe": [(c, f"{titles[p]}: {c[len(p):]}", True)
+                                       for c in per_task for p in titles if c.startswith(p)]}
 
 
 STILL_IMPROVING = "still improving at the largest K"
@@ -201,8 +225,8 @@ def flattening_k(rows: list[dict], column: str, higher_is_better: bool, fraction
     return STILL_IMPROVING
 
 
-def _plot_group(rows: list[dict], group: str, path: Path) -> bool:
-    metrics = [(c, label) for c, label, _ in METRIC_GROUPS[group] if all(c in r for r in rows)]
+def _plot_group(rows: list[dict], group: list[tuple], path: Path) -> bool:
+    metrics = [(c, label) for c, label, _ in group if all(c in r for r in rows)]
     if not metrics:
         return False
     import matplotlib
@@ -228,13 +252,15 @@ def _plot_group(rows: list[dict], group: str, path: Path) -> bool:
     return True
 
 
-def _report(rows: list[dict], flat: dict, figures: list[str], fraction: float) -> str:
+def _report(rows: list[dict], groups: dict, flat: dict, figures: list[str], fraction: float) -> str:
     shown = [("k", "K", "{}"), ("used_codes", "used", "{}"), ("perplexity", "perplexity", "{:.1f}"),
              ("bits_per_second", "bit/s", "{:.0f}"), ("relative_quantisation_error", "quant. err (rel.)", "{:.3f}"),
              ("recon_rmse_db", "log-mel RMSE dB", "{:.2f}"), ("purity", "purity", "{:.3f}"), ("pnmi", "PNMI", "{:.3f}"),
              ("lm_val_perplexity", "LM ppl", "{:.1f}"), ("lm_bits_per_second", "LM bit/s", "{:.0f}"),
              ("probe_lm_accuracy", "LM probe acc", "{:.3f}"), ("probe_bag_accuracy", "bag acc", "{:.3f}"),
              ("vocoder_logmel_db", "vocoder dB", "{:.2f}")]
+    if groups["probe"] is not METRIC_GROUPS["probe"]:  # one column per task
+        shown[-1:-1] = [(c, label.replace(" accuracy", ""), "{:.3f}") for c, label, _ in groups["probe"]]
     shown = [s for s in shown if all(s[0] in r for r in rows)]
     lines = ["# Codebook-size sweep\n",
              f"One autoencoder, one k-means codebook per K. The autoencoder alone (no quantisation) "
@@ -244,7 +270,7 @@ def _report(rows: list[dict], flat: dict, figures: list[str], fraction: float) -
         lines.append("| " + " | ".join(_fmt(fmt, row.get(col)) for col, _, fmt in shown) + " |")
     lines.append(f"\nWhere returns flatten: the smallest K from which doubling K gains less than "
                  f"{fraction:.0%} of what a doubling gained at the smallest K.\n")
-    labels = {c: label for group in METRIC_GROUPS.values() for c, label, _ in group}
+    labels = {c: label for group in groups.values() for c, label, _ in group}
     for column, k in flat.items():
         lines.append(f"- {labels[column]}: " + (f"K = {k}" if isinstance(k, int) else k))
     if any("lm_val_perplexity" in r for r in rows):

@@ -40,6 +40,7 @@ from tokenlm.runtime import pick_device, seed_everything
 from tokenlm.splits import SplitConfig, assign_splits, link_duplicates
 from tokenlm.stages.options import data_options
 from tokenlm.stages.prepare import check_strict, data_flags, prepare
+from tokenlm.tasks import encode_task
 from tokenlm.tokenizer import (
     AudioTokenizer, AutoencoderTraining, PatchCoder, TokenizerConfig, load_patch_coder, save_patch_coder,
 )
@@ -121,16 +122,19 @@ def _fit_codebook(run: RunDir, work: Path, k: int, config: CodebookConfig, devic
 
 # ---- encoding ---------------------------------------------------------------------------
 
-def encode_run_stage(run: str | Path | RunDir, k: int, *, device: torch.device, progress: bool = True) -> Path:
-    """RUN/tokens/k{K}: every usable clip of the run's manifest, encoded. Every clip that
-    ``prepare`` accepted must still be there, unchanged, and decode: the tokens never hold
+def encode_run_stage(run: str | Path | RunDir, k: int, *, tokenizer_run: RunDir | None = None,
+                     device: torch.device, progress: bool = True) -> Path:
+    """RUN/tokens/k{K}: every usable clip of the run's manifest, encoded with the tokenizer of
+    ``tokenizer_run`` (default: the run's own; a task is encoded with its run's). Every clip
+    that ``prepare`` accepted must still be there, unchanged, and decode: the tokens never hold
     fewer clips than the features."""
     run = as_run(run)
+    models = tokenizer_run or run
     stage = Stage(run.tokens(k), config={"k": k},
-                  inputs={"codebook": stage_key(run.codebook(k)), "features": stage_key(run.features)})
+                  inputs={"codebook": stage_key(models.codebook(k)), "features": stage_key(run.features)})
 
     def make(work: Path) -> dict:
-        tokenizer = AudioTokenizer.load(run.tokenizer, codebook_size=k, device=device)
+        tokenizer = AudioTokenizer.load(models.tokenizer, codebook_size=k, device=device)
         rows = [r for r in read_run_manifest(run) if r["status"] == "ok"]
         for row in rows:  # before hours of encoding, not after
             check_unchanged(row)
@@ -233,7 +237,12 @@ def command(data, out, tokenizer_path, codebook_size, recipe, epochs, bottleneck
 
 
 def run(ctx: RunContext) -> None:
+    """``tokenlm run``: the tokenizer trained on the pretraining corpus, then every task the
+    recipe names encoded with it."""
     _tokenize(ctx)
+    device = pick_device(ctx.device)
+    for task in ctx.recipe_tasks():
+        encode_task(ctx.run, task, ctx.run.codebook_size, device=device, progress=ctx.progress)
 
 
 def _tokenize(ctx: RunContext, overrides: dict | None = None) -> Path:
