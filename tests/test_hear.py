@@ -12,6 +12,7 @@ import torch
 
 from conftest import sound
 from tokenlm import hear
+from tokenlm.codebook import CodebookConfig
 from tokenlm.config import build
 from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
 from tokenlm.fileio import read_json
@@ -20,6 +21,7 @@ from tokenlm.rundir import RunDir
 from tokenlm.stages.pretrain import pretrain
 from tokenlm.stages.probe import probe
 from tokenlm.stages.probe_config import ProbeConfig
+from tokenlm.stages.tokenize import fit_codebook_stage
 from tokenlm.training import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -137,6 +139,14 @@ def test_codebook_size_picks_the_lm_of_that_k(run):
     assert hear.load_model(str(run), codebook_size=8, device="cpu").tokenizer.codebook_size == 8
     with pytest.raises(ArtifactError, match="no LM trained on K=16"):
         hear.load_model(str(run), codebook_size=16, device="cpu")
+
+
+def test_an_lm_of_another_tokenizers_codes_is_refused(run, tmp_path):
+    refitted = tmp_path / "run"
+    shutil.copytree(run, refitted)
+    fit_codebook_stage(refitted, 8, CodebookConfig(niter=2, seed=1, gpu="never"), device=torch.device("cpu"))
+    with pytest.raises(ArtifactError, match="trained on codes of another tokenizer"):
+        hear.load_model(str(refitted), device="cpu")
 
 
 @pytest.mark.parametrize("path, kwargs, match", [

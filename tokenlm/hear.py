@@ -35,7 +35,7 @@ from tokenlm.artifacts import read_stage, stage_key
 from tokenlm.errors import ArtifactError, ConfigError
 from tokenlm.fileio import read_json
 from tokenlm.lm import CodeLM
-from tokenlm.rundir import CONFIG, RESULTS, RunDir, is_finished
+from tokenlm.rundir import CONFIG, META, RESULTS, RunDir, is_finished
 from tokenlm.runtime import pick_device
 from tokenlm.tokenizer import AudioTokenizer
 
@@ -95,6 +95,7 @@ def load_model(model_file_path: str = "", *, layer: int | None = None, pooling: 
     lm_dir, probe_dir = _lm_folders(run, codebook_size)
     lm = CodeLM.load(lm_dir, device=torch_device)
     tokenizer = AudioTokenizer.load(run.tokenizer, codebook_size=lm.codebook_size, device=torch_device)
+    _check_lm_reads_tokenizer(run, lm_dir, tokenizer)
     layer = _check_layer(layer, lm) if layer is not None else default_layer(lm, lm_dir, probe_dir)
     return TokenlmEmbedding(tokenizer, lm, layer, pooling)
 
@@ -165,6 +166,21 @@ def _lm_folders(run: RunDir, codebook_size: int | None) -> tuple[Path, Path]:
             return lm_dir, probe_dir
     raise ArtifactError(f"{run.root} has no LM trained on K={codebook_size} tokens "
                         f"(looked in {candidates[0][0]} and {candidates[1][0]})")
+
+
+def _check_lm_reads_tokenizer(run: RunDir, lm_dir: Path, tokenizer: AudioTokenizer) -> None:
+    """Refuse an LM trained on the codes of another tokenizer (say, the autoencoder was
+    retrained since): its states of these codes would mean nothing. Checked through the
+    tokens it was trained on, when they are still the ones on disk."""
+    tokens_dir = run.tokens(tokenizer.codebook_size)
+    if not (is_finished(lm_dir) and is_finished(tokens_dir)):
+        return
+    if read_stage(lm_dir).get("inputs", {}).get("tokens") != stage_key(tokens_dir):
+        return  # the tokens were rebuilt since: nothing left to compare with
+    made_by = read_json(tokens_dir / META).get("tokenizer_hash")
+    if made_by is not None and tokenizer.info.get("tokenizer_hash") not in (None, made_by):
+        raise ArtifactError(f"{lm_dir} was trained on codes of another tokenizer than {tokenizer.info['codebook_dir']} "
+                            f"(retrain it: `tokenlm pretrain {run.root}`)")
 
 
 def _lm_codebook_size(lm_dir: Path) -> int | None:
