@@ -136,7 +136,7 @@ def _layer_states(audio: torch.Tensor, model: TokenlmEmbedding) -> list[torch.Te
     states = []
     for start in range(0, len(codes), per_call):
         layers = model.lm.hidden_states(codes[start:start + per_call], batch_size=64)  # [(layers+1, T, d)]
-        states += [s[model.layer] for s in layers]
+        states += [s[model.layer].clone() for s in layers]  # a copy: a view would keep every layer alive
     return states
 
 
