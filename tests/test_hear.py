@@ -125,7 +125,7 @@ def test_silence_is_a_sound_like_any_other(model):
 
 
 def test_default_layer_is_the_probes_choice(run, model, tmp_path):
-    best = next(row for row in read_json(run / "probe" / "results.json")["rows"] if row["name"] == "lm_best")
+    best = next(row for row in read_json(run / "probe" / "corpus" / "results.json")["rows"] if row["name"] == "lm_best")
     assert model.layer == int(best["layer"].removeprefix("lm_layer_"))
     assert hear.load_model(str(run), layer=2, device="cpu").layer == 2
     # Without a probe of this LM: the middle block.

@@ -197,17 +197,22 @@ def default_layer(lm: CodeLM, lm_dir: Path, probe_dir: Path) -> int:
 
 
 def probe_best_layer(lm_dir: Path, probe_dir: Path) -> int | None:
-    """The ``lm_best`` row's layer of a finished probe of the LM at ``lm_dir`` (None when
-    there is no such probe, it skipped the LM, or it probed an LM since retrained)."""
-    if not (is_finished(probe_dir) and is_finished(lm_dir)):
+    """The layer the probe chose (``lm_best``) for the LM at ``lm_dir``, over the run's tasks
+    (RUN/probe/<task>/): the one chosen most often, the first task's on a tie. None when no
+    finished probe read this LM (none yet, the LM skipped, or an LM since retrained)."""
+    if not is_finished(lm_dir):
         return None
-    if read_stage(probe_dir).get("inputs", {}).get("lm") != stage_key(lm_dir):
-        return None
-    rows = read_json(probe_dir / RESULTS).get("rows", [])
-    best = next((row for row in rows if row.get("name") == "lm_best"), None)
-    name = str(best.get("layer", "")) if best else ""
-    number = name.removeprefix("lm_layer_")
-    return int(number) if name.startswith("lm_layer_") and number.isdigit() else None
+    chosen = []
+    for task_dir in sorted(Path(probe_dir).glob("*")):
+        if not is_finished(task_dir) or read_stage(task_dir).get("inputs", {}).get("lm") != stage_key(lm_dir):
+            continue
+        rows = read_json(task_dir / RESULTS).get("rows", [])
+        best = next((row for row in rows if row.get("name") == "lm_best"), None)
+        name = str(best.get("layer", "")) if best else ""
+        number = name.removeprefix("lm_layer_")
+        if name.startswith("lm_layer_") and number.isdigit():
+            chosen.append(int(number))
+    return max(chosen, key=chosen.count) if chosen else None
 
 
 def _check_layer(layer, lm: CodeLM) -> int:

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from tokenlm.artifacts import Stage
 from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
 from tokenlm.evaluation.clips import LabelledClips
-from tokenlm.evaluation.representations import parse_layers
+from tokenlm.evaluation.representations import Representation, parse_layers
+from tokenlm.evaluation.rows import representation_row
 from tokenlm.fileio import read_json, write_json, write_jsonl
 from tokenlm.rundir import RunDir
 from tokenlm.stages.probe import command, probe
@@ -269,9 +270,18 @@ def test_autoencoder_and_lm_rows_with_a_real_tokenizer_and_lm(tmp_path):
     assert rows["bag_of_codes"]["status"] == "ok"
     assert "LM best layer" in (run / "probe" / "data" / "report.md").read_text()
 
-    # --layers picks rows; a layer the LM does not have is a clear error.
-    probe(run, ProbeConfig(cs=(1.0,), layers="0,2"), device="cpu", progress=False)
-    assert [n for n in _rows(run) if n.startswith("lm_layer_")] == ["lm_layer_0", "lm_layer_2"]
+    # Pooling is chosen per row on val (ties: the row's customary pooling) and recorded.
+    assert rows["lm_best"]["pooling"] == rows[rows["lm_best"]["layer"]]["pooling"]
+    assert set(rows["autoencoder"]["pooling_val_accuracy"]) == {"mean", "mean+std", "mean+max"}
+
+    # --layers picks rows; concat_layers adds the chosen layers side by side, pooled as lm_best.
+    probe(run, ProbeConfig(cs=(1.0,), layers="0,2", concat_layers=True, pooling="mean+max"), device="cpu",
+          progress=False)
+    rows = _rows(run)
+    assert [n for n in rows if n.startswith("lm_layer_")] == ["lm_layer_0", "lm_layer_2"]
+    assert rows["lm_concat"]["dim"] == 2 * 2 * 16 and rows["lm_concat"]["pooling"] == "mean+max"
+    assert rows["autoencoder"]["pooling"] == "mean+max" and rows["autoencoder"]["dim"] == 2 * 8
+    # A layer the LM does not have is a clear error.
     with pytest.raises(ConfigError, match="layers"):
         probe(run, ProbeConfig(cs=(1.0,), layers="7"), device="cpu", progress=False)
 
@@ -298,3 +308,30 @@ def test_interrupted_fold_training_resumes_finished_models(tmp_path, monkeypatch
     probe(run, *config, device="cpu", progress=False)
     assert (run / "baselines" / "timbre" / "folds" / "fold1" / "model.safetensors").stat().st_mtime_ns == stamp
     assert len(_rows(run)["timbre"]["folds"]["per_fold"]) == 4
+
+
+def test_pooling_is_chosen_on_val_never_on_test(tmp_path):
+    clips = LabelledClips(make_run(tmp_path, per_split=(6, 4, 4)))
+    rng = np.random.default_rng(5)
+    labels = np.array([CLASSES.index(label) for label in clips.labels])
+    # Mean and std over time say nothing about the class; the max does.
+    statistics = {"mean": rng.standard_normal((len(clips), 3)), "std": rng.random((len(clips), 3)),
+                  "max": 3 * np.eye(3)[labels] + 0.1 * rng.standard_normal((len(clips), 3))}
+    rep = Representation("autoencoder", "bottleneck", None, statistics=statistics, pooling="mean")
+    row = representation_row(rep, clips, ProbeConfig(cs=(1.0,)))
+    val = row["pooling_val_accuracy"]
+    assert row["pooling"] == "mean+max" and val["mean+max"] == 1.0 > val["mean"]
+    assert row["dim"] == 6 and row["title"] == "bottleneck, mean+max" and row["test"]["accuracy"] == 1.0
+    # Test vectors play no part: scrambled, the choice and the val scores stay, the test score drops.
+    test = clips.index("test")
+    scrambled = {k: v.copy() for k, v in statistics.items()}
+    scrambled["max"][test] = scrambled["max"][rng.permutation(test)]
+    again = representation_row(Representation("autoencoder", "bottleneck", None, statistics=scrambled,
+                                              pooling="mean"), clips, ProbeConfig(cs=(1.0,)))
+    assert (again["pooling"], again["pooling_val_accuracy"]) == (row["pooling"], val)
+    assert again["test"]["accuracy"] < 1.0
+    # A fixed pooling is the only one tried.
+    fixed = representation_row(rep, clips, ProbeConfig(cs=(1.0,), pooling="mean"))
+    assert fixed["pooling"] == "mean" and list(fixed["pooling_val_accuracy"]) == ["mean"]
+    with pytest.raises(ConfigError, match="pooling"):
+        configs({"pooling": "median"})

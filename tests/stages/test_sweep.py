@@ -66,9 +66,14 @@ def test_lm_and_probe_columns_per_size(swept, tmp_path):
     for row in rows:
         assert row["lm_val_perplexity"] > 1 and row["lm_bits_per_second"] > 0
         assert 0 <= row["probe_lm_accuracy"] <= 1 and 0 <= row["probe_bag_accuracy"] <= 1
+        # Each probe accuracy carries its 95% interval, and the LM row the pooling chosen on val.
+        assert row["probe_lm_accuracy_ci_lo"] <= row["probe_lm_accuracy"] <= row["probe_lm_accuracy_ci_hi"]
+        assert row["probe_bag_accuracy_ci_lo"] <= row["probe_bag_accuracy"] <= row["probe_bag_accuracy_ci_hi"]
+        assert row["probe_lm_pooling"] in ("mean", "mean+std", "mean+max")
         lm = swept / "sweep_k" / f"k{row['k']}" / "lm"
         assert json.loads((lm / "metrics.json").read_text())["steps"] == 4  # the sweep's cap applies
     assert (swept / "sweep" / "lm.png").is_file() and (swept / "sweep" / "probe.png").is_file()
+    assert "95% interval" in (swept / "sweep" / "report.md").read_text()
 
 
 def test_flattening_is_where_the_gain_per_doubling_drops():

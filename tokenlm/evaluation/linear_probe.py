@@ -8,6 +8,9 @@ with the best validation accuracy is kept, and the test split is scored once wit
 Datasets with official folds (ESC-50: 5, UrbanSound8K: 10) are also scored the way their
 papers do: every fold is the test set once, the fold before it (cyclically) picks ``C``,
 the others train; the result is the mean and spread over folds.
+
+Every test score carries a 95% interval (``tokenlm.evaluation.intervals``): a bootstrap over
+test clips for a split, a t-interval of the mean for folds.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from tokenlm.evaluation.intervals import bootstrap_intervals, fold_intervals
 
 __all__ = [
     "DEFAULT_CS",
@@ -46,6 +51,9 @@ class ProbeResult:
     n_train: int
     n_val: int
     n_test: int
+    accuracy_ci: list[float] = field(default_factory=list)  # [lo, hi], 95%: bootstrap over test clips
+    macro_f1_ci: list[float] = field(default_factory=list)
+    ci: dict = field(default_factory=dict)  # how the intervals were computed (level, resamples, seed)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,7 +61,8 @@ class ProbeResult:
 
 @dataclass
 class FoldResult:
-    """Mean and spread of a probe over official folds; ``per_fold`` keeps each fold's result."""
+    """Mean and spread (population std) of a probe over official folds, with a 95% t-interval
+    of the mean; ``per_fold`` keeps each fold's result."""
 
     accuracy_mean: float
     accuracy_std: float
@@ -62,6 +71,9 @@ class FoldResult:
     val_accuracy_mean: float | None
     fit_seconds: float
     per_fold: list[dict] = field(default_factory=list)
+    accuracy_ci: list[float] = field(default_factory=list)  # [lo, hi] of the mean over folds
+    macro_f1_ci: list[float] = field(default_factory=list)
+    ci: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,6 +131,7 @@ def fit_linear_probe(
         n_train=len(x_train),
         n_val=len(x_val),
         n_test=len(x_test),
+        **bootstrap_intervals(y_test, predicted, seed=seed),
     )
 
 
@@ -152,7 +165,8 @@ def cross_validate_folds(
 
 
 def summarise_folds(per_fold: list[dict]) -> FoldResult:
-    """Mean and (population) std of per-fold results that carry accuracy/macro_f1/val_accuracy."""
+    """Mean, (population) std and t-interval of the mean of per-fold results that carry
+    accuracy/macro_f1/val_accuracy."""
     acc = np.array([r["accuracy"] for r in per_fold])
     f1 = np.array([r["macro_f1"] for r in per_fold])
     vals = [r["val_accuracy"] for r in per_fold if r.get("val_accuracy") is not None]
@@ -164,6 +178,7 @@ def summarise_folds(per_fold: list[dict]) -> FoldResult:
         val_accuracy_mean=float(np.mean(vals)) if vals else None,
         fit_seconds=round(float(sum(r.get("fit_seconds", 0.0) for r in per_fold)), 4),
         per_fold=per_fold,
+        **fold_intervals(acc, f1),
     )
 
 

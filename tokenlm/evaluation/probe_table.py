@@ -22,7 +22,11 @@ def render_report(results: dict) -> str:
     if with_folds:
         n = len(dataset["folds"])
         lines += [f"Accuracy and macro-F1: mean ± std over {n} official folds (each fold is test once, the "
-                  "fold before it picks the hyper-parameters). The test-split column is the run's own split.", ""]
+                  "fold before it picks the hyper-parameters), [95% t-interval of the mean]. The test-split "
+                  "column is the run's own split.", ""]
+    else:
+        lines += ["Accuracy and macro-F1 on the test split, [95% interval: bootstrap over test clips]. "
+                  "Intervals that do not overlap mark a clear difference.", ""]
     header = ["representation", "how", "accuracy", "macro-F1", "dim", "encoder params", "MFLOPs / s audio",
               "encoder training (s)", "probe fit (s)"]
     if with_folds:
@@ -38,7 +42,8 @@ def render_report(results: dict) -> str:
     lines += [
         "",
         f"*{LINEAR}*: the same standardised multinomial logistic regression on frozen features for every "
-        "row (C chosen on val). "
+        "row (C chosen on val). Sequences (autoencoder bottleneck, LM states) are pooled over time as "
+        "the title says: mean, mean+std or mean+max, chosen on val unless the probe's `pooling` fixes it. "
         f"*{SUPERVISED}*: the network's own classifier, trained with labels (not a probe).",
         "Log-mel statistics are the floor a learned representation must beat. Self-supervised encoders "
         "(tokenizer, LM, SimCLR) saw only the train split's audio, without labels.",
@@ -57,14 +62,25 @@ def pct(value, sign: bool = True) -> str:
     return "–" if value is None else f"{100 * value:.1f}" + ("%" if sign else "")
 
 
+def with_interval(text: str, interval) -> str:
+    """``text`` followed by a [lo, hi] interval in percent, e.g. "62.5% [57.1, 67.9]"; a row
+    recorded before intervals existed shows ``text`` alone."""
+    if not interval:
+        return text
+    return f"{text} [{pct(interval[0], sign=False)}, {pct(interval[1], sign=False)}]"
+
+
 def _table_cells(row: dict, with_folds: bool) -> list[str]:
     test = row.get("test") or {}
     folds = row.get("folds")
     if with_folds and folds:
-        accuracy = f"{pct(folds['accuracy_mean'])} ± {pct(folds['accuracy_std'], sign=False)}"
-        macro_f1 = f"{pct(folds['macro_f1_mean'])} ± {pct(folds['macro_f1_std'], sign=False)}"
+        accuracy = with_interval(f"{pct(folds['accuracy_mean'])} ± {pct(folds['accuracy_std'], sign=False)}",
+                                 folds.get("accuracy_ci"))
+        macro_f1 = with_interval(f"{pct(folds['macro_f1_mean'])} ± {pct(folds['macro_f1_std'], sign=False)}",
+                                 folds.get("macro_f1_ci"))
     else:
-        accuracy, macro_f1 = pct(test.get("accuracy")), pct(test.get("macro_f1"))
+        accuracy = with_interval(pct(test.get("accuracy")), test.get("accuracy_ci"))
+        macro_f1 = with_interval(pct(test.get("macro_f1")), test.get("macro_f1_ci"))
     flops = row.get("flops_per_second")
     cells = [
         row["title"], row["kind"], accuracy, macro_f1, str(row.get("dim", "–")),
@@ -72,7 +88,7 @@ def _table_cells(row: dict, with_folds: bool) -> list[str]:
         _seconds(row.get("encoder_train_s")), _seconds(row.get("probe_fit_s")),
     ]
     if with_folds:
-        cells.append(pct(test.get("accuracy")))
+        cells.append(with_interval(pct(test.get("accuracy")), test.get("accuracy_ci")))
     return cells
 
 

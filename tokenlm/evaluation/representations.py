@@ -3,13 +3,18 @@
 - ``logmel_stats``: mean + std of each mel bin over time, the floor every learned
   representation must beat;
 - ``bag_of_codes``: the normalised histogram of a clip's codes (RUN/tokens/k{K});
-- ``autoencoder_bottleneck``: the tokenizer's un-quantised bottleneck, mean + std pooled;
-- ``lm_layers``: the code LM's hidden states, mean-pooled over time, one per layer (0 is the
-  embedding output);
+- ``autoencoder_bottleneck``: the tokenizer's un-quantised bottleneck per patch;
+- ``lm_layers``: the code LM's hidden states per code, one per layer (0 is the embedding
+  output), and optionally all of those layers concatenated;
 - ``simclr_embeddings``: the SimCLR trunk's embedding, averaged over a clip's windows.
 
+The autoencoder and LM rows are sequences: they carry their statistics over time
+(``tokenlm.evaluation.pooling``) and the probe pools them (mean, mean+std or mean+max, chosen
+on val).
+
 The clips are a task's (their features and codes); the models that read them (tokenizer, LM,
-SimCLR) are the run's, trained on its pretraining corpus. A representation whose artifacts the run lacks (no tokens, tokenizer or LM yet) raises
+SimCLR) are the run's, trained on its pretraining corpus. A representation whose artifacts
+the run lacks (no tokens, tokenizer or LM yet) raises
 ``Unavailable`` with the reason, and the probe records the row as skipped. torch, the
 tokenizer and the LM are imported inside the functions that need them, so that
 ``tokenlm probe --help`` stays fast.
@@ -18,7 +23,7 @@ tokenizer and the LM are imported inside the functions that need them, so that
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +34,7 @@ from tokenlm.artifacts import read_stage
 from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
 from tokenlm.evaluation.clips import LabelledClips
 from tokenlm.fileio import read_json
+from tokenlm.evaluation.pooling import time_statistics
 from tokenlm.lm import CodeLM
 from tokenlm.rundir import METRICS, SPLITS, RunDir, index_file, is_finished, read_tokens_meta
 from tokenlm.store import RaggedSplit
@@ -41,16 +47,22 @@ class Unavailable(Exception):
 
 @dataclass
 class Representation:
-    """One vector per clip, aligned with ``LabelledClips``, plus what it cost."""
+    """One vector per clip, aligned with ``LabelledClips``, plus what it cost.
+
+    A sequence representation has no ``vectors`` but ``statistics`` over time, which the probe
+    pools; ``pooling`` is its customary pooling, the one that wins ties on val.
+    """
 
     name: str
     title: str
-    vectors: np.ndarray  # (N, D)
+    vectors: np.ndarray | None  # (N, D); None when the probe pools ``statistics``
     encoder_params: int | None = None
     encoder_train_s: float | None = None
     flops_per_second: float | None = None
     extract_s: float = 0.0
     notes: str = ""
+    statistics: dict[str, np.ndarray] = field(default_factory=dict)  # mean, std, max over time: (N, D) each
+    pooling: str = "mean"
 
 
 @dataclass(frozen=True)
@@ -104,26 +116,29 @@ def bag_of_codes(clips: LabelledClips, codes: Codes, cost: TokenizerCost) -> Rep
 def autoencoder_bottleneck(clips: LabelledClips, models: RunDir, codebook_size: int | None, device,
                            progress: bool = True) -> Representation:
     """The tokenizer of ``models`` (a run) on the clips: its un-quantised bottleneck per patch,
-    mean + std pooled: (N, 2 d)."""
+    as statistics over patches, (N, d) each, mean+std pooled unless val says otherwise."""
     # Any codebook will do (the bottleneck comes before quantisation), but loading needs one.
     tokenizer = load_tokenizer(models, codebook_size, device)
     _check_same_features(tokenizer, clips)
     start = time.perf_counter()
-    vectors = []
+    per_clip = []
     for i in _bar(range(len(clips)), "autoencoder", progress):
         frames = torch.from_numpy(clips.logmel(i).astype(np.float32))  # (T, M) dB
         z = tokenizer.embed_frames(frames.to(device))  # (N, d)
-        vectors.append(_mean_std(z.float().cpu().numpy()))
+        per_clip.append(time_statistics(z.float().cpu().numpy()))
     cost = tokenizer_cost(models, tokenizer)
-    return Representation("autoencoder", "autoencoder bottleneck (mean+std)", np.stack(vectors),
-                          encoder_params=cost.encoder_params, encoder_train_s=cost.autoencoder_train_s,
-                          extract_s=time.perf_counter() - start)
+    return Representation("autoencoder", "autoencoder bottleneck", None, encoder_params=cost.encoder_params,
+                          encoder_train_s=cost.autoencoder_train_s, extract_s=time.perf_counter() - start,
+                          statistics=_stacked(per_clip), pooling="mean+std")
 
 
 def lm_layers(clips: LabelledClips, codes: Codes, lm_dir: Path, layers: str, batch_clips: int,
-              cost: TokenizerCost, device, progress: bool = True) -> list[Representation]:
-    """The code LM's hidden states (the LM at ``lm_dir``), mean-pooled over time, one
-    representation per layer of ``layers`` ("all" or "0,2,4")."""
+              cost: TokenizerCost, device, progress: bool = True, concat: bool = False) -> list[Representation]:
+    """The code LM's hidden states (the LM at ``lm_dir``): their statistics over time, one
+    representation per layer of ``layers`` ("all" or "0,2,4"), mean pooled unless val says
+    otherwise; with ``concat``, then ``lm_concat``: those layers side by side.
+
+    Every statistic comes out of one pass of the LM over the codes."""
     if not is_finished(lm_dir):
         raise Unavailable(f"no trained LM at {lm_dir} (run `tokenlm pretrain {clips.run.root}` first)")
     lm = CodeLM.load(lm_dir, device=device)
@@ -131,26 +146,34 @@ def lm_layers(clips: LabelledClips, codes: Codes, lm_dir: Path, layers: str, bat
         raise Unavailable(f"the LM was trained on {lm.codebook_size}-code tokens, the probed codes have "
                           f"{codes.codebook_size} (pass -K {lm.codebook_size})")
     start = time.perf_counter()
-    pooled = []  # (clips, layers + 1, d) per chunk
+    per_clip = []  # statistics over time, (layers + 1, d) each
     # Several LM batches per call (the LM sorts windows by length inside it), bounded by codes,
     # not clips: a call holds every hidden state of its clips until they are pooled.
     clip_codes = [codes.by_id[clip_id] for clip_id in clips.ids]
     for batch in _bar(list(chunks_by_length(clip_codes, 4 * batch_clips * lm.context)), "LM", progress):
-        pooled.append(lm.pooled_hidden_states(batch, batch_size=batch_clips).float().cpu().numpy())
-    stacked = np.concatenate(pooled)  # (N, layers + 1, d)
-    extract_s = (time.perf_counter() - start) / stacked.shape[1]
+        per_clip += [time_statistics(states.numpy(), axis=1) for states in lm.hidden_states(batch, batch_clips)]
+    stacked = _stacked(per_clip)  # (N, layers + 1, d) each
+    n_states = stacked["mean"].shape[1]
+    extract_s = (time.perf_counter() - start) / n_states
     params = _module_params(lm.model)
     if cost.code_params is not None:
         params += cost.code_params
     train_s = _stage_seconds(lm_dir)
     if train_s is not None and cost.train_s is not None:
         train_s += cost.train_s
-    return [
-        Representation(f"lm_layer_{n}", f"LM layer {n}" + (" (embeddings)" if n == 0 else ""), stacked[:, n],
+    chosen = parse_layers(layers, n_states)
+    reps = [
+        Representation(f"lm_layer_{n}", f"LM layer {n}" + (" (embeddings)" if n == 0 else ""), None,
                        encoder_params=params, encoder_train_s=train_s, extract_s=extract_s,
-                       notes="encoder = tokenizer + LM")
-        for n in parse_layers(layers, stacked.shape[1])
+                       notes="encoder = tokenizer + LM", statistics={k: v[:, n] for k, v in stacked.items()})
+        for n in chosen
     ]
+    if concat:
+        reps.append(Representation(
+            "lm_concat", f"LM layers {','.join(map(str, chosen))} concatenated", None, encoder_params=params,
+            encoder_train_s=train_s, extract_s=extract_s * len(chosen), notes="encoder = tokenizer + LM",
+            statistics={k: v[:, chosen].reshape(len(v), -1) for k, v in stacked.items()}))
+    return reps
 
 
 def simclr_embeddings(clips: LabelledClips, simclr_dir: Path, device, progress: bool = True) -> Representation:
@@ -287,6 +310,11 @@ def _check_same_features(tokenizer, clips: LabelledClips) -> None:
 def _mean_std(x: np.ndarray) -> np.ndarray:
     """(T, D) -> (2 D,): mean and std over time."""
     return np.concatenate([x.mean(axis=0), x.std(axis=0)]).astype(np.float32)
+
+
+def _stacked(per_clip: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-clip statistics stacked into one (N, ...) array per statistic."""
+    return {name: np.stack([s[name] for s in per_clip]) for name in per_clip[0]}
 
 
 def _module_params(module) -> int:

@@ -35,6 +35,7 @@ from tokenlm.baselines.simclr import AugmentConfig, SimCLRConfig, train_simclr
 from tokenlm.config import to_dict
 from tokenlm.errors import TokenlmError
 from tokenlm.evaluation.clips import LabelledClips
+from tokenlm.evaluation.intervals import bootstrap_intervals
 from tokenlm.evaluation.linear_probe import fold_assignments, summarise_folds
 from tokenlm.evaluation.probe_table import pct
 from tokenlm.evaluation.rows import SUPERVISED, headline
@@ -168,6 +169,7 @@ def _fit_supervised(name, model_config, train_config, clips: LabelledClips, mask
         truth = data["test"][1]
         result["accuracy"] = float(np.mean(predicted == truth))
         result["macro_f1"] = float(f1_score(truth, predicted, average="macro", zero_division=0))
+        result.update(bootstrap_intervals(truth, predicted, seed=train_config.seed))
     out.mkdir(parents=True, exist_ok=True)
     save_model(model.cpu(), out, extra=extra)
     write_json(out / MODEL_RESULTS, result)  # last: its presence means the model is complete

@@ -14,9 +14,11 @@ on val, test scored once) reads the label out of it. Rows:
 - ``logmel_stats``: mean + std of each mel bin over time, the floor every learned
   representation must beat;
 - ``bag_of_codes``: the normalised histogram of a clip's codes (TASK/tokens/k{K});
-- ``autoencoder``: the tokenizer's un-quantised bottleneck, mean + std pooled;
-- ``lm_layer_<i>``: the code LM's hidden states, mean-pooled over time, per layer (0 is the
-  embedding output), and ``lm_best``: the layer with the best val accuracy;
+- ``autoencoder``: the tokenizer's un-quantised bottleneck, pooled over time;
+- ``lm_layer_<i>``: the code LM's hidden states, pooled over time, per layer (0 is the
+  embedding output), ``lm_best``: the layer with the best val accuracy, and with
+  ``concat_layers`` ``lm_concat``: the probed layers side by side, pooled as lm_best is;
+  pooling (mean, mean+std or mean+max) is chosen on val per row unless ``pooling`` fixes it;
 - ``simclr``: the SimCLR trunk pretrained on the run's corpus (RUN/baselines/simclr), then the
   same linear probe;
 - supervised baselines, each its own cached stage under TASK/baselines/<name>/
@@ -24,7 +26,8 @@ on val, test scored once) reads the label out of it. Rows:
   classifier's accuracy).
 
 Datasets with official folds (ESC-50, UrbanSound8K) are also scored by cross-validation over
-folds (mean ± std); otherwise the train/val/test split is the whole story.
+folds (mean ± std); otherwise the train/val/test split is the whole story. Every test score
+carries a 95% interval (``tokenlm.evaluation.intervals``).
 
 Writes RUN/probe/<task>/results.json and report.md per task, and RUN/probe/summary.{json,md}:
 the headline accuracy of every representation on every task, one table. A row whose artifacts
@@ -162,13 +165,18 @@ def representation_rows(clips: LabelledClips, run: RunDir, codebook_size: int | 
     if codes is None:
         return rows + [skipped_row("lm", "LM hidden states", codes_missing)]
     try:
-        layers = lm_layers(clips, codes, lm_dir, config.layers, config.lm_batch_clips, cost, device, progress)
+        layers = lm_layers(clips, codes, lm_dir, config.layers, config.lm_batch_clips, cost, device, progress,
+                           concat=config.concat_layers)
     except Unavailable as why:
         return rows + [skipped_row("lm", "LM hidden states", str(why))]
-    layer_rows = [representation_row(rep, clips, config) for rep in layers]
+    layer_rows = [representation_row(rep, clips, config) for rep in layers if rep.name != "lm_concat"]
     best = max(layer_rows, key=selection_score)
-    return rows + layer_rows + [{**best, "name": "lm_best", "layer": best["name"],
-                                 "title": f"LM best layer ({best['title'].split(' (')[0]}, chosen on val)"}]
+    layer = best["name"].removeprefix("lm_layer_")
+    rows += layer_rows + [{**best, "name": "lm_best", "layer": best["name"],
+                           "title": f"LM best layer (layer {layer}, {best['pooling']}, chosen on val)"}]
+    # The concatenation is pooled as the best layer is: one more probe, not one per pooling.
+    return rows + [representation_row(rep, clips, config, poolings=(best["pooling"],))
+                   for rep in layers if rep.name == "lm_concat"]
 
 
 def _optional_key(directory: Path | None) -> str | None:

@@ -13,6 +13,7 @@ from typing import Mapping
 from tokenlm.config import build
 from tokenlm.errors import ConfigError
 from tokenlm.evaluation.linear_probe import DEFAULT_CS
+from tokenlm.evaluation.pooling import AUTO, check_pooling
 
 BASELINES = ("vgg", "simclr", "timbre")
 
@@ -32,9 +33,13 @@ class ProbeConfig:
     seed: int = 0  # the probes' and the baselines'
     folds: bool = True  # also cross-validate over official folds when the dataset has them
     lm_batch_clips: int = 16  # clips per LM forward pass
+    # Pooling over time of the autoencoder and LM rows: auto (the best on val), mean, mean+std, mean+max.
+    pooling: str = AUTO
+    concat_layers: bool = False  # also an lm_concat row: the probed LM layers side by side
 
     def __post_init__(self):
         object.__setattr__(self, "baselines", parse_baselines(self.baselines))
+        check_pooling(self.pooling, allow_auto=True)
         object.__setattr__(self, "layers", _layers_text(self.layers))
         if not self.cs or min(self.cs) <= 0:
             raise ValueError("cs must be a non-empty list of positive numbers")

@@ -147,8 +147,9 @@ def lm_columns(ctx: RunContext, k: int, *, steps: int | None = None) -> dict:
 
 
 def probe_columns(ctx: RunContext, k: int) -> dict:
-    """Linear-probe test accuracy of that K's LM (best layer on val) and of its bag of codes,
-    on each task (columns suffixed with the task's name when there are several)."""
+    """Linear-probe test accuracy of that K's LM (best layer and pooling on val) and of its bag
+    of codes, each with its 95% interval (``<column>_ci_lo``, ``<column>_ci_hi``), on each task
+    (columns suffixed with the task's name when there are several)."""
     config, baseline_config = configs(ctx.section("probe"), {"codebook_size": k, "baselines": ()})
     tasks = ctx.tasks()
     columns = {}
@@ -157,17 +158,21 @@ def probe_columns(ctx: RunContext, k: int) -> dict:
                     lm_dir=ctx.run.sweep_k(k).lm, out_dir=ctx.run.sweep_k(k).probe_task(task.name))
         rows = {row["name"]: row for row in read_json(out / RESULTS)["rows"]}
         suffix = f"_{task.name}" if len(tasks) > 1 else ""
-        columns[f"probe_lm_accuracy{suffix}"] = _accuracy(rows.get("lm_best"))
-        columns[f"probe_bag_accuracy{suffix}"] = _accuracy(rows.get("bag_of_codes"))
+        columns.update({**_accuracy(f"probe_lm_accuracy{suffix}", rows.get("lm_best")),
+                        **_accuracy(f"probe_bag_accuracy{suffix}", rows.get("bag_of_codes")),
+                        f"probe_lm_pooling{suffix}": (rows.get("lm_best") or {}).get("pooling")})
     return columns
 
 
-def _accuracy(row: dict | None) -> float | None:
-    if not row or row.get("status") != "ok":
-        return None
-    if row.get("test"):
-        return row["test"]["accuracy"]
-    return (row.get("folds") or {}).get("accuracy_mean")
+def _accuracy(column: str, row: dict | None) -> dict:
+    """A row's test accuracy (folds: the mean) and its interval as three columns."""
+    scores = None
+    if row and row.get("status") == "ok":
+        scores = row.get("test") or row.get("folds")
+    scores = scores or {}
+    low, high = scores.get("accuracy_ci") or (None, None)
+    return {column: scores.get("accuracy", scores.get("accuracy_mean")), f"{column}_ci_lo": low,
+            f"{column}_ci_hi": high}
 
 
 def vocoder_columns(ctx: RunContext, k: int) -> dict:
@@ -198,7 +203,8 @@ def write_sweep_outputs(rows: list[dict], config: SweepConfig, out: Path) -> Non
 
 def metric_groups(rows: list[dict]) -> dict:
     """METRIC_GROUPS, the probe's group widened to one column per task in a run of several."""
-    per_task = [c for c in rows[0] if c.startswith(("probe_lm_accuracy_", "probe_bag_accuracy_"))]
+    per_task = [c for c in rows[0] if c.startswith(("probe_lm_accuracy_", "probe_bag_accuracy_"))
+                and not c.endswith(("_ci_lo", "_ci_hi"))]
     if not per_task:
         return METRIC_GROUPS
     titles = {"probe_lm_accuracy_": "LM probe accuracy", "probe_bag_accuracy_": "bag-of-codes accuracy"}
@@ -237,7 +243,13 @@ def _plot_group(rows: list[dict], group: list[tuple], path: Path) -> bool:
     ks = [r["k"] for r in rows]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     for ax, (column, label) in zip(axes[0], metrics):
-        ax.plot(ks, [r[column] for r in rows], "o-")
+        values = np.array([np.nan if r[column] is None else r[column] for r in rows], dtype=float)
+        errors = _error_bars(rows, column, values)
+        if errors is None:
+            ax.plot(ks, values, "o-")
+        else:  # the 95% interval as error bars
+            ax.errorbar(ks, values, yerr=errors, fmt="o-", capsize=3)
+            label += " (95% CI)"
         if column == "recon_rmse_db":  # the ceiling: the autoencoder without quantisation
             ax.axhline(rows[0]["autoencoder_recon_rmse_db"], color="grey", ls="--", label="no quantisation")
             ax.legend()
@@ -250,6 +262,16 @@ def _plot_group(rows: list[dict], group: list[tuple], path: Path) -> bool:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
+
+
+def _error_bars(rows: list[dict], column: str, values: np.ndarray) -> np.ndarray | None:
+    """(2, len(rows)) distances from each value down to ``<column>_ci_lo`` and up to
+    ``<column>_ci_hi``; None when the column has no interval (a missing one draws no bar)."""
+    bounds = [(r.get(f"{column}_ci_lo"), r.get(f"{column}_ci_hi")) for r in rows]
+    if all(lo is None for lo, _ in bounds):
+        return None
+    low, high = (np.array([np.nan if b is None else b for b in side], dtype=float) for side in zip(*bounds))
+    return np.nan_to_num(np.stack([values - low, high - values]))
 
 
 def _report(rows: list[dict], groups: dict, flat: dict, figures: list[str], fraction: float) -> str:
@@ -267,7 +289,7 @@ def _report(rows: list[dict], groups: dict, flat: dict, figures: list[str], frac
              f"reconstructs log-mel patches to {rows[0]['autoencoder_recon_rmse_db']:.2f} dB RMSE: the ceiling.\n",
              "| " + " | ".join(s[1] for s in shown) + " |", "|" + "---:|" * len(shown)]
     for row in rows:
-        lines.append("| " + " | ".join(_fmt(fmt, row.get(col)) for col, _, fmt in shown) + " |")
+        lines.append("| " + " | ".join(_cell(row, col, fmt) for col, _, fmt in shown) + " |")
     lines.append(f"\nWhere returns flatten: the smallest K from which doubling K gains less than "
                  f"{fraction:.0%} of what a doubling gained at the smallest K.\n")
     labels = {c: label for group in groups.values() for c, label, _ in group}
@@ -277,11 +299,22 @@ def _report(rows: list[dict], groups: dict, flat: dict, figures: list[str], frac
         lines.append("\nThe LM's perplexity per code grows with K because each code is one of more choices; "
                      "its bits per second of audio compare across K: how much information per second the LM "
                      "cannot predict, with the unigram and bigram references in sweep.csv.")
+    if any(key.endswith("_ci_lo") and value is not None for r in rows for key, value in r.items()):
+        lines.append("\nProbe accuracies are on the test split (folds: their mean) with a 95% interval in brackets "
+                     "(test split: bootstrap over clips; folds: t-interval of the mean); the figure draws it as "
+                     "error bars. Differences inside the intervals do not mean much.")
     lines.append("\nCode purity and PNMI (HuBERT's unit-quality measures; each code inherits its clip's label) "
                  "are measured on the val split.")
     lines.append("")
     lines += [f"![{name}]({figure_file(name)})" for name in figures]
     return "\n".join(lines) + "\n"
+
+
+def _cell(row: dict, column: str, fmt: str) -> str:
+    """A value, followed by its 95% interval when the row has one: "0.625 [0.571, 0.679]"."""
+    low, high = row.get(f"{column}_ci_lo"), row.get(f"{column}_ci_hi")
+    text = _fmt(fmt, row.get(column))
+    return text if low is None or high is None else f"{text} [{_fmt(fmt, low)}, {_fmt(fmt, high)}]"
 
 
 def _fmt(fmt: str, value) -> str:
