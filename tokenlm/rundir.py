@@ -23,8 +23,8 @@ record, so a consumer never re-checks a key by hand.
       generated/              generated audio and codes
       sweep/                  sweep.csv, sweep.json, *.png, report.md
       sweep_k/k{K}/           what the sweep trains per K (lm/, probe/<task>/, vocoder/)
-      scale/h{H}/             the data-scaling study: a run pretrained on the first H hours
-      scale/                  scale.csv, scale.json, scale.png, report.md
+      scale/                  the data-scaling study: scale.csv, scale.json, scale.png, report.md
+      scale_h/h{H}/           what it trains per size: a run pretrained on the first H hours
       report.md, report_files/
 """
 
@@ -218,8 +218,9 @@ class RunDir:
         return self.root / "scale"
 
     def scale_point(self, hours: float) -> "RunDir":
-        """The run whose self-supervised stages saw only the first ``hours`` of the corpus."""
-        return RunDir(self.scale / f"h{hours:g}")
+        """The run whose self-supervised stages saw only the first ``hours`` of the corpus.
+        Outside RUN/scale, so rebuilding the study's summary never discards it."""
+        return RunDir(self.root / "scale_h" / f"h{hours:g}")
 
     @property
     def report(self) -> Path:
@@ -274,7 +275,7 @@ def run_root_of(stage_dir: str | Path) -> Path:
     """The run folder a stage folder belongs to, where its run's lock lives: the stage's
     parent, above the folders that group stages (tokenizer/k{K}, tokens/k{K},
     baselines/NAME, probe/TASK) and above the runs a run holds (tasks/NAME, sweep_k/k{K},
-    scale/h{H}). A folder outside any run (``--out`` elsewhere) is its own parent's."""
+    scale_h/h{H}). A folder outside any run (``--out`` elsewhere) is its own parent's."""
     stage_dir = Path(stage_dir).absolute()
     root = stage_dir.parent
     if (root.name in ("tokenizer", "tokens") and re.fullmatch(r"k\d+", stage_dir.name)) or root.name == "baselines":
@@ -283,7 +284,7 @@ def run_root_of(stage_dir: str | Path) -> Path:
         root = root.parent
     if root.parent.name == "tasks" and _is_run(root.parent.parent):
         root = root.parent.parent
-    for holder, name in (("sweep_k", r"k\d+"), ("scale", r"h[\d.]+")):
+    for holder, name in (("sweep_k", r"k\d+"), ("scale_h", r"h[\d.e-]+")):
         if root.parent.name == holder and re.fullmatch(name, root.name):
             root = root.parent.parent
     return root

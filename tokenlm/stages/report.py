@@ -23,7 +23,8 @@ def write_report(run: str | Path) -> Path:
     """Write RUN/report.md (and its figures under RUN/report_files/); return its path."""
     run = RunDir(run)
     sections = [f"# tokenlm run: {run.root.name}\n"]
-    for section in (dataset_section, tokenizer_section, lm_section, probe_section, vocoder_section, sweep_section):
+    for section in (dataset_section, tokenizer_section, lm_section, probe_section, vocoder_section, sweep_section,
+                    scale_section):
         text = section(run)
         if text:
             sections.append(text)
@@ -143,12 +144,21 @@ def vocoder_section(run: RunDir) -> str | None:
 
 
 def sweep_section(run: RunDir) -> str | None:
-    text = _include(run.sweep / REPORT, "## Codebook-size sweep\n")
+    return _include_with_figures(run.sweep, "## Codebook-size sweep\n")
+
+
+def scale_section(run: RunDir) -> str | None:
+    return _include_with_figures(run.scale, "## Data scaling\n")
+
+
+def _include_with_figures(folder: Path, heading: str) -> str | None:
+    """A stage's report.md, its figures (beside it) linked relative to RUN; its headings one level down."""
+    text = _include(folder / REPORT, heading)
     if text is None:
         return None
-    # The sweep's figures sit beside its report: make their links relative to RUN.
-    folder = run.sweep.relative_to(run.root).as_posix()
-    return text.replace("](", f"]({folder}/").replace(f"]({folder}/http", "](http")
+    relative = folder.name
+    text = text.replace("\n## ", "\n### ")
+    return text.replace("](", f"]({relative}/").replace(f"]({relative}/http", "](http")
 
 
 def _include(path: Path, heading: str) -> str | None:

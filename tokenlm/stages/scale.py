@@ -1,0 +1,342 @@
+"""The data-scaling study: does the code LM improve as its unlabelled pretraining data grows?
+
+    tokenlm scale RECIPE [--hours 0.25,0.5,1,2]
+
+For each size H the self-supervised stages (autoencoder, codebook, code LM, and SimCLR when
+the probe lists it) are trained on the first H hours of the pretraining corpus, taken in one
+seeded order so the subsets are nested (the 1 h subset holds the 0.5 h one), each in a run
+folder of its own, RUN/scale/h{H}/ (the recipe's settings, cached stage by stage). Each size's
+models are probed on every task of the recipe (a single-dataset recipe: the dataset itself,
+whose test and val clips never enter a subset). The supervised CNNs and the log-mel floor do
+not depend on H: they are drawn as lines.
+
+Writes RUN/scale/: scale.csv (one row per size, task and representation, with the 95%
+interval), scale.json, scale.png (probe accuracy against pretraining hours, one panel per
+task) and report.md, which the run's report includes.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import click
+import numpy as np
+
+from tokenlm.artifacts import Stage, stage_key
+from tokenlm.codebook import CodebookConfig
+from tokenlm.config import to_dict
+from tokenlm.errors import ConfigError
+from tokenlm.evaluation.clips import LabelledClips
+from tokenlm.evaluation.summary import cell
+from tokenlm.fileio import read_json, write_text
+from tokenlm.pipeline import RunContext
+from tokenlm.rundir import (
+    METRICS, REPORT, RESULTS, SCALE_JSON, SCALE_TABLE, RunDir, figure_file, read_feature_meta, read_run_manifest,
+)
+from tokenlm.runtime import pick_device
+from tokenlm.splits import SplitConfig
+from tokenlm.stages import prepare as prepare_stage
+from tokenlm.stages.baselines import pretrain_simclr, supervised_baselines
+from tokenlm.stages.prepare import data_flags, prepare
+from tokenlm.stages.pretrain import lm_configs, pretrain
+from tokenlm.stages.probe import probe
+from tokenlm.stages.probe_config import configs
+from tokenlm.stages.tokenize import tokenize, tokenizer_config
+from tokenlm.tasks import Task, encode_task, own_task, prepare_task
+
+SECTION = "scale"
+SUBSET = "corpus.jsonl"  # in RUN/scale/h{H}/: the clips of that size's pretraining corpus
+CURVES = {"lm_best": "code LM (best layer)", "simclr": "SimCLR", "autoencoder": "autoencoder bottleneck",
+          "bag_of_codes": "bag of codes"}  # drawn against hours
+LINES = ("logmel_stats", "vgg", "timbre")  # independent of the pretraining hours
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    """The ``scale:`` recipe section."""
+
+    hours: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  # pretraining sizes (hours of train-split audio)
+    seed: int = 0  # the order in which the corpus's clips join the nested subsets
+
+    def __post_init__(self):
+        if not self.hours or min(self.hours) <= 0:
+            raise ValueError("hours needs positive sizes")
+        object.__setattr__(self, "hours", tuple(sorted(set(float(h) for h in self.hours))))
+
+
+def scale(ctx: RunContext, config: ScaleConfig) -> Path:
+    """Train the self-supervised stages on nested subsets of the corpus, probe each on every
+    task; returns RUN/scale."""
+    run, device = ctx.run, pick_device(ctx.device)
+    probe_config, baseline_config = configs(ctx.section("probe"))
+    prepare_stage.run(ctx)  # the whole corpus (the pool the subsets come from) and the tasks
+    tasks = ctx.recipe_tasks() or [own_task(run)]
+    lines = _lines(run, tasks, probe_config, baseline_config, device, ctx.progress)
+
+    subsets = nested_subsets(read_run_manifest(run), config.hours, config.seed)
+    points, rows = [], []
+    for hours in config.hours:
+        click.secho(f"-- {hours:g} h of pretraining audio", bold=True, err=True)
+        point = run.scale_point(hours)
+        point_record, point_rows = _train_and_probe(ctx, point, subsets[hours], tasks, probe_config,
+                                                    baseline_config, device)
+        points.append({"hours": hours, **point_record})
+        rows += [{"hours": hours, "train_hours": point_record["train_hours"], **row} for row in point_rows]
+
+    stage = Stage(run.scale, config=to_dict(config),
+                  inputs={f"h{h:g}/{t.name}": stage_key(run.scale_point(h).probe_task(t.name))
+                          for h in config.hours for t in tasks})
+    work = stage.start()
+    write_scale_outputs(work, points, rows, lines, [t.name for t in tasks])
+    stage.finish()
+    click.echo(f"scale: {stage.out_dir / REPORT}")
+    return stage.out_dir
+
+
+def nested_subsets(manifest: list[dict], hours: tuple[float, ...], seed: int) -> dict[float, list[dict]]:
+    """The corpus's usable train and val clips in one seeded order, and for each size the
+    shortest prefix of that order holding ``hours`` of train audio (all of it when the corpus
+    is shorter): nested by construction. Test clips never enter."""
+    pool = [r for r in manifest if r["status"] == "ok" and r["split"] in ("train", "val")]
+    if not any(r["split"] == "train" for r in pool):
+        raise ConfigError("the pretraining corpus has no usable train clip")
+    order = [pool[i] for i in np.random.default_rng(seed).permutation(len(pool))]
+    seconds = np.cumsum([r["duration"] if r["split"] == "train" else 0.0 for r in order])
+    subsets = {}
+    for size in hours:
+        end = int(np.searchsorted(seconds, size * 3600.0 - 1e-6)) + 1  # first prefix reaching the size
+        subsets[size] = order[:min(end, len(order))]
+    return subsets
+
+
+def _train_and_probe(ctx: RunContext, point: RunDir, clips: list[dict], tasks: list[Task], probe_config,
+                     baseline_config, device) -> tuple[dict, list[dict]]:
+    """One size: its corpus subset prepared, tokenizer, LM (and SimCLR) trained, each task
+    featurised, encoded and probed with them. Returns (the size's record, its probe rows)."""
+    point.root.mkdir(parents=True, exist_ok=True)
+    subset = point.root / SUBSET
+    write_text(subset, "".join(_subset_line(r) for r in clips))
+    flags = {**data_flags(ctx.section("data")), "allow_outside": True}  # the subset lists the corpus's files
+    features = read_feature_meta(ctx.run.features).config
+    prepare(subset, point, features, SplitConfig(), progress=ctx.progress, **flags)
+    tokenizer = tokenizer_config(ctx.section("tokenizer"), {})
+    tokenize(point, tokenizer, ctx.config(CodebookConfig, "codebook"), device=ctx.device, progress=ctx.progress)
+    pretrain(point, *lm_configs(ctx.section("lm")), device=ctx.device, progress=ctx.progress)
+    if "simclr" in probe_config.baselines:
+        pretrain_simclr(point, probe_config, baseline_config, device, ctx.progress)
+    self_supervised = replace(probe_config, baselines=tuple(b for b in probe_config.baselines if b == "simclr"))
+    split = ctx.config(SplitConfig, "split")
+    rows = []
+    for task in tasks:
+        # A task of the point: the task's own data (a single-dataset run: the dataset).
+        task = Task(task.name, point.task(task.name), task.path or _dataset_of(ctx.run))
+        prepare_task(point, task, split, progress=ctx.progress, **data_flags(ctx.section("data")))
+        encode_task(point, task, tokenizer.codebook_size, device=device, progress=ctx.progress)
+        out = probe(point, self_supervised, baseline_config, task=task, device=ctx.device, progress=ctx.progress)
+        for row in read_json(out / RESULTS)["rows"]:
+            if row.get("status") == "ok" and (row["name"] in CURVES or row["name"] in LINES):
+                rows.append({"task": task.name, **_row_cells(row)})
+    lm = read_json(point.lm / METRICS)
+    train_seconds = sum(r["duration"] for r in clips if r["split"] == "train")
+    return {"train_hours": round(train_seconds / 3600, 4), "clips": len(clips),
+            "lm_val_perplexity": lm.get("val_ppl"), "lm_bigram_perplexity": lm.get("bigram_ppl"),
+            "lm_unigram_perplexity": lm.get("unigram_ppl"), "lm_best_step": lm.get("best_step")}, rows
+
+
+def _subset_line(row: dict) -> str:
+    import json
+
+    return json.dumps({"id": row["id"], "path": row["path"], "split": row["split"]}) + "\n"
+
+
+def _dataset_of(run: RunDir) -> str:
+    return read_feature_meta(run.features).raw["data"]
+
+
+def _row_cells(row: dict) -> dict:
+    value = cell(row)
+    low, high = value["ci"] or (None, None)
+    return {"representation": row["name"], "title": row["title"], "accuracy": value["accuracy"],
+            "ci_lo": low, "ci_hi": high, "pooling": row.get("pooling")}
+
+
+def _lines(run: RunDir, tasks: list[Task], probe_config, baseline_config, device, progress) -> dict:
+    """What does not depend on the pretraining hours, per task: the supervised CNNs (trained
+    once, on the full run's tasks) and chance."""
+    supervised = replace(probe_config, baselines=tuple(b for b in probe_config.baselines if b != "simclr"))
+    lines = {}
+    for task in tasks:
+        clips = LabelledClips(task.data)
+        results = supervised_baselines(clips, supervised, baseline_config, device, progress)
+        lines[task.name] = {name: _row_cells(result) for name, result in results.items()}
+        lines[task.name]["chance"] = {"accuracy": 1 / len(clips.classes)}
+    return lines
+
+
+# ---- outputs --------------------------------------------------------------------------
+
+def write_scale_outputs(out: Path, points: list[dict], rows: list[dict], lines: dict, tasks: list[str]) -> None:
+    """scale.csv, scale.json, scale.png and report.md."""
+    for task in tasks:  # the log-mel floor is the same at every size: a line, not a curve
+        floor = [r for r in rows if r["task"] == task and r["representation"] == "logmel_stats"]
+        if floor:
+            lines[task]["logmel_stats"] = {k: floor[-1][k] for k in ("accuracy", "ci_lo", "ci_hi", "title")}
+    curves = [r for r in rows if r["representation"] in CURVES]
+    columns = ["hours", "train_hours", "task", "representation", "accuracy", "ci_lo", "ci_hi", "pooling", "title"]
+    with open(out / SCALE_TABLE, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(curves)
+    verdicts = {task: verdict(curves, lines[task], task) for task in tasks}
+    write_text(out / SCALE_JSON, _json({"points": points, "rows": curves, "lines": lines, "verdicts": verdicts}))
+    figure = plot_scale(curves, lines, tasks, out / figure_file("scale"))
+    (out / REPORT).write_text(render_scale_report(points, curves, lines, tasks, verdicts, figure))
+
+
+def _json(value) -> str:
+    import json
+
+    return json.dumps(value, indent=2) + "\n"
+
+
+def verdict(curves: list[dict], lines: dict, task: str) -> dict:
+    """The issue's questions, answered from the figures: does the LM probe rise with hours,
+    how far above the log-mel floor and against SimCLR is it at the largest size."""
+    lm = sorted((r for r in curves if r["task"] == task and r["representation"] == "lm_best"),
+                key=lambda r: r["hours"])
+    simclr = {r["hours"]: r["accuracy"] for r in curves if r["task"] == task and r["representation"] == "simclr"}
+    if not lm:
+        return {}
+    last = lm[-1]
+    floor = (lines.get("logmel_stats") or {}).get("accuracy")
+    rises = all(b["accuracy"] >= a["accuracy"] for a, b in zip(lm, lm[1:]))  # never falls
+    return {"lm_first": lm[0]["accuracy"], "lm_last": last["accuracy"], "never_falls": rises,
+            "gain_first_to_last": last["accuracy"] - lm[0]["accuracy"],
+            "above_floor_at_largest": None if floor is None else last["accuracy"] - floor,
+            "minus_simclr_at_largest": (last["accuracy"] - simclr[last["hours"]]) if last["hours"] in simclr else None}
+
+
+def plot_scale(curves: list[dict], lines: dict, tasks: list[str], path: Path) -> str | None:
+    """Probe accuracy against pretraining hours, one panel per task: the curves with their
+    95% intervals as error bars, the hour-independent rows as horizontal lines."""
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for name in CURVES:
+            points = sorted((r for r in curves if r["task"] == task and r["representation"] == name),
+                            key=lambda r: r["train_hours"])
+            if not points:
+                continue
+            x = [r["train_hours"] for r in points]
+            y = np.array([r["accuracy"] for r in points], dtype=float)
+            low = np.array([r["ci_lo"] if r["ci_lo"] is not None else np.nan for r in points], dtype=float)
+            high = np.array([r["ci_hi"] if r["ci_hi"] is not None else np.nan for r in points], dtype=float)
+            ax.errorbar(x, y, yerr=np.nan_to_num(np.stack([y - low, high - y])), fmt="o-", capsize=3,
+                        label=CURVES[name])
+        styles = {"logmel_stats": ("grey", "--"), "vgg": ("black", "-."), "timbre": ("brown", ":"),
+                  "chance": ("lightgrey", ":")}
+        for name, (colour, style) in styles.items():
+            line = lines[task].get(name)
+            if line and line.get("accuracy") is not None:
+                ax.axhline(line["accuracy"], color=colour, ls=style, label=_line_label(name, line))
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("pretraining audio (hours, train split)")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(task)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path.name
+
+
+def _line_label(name: str, line: dict) -> str:
+    return {"logmel_stats": "log-mel floor", "chance": "chance"}.get(name, line.get("title", name).split(" (")[0])
+
+
+def render_scale_report(points: list[dict], curves: list[dict], lines: dict, tasks: list[str], verdicts: dict,
+                        figure: str | None) -> str:
+    hours = [p["hours"] for p in points]
+    text = ["# Data scaling: probe accuracy against pretraining hours\n",
+            "The autoencoder, codebook, code LM and SimCLR of each column were trained on that many hours of "
+            "the pretraining corpus (nested subsets, one seeded order); the log-mel floor and the supervised "
+            "CNNs do not depend on it. Test accuracy with its 95% interval.\n",
+            "| pretraining | " + " | ".join(f"{h:g} h" for h in hours) + " |", "|---|" + "---:|" * len(hours),
+            "| train hours | " + " | ".join(f"{p['train_hours']:.3g}" for p in points) + " |",
+            "| clips | " + " | ".join(str(p["clips"]) for p in points) + " |",
+            "| LM val perplexity (bigram) | " + " | ".join(
+                _ppl(p["lm_val_perplexity"]) + f" ({_ppl(p['lm_bigram_perplexity'])})" for p in points) + " |", ""]
+    for task in tasks:
+        text += [f"## {task}\n", "| representation | " + " | ".join(f"{h:g} h" for h in hours) + " |",
+                 "|---|" + "---:|" * len(hours)]
+        for name in CURVES:
+            by_hours = {r["hours"]: r for r in curves if r["task"] == task and r["representation"] == name}
+            if by_hours:
+                text.append(f"| {CURVES[name]} | " + " | ".join(_acc(by_hours.get(h)) for h in hours) + " |")
+        for name, line in lines[task].items():
+            text.append(f"| {_line_label(name, line)} (any hours) | " + " | ".join(_acc(line) for _ in hours) + " |")
+        v = verdicts.get(task) or {}
+        if v:
+            shape = "never falls from one size to the next" if v["never_falls"] else "not monotonic"
+            simclr = v["minus_simclr_at_largest"]
+            text.append(f"\nLM probe {100 * v['lm_first']:.1f}% -> {100 * v['lm_last']:.1f}% ({shape}); at the "
+                        f"largest size {_points(v['above_floor_at_largest'])} above the log-mel floor"
+                        + (f" and {_points(simclr)} against SimCLR." if simclr is not None else "."))
+        text.append("")
+    if figure:
+        text.append(f"![scale]({figure})\n")
+    return "\n".join(text)
+
+
+def _acc(row: dict | None) -> str:
+    if not row or row.get("accuracy") is None:
+        return "–"
+    interval = f" [{100 * row['ci_lo']:.1f}, {100 * row['ci_hi']:.1f}]" if row.get("ci_lo") is not None else ""
+    return f"{100 * row['accuracy']:.1f}%{interval}"
+
+
+def _ppl(value) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.2f}"
+
+
+def _points(value) -> str:
+    return "–" if value is None else f"{100 * value:+.1f} points"
+
+
+# ---- command --------------------------------------------------------------------------
+
+def run(ctx: RunContext) -> None:
+    """``tokenlm run``: the study the recipe's ``scale:`` section describes (none: skipped)."""
+    if ctx.section(SECTION):
+        scale(ctx, ctx.config(ScaleConfig, SECTION))
+    else:
+        click.echo("   no scale: section in the recipe: skipped", err=True)
+
+
+@click.command("scale")
+@click.argument("recipe", type=click.Path(exists=True, dir_okay=False))
+@click.option("--hours", help="Comma list of pretraining sizes in hours, e.g. 0.25,0.5,1,2 (default: the "
+                              "recipe's scale.hours, else 0.25,0.5,1,2).")
+@click.option("--device", help="cpu, cuda or auto (default: the recipe's run.device, else auto).")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def command(recipe, hours, device, no_progress):
+    """Probe accuracy against pretraining hours: the self-supervised stages trained on nested
+    subsets of the corpus, each probed on every task. Writes RUN/scale/."""
+    ctx = RunContext.create(None, recipe, device=device, progress=not no_progress)
+    try:
+        override = {"hours": [float(h) for h in hours.split(",") if h.strip()]} if hours else None
+    except ValueError:
+        raise ConfigError(f"--hours takes a comma list of numbers, got {hours!r}") from None
+    out = scale(ctx, ctx.config(ScaleConfig, SECTION, override))
+    click.echo((out / REPORT).read_text())
+
