@@ -142,6 +142,11 @@ def build_corpus(out_dir: str | Path, *, hours: float, seed: int = 0, noise: boo
 
 # ---- the folder ------------------------------------------------------------------------
 
+def is_corpus_build(path: Path) -> bool:
+    """Whether ``path`` holds a corpus build, finished or not (so it may be rebuilt)."""
+    return (path / INFO_FILE).is_file() or (path / BUILD_FILE).is_file()
+
+
 def _read_json(path: Path) -> dict:
     try:
         value = json.loads(path.read_text())
@@ -155,8 +160,7 @@ def _prepare(out_dir: Path, file_params: dict) -> None:
     parameters, clear ours made with others, refuse a folder this module did not write."""
     if out_dir.exists() and not out_dir.is_dir():
         raise DemoError(f"{out_dir} exists and is not a folder; choose another output folder")
-    ours = (out_dir / INFO_FILE).is_file() or (out_dir / BUILD_FILE).is_file()
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not ours:
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not is_corpus_build(out_dir):
         raise DemoError(f"{out_dir} exists and is not a corpus build; choose another output folder")
     previous = _read_json(out_dir / BUILD_FILE) or {
         k: v for k, v in _read_json(out_dir / INFO_FILE).get("params", {}).items() if k != "hours"}
