@@ -64,11 +64,13 @@ def _reverberate(rng, audio: np.ndarray) -> np.ndarray:
 
 def _add_noise(rng, audio: np.ndarray) -> np.ndarray:
     """White, pink or brown noise at 0-30 dB signal-to-noise ratio."""
+    from scipy.fft import next_fast_len
+
     colour = float(rng.choice([0.0, 1.0, 2.0]))  # spectral slope: power ~ 1 / f**colour
-    spectrum = np.fft.rfft(rng.standard_normal(len(audio)))
-    f = np.fft.rfftfreq(len(audio), 1 / SAMPLE_RATE)
-    spectrum *= 1.0 / np.maximum(f, 20.0) ** (colour / 2)
-    noise = np.fft.irfft(spectrum, n=len(audio))
+    n = next_fast_len(len(audio), real=True)  # a length with a large prime factor is slow
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    spectrum *= 1.0 / np.maximum(np.fft.rfftfreq(n, 1 / SAMPLE_RATE), 20.0) ** (colour / 2)
+    noise = np.fft.irfft(spectrum, n=n)[: len(audio)]
     snr = 10 ** (rng.uniform(0.0, 30.0) / 20)
     return audio + noise / (_rms(noise) + 1e-12) * _rms(audio) / snr
 
