@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tokenlm.demo.common import PEAK_LIMIT, SAMPLE_RATE, DemoError
+from tokenlm.demo.common import SAMPLE_RATE, DemoError
 from tokenlm.demo.files import _sha256, _version, _write_wav
 
 MANIFEST_FILE = "manifest.csv"
@@ -260,4 +260,4 @@ def _render_job(job: tuple[str, FilePlan, int, str]) -> float:
     return plan.seconds
 
 
-__all__ = ["build_corpus", "plan_corpus", "FilePlan", "KINDS", "PEAK_LIMIT"]
+__all__ = ["build_corpus", "plan_corpus", "is_corpus_build", "FilePlan", "KINDS"]
