@@ -1,6 +1,6 @@
 """Offline, deterministic demo datasets built from bundled synthesizers.
 
-Two labelled sets can be built without any download:
+Three labelled sets can be built without any download:
 
 - ``instruments``: short phrases (1-4 notes, 2 s) played by General-MIDI programs of the
   ``TimGM6mb.sf2`` soundfont that ships inside the ``pretty_midi`` wheel, rendered with
@@ -8,6 +8,8 @@ Two labelled sets can be built without any download:
   family), so a group-aware split never hears the same instrument on both sides.
 - ``speech``: ten spoken keywords (1 s) from the eSpeak NG library bundled in
   ``espeakng-loader``. Label = keyword, group = voice (accent + voice variant).
+- ``pitch``: single held notes (1 s) of 50 pitched GM programs. Label = pitch class (12
+  classes), group = GM program.
 
 Layout of a build::
 
@@ -18,8 +20,8 @@ Layout of a build::
 A build is a pure function of its parameters: every clip draws from its own seeded numpy
 Generator, so a rerun writes identical bytes (on the same platform and library versions).
 
-This module runs a build (``build_demo``); ``instruments`` and ``speech`` make each kind's
-clips, ``common`` holds the clip format they share and ``files`` writes a build to disk.
+This module runs a build (``build_demo``); ``instruments``, ``speech`` and ``pitch`` make
+each kind's clips, ``common`` holds the clip format they share and ``files`` writes a build to disk.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from tokenlm.demo.instruments import (
     _instrument_clips,
     _soundfont_path,
 )
+from tokenlm.demo.pitch import PITCH_CLASSES, PITCH_CLIP_SECONDS, PITCH_CLIPS_PER_GROUP, PITCH_PROGRAMS, _pitch_clips
 from tokenlm.demo.speech import (
     KEYWORDS,
     SPEECH_CLIP_SECONDS,
@@ -64,9 +67,12 @@ from tokenlm.demo.speech import (
 from tokenlm.demo.common import PEAK_LIMIT, SILENT_PEAK  # noqa: F401
 from tokenlm.demo.instruments import _InstrumentRenderer, draw_phrase  # noqa: F401
 
-__all__ = ["build_demo", "DemoError", "INSTRUMENT_FAMILIES", "KEYWORDS", "VOICES", "KINDS"]
+__all__ = ["build_demo", "DemoError", "INSTRUMENT_FAMILIES", "KEYWORDS", "VOICES", "PITCH_CLASSES",
+           "PITCH_PROGRAMS", "KINDS"]
 
-KINDS = ("instruments", "speech")
+KINDS = ("instruments", "speech", "pitch")
+DEFAULT_CLIPS_PER_GROUP = {"instruments": INSTRUMENT_CLIPS_PER_GROUP, "speech": SPEECH_CLIPS_PER_GROUP,
+                           "pitch": PITCH_CLIPS_PER_GROUP}
 # Bump when the rendering changes, so that cached builds made by older code are rebuilt.
 FORMAT_VERSION = 1
 
@@ -85,14 +91,16 @@ def build_demo(
     Args:
         out_dir: target folder; written atomically (built in ``<out_dir>.tmp-<pid>`` and
             renamed into place), so an interrupted build never looks finished.
-        kind: ``"instruments"`` (10 GM families, 800 clips of 2 s by default) or
-            ``"speech"`` (10 keywords spoken by 12 eSpeak NG voices, 720 clips of 1 s).
+        kind: ``"instruments"`` (10 GM families, 800 clips of 2 s by default),
+            ``"speech"`` (10 keywords spoken by 12 eSpeak NG voices, 720 clips of 1 s) or
+            ``"pitch"`` (12 pitch classes played by 50 GM programs, 600 clips of 1 s).
         seed: seeds every clip's random draws; the same seed gives identical files.
         progress: show a tqdm progress bar.
         clips_per_group: clips per (label, group) pair; default 16 (instruments: per GM
-            program) or 6 (speech: per keyword and voice). Small values make tiny builds
+            program), 6 (speech: per keyword and voice) or 1 (pitch: per pitch class and
+            program). Small values make tiny builds
             for tests.
-        soundfont: instruments only; a General-MIDI .sf2 to use instead of the
+        soundfont: instruments and pitch only; a General-MIDI .sf2 to use instead of the
             ``TimGM6mb.sf2`` bundled with pretty_midi.
 
     Returns:
@@ -110,13 +118,12 @@ def build_demo(
         raise DemoError(f"unknown demo kind {kind!r}; choose one of {', '.join(KINDS)}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise DemoError(f"seed must be a non-negative integer, got {seed!r}")
-    default_per_group = INSTRUMENT_CLIPS_PER_GROUP if kind == "instruments" else SPEECH_CLIPS_PER_GROUP
-    per_group = default_per_group if clips_per_group is None else int(clips_per_group)
+    per_group = DEFAULT_CLIPS_PER_GROUP[kind] if clips_per_group is None else int(clips_per_group)
     if per_group < 1:
         raise DemoError(f"clips_per_group must be >= 1, got {clips_per_group!r}")
     out_dir = Path(out_dir)
 
-    if kind == "instruments":
+    if kind in ("instruments", "pitch"):
         sf_path = _soundfont_path(soundfont)
         _import_tinysoundfont()
         source = {
@@ -126,7 +133,7 @@ def build_demo(
         }
     else:
         if soundfont is not None:
-            raise DemoError("soundfont only applies to kind='instruments'")
+            raise DemoError("soundfont only applies to kind='instruments' or 'pitch'")
         lib_path, _ = _espeak_paths()
         source = {
             "synth": f"eSpeak NG via espeakng-loader {_version('espeakng-loader')}",
@@ -153,6 +160,10 @@ def build_demo(
             clips = _instrument_clips(sf_path, int(seed), per_group)
             total = per_group * sum(len(programs) for programs in INSTRUMENT_FAMILIES.values())
             clip_seconds = INSTRUMENT_CLIP_SECONDS
+        elif kind == "pitch":
+            clips = _pitch_clips(sf_path, int(seed), per_group)
+            total = per_group * len(PITCH_CLASSES) * len(PITCH_PROGRAMS)
+            clip_seconds = PITCH_CLIP_SECONDS
         else:
             clips = _speech_clips(int(seed), per_group)
             total = per_group * len(KEYWORDS) * len(VOICES)

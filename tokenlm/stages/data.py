@@ -9,17 +9,57 @@ import click
 
 from tokenlm.config import build, recipe_section
 from tokenlm.datasets import SPLITS, scan_dataset
+from tokenlm.errors import ConfigError
 from tokenlm.pipeline import RunContext
 from tokenlm.splits import SplitConfig, assign_splits, link_duplicates
 
 
 def run(ctx: RunContext) -> None:
-    """Build the demo set when the recipe asks for one (data.demo: instruments|speech)."""
+    """Build the offline data a recipe asks for and does not have yet: ``data.demo``
+    (instruments|speech|pitch at ``data.path``), the pretraining corpus (``pretrain.path``
+    with ``pretrain.corpus_hours``) and each demo task (``tasks.<name>: {path, demo}``)."""
     section = ctx.section("data")
     if section.get("demo"):
         from tokenlm.demo import build_demo  # the renderers' imports are only for this
 
         build_demo(Path(section["path"]), kind=section["demo"], seed=int(section.get("seed", 0)))
+    _build_corpus(ctx.section("pretrain"), where=f"{ctx.recipe_path}: pretrain")
+    _build_tasks(ctx.section("tasks"), where=f"{ctx.recipe_path}: tasks")
+
+
+def _build_corpus(pretrain: dict, where: str) -> None:
+    """Render the corpus when ``corpus_hours`` is given and ``path`` (one path) is missing or
+    an unfinished or outdated corpus build (which is then resumed or extended)."""
+    hours, path = pretrain.get("corpus_hours"), pretrain.get("path")
+    if hours is None or not isinstance(path, (str, Path)):  # a list of paths: never built
+        return
+    if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not hours > 0:
+        raise ConfigError(f"{where}.corpus_hours must be a positive number of hours, got {hours!r}")
+    from tokenlm.demo.corpus import build_corpus, is_corpus_build
+
+    if Path(path).exists() and not is_corpus_build(Path(path)):
+        return  # someone's own audio: use it as it is
+    build_corpus(Path(path), hours=hours, seed=pretrain.get("corpus_seed", 0),
+                 noise=bool(pretrain.get("corpus_noise", False)),
+                 reverb=bool(pretrain.get("corpus_reverb", False)), progress=False)
+
+
+def _build_tasks(tasks: dict, where: str) -> None:
+    """Build each ``tasks.<name>`` that names a ``demo`` kind, when its ``path`` is missing
+    or holds a demo build (reused as it is when its parameters match)."""
+    for name, task in tasks.items():
+        if not isinstance(task, dict):
+            raise ConfigError(f"{where}.{name} must be a mapping (path: ..., demo: ...)")
+        if not task.get("demo"):
+            continue
+        if not task.get("path"):
+            raise ConfigError(f"{where}.{name}: a demo task needs a path")
+        path = Path(task["path"])
+        if path.exists() and not (path / "demo.json").is_file():
+            continue  # not a demo build: never replace it
+        from tokenlm.demo import build_demo
+
+        build_demo(path, kind=task["demo"], seed=int(task.get("seed", 0)), progress=False)
 
 
 @click.group("data")
@@ -29,8 +69,9 @@ def command():
 
 @command.command("demo")
 @click.option("--out", "out", type=click.Path(), default="data/demo", show_default=True, help="Where to build it.")
-@click.option("--kind", type=click.Choice(["instruments", "speech"]), default="instruments", show_default=True,
-              help="Sampled General-MIDI instruments (10 families) or eSpeak NG keywords (10 words).")
+@click.option("--kind", type=click.Choice(["instruments", "speech", "pitch"]), default="instruments", show_default=True,
+              help="Sampled General-MIDI instruments (10 families), eSpeak NG keywords (10 words) or "
+                   "single GM notes (12 pitch classes).")
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo(out, kind, seed):
     """Build the offline demo dataset (deterministic: identical bytes on a rerun)."""
@@ -40,6 +81,26 @@ def demo(out, kind, seed):
     state = "up to date" if summary.get("cached") else f"built in {summary.get('build_seconds', 0):.1f} s"
     click.echo(f"{summary['n_clips']} clips, {summary['n_classes']} classes, {summary['seconds'] / 60:.1f} min "
                f"of audio ({state}) -> {out}")
+
+
+@command.command("corpus")
+@click.option("--hours", type=float, required=True, help="Hours of audio to render.")
+@click.option("--out", "out", type=click.Path(), default="data/corpus", show_default=True, help="Where to build it.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--noise", is_flag=True, help="Add white, pink or brown noise to half of the files.")
+@click.option("--reverb", is_flag=True, help="Add synthetic room reverberation to half of the files.")
+@click.option("--workers", type=int, help="Rendering processes (default: one per CPU); files do not depend on it.")
+def corpus(hours, out, seed, noise, reverb, workers):
+    """Render an unlabelled pretraining corpus (music, drums, speech, mixes) offline.
+
+    Deterministic (identical bytes on a rerun), resumable (a rerun skips finished files)
+    and disjoint from the demo tasks' clips; see data/README.md.
+    """
+    from tokenlm.demo.corpus import build_corpus
+
+    summary = build_corpus(Path(out), hours=hours, seed=seed, noise=noise, reverb=reverb, workers=workers)
+    state = "up to date" if summary["cached"] else f"built in {summary['build_seconds']:.1f} s"
+    click.echo(f"{summary['n_files']} files, {summary['seconds'] / 3600:.2f} h of audio ({state}) -> {out}")
 
 
 @command.command("info")
