@@ -51,7 +51,7 @@ STAGES = (
     StageSpec("decode", "tokenlm.stages.decode", "Audio -> codes -> audio.", pipeline=False),
     StageSpec("generate", "tokenlm.stages.generate", "Continue audio with the LM and the WaveNet.", pipeline=False),
     StageSpec("sweep", "tokenlm.stages.sweep", "Information loss against codebook size."),
-    StageSpec("scale", "tokenlm.stages.scale", "Probe accuracy against pretraining hours (recipe section scale:)."),
+    StageSpec("scale", "tokenlm.stages.scale", "Probe accuracy against pretraining hours."),
     StageSpec("report", "tokenlm.stages.report", "Rebuild RUN/report.md.", pipeline=False),
     StageSpec("run", "tokenlm.stages.run", "Every stage of a recipe, cached, then the report.", pipeline=False),
 )
