@@ -24,7 +24,9 @@ def run(ctx: RunContext) -> None:
 
         build_demo(Path(section["path"]), kind=section["demo"], seed=int(section.get("seed", 0)))
     _build_corpus(ctx.section("pretrain"), where=f"{ctx.recipe_path}: pretrain")
-    _build_tasks(ctx.section("tasks"), where=f"{ctx.recipe_path}: tasks")
+    tasks = ctx.recipe.get("tasks")
+    if isinstance(tasks, dict):  # (a list of paths names no demo to build)
+        _build_tasks(tasks, where=f"{ctx.recipe_path}: tasks")
 
 
 def _build_corpus(pretrain: dict, where: str) -> None:
@@ -48,10 +50,8 @@ def _build_tasks(tasks: dict, where: str) -> None:
     """Build each ``tasks.<name>`` that names a ``demo`` kind, when its ``path`` is missing
     or holds a demo build (reused as it is when its parameters match)."""
     for name, task in tasks.items():
-        if not isinstance(task, dict):
-            raise ConfigError(f"{where}.{name} must be a mapping (path: ..., demo: ...)")
-        if not task.get("demo"):
-            continue
+        if not isinstance(task, dict) or not task.get("demo"):
+            continue  # a path alone, or a dataset of the user's own
         if not task.get("path"):
             raise ConfigError(f"{where}.{name}: a demo task needs a path")
         path = Path(task["path"])
