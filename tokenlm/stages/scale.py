@@ -38,6 +38,7 @@ from tokenlm.rundir import (
 )
 from tokenlm.runtime import pick_device
 from tokenlm.splits import SplitConfig
+from tokenlm.stages import data as data_stage
 from tokenlm.stages import prepare as prepare_stage
 from tokenlm.stages.baselines import pretrain_simclr, supervised_baselines
 from tokenlm.stages.prepare import data_flags, prepare
@@ -72,6 +73,7 @@ def scale(ctx: RunContext, config: ScaleConfig) -> Path:
     task; returns RUN/scale."""
     run, device = ctx.run, pick_device(ctx.device)
     probe_config, baseline_config = configs(ctx.section("probe"))
+    data_stage.run(ctx)  # offline data the recipe asks for and lacks (the demo corpus and tasks)
     prepare_stage.run(ctx)  # the whole corpus (the pool the subsets come from) and the tasks
     tasks = ctx.recipe_tasks() or [own_task(run)]
     lines = _lines(run, tasks, probe_config, baseline_config, device, ctx.progress)
