@@ -7,8 +7,8 @@ and other harnesses evaluate a tokenlm model like any other:
     scene = hear.get_scene_embeddings(audio, model)          # (n_sounds, model.scene_embedding_size)
 
 Embeddings are the LM's hidden states of one layer (0 = token + position embedding, i = the
-output of block i): by default the layer the run's probe chose on val (RUN/probe's
-``lm_best`` row), else the middle block, whose states usually probe better than the last,
+output of block i): by default the layer the run's probe chose on val (the ``lm_best`` row of
+RUN/probe/<task>/, the layer most tasks chose), else the middle block, whose states usually probe better than the last,
 which is shaped to predict the next code. Each sound is tokenized on its own (log-mel,
 autoencoder, nearest centroid), so its codes never depend on the rest of the batch: codes
 are discrete, and a near-tie flipped by a batched matmul would change a whole embedding.
@@ -19,9 +19,10 @@ centred on sample ``f * hop_length``, and code i spans frames ``i * patch_step``
 ``i * patch_step + patch_frames - 1``, so timestamps are ``1000 / code_rate`` ms apart.
 A sound shorter than one patch still gives one code (padded, as the tokenizer does).
 
-Scene embeddings pool the timestamp embeddings over time: ``pooling="mean"`` (default) is
-exactly the vector the probe scored when it chose the layer; ``"mean+std"`` appends the
-standard deviation over time (twice the size).
+Scene embeddings pool the timestamp embeddings over time: ``pooling="mean"`` (default), or
+``"mean+std"``, which appends the standard deviation over time (twice the size). The probe
+chooses its pooling on val per task (its results record which); a harness that wants one
+fixed size per model gets the mean unless it asks.
 """
 
 from __future__ import annotations
