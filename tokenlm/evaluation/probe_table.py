@@ -10,10 +10,11 @@ def render_report(results: dict) -> str:
     dataset = results["dataset"]
     with_folds = any(r.get("folds") for r in results["rows"] if r.get("status") == "ok")
     clips = dataset["clips"]
+    task = f", task `{results['task']}`" if results.get("task") else ""
     lines = [
         "# Linear probes and baselines",
         "",
-        f"Run `{results['run']}`: {clips['train']} train / {clips['val']} val / {clips['test']} test clips, "
+        f"Run `{results['run']}`{task}: {clips['train']} train / {clips['val']} val / {clips['test']} test clips, "
         f"{len(dataset['classes'])} classes."
         + (f" Majority class on test: {pct(dataset['majority_class_test_accuracy'])}."
            if dataset.get("majority_class_test_accuracy") is not None else ""),
@@ -45,8 +46,7 @@ def render_report(results: dict) -> str:
         "row (C chosen on val). Sequences (autoencoder bottleneck, LM states) are pooled over time as "
         "the title says: mean, mean+std or mean+max, chosen on val unless the probe's `pooling` fixes it. "
         f"*{SUPERVISED}*: the network's own classifier, trained with labels (not a probe).",
-        "Log-mel statistics are the floor a learned representation must beat. Self-supervised encoders "
-        "(tokenizer, LM, SimCLR) saw only the train split's audio, without labels.",
+        "Log-mel statistics are the floor a learned representation must beat. " + _pretraining_note(results),
         "FLOPs: 2 per multiply-add of the convolutions and linear layers, for one second of audio.",
         "Training time: the encoder's own stages (for codes and the LM: autoencoder + codebook + LM).",
     ]
@@ -55,6 +55,15 @@ def render_report(results: dict) -> str:
                      "have heard the audio (never the labels) of the folds in that split.")
     lines.append("")
     return "\n".join(lines)
+
+
+def _pretraining_note(results: dict) -> str:
+    """What the self-supervised encoders heard: this dataset's train split, or another corpus."""
+    corpus = results.get("pretraining_data")
+    if results.get("pretrained_apart") and corpus:
+        return (f"Self-supervised encoders (tokenizer, LM, SimCLR) were trained on the pretraining corpus "
+                f"`{corpus}` only: never this task's audio or labels.")
+    return "Self-supervised encoders (tokenizer, LM, SimCLR) saw only the train split's audio, without labels."
 
 
 def pct(value, sign: bool = True) -> str:

@@ -42,15 +42,15 @@ import click
 
 from tokenlm.artifacts import Stage, stage_key
 from tokenlm.config import to_dict
+from tokenlm.errors import ArtifactError
 from tokenlm.evaluation.clips import LabelledClips
 from tokenlm.evaluation.probe_table import render_report
-from tokenlm.errors import ArtifactError
 from tokenlm.evaluation.representations import (
     Unavailable, autoencoder_bottleneck, bag_of_codes, lm_layers, load_codes, logmel_stats, simclr_embeddings,
     tokenizer_cost, tokens_folder_or_none,
 )
-from tokenlm.evaluation.summary import summary_path, summary_tasks, write_summary
 from tokenlm.evaluation.rows import baseline_row, headline, representation_row, selection_score, skipped_row
+from tokenlm.evaluation.summary import summary_path, summary_tasks, write_summary
 from tokenlm.fileio import write_json
 from tokenlm.pipeline import RunContext
 from tokenlm.rundir import REPORT, RESULTS, RunDir, as_run, is_finished, read_feature_meta
@@ -105,8 +105,8 @@ def probe(run: str | Path | RunDir, config: ProbeConfig = ProbeConfig(),
                                            config))
         rows += [baseline_row(results) for results in supervised.values()]
         results = {"run": str(run.root), "task": task.name, "task_data": str(task.path or run.features),
-                   "pretraining_data": _pretraining_source(run), "dataset": clips.summary(), "config": settings,
-                   "rows": rows}
+                   "pretraining_data": _pretraining_source(run), "pretrained_apart": not task.is_own,
+                   "dataset": clips.summary(), "config": settings, "rows": rows}
         write_json(work / RESULTS, results)
         (work / REPORT).write_text(render_report(results))
         click.echo(f"probe results: {stage.out_dir / RESULTS}\nprobe report:  {stage.out_dir / REPORT}")
