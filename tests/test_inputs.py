@@ -165,8 +165,8 @@ def test_segments_match_the_pieces_cut_out(tmp_path, rate):
     assert {c.group for c in clips} == {"rec"}  # one recording: one side of the split
     prepare(tmp_path / "long", tmp_path / "run_long", progress=False)
     prepare(pieces, tmp_path / "run_pieces", progress=False)
-    whole = features_by_id(tmp_path / "run_long")
-    assert_same_features(whole, features_by_id(tmp_path / "run_pieces"), id_of=lambda i: f"c{CUTS.index(_cut(i)) % 2}/{i}")
+    piece_id = lambda clip_id: f"c{CUTS.index(_cut(clip_id)) % 2}/{clip_id}"  # noqa: E731 (the piece's folder)
+    assert_same_features(features_by_id(tmp_path / "run_long"), features_by_id(tmp_path / "run_pieces"), piece_id)
     manifest = {r["id"]: r for r in read_jsonl(tmp_path / "run_long" / "manifest.jsonl")}
     assert [(manifest[c.id]["start"], manifest[c.id]["end"]) for c in clips] == CUTS
     assert manifest["rec@0.9-1.4"]["duration"] == pytest.approx(0.5, abs=1e-3)
@@ -201,7 +201,6 @@ def test_segments_are_checked(tmp_path):
 
 def test_vocoder_and_encoder_read_only_the_span(tmp_path, tiny_run):
     """The tokenizer's codes and the vocoder's audio of a segment are those of its piece."""
-    from tokenlm.datasets import SPLITS as _  # noqa: F401
     from tokenlm.splits import SplitConfig
     from tokenlm.stages.tokenize import encode_new_data
     from tokenlm.vocoder_data import load_aligned

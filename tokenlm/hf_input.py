@@ -50,7 +50,8 @@ def read_saved_dataset(root: Path) -> list[Clip]:
     try:
         loaded = datasets.load_from_disk(str(root))
     except Exception as err:  # datasets raises several types for a damaged folder
-        raise ConfigError(f"{root}: cannot load the saved dataset ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"{root}: cannot load the saved dataset ({reason})") from None
     parts = list(loaded.items()) if isinstance(loaded, datasets.DatasetDict) else [(None, loaded)]
     cache = _cache_folder(root, [ds._fingerprint for _, ds in parts])
     clips = []
