@@ -4,12 +4,16 @@
 through soxr's streaming resampler), so a long recording costs one block of memory, not its
 length. Every way a file can be unusable raises AudioError naming the file and the reason,
 so a corpus run can record the clip as skipped and carry on.
+
+Every function takes a file path or a ``Span`` of a file (a segment of a long recording,
+``audio_source``): a span is decoded as if it were a file of its own, reading only its frames.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,15 +28,51 @@ SILENCE_PEAK = 1e-5
 BLOCK_SECONDS = 15.0
 
 
-def load_audio(path: str | Path, sample_rate: int, min_samples: int = 1) -> np.ndarray:
-    """Decode ``path``, mix to mono, resample to ``sample_rate``; return float32 samples (T,).
+@dataclass(frozen=True)
+class Span:
+    """Seconds ``start`` to ``end`` of the file at ``path`` (``end`` None: to its end)."""
+
+    path: str
+    start: float = 0.0
+    end: float | None = None
+
+    def __str__(self) -> str:  # how errors and logs name it
+        return f"{self.path} [{self.start:g}-{'end' if self.end is None else f'{self.end:g}'} s]"
+
+    def frames(self, file_rate: int, file_frames: int) -> tuple[int, int]:
+        """(first, stop) frame of the span in a file of ``file_frames`` frames at ``file_rate``."""
+        stop = file_frames if self.end is None else min(file_frames, round(self.end * file_rate))
+        return min(round(self.start * file_rate), stop), stop
+
+
+def audio_source(path: str | Path, start: float | None = None, end: float | None = None) -> str | Path | Span:
+    """What to decode for a clip: its file, or the Span of it that its start/end name."""
+    if start is None and end is None:
+        return path
+    return Span(str(path), float(start or 0.0), None if end is None else float(end))
+
+
+def row_source(row: dict) -> str | Span:
+    """What to decode for a manifest row (path, and start/end for a segment)."""
+    return audio_source(row["path"], row.get("start"), row.get("end"))
+
+
+def load_audio(path: str | Path | Span, sample_rate: int, min_samples: int = 1) -> np.ndarray:
+    """Decode ``path`` (a file or a Span of one), mix to mono, resample to ``sample_rate``;
+    return float32 samples (T,).
 
     Raises AudioError for undecodable, empty, non-finite, silent or too-short audio.
     """
-    if not Path(path).is_file():  # libsndfile would only say "System error"
+    file = _file(path)
+    if not Path(file).is_file():  # libsndfile would only say "System error"
         raise AudioError(path, "file not found")
     try:
-        samples, file_rate = sf.read(str(path), dtype="float32", always_2d=True)  # (T, C)
+        if isinstance(path, Span):  # only the span's frames are read
+            info = sf.info(file)
+            first, stop = path.frames(info.samplerate, info.frames)
+            samples, file_rate = sf.read(file, start=first, stop=stop, dtype="float32", always_2d=True)
+        else:
+            samples, file_rate = sf.read(file, dtype="float32", always_2d=True)  # (T, C)
     except Exception as err:  # soundfile raises several types (LibsndfileError, RuntimeError)
         raise AudioError(path, f"cannot decode ({_first_line(err)})") from None
     return prepare_waveform(samples, file_rate, sample_rate, min_samples, path)
@@ -53,7 +93,7 @@ def prepare_waveform(
     return mono
 
 
-def audio_blocks(path: str | Path, sample_rate: int, min_samples: int = 1,
+def audio_blocks(path: str | Path | Span, sample_rate: int, min_samples: int = 1,
                  block_seconds: float = BLOCK_SECONDS) -> Iterator[np.ndarray]:
     """``load_audio`` in blocks: mono float32 blocks at ``sample_rate`` whose concatenation
     equals ``load_audio(path, ...)`` (exactly for a file of one block, within the resampler's
@@ -62,31 +102,41 @@ def audio_blocks(path: str | Path, sample_rate: int, min_samples: int = 1,
     Raises the same AudioErrors; silence and shortness are only known at the end, so they are
     raised after the last block: a caller keeps nothing of a clip until the iterator is done.
     """
-    if not Path(path).is_file():
+    if not Path(_file(path)).is_file():
         raise AudioError(path, "file not found")
     try:
-        info = sf.info(str(path))
+        info = sf.info(_file(path))
     except Exception as err:
         raise AudioError(path, f"cannot decode ({_first_line(err)})") from None
+    first, stop = path.frames(info.samplerate, info.frames) if isinstance(path, Span) else (0, info.frames)
     block_frames = max(1, int(block_seconds * info.samplerate))
-    if info.frames <= block_frames:  # one block: the one-shot path, bit for bit
+    if stop - first <= block_frames:  # one block: the one-shot path, bit for bit
         yield load_audio(path, sample_rate, min_samples)
         return
-    yield from _stream(_read_blocks(path, block_frames), info.samplerate, sample_rate, min_samples, path)
+    yield from _stream(_read_blocks(path, block_frames, first, stop), info.samplerate, sample_rate, min_samples, path)
 
 
-def audio_seconds(path: str | Path) -> float:
-    """The file's duration from its header (0.0 when unreadable: decoding will say why)."""
+def audio_seconds(path: str | Path | Span) -> float:
+    """The file's (or span's) duration from its header (0.0 when unreadable: decoding will say why)."""
     try:
-        return float(sf.info(str(path)).duration)
+        info = sf.info(_file(path))
     except Exception:
         return 0.0
+    if isinstance(path, Span):
+        first, stop = path.frames(info.samplerate, info.frames)
+        return (stop - first) / info.samplerate
+    return float(info.duration)
 
 
-def _read_blocks(path, block_frames: int) -> Iterator[np.ndarray]:
-    """soundfile's blocks (T, C), with its errors turned into AudioError."""
+def _file(path: str | Path | Span) -> str:
+    return path.path if isinstance(path, Span) else str(path)
+
+
+def _read_blocks(path, block_frames: int, first: int, stop: int) -> Iterator[np.ndarray]:
+    """soundfile's blocks (T, C) of frames first..stop, with its errors turned into AudioError."""
     try:
-        yield from sf.blocks(str(path), blocksize=block_frames, dtype="float32", always_2d=True)
+        yield from sf.blocks(_file(path), blocksize=block_frames, start=first, stop=stop,
+                             dtype="float32", always_2d=True)
     except Exception as err:  # soundfile raises several types (LibsndfileError, RuntimeError)
         raise AudioError(path, f"cannot decode ({_first_line(err)})") from None
 

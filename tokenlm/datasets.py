@@ -2,7 +2,10 @@
 
 Layouts read: ESC-50 (meta/esc50.csv, 5 folds), UrbanSound8K (metadata/UrbanSound8K.csv,
 10 folds), GTZAN (genres/<genre>/*), Speech Commands (validation_list.txt/testing_list.txt),
-a CSV/JSONL manifest (path,label[,split|fold|group]) and folder-per-class (DIR/<label>/*).
+a CSV/JSONL manifest (path,label[,split|fold|group][,start,end]), a Hugging Face audiofolder
+(metadata.csv/.jsonl with a file_name column, at the top or in per-split folders), a Hugging
+Face dataset saved with ``save_to_disk`` (tokenlm.hf_input; the hf extra) and folder-per-class
+(DIR/<label>/*). A manifest's start/end (seconds) make a clip a segment of a long recording.
 
 Every clip's path is absolute and resolved, so a run never depends on the directory it was
 started from. Folders are scanned following symlinks (a symlink loop is cut and recorded);
@@ -27,7 +30,8 @@ from tokenlm.input_files import find_audio_files
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".au", ".aif", ".aiff", ".opus"}
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
-                  "validation": "val", "dev": "val", "test": "test", "testing": "test", "eval": "test"}
+                  "validation": "val", "dev": "val", "test": "test", "testing": "test", "eval": "test",
+                  "evaluation": "test"}
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,12 @@ class Clip:
     group: str | None = None
     fold: int | None = None
     split: str | None = None
+    start: float | None = None  # a segment of the file: start/end seconds (None: whole file)
+    end: float | None = None
+
+    def span(self) -> dict:
+        """A segment's start/end for its manifest row; nothing for a whole file."""
+        return {} if self.start is None and self.end is None else {"start": self.start, "end": self.end}
 
 
 # ---- layouts ----------------------------------------------------------------------------
@@ -61,11 +71,15 @@ def detect_layout(root: str | Path) -> str:
         return "speechcommands"
     if _manifest_in(root):
         return "manifest"
+    if _audiofolder_splits(root):
+        return "audiofolder"
+    if (root / "dataset_dict.json").is_file() or (root / "state.json").is_file():
+        return "hf"
     return "folders"
 
 
 # Layouts whose paths come from a metadata file, which could name any file on the machine.
-_LISTED_LAYOUTS = ("manifest", "esc50", "urbansound8k")
+_LISTED_LAYOUTS = ("manifest", "esc50", "urbansound8k", "audiofolder")
 
 
 def scan_dataset(root: str | Path, *, allow_outside: bool = False,
@@ -83,6 +97,8 @@ def scan_dataset(root: str | Path, *, allow_outside: bool = False,
         "gtzan": lambda r: read_gtzan(r, found),
         "speechcommands": lambda r: read_speechcommands(r, found),
         "manifest": read_manifest,
+        "audiofolder": read_audiofolder,
+        "hf": _read_hf,
         "folders": lambda r: read_folders(r, found),
     }
     clips = readers[layout](root)
@@ -155,41 +171,89 @@ def read_folders(root: Path, skipped: list[dict] | None = None) -> list[Clip]:
     return clips
 
 
-def read_manifest(root: Path) -> list[Clip]:
-    """A CSV or JSONL file with columns path,label[,split|fold|group]; paths relative to it."""
+def read_manifest(root: Path, split: str | None = None) -> list[Clip]:
+    """A CSV or JSONL file with columns path,label[,split|fold|group|id][,start,end]; paths
+    relative to it. An audiofolder's metadata file names its path column file_name. With
+    start/end (seconds, either may be empty) a row is that segment of its file: its id is the
+    file's plus @start-end unless given, and its group the file's, so the segments of one
+    recording stay in one split. ``split``: the split of rows that name none."""
     path = root if root.is_file() else _manifest_in(root)
     base = path.parent
-    if path.suffix == ".jsonl":
-        records = []
-        for n, line in enumerate(path.read_text().splitlines(), start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ConfigError(f"{path}, line {n}: not valid JSON ({err.msg})") from None
-    else:
-        with open(path, newline="") as f:
-            records = list(csv.DictReader(f))
-    if records and "path" not in records[0]:
-        raise ConfigError(f"{path}: a manifest needs a 'path' column (has: {', '.join(records[0])})")
+    records = _records(path)
+    column = next((c for c in ("path", "file_name") if records and c in records[0]), "path")
+    if records and column not in records[0]:
+        raise ConfigError(f"{path}: a manifest needs a 'path' column, or 'file_name' as in a Hugging Face "
+                          f"audiofolder (has: {', '.join(records[0])})")
     clips = []
     for n, rec in enumerate(records, start=1):
-        if not isinstance(rec, dict) or not rec.get("path"):
-            raise ConfigError(f"{path}: entry {n} has no path")
-        rel = Path(rec["path"])
+        if not isinstance(rec, dict) or not rec.get(column):
+            raise ConfigError(f"{path}: entry {n} has no {column}")
+        rel = Path(rec[column])
         try:
             fold = _int(rec.get("fold"))
         except (TypeError, ValueError):
             raise ConfigError(f"{path}: entry {n}: fold must be a whole number, got {rec.get('fold')!r}") from None
+        start, end = _span(rec, path, n)
+        segment = "" if start is None and end is None else f"@{_seconds_text(start)}-{_seconds_text(end)}"
         clips.append(Clip(
-            id=str(rec.get("id") or _clip_id(rel)),
+            id=str(rec.get("id") or _clip_id(rel) + segment),
             path=str(rel if rel.is_absolute() else base / rel),
             label=_text(rec.get("label")),
-            group=_text(rec.get("group")),
+            group=_text(rec.get("group")) or (_clip_id(rel) if segment else None),
             fold=fold,
-            split=_split_name(rec.get("split"), path),
+            split=_split_name(rec.get("split"), path) or split,
+            start=start,
+            end=end,
         ))
     return clips
+
+
+def read_audiofolder(root: Path) -> list[Clip]:
+    """A Hugging Face audiofolder split by folders: ROOT/<split>/metadata.{csv,jsonl} (file_name
+    relative to it); the folder names the split (train, validation, test and their aliases)
+    and prefixes the clip ids."""
+    clips = []
+    for folder in _audiofolder_splits(root):
+        clips += [replace(c, id=f"{folder.name}/{c.id}")
+                  for c in read_manifest(_manifest_in(folder), _split_name(folder.name, folder))]
+    return clips
+
+
+def _read_hf(root: Path) -> list[Clip]:
+    from tokenlm.hf_input import read_saved_dataset  # the hf extra, only when asked for
+
+    return read_saved_dataset(root)
+
+
+def _records(path: Path) -> list:
+    """A manifest's rows: CSV rows, or one JSON object per JSONL line."""
+    if path.suffix != ".jsonl":
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    records = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"{path}, line {n}: not valid JSON ({err.msg})") from None
+    return records
+
+
+def _span(rec: dict, path: Path, n: int) -> tuple[float | None, float | None]:
+    """A row's start/end seconds (None where not given), checked: 0 <= start < end."""
+    try:
+        start, end = (None if rec.get(k) in (None, "") else float(rec[k]) for k in ("start", "end"))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path}: entry {n}: start and end must be seconds, got "
+                          f"{rec.get('start')!r} and {rec.get('end')!r}") from None
+    if (start is not None and not start >= 0) or (end is not None and not end > (start or 0.0)):
+        raise ConfigError(f"{path}: entry {n}: a segment needs 0 <= start < end, got start={start} end={end}")
+    return start, end
+
+
+def _seconds_text(seconds: float | None) -> str:
+    return "" if seconds is None else f"{seconds:g}"
 
 
 def read_esc50(root: Path) -> list[Clip]:
@@ -245,10 +309,16 @@ def read_speechcommands(root: Path, skipped: list[dict] | None = None) -> list[C
 
 
 def _manifest_in(root: Path) -> Path | None:
-    for name in ("meta.csv", "manifest.csv", "manifest.jsonl"):
+    for name in ("meta.csv", "manifest.csv", "manifest.jsonl", "metadata.csv", "metadata.jsonl"):
         if (root / name).is_file():
             return root / name
     return None
+
+
+def _audiofolder_splits(root: Path) -> list[Path]:
+    """ROOT's split folders that hold an audiofolder metadata file, in name order."""
+    return [folder for folder in sorted(root.iterdir()) if folder.name.lower() in _SPLIT_ALIASES
+            and folder.is_dir() and _manifest_in(folder) is not None]
 
 
 def _clip_id(rel: Path) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tokenlm.audio import audio_seconds
+from tokenlm.audio import audio_seconds, row_source
 from tokenlm.datasets import SPLITS
 from tokenlm.errors import AudioError
 from tokenlm.features import LogMel, file_log_mel, log_mel_blocks
@@ -54,9 +54,9 @@ def encode_clips(tokenizer: AudioTokenizer, rows: list[dict], out: Path, *, prog
     with kernel_threads(1, faiss=True), ThreadPoolExecutor(max_workers=2) as pool:
         # A clip longer than a batch is left to this thread, which encodes it block by block
         # into its writer (``_encode_streamed``): its frames are never held whole.
-        seconds = {r["id"]: audio_seconds(r["path"]) for r in rows}
+        seconds = {r["id"]: audio_seconds(row_source(r)) for r in rows}
         streamed = {i for i, s in seconds.items() if s > batch_seconds}
-        loaded = bounded_map(pool, lambda r: _STREAMED if r["id"] in streamed else _clip_frames(r["path"], log_mel),
+        loaded = bounded_map(pool, lambda r: _STREAMED if r["id"] in streamed else _clip_frames(row_source(r), log_mel),
                              rows, ahead=BATCH_CLIPS, budget=batch_seconds,
                              weight=lambda r: 0.0 if r["id"] in streamed else seconds[r["id"]])
         for batch in _batches(zip(rows, loaded), max_frames):
@@ -134,7 +134,7 @@ def _encode_streamed(tokenizer: AudioTokenizer, row: dict, log_mel: LogMel, writ
     skip = 0  # frames between two pieces not yet arrived (patches further apart than long)
     writer.begin(row["id"])
     try:
-        for frames, samples in log_mel_blocks(row["path"], log_mel, min_samples=features.n_fft):
+        for frames, samples in log_mel_blocks(row_source(row), log_mel, min_samples=features.n_fft):
             num_samples, seen = num_samples + samples, seen + len(frames)
             dropped = min(skip, len(frames))
             pending, skip = np.concatenate([pending, frames[dropped:]]), skip - dropped

@@ -52,6 +52,7 @@ STAGES = (
     StageSpec("generate", "tokenlm.stages.generate", "Continue audio with the LM and the WaveNet.", pipeline=False),
     StageSpec("sweep", "tokenlm.stages.sweep", "Information loss against codebook size."),
     StageSpec("scale", "tokenlm.stages.scale", "Probe accuracy against pretraining hours."),
+    StageSpec("export", "tokenlm.stages.export", "Codes as GSLM unit files, an HF dataset or .npy.", pipeline=False),
     StageSpec("report", "tokenlm.stages.report", "Rebuild RUN/report.md.", pipeline=False),
     StageSpec("run", "tokenlm.stages.run", "Every stage of a recipe, cached, then the report.", pipeline=False),
 )

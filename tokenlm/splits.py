@@ -38,10 +38,11 @@ def link_duplicates(clips: list[Clip], content: dict[str, str] | None = None) ->
     clip id -> hash) must not land in train and test: its clips' groups are merged into one,
     so a group-aware split keeps them on one side. Returns the clips and the duplicate id sets."""
     same: dict[tuple, list[Clip]] = defaultdict(list)
-    for clip in clips:
-        same[("path", clip.path)].append(clip)
+    for clip in clips:  # segments of one file are different recordings: their span is part of the key
+        span = (clip.start, clip.end)
+        same[("path", clip.path, span)].append(clip)
         if content and content.get(clip.id):
-            same[("content", content[clip.id])].append(clip)
+            same[("content", content[clip.id], span)].append(clip)
     sets = [members for members in same.values() if len(members) > 1]
     if not sets:
         return clips, []

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from tokenlm.audio import load_audio
+from tokenlm.audio import load_audio, row_source
 from tokenlm.errors import ArtifactError, AudioError
 from tokenlm.input_files import check_unchanged
 from tokenlm.models.wavenet import mu_law_encode
@@ -44,7 +44,7 @@ def load_aligned(clip: dict, n_codes: int, sample_rate: int, samples_per_code: i
     path = clip["path"]
     check_unchanged(clip)
     try:
-        wav = load_audio(path, sample_rate)
+        wav = load_audio(row_source(clip), sample_rate)
     except AudioError as err:
         hint = " (manifest paths are relative to the folder the run was prepared from)" \
             if not Path(path).is_absolute() and "not found" in err.reason else ""

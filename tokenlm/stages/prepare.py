@@ -18,7 +18,7 @@ import click
 from tqdm import tqdm
 
 from tokenlm.artifacts import Stage
-from tokenlm.audio import audio_seconds
+from tokenlm.audio import audio_seconds, audio_source
 from tokenlm.config import build, to_dict
 from tokenlm.datasets import SPLITS, Clip, scan_sources, source_text
 from tokenlm.errors import AudioError, TokenlmError
@@ -68,7 +68,8 @@ def prepare(
     stage = Stage(
         run.features,
         config={"features": to_dict(features), "split": to_dict(split), "layout": layout},
-        inputs={"data": fingerprint([[(c.id, c.path, c.label, c.split, files[c.id]) for c in clips], scan_skipped])},
+        inputs={"data": fingerprint([[(c.id, c.path, c.label, c.split, files[c.id], *c.span().values())
+                                       for c in clips], scan_skipped])},
     )
 
     def make(work: Path) -> dict:
@@ -124,11 +125,11 @@ def _extract(clips: list[Clip], features: FeatureConfig, work: Path, progress: b
         if seconds(clip) > STREAM_SECONDS:
             return _STREAMED, None
         try:
-            return file_log_mel(clip.path, log_mel, min_samples=features.n_fft), None
+            return file_log_mel(_source(clip), log_mel, min_samples=features.n_fft), None
         except AudioError as err:
             return None, err.reason
 
-    seconds = _memo(lambda clip: audio_seconds(clip.path))
+    seconds = _memo(lambda clip: audio_seconds(_source(clip)))
     # Clips are featurised in parallel, one clip per thread: decoding, soxr and torch all
     # release the GIL. torch's own intra-op threads are turned off meanwhile: on a clip-sized
     # STFT they cost more than they give, and with every core busy their spin-waits made
@@ -141,7 +142,7 @@ def _extract(clips: list[Clip], features: FeatureConfig, work: Path, progress: b
                               weight=lambda clip: seconds(clip) if seconds(clip) <= STREAM_SECONDS else 0.0)
         for clip, (result, error) in tqdm(zip(clips, results), total=len(clips), desc="features",
                                           unit="clip", disable=not progress):
-            row = {"id": clip.id, "path": clip.path, "label": clip.label, "split": clip.split,
+            row = {"id": clip.id, "path": clip.path, **clip.span(), "label": clip.label, "split": clip.split,
                    "group": clip.group, "fold": clip.fold}
             writer = writers[clip.split]
             index_row = {"id": clip.id, "label": clip.label, "group": clip.group, "fold": clip.fold}
@@ -189,7 +190,7 @@ def _stream_clip(clip: Clip, log_mel: LogMel, writer: RaggedWriter, index_row: d
     num_samples = 0
     writer.begin(clip.id)
     try:
-        for frames, samples in log_mel_blocks(clip.path, log_mel, min_samples=log_mel.config.n_fft):
+        for frames, samples in log_mel_blocks(_source(clip), log_mel, min_samples=log_mel.config.n_fft):
             writer.extend(frames)
             num_samples += samples
             if clip_stats is not None:
@@ -201,6 +202,11 @@ def _stream_clip(clip: Clip, log_mel: LogMel, writer: RaggedWriter, index_row: d
     if clip_stats is not None:
         clip_stats.finish()
     return num_samples, None
+
+
+def _source(clip: Clip):
+    """What to decode for a clip: its file, or its segment of a long recording."""
+    return audio_source(clip.path, clip.start, clip.end)
 
 
 def _memo(fn):

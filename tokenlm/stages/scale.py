@@ -151,7 +151,8 @@ def _train_and_probe(ctx: RunContext, point: RunDir, clips: list[dict], tasks: l
 def _subset_line(row: dict) -> str:
     import json
 
-    return json.dumps({"id": row["id"], "path": row["path"], "split": row["split"]}) + "\n"
+    span = {key: row[key] for key in ("start", "end") if key in row}  # a segment stays a segment
+    return json.dumps({"id": row["id"], "path": row["path"], **span, "split": row["split"]}) + "\n"
 
 
 def _dataset_of(run: RunDir) -> str:

@@ -165,12 +165,13 @@ def encode_new_data(tokenizer_path: Path, data: Path, out: Path, split: SplitCon
     files = {c.id: file_stamp(c.path, hash_content) for c in clips}
     clips, _ = link_duplicates(clips, {i: f["sha256"] for i, f in files.items() if f and "sha256" in f})
     clips = assign_splits(clips, split)
-    rows = [{"id": c.id, "path": c.path, "label": c.label, "split": c.split, "group": c.group, "fold": c.fold,
-             "file": files[c.id]} for c in clips]
+    rows = [{"id": c.id, "path": c.path, **c.span(), "label": c.label, "split": c.split, "group": c.group,
+             "fold": c.fold, "file": files[c.id]} for c in clips]
     target = out.tokens(tokenizer.codebook_size)
     stage = Stage(target, config={"data": str(data), "split": to_dict(split)},
                   inputs={"tokenizer": tokenizer.info.get("tokenizer_hash") or str(tokenizer_path),
-                          "data": fingerprint([(r["id"], r["path"], r["label"], r["split"], r["file"]) for r in rows])})
+                          "data": fingerprint([(r["id"], r["path"], r["label"], r["split"], r["file"], *c.span().values())
+                                              for r, c in zip(rows, clips)])})
 
     def make(work: Path) -> dict:
         durations: dict = {}

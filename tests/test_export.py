@@ -1,0 +1,66 @@
+"""`tokenlm export`: every format reads back to exactly the codes of RUN/tokens/k{K}, and of
+each task's tokens."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import run_cli, write_corpus
+from tokenlm.errors import ArtifactError
+from tokenlm.rundir import SPLITS, RunDir
+from tokenlm.splits import SplitConfig
+from tokenlm.stages.export import export, read_export
+from tokenlm.store import RaggedSplit
+from tokenlm.tasks import encode_task, prepare_task, task_at
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def stored(tokens) -> dict:
+    return {split: {row["id"]: np.array(codes) for row, codes in RaggedSplit(tokens, split, "uint16")}
+            for split in SPLITS}
+
+
+def assert_same(found: dict, expected: dict) -> None:
+    assert {s: sorted(c) for s, c in found.items()} == {s: sorted(c) for s, c in expected.items()}
+    for split, clips in expected.items():
+        for clip_id, codes in clips.items():
+            assert found[split][clip_id].dtype == np.uint16
+            np.testing.assert_array_equal(found[split][clip_id], codes)
+
+
+@pytest.fixture(scope="module")
+def run_with_task(tiny_run, tmp_path_factory):
+    """A copy of the tiny run with one task encoded at K=8."""
+    root = tmp_path_factory.mktemp("export")
+    run = RunDir(shutil.copytree(tiny_run, root / "run"))
+    task = task_at(run, write_corpus(root / "keys", labels=2, groups=2, clips=1))
+    prepare_task(run, task, SplitConfig(), progress=False)
+    encode_task(run, task, 8, device="cpu", progress=False)
+    return run
+
+
+@pytest.mark.parametrize("fmt", ["units", "npy", "hf"])
+def test_each_format_round_trips_the_codes(run_with_task, tmp_path, fmt):
+    if fmt == "hf":
+        pytest.importorskip("datasets")
+    out = tmp_path / fmt
+    assert run_cli("export", run_with_task.root, "--format", fmt, "-K", 8, "--out", out) == 0
+    assert_same(read_export(out, fmt), stored(run_with_task.tokens(8)))
+    assert_same(read_export(out / "tasks" / "keys", fmt), stored(run_with_task.task("keys").tokens(8)))
+
+
+def test_units_file_is_gslm_style(run_with_task, tmp_path):
+    out = export(run_with_task, "units", out=tmp_path / "u")  # the run's current K
+    first = (out / "train.units").read_text().splitlines()[0]
+    clip_id, units = first.split("|")
+    assert clip_id in stored(run_with_task.tokens(8))["train"] and all(u.isdigit() for u in units.split())
+
+
+def test_default_folder_and_missing_codes(run_with_task):
+    assert export(run_with_task, "npy") == run_with_task.root / "export" / "npy" / "k8"
+    with pytest.raises(ArtifactError, match="tokenize"):
+        export(run_with_task, "npy", codebook_size=16)
