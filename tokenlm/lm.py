@@ -228,6 +228,18 @@ class CodeLM:
             out.append(clip)
         return out
 
+    def _bidirectional_mask(self, ids: torch.Tensor) -> torch.Tensor | None:
+        """A masked-code LM reads a clip both ways, seeing neither padding nor other clips (as
+        in its training, without mask tokens); a causal LM needs no mask (right padding)."""
+        if self.objective != "masked":
+            return None
+        return same_clip_mask(ids, self.bos, dtype=next(self.model.parameters()).dtype)
+
+    def _require_causal(self, what: str) -> None:
+        if self.objective == "masked":
+            raise ConfigError(f"{what} does not apply to a masked-code LM (objective masked): "
+                              f"train one with lm.objective next or multi")
+
     # -- hidden states ------------------------------------------------------------------
     @torch.inference_mode()
     def hidden_states(self, codes, batch_size: int = 16) -> list[torch.Tensor]:
@@ -238,7 +250,8 @@ class CodeLM:
         one has the final layer norm applied (as ``transformers`` returns it). ``codes`` is a
         list of 1-D arrays/tensors of any lengths, a (B, T) LongTensor or one 1-D clip.
         Clips are batched (right-padded, ``batch_size`` windows at a time) and clips longer
-        than the context are read with sliding windows (module docstring).
+        than the context are read with sliding windows (module docstring). A masked-code LM
+        (objective masked) reads each window both ways, without mask tokens.
         """
         clips = self._clips(codes)
         layers, width = self.num_layers + 1, self.hidden_size
@@ -263,18 +276,6 @@ class CodeLM:
         """Mean over time of ``hidden_states``: (clips, layers + 1, d); an empty clip gives zeros."""
         states = self.hidden_states(codes, batch_size=batch_size)
         return torch.stack([s.mean(dim=1) if s.shape[1] else s.sum(dim=1) for s in states])
-
-    def _bidirectional_mask(self, ids: torch.Tensor) -> torch.Tensor | None:
-        """A masked-code LM reads a clip both ways, seeing neither padding nor other clips (as
-        in its training, without mask tokens); a causal LM needs no mask (right padding)."""
-        if self.objective != "masked":
-            return None
-        return same_clip_mask(ids, self.bos, dtype=next(self.model.parameters()).dtype)
-
-    def _require_causal(self, what: str) -> None:
-        if self.objective == "masked":
-            raise ConfigError(f"{what} does not apply to a masked-code LM (objective masked): "
-                              f"train one with lm.objective next or multi")
 
     # -- likelihood ---------------------------------------------------------------------
     @torch.inference_mode()
