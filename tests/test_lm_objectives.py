@@ -142,3 +142,14 @@ def test_masked_lm_end_to_end_refuses_generation_in_one_line(tmp_path, capsys):
     assert run_cli("generate-codes", run, "--n", "3", "--device", "cpu") == 1
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "masked-code LM" in err, err
+
+
+def test_objective_from_a_recipe_section_and_bad_values():
+    from tokenlm.stages.pretrain import lm_configs
+
+    model, _ = lm_configs({"objective": "multi", "predict_ahead": 2, "training": {"steps": 5}})
+    assert (model.objective, model.predict_ahead) == ("multi", 2) and model.key()["predict_ahead"] == 2
+    assert "mask_prob" not in model.key()
+    for bad in ({"objective": "bogus"}, {"predict_ahead": 0}, {"mask_prob": 1.5}):
+        with pytest.raises(ConfigError, match="objective|predict_ahead|mask_prob"):
+            lm_configs(bad)

@@ -49,7 +49,7 @@ from tokenlm.config import build, to_dict
 from tokenlm.errors import ArtifactError, TokenlmError
 from tokenlm.fileio import write_json
 from tokenlm.lm import IGNORE, count_baselines, lm_loss, pad_batch, scoring_windows
-from tokenlm.models.gpt import LMConfig, build_gpt2, vocab_layout
+from tokenlm.models.gpt import OBJECTIVES, LMConfig, build_gpt2, vocab_layout
 from tokenlm.objectives import AheadHeads, MaskedSpans, masked_loss, masked_scores, masked_validation_batches, multi_loss
 from tokenlm.pipeline import RunContext
 from tokenlm.rundir import METRICS, SPLITS, TRAIN_LOG, RunDir, TokensMeta, bin_file, read_tokens_meta
@@ -313,6 +313,9 @@ def _say(message: str) -> None:
 @click.option("--n-embd", type=int, help="Model width. [256]")
 @click.option("--context", type=int, help="Context length in codes. [512]")
 @click.option("--dropout", type=float, help="Residual/embedding dropout. [0.0]")
+@click.option("--objective", type=click.Choice(OBJECTIVES),
+              help="next (GPT), multi (also codes t+2..t+n) or masked (masked spans, bidirectional). [next]")
+@click.option("--predict-ahead", type=int, help="multi: codes predicted ahead, t+1..t+n. [4]")
 @click.option("--attn", "attn_implementation", type=click.Choice(["auto", "eager", "sdpa"]),
               help="Attention implementation; auto = the fastest measured (sdpa).")
 def command(run, codebook_size, recipe, device, no_progress, **options):
