@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from tokenlm.artifacts import check_outputs
 from tokenlm.errors import ArtifactError, ConfigError
-from tokenlm.models.gpt import resolve_attn_implementation
+from tokenlm.models.gpt import resolve_attn_implementation, same_clip_mask
 from tokenlm.rundir import CONFIG
 from tokenlm.runtime import pick_device
 
@@ -163,6 +163,8 @@ class CodeLM:
         self.codebook_size = int(info["codebook_size"])
         self.bos = int(info["bos_token_id"])
         self.context = int(model.config.n_positions)
+        # LMs from before objectives existed are next-code LMs.
+        self.objective = str(info.get("objective", "next"))
 
     # -- loading ------------------------------------------------------------------------
     @classmethod
@@ -226,6 +228,18 @@ class CodeLM:
             out.append(clip)
         return out
 
+    def _bidirectional_mask(self, ids: torch.Tensor) -> torch.Tensor | None:
+        """A masked-code LM reads a clip both ways, seeing neither padding nor other clips (as
+        in its training, without mask tokens); a causal LM needs no mask (right padding)."""
+        if self.objective != "masked":
+            return None
+        return same_clip_mask(ids, self.bos, dtype=next(self.model.parameters()).dtype)
+
+    def _require_causal(self, what: str) -> None:
+        if self.objective == "masked":
+            raise ConfigError(f"{what} does not apply to a masked-code LM (objective masked): "
+                              f"train one with lm.objective next or multi")
+
     # -- hidden states ------------------------------------------------------------------
     @torch.inference_mode()
     def hidden_states(self, codes, batch_size: int = 16) -> list[torch.Tensor]:
@@ -236,7 +250,8 @@ class CodeLM:
         one has the final layer norm applied (as ``transformers`` returns it). ``codes`` is a
         list of 1-D arrays/tensors of any lengths, a (B, T) LongTensor or one 1-D clip.
         Clips are batched (right-padded, ``batch_size`` windows at a time) and clips longer
-        than the context are read with sliding windows (module docstring).
+        than the context are read with sliding windows (module docstring). A masked-code LM
+        (objective masked) reads each window both ways, without mask tokens.
         """
         clips = self._clips(codes)
         layers, width = self.num_layers + 1, self.hidden_size
@@ -247,7 +262,9 @@ class CodeLM:
         for batch in _batches_by_length(jobs, batch_size):
             inputs = [np.concatenate([[self.bos], clips[i]])[a:b] for i, a, b, _ in batch]
             ids, _ = pad_batch(inputs, None, self.bos)
-            result = self.model(input_ids=ids.to(self.device), output_hidden_states=True, use_cache=False)
+            ids = ids.to(self.device)
+            result = self.model(input_ids=ids, attention_mask=self._bidirectional_mask(ids),
+                                output_hidden_states=True, use_cache=False)
             stacked = torch.stack(result.hidden_states, dim=1).float().cpu()  # (B, layers+1, T, d)
             for row, (i, a, b, emit) in enumerate(batch):
                 # Sequence position p holds clip position p-1 (BOS is position 0).
@@ -266,6 +283,7 @@ class CodeLM:
         """Natural-log probability of each code given BOS and the codes before it: a list of
         (T_i,) float32 tensors. Special tokens keep their share of the softmax (they are part
         of the model), which is what training's validation loss measures too."""
+        self._require_causal("likelihood")
         clips = self._clips(codes)
         out = [torch.zeros(len(c)) for c in clips]
         jobs = []
@@ -305,6 +323,7 @@ class CodeLM:
         else (a prompt longer than the context is cut to its last ``context`` codes). ``use_cache=False`` recomputes the whole window each step (the reference the
         cached path is tested against). Returns the new codes only, (n,) on CPU.
         """
+        self._require_causal("generation")
         prompt = self._clips([[] if prompt is None else prompt])[0]
         generator = torch.Generator(device=self.device).manual_seed(int(seed))
         window = [self.bos, *prompt.tolist()][-self.context:]  # a long prompt: its last context codes

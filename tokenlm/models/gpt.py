@@ -20,7 +20,7 @@ tokenizer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -30,11 +30,17 @@ __all__ = [
     "vocab_layout",
     "resolve_attn_implementation",
     "build_gpt2",
+    "OBJECTIVES",
+    "same_clip_mask",
     "matmul_params",
     "train_flops_per_token",
 ]
 
 ATTN_IMPLEMENTATIONS = ("auto", "eager", "sdpa")
+# What the LM learns to predict (tokenlm.objectives): the next code (GPT, the reference), the
+# next ``predict_ahead`` codes (one extra light head each), or masked spans (HuBERT/BEATs
+# style, bidirectional attention on the same blocks).
+OBJECTIVES = ("next", "multi", "masked")
 FORMAT_VERSION = 1
 
 
@@ -56,6 +62,12 @@ class LMConfig:
     dropout: float = 0.0
     attn_dropout: float = 0.0  # on the attention weights: slow on CPU, off by default
     attn_implementation: str = "auto"  # auto = the fastest measured: sdpa on CPU and CUDA
+    objective: str = "next"  # one of OBJECTIVES
+    predict_ahead: int = 4  # multi: codes t+1..t+n are targets of position t
+    # masked: a span of ``mask_span`` codes starts at each code with probability ``mask_prob``
+    # (0.15 and 4 mask about half of the codes in spans of 0.2 s at 20 codes/s, HuBERT's share).
+    mask_prob: float = 0.15
+    mask_span: int = 4
 
     def __post_init__(self):
         for name in ("n_layer", "n_head", "n_embd"):
@@ -71,6 +83,24 @@ class LMConfig:
         if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise ValueError(f"attn_implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, "
                              f"got {self.attn_implementation!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.predict_ahead < 1:
+            raise ValueError(f"predict_ahead must be >= 1, got {self.predict_ahead}")
+        if not 0.0 < self.mask_prob < 1.0 or self.mask_span < 1:
+            raise ValueError(f"mask_prob must be in (0, 1) and mask_span >= 1, got {self.mask_prob} and {self.mask_span}")
+
+    def key(self) -> dict:
+        """The settings that shape this model: those of other objectives are left out, so an
+        LM trained before objectives existed (next) keeps its stage key."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.objective == "next":
+            del out["objective"]
+        if self.objective != "multi":
+            del out["predict_ahead"]
+        if self.objective != "masked":
+            del out["mask_prob"], out["mask_span"]
+        return out
 
 
 def vocab_layout(codebook_size: int) -> dict:
@@ -105,6 +135,9 @@ def build_gpt2(cfg: LMConfig, codebook_size: int, *, device=None, info: dict | N
 
     layout = vocab_layout(codebook_size)
     bos = layout["bos_token_id"]
+    masked = cfg.objective == "masked"
+    if masked:  # one more special token after BOS: the mask
+        layout.update(mask_token_id=layout["vocab_size"], vocab_size=layout["vocab_size"] + 1)
     config = GPT2Config(
         vocab_size=layout["vocab_size"],
         n_positions=cfg.context,
@@ -125,11 +158,25 @@ def build_gpt2(cfg: LMConfig, codebook_size: int, *, device=None, info: dict | N
         activation_function="gelu",
         loss_type="ForCausalLM",
         attn_implementation=resolve_attn_implementation(cfg.attn_implementation, device),
+        # transformers' switch to bidirectional attention in decoder-only models (checked in
+        # the installed 5.x: sdpa and eager honour it, and from_pretrained keeps it).
+        **({"is_causal": False} if masked else {}),
         tokenlm={"format": FORMAT_VERSION, **layout, "special_tokens": {"bos": bos, "pad": bos},
-                 "context": cfg.context, **(info or {})},
+                 "context": cfg.context, "objective": cfg.objective, **(info or {})},
     )
     model = GPT2LMHeadModel(config)
     return model.to(device) if device is not None else model
+
+
+def same_clip_mask(input_ids: torch.Tensor, bos: int, dtype=torch.float32) -> torch.Tensor:
+    """Additive attention mask (B, 1, T, T) for a bidirectional LM: a position attends only to
+    positions of its own clip. Every BOS opens a clip, so clips packed into one training
+    sequence do not see each other and BOS padding (each pad a clip of its own) is never seen;
+    a clip is then read the same way in training and at probe time."""
+    clip = torch.cumsum(input_ids == bos, dim=1)  # (B, T) clip number of each position
+    same = clip.unsqueeze(2) == clip.unsqueeze(1)  # (B, T, T)
+    return torch.zeros(same.shape, dtype=dtype, device=input_ids.device).masked_fill(
+        ~same, torch.finfo(dtype).min).unsqueeze(1)
 
 
 def matmul_params(n_layer: int, n_embd: int, vocab_size: int) -> int:

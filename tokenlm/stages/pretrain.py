@@ -24,6 +24,10 @@ Validation scores every code of every val clip once, exactly as ``CodeLM.perplex
 (``tokenlm.lm.scoring_windows``), so the logged val perplexity, metrics.json and the
 benchmark's figure are one number, comparable with the unigram/bigram references.
 
+``lm.objective`` chooses what is learnt (tokenlm.objectives): ``next`` (the above), ``multi``
+(also codes t+2..t+n; validation judges the next-code head) or ``masked`` (masked spans,
+bidirectional; its metrics.json has masked-code loss and accuracy instead of perplexity).
+
 Several processes: ``torchrun --nproc_per_node=N -m tokenlm pretrain RUN``.
 """
 
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import math
 import os
 from pathlib import Path
@@ -44,7 +49,8 @@ from tokenlm.config import build, to_dict
 from tokenlm.errors import ArtifactError, TokenlmError
 from tokenlm.fileio import write_json
 from tokenlm.lm import IGNORE, count_baselines, lm_loss, pad_batch, scoring_windows
-from tokenlm.models.gpt import LMConfig, build_gpt2, vocab_layout
+from tokenlm.models.gpt import OBJECTIVES, LMConfig, build_gpt2, vocab_layout
+from tokenlm.objectives import AheadHeads, MaskedSpans, masked_loss, masked_scores, masked_validation_batches, multi_loss
 from tokenlm.pipeline import RunContext
 from tokenlm.rundir import METRICS, SPLITS, TRAIN_LOG, RunDir, TokensMeta, bin_file, read_tokens_meta
 from tokenlm.stages.options import training_options
@@ -154,7 +160,7 @@ def pretrain(run: str | Path, model: LMConfig = LMConfig(), training: TrainConfi
     tokens = read_tokens_meta(run.tokens(k), k)
     key_training = {name: value for name, value in to_dict(training).items() if name != "device"}
     stage = Stage(Path(out_dir) if out_dir is not None else run.lm,
-                  config={"model": to_dict(model), "training": key_training, "codebook_size": tokens.codebook_size},
+                  config={"model": model.key(), "training": key_training, "codebook_size": tokens.codebook_size},
                   inputs={"tokens": stage_key(tokens.directory)})
     if stage.up_to_date("lm"):
         return stage.out_dir
@@ -163,8 +169,7 @@ def pretrain(run: str | Path, model: LMConfig = LMConfig(), training: TrainConfi
         job.train(work, dist, progress, callbacks)
         if dist.is_main:
             stage.finish(extra={"metrics": job.metrics})
-            _say(f"lm: val perplexity {job.metrics.get('val_ppl', float('nan')):.2f} "
-                 f"(unigram {job.metrics['unigram_ppl']:.2f}, bigram {job.metrics['bigram_ppl']:.2f}) -> {stage.out_dir}")
+            _say(_summary(job.metrics) + f" -> {stage.out_dir}")
         dist.barrier()
     return stage.out_dir
 
@@ -191,21 +196,21 @@ class _LMJob:
                 "tokenizer_hash": tokens.raw.get("tokenizer_hash")}
         torch.manual_seed(training.seed)  # the initial weights
         model = build_gpt2(model_cfg, tokens.codebook_size, device=dist.device, info=info)
+        trained, loss_fn, train_batch, val_batches = _objective(model, model_cfg, splits, bos, training.batch_size)
         code_rate = tokens.code_rate or 0.0
-        val = (validation_batches(splits["val"], bos, model_cfg.context, training.batch_size)
-               if len(splits["val"].data) else None)
+        val = val_batches(splits["val"]) if len(splits["val"].data) else None
         if dist.is_main:
             params = sum(p.numel() for p in model.parameters())
             _say(f"lm: {params / 1e6:.2f} M parameters, {len(splits['train'].data)} train codes, "
                  f"K={tokens.codebook_size}, context {model_cfg.context}, {dist.world_size} process(es) on "
-                 f"{dist.device} ({model.config._attn_implementation} attention)")
+                 f"{dist.device} ({model.config._attn_implementation} attention, {model_cfg.objective} objective)")
         result = train(
-            model, training, work,
-            loss_fn=lm_loss,
-            train_batch=PackedClips(splits["train"], bos, model_cfg.context),
+            trained, training, work,
+            loss_fn=loss_fn,
+            train_batch=train_batch,
             val_batches=(lambda: val) if val else None,
-            val_metrics=lambda loss: {"val_ppl": math.exp(min(loss, 700.0)),
-                                      "val_bits_per_s": loss / math.log(2) * code_rate},
+            val_metrics=None if model_cfg.objective == "masked" else (
+                lambda loss: {"val_ppl": math.exp(min(loss, 700.0)), "val_bits_per_s": loss / math.log(2) * code_rate}),
             count_items=count_targets,
             items_name="tokens",
             dist=dist,
@@ -217,19 +222,43 @@ class _LMJob:
             from transformers.utils import logging as hf_logging  # transformers loads lazily
 
             hf_logging.disable_progress_bar()  # "Writing model shards" for a one-file model is noise
-            self.metrics = _final_metrics(model, result, splits, bos, self, work, dist)
+            self.metrics = _final_metrics(model, result, splits, bos, self, work, dist, val_batches)
             model.cpu().save_pretrained(work)
             write_json(work / METRICS, self.metrics)
 
 
-def _final_metrics(model, result, splits, bos, job: _LMJob, work: Path, dist) -> dict:
-    """Val and test perplexity of the kept weights next to the count references."""
+def _objective(model, cfg: LMConfig, splits: dict, bos: int, batch_size: int):
+    """(module the loop trains, loss_fn, train batches, split -> val batches) of ``cfg.objective``
+    (tokenlm.objectives)."""
+    packed = PackedClips(splits["train"], bos, cfg.context)
+    if cfg.objective == "masked":
+        masking = {"mask_id": model.config.tokenlm["mask_token_id"], "bos": bos, "prob": cfg.mask_prob,
+                   "span": cfg.mask_span}
+        return (model, functools.partial(masked_loss, bos=bos), MaskedSpans(packed, **masking),
+                lambda split: masked_validation_batches((c for _, c in split), cfg.context, batch_size, **masking))
+    batches = lambda split: validation_batches(split, bos, cfg.context, batch_size)  # noqa: E731
+    if cfg.objective == "multi":
+        return AheadHeads(model, cfg.predict_ahead), functools.partial(multi_loss, bos=bos), packed, batches
+    return model, lm_loss, packed, batches
+
+
+def _final_metrics(model, result, splits, bos, job: _LMJob, work: Path, dist, val_batches) -> dict:
+    """Val and test perplexity of the kept weights next to the count references (a masked-code
+    LM: its masked-prediction loss and accuracy instead, perplexity does not apply)."""
     code_rate, context, batch_size = job.tokens.code_rate or 0.0, job.model_cfg.context, job.training.batch_size
     metrics = {"steps": result.step, "best_step": result.best_step, "stopped_early": result.stopped_early,
                "parameters": sum(p.numel() for p in model.parameters()),
-               "train_codes": int(len(splits["train"].data)), "code_rate": code_rate}
+               "train_codes": int(len(splits["train"].data)), "code_rate": code_rate,
+               "objective": job.model_cfg.objective}
+    masked = job.model_cfg.objective == "masked"
+    if masked:
+        metrics["perplexity"] = "does not apply to a masked-code LM: see *_masked_accuracy"
     for name in ("val", "test"):
-        if len(splits[name].data):
+        if len(splits[name].data) and masked:
+            loss, accuracy = masked_scores(model, val_batches(splits[name]), bos, job.tokens.codebook_size,
+                                           dist.device)
+            metrics[f"{name}_masked_loss"], metrics[f"{name}_masked_accuracy"] = loss, accuracy
+        elif len(splits[name].data):
             loss = _split_loss(model, splits[name], bos, context, batch_size, dist.device)
             metrics[f"{name}_loss"] = loss
             metrics[f"{name}_ppl"] = math.exp(loss)
@@ -251,6 +280,13 @@ def _split_loss(model, split, bos, context, batch_size, device) -> float:
         total += float(loss) * n
         count += n
     return total / count
+
+
+def _summary(metrics: dict) -> str:
+    if metrics["objective"] == "masked":
+        return f"lm: val masked-code accuracy {metrics.get('val_masked_accuracy', float('nan')):.3f}"
+    return (f"lm: val perplexity {metrics.get('val_ppl', float('nan')):.2f} "
+            f"(unigram {metrics['unigram_ppl']:.2f}, bigram {metrics['bigram_ppl']:.2f})")
 
 
 def _mean_rate(log_path: Path) -> float | None:
@@ -277,6 +313,9 @@ def _say(message: str) -> None:
 @click.option("--n-embd", type=int, help="Model width. [256]")
 @click.option("--context", type=int, help="Context length in codes. [512]")
 @click.option("--dropout", type=float, help="Residual/embedding dropout. [0.0]")
+@click.option("--objective", type=click.Choice(OBJECTIVES),
+              help="next (GPT), multi (also codes t+2..t+n) or masked (masked spans, bidirectional). [next]")
+@click.option("--predict-ahead", type=int, help="multi: codes predicted ahead, t+1..t+n. [4]")
 @click.option("--attn", "attn_implementation", type=click.Choice(["auto", "eager", "sdpa"]),
               help="Attention implementation; auto = the fastest measured (sdpa).")
 def command(run, codebook_size, recipe, device, no_progress, **options):
