@@ -191,7 +191,7 @@ def _sweep_models_note(run: RunDir) -> str:
     main = read_json(run.lm / METRICS)["steps"] if (run.lm / METRICS).is_file() else None
     return (f"\nThe sweep trains its own code LM per K (sweep LMs: {'/'.join(map(str, counts))} steps each, in "
             f"sweep_k/k{{K}}/lm) and probes those: its LM perplexities and probe accuracies are of those models, "
-            f"not of the main LM above" + (f" ({main} steps)" if main else "") + ".\n")
+            f"not of the run's main LM" + (f" ({main} steps, above)" if main else "") + ".\n")
 
 
 def scale_section(run: RunDir) -> str | None:
