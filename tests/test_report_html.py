@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import tone
 from tokenlm.reporting.listening import audio_flags
 from tokenlm.stages.report import loss_references, write_report
-from tokenlm.stages.sweep import reference_lines
+from tokenlm.stages.sweep import reference_curves, reference_lines
 from tokenlm.vocoder import write_wav
 
 SR = 16000
@@ -78,3 +78,15 @@ def test_sweep_probe_plots_draw_chance_and_floor():
     assert [line[:2] for line in reference_lines(rows, "probe_lm_accuracy_keys")] == [
         (0.25, "chance"), (0.4, "log-mel floor")]
     assert reference_lines(rows, "perplexity") == []
+
+
+def test_sweep_lm_plot_draws_chance_and_count_models():
+    rows = [{"k": k, "lm_val_perplexity": k / 2, "lm_unigram_perplexity": k * 0.9, "lm_bigram_perplexity": k * 0.7}
+            for k in (4, 8)]
+    curves = {name: values for values, name, _, _ in reference_curves(rows, "lm_val_perplexity")}
+    assert curves == {"chance (uniform over K)": [4, 8], "unigram": [3.6, 7.2], "bigram": [2.8, 5.6]}
+    for row in rows:  # 20 codes per second
+        row.update(entropy_bits=1.5, bits_per_second=30.0)
+    curves = {name: values for values, name, _, _ in reference_curves(rows, "lm_bits_per_second")}
+    assert curves["chance (uniform over K)"] == pytest.approx([40, 60])
+    assert curves["bigram"] == pytest.approx([20 * math.log2(2.8), 20 * math.log2(5.6)])

@@ -260,7 +260,10 @@ def _plot_group(rows: list[dict], group: list[tuple], path: Path) -> bool:
         references = reference_lines(rows, column)
         for value, name, colour, style in references:
             ax.axhline(value, color=colour, ls=style, label=name)
-        if references:
+        curves = reference_curves(rows, column)
+        for values, name, colour, style in curves:
+            ax.plot(ks, values, color=colour, ls=style, label=name)
+        if references or curves:
             ax.legend(fontsize=7)
         ax.set_xscale("log", base=2)
         ax.set_xticks(ks, [str(k) for k in ks])
@@ -282,6 +285,28 @@ def reference_lines(rows: list[dict], column: str) -> list[tuple[float, str, str
     lines = [(rows[0].get(f"probe_chance{suffix}"), "chance", "lightgrey", ":"),
              (rows[0].get(f"probe_floor{suffix}"), "log-mel floor", "grey", "--")]
     return [line for line in lines if line[0] is not None]
+
+
+def reference_curves(rows: list[dict], column: str) -> list[tuple[list, str, str, str]]:
+    """(values per K, label, colour, style) of what the LM's perplexity and bits per second are
+    read against, which change with K: chance (uniform over K) and the unigram and bigram count
+    models (bits per second through the code rate: the codebook's bit/s over its bits per code)."""
+    if column == "lm_val_perplexity":
+        rates = None
+    elif column == "lm_bits_per_second" and all(r.get("entropy_bits") for r in rows):
+        rates = [r["bits_per_second"] / r["entropy_bits"] for r in rows]  # codes per second
+    else:
+        return []
+
+    def in_column_units(perplexities: list) -> list:
+        return perplexities if rates is None else [math.log2(p) * rate for p, rate in zip(perplexities, rates)]
+
+    curves = [(in_column_units([r["k"] for r in rows]), "chance (uniform over K)", "lightgrey", ":")]
+    for key, name, colour, style in (("lm_unigram_perplexity", "unigram", "grey", "--"),
+                                     ("lm_bigram_perplexity", "bigram", "black", "-.")):
+        if all(r.get(key) is not None for r in rows):
+            curves.append((in_column_units([r[key] for r in rows]), name, colour, style))
+    return curves
 
 
 def _error_bars(rows: list[dict], column: str, values: np.ndarray) -> np.ndarray | None:
