@@ -84,7 +84,7 @@ def listening_section(run: RunDir) -> str | None:
         lines.append(_continuation_text(path, info))
         lines.append(_cell(run, path, features, flagged, boundary=boundary, separator="\n\n") + "\n")
     if others:
-        lines += ["Other generated audio:\n"] + [f"- [{p.name}]({p.relative_to(run.root)})" for p in others] + [""]
+        lines += ["Other generated audio:\n"] + [f"- [{p.name}]({_target(run, p)})" for p in others] + [""]
     if flagged:
         lines.insert(1, "**Flagged:** " + "; ".join(flagged) + ".\n")
     return "\n".join(lines)
@@ -109,13 +109,13 @@ def _cell(run: RunDir, path: Path, features: FeatureConfig, flagged: list[str], 
     flags = audio_flags(audio)
     flagged += [f"`{path.name}` {flag}" for flag in flags]
     level = audio_level(audio)
-    text = (f"[{path.name}]({path.relative_to(run.root)}) {len(audio) / sample_rate:.2f} s, "
+    text = (f"[{path.name}]({_target(run, path)}) {len(audio) / sample_rate:.2f} s, "
             f"RMS {_db(level['rms_dbfs'])} dBFS, peak {level['peak']:.2f}")
     if flags:
         text += " **⚠ " + "; ".join(flags) + "**"
     figure = plot_mel(audio, replace(features, sample_rate=sample_rate),
                       run.report_files / figure_file(f"mel_{path.stem}"), boundary)
-    return text + separator + f"![log-mel of {path.name}]({figure.relative_to(run.root)})"
+    return text + separator + f"![log-mel of {path.name}]({_target(run, figure)})"
 
 
 def plot_mel(audio: np.ndarray, features: FeatureConfig, path: Path, boundary: float | None = None) -> Path:
@@ -152,6 +152,12 @@ def _features(run: RunDir) -> FeatureConfig:
     meta_path = run.features / META
     meta = read_json(meta_path) if meta_path.is_file() else {}
     return FeatureConfig(**{k: meta[k] for k in FeatureConfig.__dataclass_fields__ if k in meta})
+
+
+def _target(run: RunDir, path: Path) -> str:
+    """A markdown link target relative to RUN; in <> when the name has spaces or brackets."""
+    relative = path.relative_to(run.root).as_posix()
+    return f"<{relative}>" if any(c in relative for c in " ()<>") else relative
 
 
 def _db(value: float) -> str:
