@@ -252,5 +252,6 @@ def _plot_curves(rows: list[dict], references: dict, path: Path) -> Path | None:
 @click.command("report")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 def command(run):
-    """Rebuild RUN/report.md from the run's artifacts."""
-    click.echo(f"report: {write_report(run)}")
+    """Rebuild RUN/report.md and RUN/report.html (with audio players) from the run's artifacts."""
+    report = write_report(run)
+    click.echo(f"report: {report}\nhtml: {report.with_suffix('.html')}")
