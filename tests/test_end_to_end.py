@@ -70,7 +70,7 @@ def test_the_report_mentions_every_stage(finished_run):
 
 # What every run writes again from the cached results, by design: the report, the sweep's
 # summary (its trained models live in RUN/sweep_k) and the run's current codebook size.
-SUMMARIES = ("report.md", "report_files/", "sweep/", "tokenizer/current.json")
+SUMMARIES = ("report.md", "report.html", "report_files/", "sweep/", "tokenizer/current.json")
 
 
 def test_a_rerun_does_no_work(finished_run, capsys):

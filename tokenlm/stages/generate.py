@@ -81,9 +81,10 @@ def generate_file(run: str | RunDir, out_path: str | Path, how: Continuation = C
 
 
 def pipeline_example(run: str | RunDir, device=None, progress: bool = True) -> Path | None:
-    """Hear the whole pipeline once: the first test clip continued by RUN/lm for one second
-    and decoded by RUN/vocoder, into RUN/generated/ (the report links it). Made again only
-    when either model is newer than it; None when the run has no test clip or no LM."""
+    """Hear the whole pipeline once: the first test clip continued by RUN/lm for two seconds
+    (Continuation's default) and decoded by RUN/vocoder, into RUN/generated/ (the report plays
+    it). Made again only when either model is newer than it; None when the run has no test clip
+    or no LM."""
     run = as_run(run)
     clips = [r for r in read_jsonl(run.manifest) if r["status"] == "ok" and r["split"] == "test"]
     if not clips or not is_finished(run.lm):
@@ -91,7 +92,7 @@ def pipeline_example(run: str | RunDir, device=None, progress: bool = True) -> P
     out = run.generated / continuation_file(clips[0]["path"])
     models = max((folder / STAGE_FILE).stat().st_mtime for folder in (run.lm, run.vocoder))
     if not out.is_file() or out.stat().st_mtime < models:  # new models, new example
-        generate_file(run, out, Continuation(seconds=1.0), prompt=clips[0]["path"], device=device,
+        generate_file(run, out, Continuation(), prompt=clips[0]["path"], device=device,
                       progress=progress)
     return out
 

@@ -1,7 +1,9 @@
-"""RUN/report.md: the whole run at a glance, from whatever artifacts the run has.
+"""RUN/report.md and RUN/report.html: the whole run at a glance, from whatever artifacts the run has.
 
 Each section reads one stage's artifacts and is left out when the stage has not run, so
 the report can be rebuilt at any point (``tokenlm report RUN``) and ``tokenlm run`` ends with it.
+report.html is the same markdown as a page with audio players; both reference the run's
+figures (report_files/, sweep/, scale/) and wavs by paths relative to RUN.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ from pathlib import Path
 import click
 
 from tokenlm.fileio import read_json, read_jsonl
+from tokenlm.reporting.html import write_html
+from tokenlm.reporting.listening import listening_section
 from tokenlm.rundir import (
-    MANIFEST, META, METRICS, REPORT, SAMPLES, SPLITS, SUMMARY, TRAIN_LOG, RunDir, figure_file,
+    CONFIG, MANIFEST, META, METRICS, REPORT, RESULTS, SPLITS, SUMMARY, TRAIN_LOG, RunDir, figure_file,
 )
 
 
 def write_report(run: str | Path) -> Path:
-    """Write RUN/report.md (and its figures under RUN/report_files/); return its path."""
+    """Write RUN/report.md, its figures under RUN/report_files/ and RUN/report.html; return
+    report.md's path."""
     run = RunDir(run)
     sections = [f"# tokenlm run: {run.root.name}\n"]
     for section in (dataset_section, tokenizer_section, lm_section, probe_section, vocoder_section, sweep_section,
@@ -29,6 +34,7 @@ def write_report(run: str | Path) -> Path:
         if text:
             sections.append(text)
     run.report.write_text("\n".join(sections))
+    write_html(run.report, f"tokenlm run: {run.root.name}")
     return run.report
 
 
@@ -84,19 +90,46 @@ def lm_section(run: RunDir) -> str | None:
     split = m.get("reference_split", "val")
     rate = m["code_rate"]
     lines = ["## Code language model\n",
-             f"GPT-2, {m['parameters'] / 1e6:.2f} M parameters, trained {m['steps']} steps (kept step "
-             f"{m['best_step']}) at {m.get('tokens_per_s') or 0:.0f} codes/s. Perplexity per code on the "
-             f"{split} split, against add-one smoothed count models of the train codes:\n",
+             f"GPT-2, {m['parameters'] / 1e6:.2f} M parameters (the LM alone{_probe_count_note(run)}), trained "
+             f"{m['steps']} steps (kept step {m['best_step']}) at {m.get('tokens_per_s') or 0:.0f} codes/s. "
+             f"Perplexity per code on the {split} split, against add-one smoothed count models of the train codes:\n",
              f"| model | {split} perplexity | bits per second of audio |", "|---|---:|---:|"]
     for name, ppl in (("GPT code LM", m.get(f"{split}_ppl")), ("bigram", m.get("bigram_ppl")),
                       ("unigram", m.get("unigram_ppl"))):
         if ppl:
             lines.append(f"| {name} | {ppl:.2f} | {math.log2(ppl) * rate:.0f} |")
     with open(run.lm / TRAIN_LOG, newline="") as f:
-        figure = _plot_curves(list(csv.DictReader(f)), run.report_files / figure_file("lm_loss"))
+        figure = _plot_curves(list(csv.DictReader(f)), loss_references(m, _lm_codebook_size(run)),
+                              run.report_files / figure_file("lm_loss"))
     if figure:
         lines.append(f"\n![LM loss]({figure.relative_to(run.root)})")
     return "\n".join(lines) + "\n"
+
+
+def _lm_codebook_size(run: RunDir) -> int | None:
+    config = run.lm / CONFIG
+    return (read_json(config).get("tokenlm") or {}).get("codebook_size") if config.is_file() else None
+
+
+def _probe_count_note(run: RunDir) -> str:
+    """What the probe tables count for an LM row, when a probe has run: tokenizer + LM."""
+    for results in sorted(run.probe.glob(f"*/{RESULTS}")):
+        counts = [r.get("encoder_params") for r in read_json(results)["rows"]
+                  if r.get("name", "").startswith("lm_") and r.get("encoder_params")]
+        if counts:
+            return (f"; the probe tables' LM rows count the tokenizer's encoder and codebook too: "
+                    f"{counts[0] / 1e6:.2f} M")
+    return ""
+
+
+def loss_references(metrics: dict, codebook_size: int | None) -> dict:
+    """What the LM loss plot draws besides the curves: the kept step (a vertical line) and, in
+    nats per code, chance (uniform over K) and the unigram and bigram count models."""
+    lines = {"chance (uniform over K)": math.log(codebook_size) if codebook_size else None,
+             "unigram": math.log(metrics["unigram_ppl"]) if metrics.get("unigram_ppl") else None,
+             "bigram": math.log(metrics["bigram_ppl"]) if metrics.get("bigram_ppl") else None}
+    return {"kept_step": metrics.get("best_step"),
+            "horizontal": {name: value for name, value in lines.items() if value is not None}}
 
 
 def probe_section(run: RunDir) -> str | None:
@@ -136,15 +169,29 @@ def vocoder_section(run: RunDir) -> str | None:
              f"{synthesis.get('rtf_per_clip', float('nan')):.1f} s per second of audio per clip.\n",
              "| measure | value |", "|---|---:|"]
     lines += [f"| {label} | {m[key]:.2f} |" for key, label in VOCODER_ROWS if isinstance(m.get(key), (int, float))]
-    samples = sorted((run.vocoder / SAMPLES).glob("*.wav")) + sorted(run.generated.glob("*.wav"))
-    if samples:
-        lines.append("\nAudio examples:\n")
-        lines += [f"- [{p.name}]({p.relative_to(run.root)})" for p in samples]
+    if m.get("note"):  # the recipe's word on what this vocoder is (e.g. a CPU pipeline check)
+        lines.insert(2, f"> **Recipe note:** {m['note']}\n")
+    listening = listening_section(run)
+    if listening:
+        lines.append("\n" + listening)
     return "\n".join(lines) + "\n"
 
 
 def sweep_section(run: RunDir) -> str | None:
-    return _include_with_figures(run.sweep, "## Codebook-size sweep\n")
+    return _include_with_figures(run.sweep, "## Codebook-size sweep\n" + _sweep_models_note(run))
+
+
+def _sweep_models_note(run: RunDir) -> str:
+    """Why the sweep's LM and probe figures differ from the sections above: other models."""
+    steps = {k: read_json(run.sweep_k(k).lm / METRICS)["steps"] for k in run.codebooks()
+             if (run.sweep_k(k).lm / METRICS).is_file()}
+    if not steps:
+        return ""
+    counts = sorted(set(steps.values()))
+    main = read_json(run.lm / METRICS)["steps"] if (run.lm / METRICS).is_file() else None
+    return (f"\nThe sweep trains its own code LM per K (sweep LMs: {'/'.join(map(str, counts))} steps each, in "
+            f"sweep_k/k{{K}}/lm) and probes those: its LM perplexities and probe accuracies are of those models, "
+            f"not of the run's main LM" + (f" ({main} steps, above)" if main else "") + ".\n")
 
 
 def scale_section(run: RunDir) -> str | None:
@@ -170,8 +217,8 @@ def _include(path: Path, heading: str) -> str | None:
     return heading + "\n".join(body) + "\n"
 
 
-def _plot_curves(rows: list[dict], path: Path) -> Path | None:
-    """Train and val loss against step, as a PNG."""
+def _plot_curves(rows: list[dict], references: dict, path: Path) -> Path | None:
+    """Train and val loss against step, with ``loss_references``' lines, as a PNG."""
     steps = [int(r["step"]) for r in rows if r.get("loss") not in (None, "")]
     if len(steps) < 2:
         return None
@@ -185,9 +232,15 @@ def _plot_curves(rows: list[dict], path: Path) -> Path | None:
     evals = [r for r in rows if r.get("val_loss") not in (None, "")]
     if evals:
         ax.plot([int(r["step"]) for r in evals], [float(r["val_loss"]) for r in evals], "o-", label="val")
+    styles = {"chance (uniform over K)": ("lightgrey", ":"), "unigram": ("grey", "--"), "bigram": ("black", "-.")}
+    for name, value in references["horizontal"].items():
+        colour, style = styles.get(name, ("grey", ":"))
+        ax.axhline(value, color=colour, ls=style, label=name)
+    if references.get("kept_step") is not None:
+        ax.axvline(references["kept_step"], color="green", ls="--", label=f"kept step {references['kept_step']}")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/code)")
-    ax.legend()
+    ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -199,5 +252,6 @@ def _plot_curves(rows: list[dict], path: Path) -> Path | None:
 @click.command("report")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 def command(run):
-    """Rebuild RUN/report.md from the run's artifacts."""
-    click.echo(f"report: {write_report(run)}")
+    """Rebuild RUN/report.md and RUN/report.html (with audio players) from the run's artifacts."""
+    report = write_report(run)
+    click.echo(f"report: {report}\nhtml: {report.with_suffix('.html')}")

@@ -224,7 +224,8 @@ def verdict(curves: list[dict], lines: dict, task: str) -> dict:
 
 def plot_scale(curves: list[dict], lines: dict, tasks: list[str], path: Path) -> str | None:
     """Probe accuracy against pretraining hours, one panel per task: the curves with their
-    95% intervals as error bars, the hour-independent rows as horizontal lines."""
+    95% intervals as error bars, the hour-independent rows as horizontal lines (their intervals
+    shaded)."""
     if not curves:
         return None
     import matplotlib
@@ -251,6 +252,8 @@ def plot_scale(curves: list[dict], lines: dict, tasks: list[str], path: Path) ->
             line = lines[task].get(name)
             if line and line.get("accuracy") is not None:
                 ax.axhline(line["accuracy"], color=colour, ls=style, label=_line_label(name, line))
+                if line.get("ci_lo") is not None and line.get("ci_hi") is not None:  # its 95% interval
+                    ax.axhspan(line["ci_lo"], line["ci_hi"], color=colour, alpha=0.12)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("pretraining audio (hours, train split)")
         ax.set_ylabel("test accuracy")

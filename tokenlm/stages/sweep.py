@@ -156,11 +156,15 @@ def probe_columns(ctx: RunContext, k: int) -> dict:
     for task in tasks:
         out = probe(ctx.run.root, config, baseline_config, task=task, device=ctx.device, progress=False,
                     lm_dir=ctx.run.sweep_k(k).lm, out_dir=ctx.run.sweep_k(k).probe_task(task.name))
-        rows = {row["name"]: row for row in read_json(out / RESULTS)["rows"]}
+        results = read_json(out / RESULTS)
+        rows = {row["name"]: row for row in results["rows"]}
         suffix = f"_{task.name}" if len(tasks) > 1 else ""
         columns.update({**_accuracy(f"probe_lm_accuracy{suffix}", rows.get("lm_best")),
                         **_accuracy(f"probe_bag_accuracy{suffix}", rows.get("bag_of_codes")),
-                        f"probe_lm_pooling{suffix}": (rows.get("lm_best") or {}).get("pooling")})
+                        f"probe_lm_pooling{suffix}": (rows.get("lm_best") or {}).get("pooling"),
+                        # the figure's reference lines: 1 / classes and the log-mel statistics' probe
+                        f"probe_chance{suffix}": 1 / max(1, len(results["dataset"]["classes"])),
+                        f"probe_floor{suffix}": _accuracy("floor", rows.get("logmel_stats"))["floor"]})
     return columns
 
 
@@ -253,6 +257,14 @@ def _plot_group(rows: list[dict], group: list[tuple], path: Path) -> bool:
         if column == "recon_rmse_db":  # the ceiling: the autoencoder without quantisation
             ax.axhline(rows[0]["autoencoder_recon_rmse_db"], color="grey", ls="--", label="no quantisation")
             ax.legend()
+        references = reference_lines(rows, column)
+        for value, name, colour, style in references:
+            ax.axhline(value, color=colour, ls=style, label=name)
+        curves = reference_curves(rows, column)
+        for values, name, colour, style in curves:
+            ax.plot(ks, values, color=colour, ls=style, label=name)
+        if references or curves:
+            ax.legend(fontsize=7)
         ax.set_xscale("log", base=2)
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.set_xlabel("codebook size K")
@@ -262,6 +274,39 @@ def _plot_group(rows: list[dict], group: list[tuple], path: Path) -> bool:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
+
+
+def reference_lines(rows: list[dict], column: str) -> list[tuple[float, str, str, str]]:
+    """(value, label, colour, style) of the horizontal lines a probe accuracy is read against:
+    chance (1 / classes) and the log-mel floor (the same at every K, so the first row's)."""
+    if not column.startswith(("probe_lm_accuracy", "probe_bag_accuracy")):
+        return []
+    suffix = column.removeprefix("probe_lm_accuracy").removeprefix("probe_bag_accuracy")
+    lines = [(rows[0].get(f"probe_chance{suffix}"), "chance", "lightgrey", ":"),
+             (rows[0].get(f"probe_floor{suffix}"), "log-mel floor", "grey", "--")]
+    return [line for line in lines if line[0] is not None]
+
+
+def reference_curves(rows: list[dict], column: str) -> list[tuple[list, str, str, str]]:
+    """(values per K, label, colour, style) of what the LM's perplexity and bits per second are
+    read against, which change with K: chance (uniform over K) and the unigram and bigram count
+    models (bits per second through the code rate: the codebook's bit/s over its bits per code)."""
+    if column == "lm_val_perplexity":
+        rates = None
+    elif column == "lm_bits_per_second" and all(r.get("entropy_bits") for r in rows):
+        rates = [r["bits_per_second"] / r["entropy_bits"] for r in rows]  # codes per second
+    else:
+        return []
+
+    def in_column_units(perplexities: list) -> list:
+        return perplexities if rates is None else [math.log2(p) * rate for p, rate in zip(perplexities, rates)]
+
+    curves = [(in_column_units([r["k"] for r in rows]), "chance (uniform over K)", "lightgrey", ":")]
+    for key, name, colour, style in (("lm_unigram_perplexity", "unigram", "grey", "--"),
+                                     ("lm_bigram_perplexity", "bigram", "black", "-.")):
+        if all(r.get(key) is not None for r in rows):
+            curves.append((in_column_units([r[key] for r in rows]), name, colour, style))
+    return curves
 
 
 def _error_bars(rows: list[dict], column: str, values: np.ndarray) -> np.ndarray | None:

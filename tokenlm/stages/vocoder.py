@@ -84,6 +84,9 @@ class VocoderConfig:
     metrics_clips: int = 4  # val clips resynthesised for metrics.json and samples/
     metrics_seconds: float = 1.0  # of each, from its start (rounded to whole codes)
     temperature: float = 1.0  # sampling temperature of those resyntheses
+    # what the recipe says about this vocoder (e.g. "a pipeline check on CPU"): into metrics.json
+    # and the report; not part of the stage key, so editing it retrains nothing
+    note: str = ""
     training: TrainConfig = field(default_factory=_training_defaults)
 
     def __post_init__(self):
@@ -180,6 +183,7 @@ def train_vocoder(run: str | Path | RunDir, cfg: VocoderConfig = VocoderConfig()
                             f"{codebook_key}: rerun `tokenlm tokenize --out {run.root} -K {tokens.codebook_size}`")
     config = cfg.to_section()
     config["training"].pop("device")  # where it trains is not what it learns: switching resumes
+    config.pop("note")  # words about the model, not the model
     stage = Stage(Path(out_dir) if out_dir else run.vocoder, config={**config, "codebook_size": tokens.codebook_size},
                   inputs={"tokens": stage_key(tokens.directory), "codebook": codebook_key})
     if stage.up_to_date("vocoder"):
@@ -278,6 +282,8 @@ def _save(job: _Job, stage: Stage, work: Path, model: WaveNet, result, splits, t
                "parameters": _parameters(model), "receptive_field": rf,
                "train_clips": len(train_audio.ids), "train_seconds": len(train_audio.audio) / sample_rate,
                "trained_samples": result.step * job.training.batch_size * job.cfg.crop_codes * spc * world_size}
+    if job.cfg.note:
+        metrics["note"] = job.cfg.note
     metrics.update(_measure(job, vocoder, splits, work))
     save_vocoder(model, work, info)
     write_json(work / METRICS, metrics)
