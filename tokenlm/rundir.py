@@ -25,6 +25,7 @@ record, so a consumer never re-checks a key by hand.
       sweep_k/k{K}/           what the sweep trains per K (lm/, probe/<task>/, vocoder/)
       scale/                  the data-scaling study: scale.csv, scale.json, scale.png, report.md
       scale_h/h{H}/           what it trains per size: a run pretrained on the first H hours
+                              (levers/<name>/: other LMs on its codes, lm/ and probe/<task>/)
       report.md, report_files/
 """
 
@@ -212,6 +213,10 @@ class RunDir:
         rebuilding the sweep's summary never discards them."""
         return RunDir(self.root / "sweep_k" / f"k{codebook_size}")
 
+    def lever(self, name: str) -> "RunDir":
+        """Another code LM of this run (its ``.lm``, ``.probe_task``): one lever of the scale study."""
+        return RunDir(self.root / "levers" / name)
+
     @property
     def scale(self) -> Path:
         """The data-scaling study's summary (scale.csv, scale.json, figures, report.md)."""
@@ -274,15 +279,15 @@ def current_codebook_size(tokenizer_dir: str | Path) -> int:
 def run_root_of(stage_dir: str | Path) -> Path:
     """The run folder a stage folder belongs to, where its run's lock lives: the stage's
     parent, above the folders that group stages (tokenizer/k{K}, tokens/k{K},
-    baselines/NAME, probe/TASK) and above the runs a run holds (tasks/NAME, sweep_k/k{K},
-    scale_h/h{H}). A folder outside any run (``--out`` elsewhere) is its own parent's."""
+    baselines/NAME, probe/TASK) and above the runs a run holds (tasks/NAME, levers/NAME,
+    sweep_k/k{K}, scale_h/h{H}). A folder outside any run (``--out`` elsewhere) is its own parent's."""
     stage_dir = Path(stage_dir).absolute()
     root = stage_dir.parent
     if (root.name in ("tokenizer", "tokens") and re.fullmatch(r"k\d+", stage_dir.name)) or root.name == "baselines":
         root = root.parent
     elif root.name == "probe" and _is_run(root.parent):
         root = root.parent
-    if root.parent.name == "tasks" and _is_run(root.parent.parent):
+    if root.parent.name in ("tasks", "levers") and _is_run(root.parent.parent):
         root = root.parent.parent
     for holder, name in (("sweep_k", r"k\d+"), ("scale_h", r"h[\d.e-]+")):
         if root.parent.name == holder and re.fullmatch(name, root.name):

@@ -51,6 +51,7 @@ def test_scale_study_end_to_end(tmp_path):
         "pretrain": {"path": str(corpus)}, "tasks": {"notes": str(task)},
         **TINY, "probe": {**TINY["probe"], "baselines": ["timbre"]},
         "scale": {"hours": [0.0015, 0.003]},
+        "levers": {"multi": {"objective": "multi", "predict_ahead": 2}},
     }))
     assert run_cli("scale", recipe, "--no-progress") == 0
     run = RunDir(tmp_path / "run")
@@ -71,3 +72,13 @@ def test_scale_study_end_to_end(tmp_path):
     assert (run.scale / "scale.png").is_file() and "## notes" in (run.scale / "report.md").read_text()
     assert run_cli("report", run.root) == 0 and "## Data scaling" in run.report.read_text()
     assert run_cli("scale", recipe, "--hours", "x") == 1  # one line: --hours takes a comma list
+    assert not (run.scale_point(0.003).root / "levers").exists()  # levers only when asked for
+
+    # Levers: the LM trained again on the largest size with other settings, probed the same way.
+    stamp = (run.scale_point(0.003).lm / "stage.json").stat().st_mtime_ns
+    assert run_cli("scale", recipe, "--with-levers", "--no-progress") == 0
+    lever = run.scale_point(0.003).lever("multi")
+    assert read_json(lever.lm / "metrics.json")["objective"] == "multi"
+    assert (run.scale_point(0.003).lm / "stage.json").stat().st_mtime_ns == stamp  # the reference is reused
+    assert read_json(run.scale / "scale.json")["levers"][0]["lever"] == "multi"
+    assert "## Levers at 0.003 h" in (run.scale / "report.md").read_text()

@@ -10,6 +10,10 @@ models are probed on every task of the recipe (a single-dataset recipe: the data
 whose test and val clips never enter a subset). The supervised CNNs and the log-mel floor do
 not depend on H: they are drawn as lines.
 
+Levers (``--with-levers``, the recipe's ``levers:`` section: name -> the ``lm:`` keys it
+changes, e.g. ``multi: {objective: multi}``): the code LM trained again at the largest size
+with other settings and probed the same way, as further rows beside the reference.
+
 Writes RUN/scale/: scale.csv (one row per size, task and representation, with the 95%
 interval), scale.json, scale.png (probe accuracy against pretraining hours, one panel per
 task) and report.md, which the run's report includes.
@@ -61,6 +65,7 @@ class ScaleConfig:
 
     hours: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  # pretraining sizes (hours of train-split audio)
     seed: int = 0  # the order in which the corpus's clips join the nested subsets
+    with_levers: bool = False  # also train the recipe's ``levers:`` LMs at the largest size
 
     def __post_init__(self):
         if not self.hours or min(self.hours) <= 0:
@@ -88,11 +93,15 @@ def scale(ctx: RunContext, config: ScaleConfig) -> Path:
         points.append({"hours": hours, **point_record})
         rows += [{"hours": hours, "train_hours": point_record["train_hours"], **row} for row in point_rows]
 
-    stage = Stage(run.scale, config=to_dict(config),
-                  inputs={f"h{h:g}/{t.name}": stage_key(run.scale_point(h).probe_task(t.name))
-                          for h in config.hours for t in tasks})
+    largest = run.scale_point(config.hours[-1])
+    levers = lever_sections(ctx) if config.with_levers else {}
+    lever_rows = train_levers(ctx, largest, levers, tasks, probe_config, baseline_config)
+    inputs = {f"h{h:g}/{t.name}": stage_key(run.scale_point(h).probe_task(t.name)) for h in config.hours for t in tasks}
+    inputs.update({f"{name}/{t.name}": stage_key(largest.lever(name).probe_task(t.name)) for name in levers
+                   for t in tasks})
+    stage = Stage(run.scale, config=to_dict(config), inputs=inputs)
     work = stage.start()
-    write_scale_outputs(work, points, rows, lines, [t.name for t in tasks])
+    write_scale_outputs(work, points, rows, lines, [t.name for t in tasks], lever_rows)
     stage.finish()
     click.echo(f"scale: {stage.out_dir / REPORT}")
     return stage.out_dir
@@ -133,8 +142,7 @@ def _train_and_probe(ctx: RunContext, point: RunDir, clips: list[dict], tasks: l
     split = ctx.config(SplitConfig, "split")
     rows = []
     for task in tasks:
-        # A task of the point: the task's own data (a single-dataset run: the dataset).
-        task = Task(task.name, point.task(task.name), task.path or _dataset_of(ctx.run))
+        task = _point_task(ctx, point, task)
         prepare_task(point, task, split, progress=ctx.progress, **data_flags(ctx.section("data")))
         encode_task(point, task, tokenizer.codebook_size, device=device, progress=ctx.progress)
         out = probe(point, self_supervised, baseline_config, task=task, device=ctx.device, progress=ctx.progress)
@@ -146,6 +154,51 @@ def _train_and_probe(ctx: RunContext, point: RunDir, clips: list[dict], tasks: l
     return {"train_hours": round(train_seconds / 3600, 4), "clips": len(clips),
             "lm_val_perplexity": lm.get("val_ppl"), "lm_bigram_perplexity": lm.get("bigram_ppl"),
             "lm_unigram_perplexity": lm.get("unigram_ppl"), "lm_best_step": lm.get("best_step")}, rows
+
+
+def _point_task(ctx: RunContext, point: RunDir, task: Task) -> Task:
+    """A task of one size's run: the task's own data (a single-dataset run: the dataset)."""
+    return Task(task.name, point.task(task.name), task.path or _dataset_of(ctx.run))
+
+
+# ---- levers: other LMs on the largest size --------------------------------------------
+
+def lever_sections(ctx: RunContext) -> dict[str, dict]:
+    """The recipe's ``levers:`` section: name -> the keys of the ``lm:`` section it changes."""
+    levers = ctx.section("levers")
+    for name, overrides in levers.items():
+        if not isinstance(overrides, dict) or not overrides:
+            raise ConfigError(f"levers.{name}: give the lm: keys it changes, e.g. {{objective: multi}}")
+    return levers
+
+
+def train_levers(ctx: RunContext, point: RunDir, levers: dict[str, dict], tasks: list[Task], probe_config,
+                 baseline_config) -> list[dict]:
+    """Each lever: the code LM trained again on the largest size's codes with the ``lm:``
+    section changed as it says (point/levers/<name>/lm), probed on every task with the same
+    probe: further rows beside the reference LM. Returns their best-layer rows."""
+    lm_only = replace(probe_config, baselines=())
+    rows = []
+    for name, overrides in levers.items():
+        click.secho(f"-- lever {name}: lm {overrides}", bold=True, err=True)
+        lever = point.lever(name)
+        section = {**ctx.section("lm"), **overrides,
+                   "training": {**(ctx.section("lm").get("training") or {}), **(overrides.get("training") or {})}}
+        pretrain(point, *lm_configs(section), device=ctx.device, progress=ctx.progress, out_dir=lever.lm)
+        for task in tasks:
+            out = probe(point, lm_only, baseline_config, task=_point_task(ctx, point, task), device=ctx.device,
+                        progress=ctx.progress, lm_dir=lever.lm, out_dir=lever.probe_task(task.name))
+            best = next(r for r in read_json(out / RESULTS)["rows"] if r["name"] in ("lm_best", "lm"))
+            if best.get("status") == "ok":
+                rows.append({"lever": name, "task": task.name, "changes": overrides, **_row_cells(best),
+                             "lm_metrics": _lm_headline(read_json(lever.lm / METRICS))})
+    return rows
+
+
+def _lm_headline(metrics: dict) -> dict:
+    """The LM's own held-out figure: perplexity, or masked-code accuracy for a masked LM."""
+    keys = ("val_ppl", "val_masked_accuracy", "objective", "best_step", "steps")
+    return {k: metrics[k] for k in keys if k in metrics}
 
 
 def _subset_line(row: dict) -> str:
@@ -181,8 +234,9 @@ def _lines(run: RunDir, tasks: list[Task], probe_config, baseline_config, device
 
 # ---- outputs --------------------------------------------------------------------------
 
-def write_scale_outputs(out: Path, points: list[dict], rows: list[dict], lines: dict, tasks: list[str]) -> None:
-    """scale.csv, scale.json, scale.png and report.md."""
+def write_scale_outputs(out: Path, points: list[dict], rows: list[dict], lines: dict, tasks: list[str],
+                        levers: list[dict] = ()) -> None:
+    """scale.csv, scale.json, scale.png and report.md (levers: further LMs at the largest size)."""
     for task in tasks:  # the log-mel floor is the same at every size: a line, not a curve
         floor = [r for r in rows if r["task"] == task and r["representation"] == "logmel_stats"]
         if floor:
@@ -194,9 +248,11 @@ def write_scale_outputs(out: Path, points: list[dict], rows: list[dict], lines: 
         writer.writeheader()
         writer.writerows(curves)
     verdicts = {task: verdict(curves, lines[task], task) for task in tasks}
-    write_text(out / SCALE_JSON, _json({"points": points, "rows": curves, "lines": lines, "verdicts": verdicts}))
+    write_text(out / SCALE_JSON, _json({"points": points, "rows": curves, "lines": lines, "verdicts": verdicts,
+                                        "levers": list(levers)}))
     figure = plot_scale(curves, lines, tasks, out / figure_file("scale"))
-    (out / REPORT).write_text(render_scale_report(points, curves, lines, tasks, verdicts, figure))
+    text = render_scale_report(points, curves, lines, tasks, verdicts, figure)
+    (out / REPORT).write_text(text + render_levers(levers, curves, points[-1]["hours"], tasks) if levers else text)
 
 
 def _json(value) -> str:
@@ -304,6 +360,24 @@ def render_scale_report(points: list[dict], curves: list[dict], lines: dict, tas
     return "\n".join(text)
 
 
+def render_levers(levers: list[dict], curves: list[dict], hours: float, tasks: list[str]) -> str:
+    """The levers' table: the reference LM (the lm: section as given) and each lever, trained
+    on the same largest size and probed the same way."""
+    reference = {r["task"]: r for r in curves if r["hours"] == hours and r["representation"] == "lm_best"}
+    names = list(dict.fromkeys(r["lever"] for r in levers))
+    by = {(r["lever"], r["task"]): r for r in levers}
+    text = [f"## Levers at {hours:g} h\n",
+            "The code LM trained again on the largest size's codes with the `lm:` settings changed as each row "
+            "says, probed the same way (best layer and pooling chosen on val).\n",
+            "| LM | changes | " + " | ".join(tasks) + " |", "|---|---|" + "---:|" * len(tasks),
+            "| reference | – | " + " | ".join(_acc(reference.get(t)) for t in tasks) + " |"]
+    for name in names:
+        changes = next(r["changes"] for r in levers if r["lever"] == name)
+        text.append(f"| {name} | {', '.join(f'{k}={v}' for k, v in changes.items())} | "
+                    + " | ".join(_acc(by.get((name, t))) for t in tasks) + " |")
+    return "\n".join(text) + "\n"
+
+
 def _acc(row: dict | None) -> str:
     if not row or row.get("accuracy") is None:
         return "–"
@@ -333,16 +407,18 @@ def run(ctx: RunContext) -> None:
 @click.argument("recipe", type=click.Path(exists=True, dir_okay=False))
 @click.option("--hours", help="Comma list of pretraining sizes in hours, e.g. 0.25,0.5,1,2 (default: the "
                               "recipe's scale.hours, else 0.25,0.5,1,2).")
+@click.option("--with-levers", is_flag=True, default=None,
+              help="Also train the recipe's levers: LMs (other objectives, contexts) at the largest size.")
 @click.option("--device", help="cpu, cuda or auto (default: the recipe's run.device, else auto).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def command(recipe, hours, device, no_progress):
+def command(recipe, hours, with_levers, device, no_progress):
     """Probe accuracy against pretraining hours: the self-supervised stages trained on nested
     subsets of the corpus, each probed on every task. Writes RUN/scale/."""
     ctx = RunContext.create(None, recipe, device=device, progress=not no_progress)
     try:
-        override = {"hours": [float(h) for h in hours.split(",") if h.strip()]} if hours else None
+        override = {"hours": [float(h) for h in hours.split(",") if h.strip()]} if hours else {}
     except ValueError:
         raise ConfigError(f"--hours takes a comma list of numbers, got {hours!r}") from None
-    out = scale(ctx, ctx.config(ScaleConfig, SECTION, override))
+    out = scale(ctx, ctx.config(ScaleConfig, SECTION, {**override, "with_levers": with_levers}))
     click.echo((out / REPORT).read_text())
 
