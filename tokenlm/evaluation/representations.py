@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from tokenlm.artifacts import read_stage
 from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
@@ -344,4 +343,6 @@ def chunks_by_length(items: list, max_total: int):
 
 
 def _bar(iterable, desc: str, progress: bool):
-    return tqdm(iterable, desc=desc, unit="clip" if desc != "LM" else "batch", disable=not progress, leave=False)
+    from tokenlm.progress import progress_bar
+
+    return progress_bar(iterable, desc=desc, unit="clip" if desc != "LM" else "batch", enabled=progress, leave=False)

@@ -10,12 +10,13 @@ stage's own default, applies; the help shows that default, which differs per sta
 
 from __future__ import annotations
 
+import functools
+from contextlib import ExitStack
 from typing import Any, Callable, Mapping
 
 import click
 
 from tokenlm.config import build
-from tokenlm.training import TrainConfig
 
 
 def training_options(defaults: Mapping[str, Any], *, items: str, seeds: str) -> Callable:
@@ -26,6 +27,8 @@ def training_options(defaults: Mapping[str, Any], *, items: str, seeds: str) -> 
     in the help); ``items``: what a batch holds ("Crops"); ``seeds``: what the seed draws
     besides the initial weights ("crops and sampling").
     """
+    from tokenlm.training.config import TrainConfig  # torch loads with it: not for `tokenlm run --help`
+
     shown = build(TrainConfig, defaults)
     options = [
         click.option("--steps", type=int, help=f"Optimiser steps (upper bound with early stopping). [{shown.steps}]"),
@@ -41,7 +44,43 @@ def training_options(defaults: Mapping[str, Any], *, items: str, seeds: str) -> 
         click.option("--no-progress", is_flag=True, help="No progress bars."),
     ]
 
-    return _all_of(options)
+    return lambda command: artifact_options(_all_of(options)(command))
+
+
+def artifact_options(command: Callable) -> Callable:
+    """Add --keep-checkpoints and --log-to: what a training leaves besides its model. The
+    command never sees them: it runs inside ``keeping_checkpoints`` and ``logging_to``."""
+    @functools.wraps(command)
+    def wrapper(*args, keep_checkpoints=None, log_to=None, **kwargs):
+        with artifact_settings(keep_checkpoints, log_to):
+            return command(*args, **kwargs)
+
+    for option in reversed([
+        click.option("--keep-checkpoints", is_flag=True, default=None,
+                     help="Keep each training's ckpt/ (resume state) after its stage finishes. [off]"),
+        click.option("--log-to", help="Also log training to trackers (comma list): tensorboard, wandb, mlflow "
+                                      "(offline, inside the stage's folder). [none]"),
+    ]):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def artifact_settings(keep_checkpoints, log_to, run_section: Mapping[str, Any] | None = None) -> ExitStack:
+    """The context of ``--keep-checkpoints`` / ``--log-to``, falling back on a recipe's
+    ``run.keep_checkpoints`` / ``run.log_to``."""
+    from tokenlm.artifacts import keeping_checkpoints
+    from tokenlm.tracking import logging_to
+
+    section = run_section or {}
+    stack = ExitStack()
+    keep = keep_checkpoints if keep_checkpoints is not None else section.get("keep_checkpoints", False)
+    if not isinstance(keep, bool):
+        from tokenlm.errors import ConfigError
+
+        raise ConfigError(f"option 'run.keep_checkpoints' takes true/false, got {keep!r}")
+    stack.enter_context(keeping_checkpoints(keep))
+    stack.enter_context(logging_to(log_to if log_to is not None else section.get("log_to")))
+    return stack
 
 
 def baseline_options(*, seeds: str, folds: str) -> Callable:

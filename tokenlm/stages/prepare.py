@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from tokenlm.artifacts import Stage
 from tokenlm.audio import audio_seconds
@@ -32,6 +31,7 @@ from tokenlm.splits import SplitConfig, assign_splits, link_duplicates
 from tokenlm.stages.options import data_options
 from tokenlm.tasks import prepare_task
 from tokenlm.store import RaggedWriter
+from tokenlm.progress import progress_bar
 
 # Clips longer than this are featurised block by block in the writing thread, each block's
 # frames written as they come, so memory does not grow with a recording's length. Shorter ones
@@ -139,8 +139,8 @@ def _extract(clips: list[Clip], features: FeatureConfig, work: Path, progress: b
     with kernel_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:
         results = bounded_map(pool, featurise, clips, ahead=2 * workers, budget=AHEAD_SECONDS,
                               weight=lambda clip: seconds(clip) if seconds(clip) <= STREAM_SECONDS else 0.0)
-        for clip, (result, error) in tqdm(zip(clips, results), total=len(clips), desc="features",
-                                          unit="clip", disable=not progress):
+        for clip, (result, error) in progress_bar(zip(clips, results), total=len(clips), desc="features",
+                                                  unit="clip", enabled=progress):
             row = {"id": clip.id, "path": clip.path, "label": clip.label, "split": clip.split,
                    "group": clip.group, "fold": clip.fold}
             writer = writers[clip.split]

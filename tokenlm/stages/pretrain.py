@@ -3,7 +3,8 @@
     RUN/lm/config.json, model.safetensors   GPT2LMHeadModel.from_pretrained(RUN/lm) loads it
     RUN/lm/train_log.csv                     step, lr, loss, val_loss, val_ppl, val_bits_per_s, tokens_per_s
     RUN/lm/metrics.json                      val/test perplexity next to unigram and bigram references
-    RUN/lm/ckpt/                             last.pt (resume state), best.pt (best val weights)
+    RUN/lm/ckpt/                             last/best.json + .safetensors (resume state, best val
+                                             weights), while training; kept with --keep-checkpoints
 
 Training sequences are **clip-aligned and packed**: every sequence starts at a clip's BOS,
 and is filled up to the context with further clips, each behind its own BOS, drawn at random

@@ -5,7 +5,7 @@
     RUN/vocoder/train_log.csv         step, lr, loss, val_loss, val_bits_per_sample, samples_per_s, elapsed_s
     RUN/vocoder/metrics.json          resynthesis quality on val excerpts (below)
     RUN/vocoder/samples/*.wav         those excerpts: original and resynthesis
-    RUN/vocoder/ckpt/                 last.pt (resume state), best.pt
+    RUN/vocoder/ckpt/                 last/best checkpoints while training (kept with --keep-checkpoints)
 
 Training data: random code-aligned crops of the train split's audio and codes, held in memory
 as mu-law classes (tokenlm.vocoder_data).
