@@ -33,6 +33,8 @@ def griffin_lim(log_mel_db, features: FeatureConfig, *, n_iter: int = GRIFFIN_LI
         power, sr=features.sample_rate, n_fft=features.n_fft, power=2.0, fmin=features.f_min, fmax=features.f_max,
         htk=False, norm="slaney")
     audio = librosa.griffinlim(magnitude, n_iter=n_iter, hop_length=features.hop_length, win_length=features.n_fft,
-                               n_fft=features.n_fft, window="hann", center=True, length=length,
+                               n_fft=features.n_fft, window="hann", center=True,
                                random_state=np.random.default_rng(seed))
+    # Centred frames cover hop * (frames - 1) samples: pad (or cut) to the length asked for.
+    audio = np.pad(audio, (0, max(length - len(audio), 0)))[:length]
     return audio.astype(np.float32)
