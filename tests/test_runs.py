@@ -227,3 +227,15 @@ def test_tensorboard_gets_the_rows_of_train_log(tmp_path):
 def test_an_unknown_tracker_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match="unknown tracker neptune"):
         _train_with_trackers(tmp_path, "neptune")
+
+
+def test_the_lm_names_its_tokenizer_and_forwards_without_the_loss_warning(short_run):
+    from tokenlm import AudioTokenizer, CodeLM
+
+    _, run = short_run
+    config = read_json(run / "lm" / "config.json")["tokenlm"]
+    tokenizer = AudioTokenizer.load(run / "tokenizer")
+    assert config["tokenizer_dir"] == str((run / "tokenizer").resolve())
+    assert config["tokenizer_hash"] == tokenizer.info["tokenizer_hash"]
+    # transformers looks the loss up by the model's loss_type: unset, it warned at every forward
+    assert CodeLM.load(run / "lm").model.loss_type == "ForCausalLM"

@@ -189,7 +189,8 @@ class _LMJob:
         bos = vocab_layout(tokens.codebook_size)["bos_token_id"]
         info = {"code_rate": tokens.code_rate, "sample_rate": tokens.sample_rate,
                 "samples_per_code": tokens.samples_per_code, "tokens_key": stage_key(tokens.directory),
-                "tokenizer_hash": tokens.raw.get("tokenizer_hash")}
+                "tokenizer_hash": tokens.raw.get("tokenizer_hash"),
+                "tokenizer_dir": tokens.raw.get("tokenizer_dir")}  # which tokenizer's codes (path + hash)
         torch.manual_seed(training.seed)  # the initial weights
         model = build_gpt2(model_cfg, tokens.codebook_size, device=dist.device, info=info)
         code_rate = tokens.code_rate or 0.0
