@@ -239,3 +239,16 @@ def test_the_lm_names_its_tokenizer_and_forwards_without_the_loss_warning(short_
     assert config["tokenizer_hash"] == tokenizer.info["tokenizer_hash"]
     # transformers looks the loss up by the model's loss_type: unset, it warned at every forward
     assert CodeLM.load(run / "lm").model.loss_type == "ForCausalLM"
+
+
+def test_lm_rows_count_the_flops_of_one_second_of_codes(short_run):
+    from tokenlm import CodeLM
+    from tokenlm.evaluation.representations import lm_flops_per_second
+
+    lm = CodeLM.load(short_run[1] / "lm")
+    n, d = min(round(lm.code_rate) + 1, lm.context), 16  # TINY's LM: one block of width 16
+    matmuls = 2 * n * 12 * d * d  # qkv, projection and the 4x MLP: 12 d^2 per code
+    attention = 2 * 2 * n * n * d  # scores and mixing
+    assert lm_flops_per_second(lm, lm.code_rate) == matmuls + attention
+    assert lm.model.config._attn_implementation == "sdpa"  # left as it was
+    assert lm_flops_per_second(lm, None) is None
