@@ -236,7 +236,7 @@ class RunDir:
     def codebook_size(self) -> int:
         """The K that ``tokenlm tokenize`` was last asked for: every consumer's default."""
         if not self.codebooks() and not (self.tokenizer / CURRENT).is_file():
-            raise ArtifactError(f"{self.root} has no tokenizer yet: run `tokenlm tokenize --out {self.root}` first")
+            raise ArtifactError(f"{self.root} has no tokenizer yet: run `tokenlm tokenize {self.root}` first")
         return current_codebook_size(self.tokenizer)
 
     def codebook_size_or_none(self) -> int | None:

@@ -40,7 +40,7 @@ def training_options(defaults: Mapping[str, Any], *, items: str, seeds: str) -> 
         click.option("--patience", type=int,
                      help=f"Validations without improvement before stopping; 0 = never. [{shown.patience}]"),
         click.option("--seed", type=int, help=f"Seed of the weights, {seeds}. [{shown.seed}]"),
-        click.option("--device", help="cpu, cuda or auto (default)."),
+        click.option("--device", help="cpu, cuda or auto. [auto]"),
         click.option("--no-progress", is_flag=True, help="No progress bars."),
     ]
 
@@ -88,11 +88,11 @@ def baseline_options(*, seeds: str, folds: str) -> Callable:
     options of the commands that train the CNN baselines. ``seeds``: what the seed drives;
     ``folds``: what --no-folds skips."""
     options = [
-        click.option("--epochs", type=int, help="Upper bound on supervised baseline epochs (early stopping on val)."),
-        click.option("--simclr-epochs", type=int, help="SimCLR training epochs."),
-        click.option("--seed", type=int, help=f"Seed for {seeds}."),
-        click.option("--no-folds", is_flag=True, default=None, help=f"Skip {folds}."),
-        click.option("--device", help="cpu, cuda or auto (default)."),
+        click.option("--epochs", type=int, help="Upper bound on supervised baseline epochs (early stopping on val). [60]"),
+        click.option("--simclr-epochs", type=int, help="SimCLR training epochs. [50]"),
+        click.option("--seed", type=int, help=f"Seed for {seeds}. [0]"),
+        click.option("--no-folds", is_flag=True, default=None, help=f"Skip {folds}. [off]"),
+        click.option("--device", help="cpu, cuda or auto. [auto]"),
         click.option("--no-progress", is_flag=True, help="No progress bars."),
     ]
 
@@ -104,9 +104,9 @@ def data_options() -> Callable:
     dataset. Both default to None ("not given"), so the recipe's data section applies."""
     return _all_of([
         click.option("--hash-content", is_flag=True, default=None,
-                     help="Identify input files by a hash of their bytes too (reads every file once more)."),
+                     help="Identify input files by a hash of their bytes too (reads every file once more). [off]"),
         click.option("--allow-outside", is_flag=True, default=None,
-                     help="Accept manifest paths outside the manifest's folder."),
+                     help="Accept manifest paths outside the manifest's folder. [off]"),
     ])
 
 
@@ -118,3 +118,23 @@ def _all_of(options: list[Callable]) -> Callable:
         return command
 
     return decorate
+
+
+def run_argument(command: Callable) -> Callable:
+    """Add the RUN argument (the run folder, as every command takes it) and accept the old
+    ``--out RUN`` of prepare and tokenize, with a note on the new spelling."""
+    @functools.wraps(command)
+    def wrapper(*args, run=None, old_out=None, **kwargs):
+        if old_out is not None:
+            if run is not None and run != old_out:
+                from tokenlm.errors import ConfigError
+
+                raise ConfigError(f"two run folders: RUN {run} and --out {old_out} (the old spelling of RUN): give one")
+            name = click.get_current_context().info_name
+            click.echo(f"note: the run folder is now an argument: tokenlm {name} {old_out} ... (--out still works)",
+                       err=True)
+            run = old_out
+        return command(*args, run=run, **kwargs)
+
+    wrapper = click.option("--out", "old_out", type=click.Path(file_okay=False), hidden=True)(wrapper)
+    return click.argument("run", required=False, type=click.Path(file_okay=False))(wrapper)

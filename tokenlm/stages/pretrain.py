@@ -271,7 +271,7 @@ def _say(message: str) -> None:
 
 @click.command("pretrain")
 @click.argument("run", required=False, type=click.Path(file_okay=False))
-@click.option("-K", "--codebook-size", type=int, help="Which tokens to train on (default: the run's current K).")
+@click.option("-K", "--codebook-size", type=int, help="Which tokens to train on. [the run's current K]")
 @click.option("--config", "recipe", type=click.Path(), help="Recipe YAML (section lm, with lm.training).")
 @training_options(LM_TRAINING_DEFAULTS, items="Sequences (of context codes)", seeds="batches and dropout")
 @click.option("--n-layer", type=int, help="Transformer blocks. [4]")
@@ -280,7 +280,7 @@ def _say(message: str) -> None:
 @click.option("--context", type=int, help="Context length in codes. [512]")
 @click.option("--dropout", type=float, help="Residual/embedding dropout. [0.0]")
 @click.option("--attn", "attn_implementation", type=click.Choice(["auto", "eager", "sdpa"]),
-              help="Attention implementation; auto = the fastest measured (sdpa).")
+              help="Attention implementation; auto = the fastest measured (sdpa). [auto]")
 def command(run, codebook_size, recipe, device, no_progress, **options):
     """Train the GPT code language model on RUN/tokens and save it to RUN/lm.
 

@@ -327,9 +327,9 @@ def run(ctx: RunContext) -> None:
 
 @click.command("scale")
 @click.argument("recipe", type=click.Path(exists=True, dir_okay=False))
-@click.option("--hours", help="Comma list of pretraining sizes in hours, e.g. 0.25,0.5,1,2 (default: the "
-                              "recipe's scale.hours, else 0.25,0.5,1,2).")
-@click.option("--device", help="cpu, cuda or auto (default: the recipe's run.device, else auto).")
+@click.option("--hours", help="Comma list of pretraining sizes in hours. [the recipe's scale.hours, else "
+                              "0.25,0.5,1,2]")
+@click.option("--device", help="cpu, cuda or auto. [the recipe's run.device, else auto]")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def command(recipe, hours, device, no_progress):
     """Probe accuracy against pretraining hours: the self-supervised stages trained on nested

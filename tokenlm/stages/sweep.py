@@ -83,7 +83,7 @@ def sweep(run: str | Path, config: SweepConfig = SweepConfig(), codebook: Codebo
 def _sweep(ctx: RunContext, config: SweepConfig, codebook: CodebookConfig) -> Path:
     run = ctx.run
     if not is_finished(run.tokenizer):
-        raise TokenlmError(f"{run.root} has no trained autoencoder: run `tokenlm tokenize --data DIR --out {run.root}` first")
+        raise TokenlmError(f"{run.root} has no trained autoencoder: run `tokenlm tokenize {run.root} --data DIR` first")
     torch_device = pick_device(ctx.device)
     tasks = ctx.tasks()
     rows = []
@@ -335,12 +335,12 @@ def _fmt(fmt: str, value) -> str:
 
 @click.command("sweep")
 @click.argument("run", type=click.Path(), required=False)
-@click.option("--codebook-sizes", help="Comma list, e.g. 8,16,32,64,128,256,512,1024.")
-@click.option("--with-lm", is_flag=True, default=None, help="Train a small LM per K (the recipe's lm section).")
-@click.option("--with-probe", is_flag=True, default=None, help="Linear-probe the LM and the bag of codes per K.")
-@click.option("--with-vocoder", is_flag=True, default=None, help="Train a vocoder per K and measure resynthesis.")
+@click.option("--codebook-sizes", help="Comma list of codebook sizes. [the recipe's sweep.codebook_sizes, else 8,16,32,64,128,256,512,1024]")
+@click.option("--with-lm", is_flag=True, default=None, help="Train a small LM per K (the recipe's lm section). [off]")
+@click.option("--with-probe", is_flag=True, default=None, help="Linear-probe the LM and the bag of codes per K. [off]")
+@click.option("--with-vocoder", is_flag=True, default=None, help="Train a vocoder per K and measure resynthesis. [off]")
 @click.option("--config", "recipe", type=click.Path(), help="Recipe YAML (sections: sweep, codebook, lm, probe, vocoder).")
-@click.option("--device", help="cpu, cuda or auto (default).")
+@click.option("--device", help="cpu, cuda or auto. [auto]")
 def command(run, codebook_sizes, with_lm, with_probe, with_vocoder, recipe, device):
     """Information loss against codebook size, on the run's autoencoder."""
     ctx = RunContext.create(run, recipe, device=device)

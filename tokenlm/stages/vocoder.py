@@ -177,7 +177,7 @@ def train_vocoder(run: str | Path | RunDir, cfg: VocoderConfig = VocoderConfig()
     made_by = tokens.raw.get("tokenizer_hash")
     if made_by and made_by != codebook_key:
         raise ArtifactError(f"{tokens.directory} was encoded with tokenizer {made_by}, but {codebook} is now "
-                            f"{codebook_key}: rerun `tokenlm tokenize --out {run.root} -K {tokens.codebook_size}`")
+                            f"{codebook_key}: rerun `tokenlm tokenize {run.root} -K {tokens.codebook_size}`")
     config = cfg.to_section()
     config["training"].pop("device")  # where it trains is not what it learns: switching resumes
     stage = Stage(Path(out_dir) if out_dir else run.vocoder, config={**config, "codebook_size": tokens.codebook_size},
@@ -348,7 +348,7 @@ DEFAULT = VocoderConfig()  # what the help shows
 
 @click.command("vocoder")
 @click.argument("run", required=False, type=click.Path(file_okay=False))
-@click.option("-K", "--codebook-size", type=int, help="Which codes to condition on (default: the run's current K).")
+@click.option("-K", "--codebook-size", type=int, help="Which codes to condition on. [the run's current K]")
 @click.option("--config", "recipe", type=click.Path(), help="Recipe YAML (section vocoder, with vocoder.training).")
 @training_options(VOCODER_TRAINING_DEFAULTS, items="Crops", seeds="crops and sampling")
 @click.option("--layers-per-cycle", type=int, help=f"Dilated layers per cycle (dilations 1..2^(n-1)). [{DEFAULT.model.layers_per_cycle}]")
