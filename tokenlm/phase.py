@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tokenlm.errors import ConfigError
 from tokenlm.features import FeatureConfig
 
 GRIFFIN_LIM_ITERATIONS = 32
@@ -20,7 +21,11 @@ def griffin_lim(log_mel_db, features: FeatureConfig, *, n_iter: int = GRIFFIN_LI
     """Log-mel frames (frames, n_mels) in dB -> float32 audio at ``features.sample_rate``
     (``length`` samples, default frames * hop_length). The random initial phase comes from
     ``seed``, so the result is reproducible."""
-    import librosa
+    try:
+        import librosa
+    except ImportError:
+        raise ConfigError("Griffin-Lim decoding needs librosa: pip install 'tokenlm[phase]' "
+                          "(or train a vocoder: tokenlm vocoder RUN)") from None
 
     log_mel = np.asarray(log_mel_db, dtype=np.float64)
     if log_mel.ndim != 2 or log_mel.shape[1] != features.n_mels:
