@@ -258,10 +258,8 @@ def test_every_command_takes_the_run_folder_as_its_argument_and_the_old_out_stil
     corpus = write_corpus(tmp_path / "corpus", labels=2, groups=2, clips=2, seconds=0.5, sample_rate=8000)
     assert tokenlm("prepare", tmp_path / "new", "--data", corpus) == 0
     assert (tmp_path / "new" / "features" / STAGE_FILE).is_file()
-    assert "note:" not in capsys.readouterr().err
-    assert tokenlm("prepare", "--data", corpus, "--out", tmp_path / "old") == 0
+    assert tokenlm("prepare", "--data", corpus, "--out", tmp_path / "old") == 0  # the older spelling
     assert (tmp_path / "old" / "features" / STAGE_FILE).is_file()
-    assert "tokenlm prepare " + str(tmp_path / "old") in capsys.readouterr().err
     assert tokenlm("prepare", tmp_path / "a", "--data", corpus, "--out", tmp_path / "b") == 1
     assert "two run folders" in capsys.readouterr().err
 
@@ -269,9 +267,8 @@ def test_every_command_takes_the_run_folder_as_its_argument_and_the_old_out_stil
 def test_help_shows_defaults_one_way_everywhere(capsys):
     from tokenlm.pipeline import STAGES
 
-    for spec in STAGES:
-        if spec.name == "data":
-            continue
-        assert tokenlm(spec.name, "--help") == 0
+    commands = [[spec.name] for spec in STAGES if spec.name != "data"] + [["data", "demo"], ["data", "corpus"]]
+    for command in commands:
+        assert tokenlm(*command, "--help") == 0
         out = " ".join(capsys.readouterr().out.split())
-        assert "(default" not in out and "[default:" not in out, spec.name
+        assert "(default" not in out and "[default:" not in out, command

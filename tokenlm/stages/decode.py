@@ -44,7 +44,7 @@ def decode_file(run: str | RunDir, in_path: str | Path, out_path: str | Path, *,
               help="WaveNet sampling temperature; 0 = likeliest sample each step. [1.0]")
 @click.option("--seed", type=int, default=0, help="Seed of the sampling. [0]")
 @click.option("--device", help="cpu, cuda or auto. [auto]")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--no-progress", is_flag=True, help="No progress bar. [off]")
 def command(run, in_path, out_path, codebook_size, temperature, seed, device, no_progress):
     """Resynthesis: IN.wav -> codes (RUN's tokenizer) -> audio (RUN's WaveNet) -> OUT.wav.
 

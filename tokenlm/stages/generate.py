@@ -108,7 +108,7 @@ def pipeline_example(run: str | RunDir, device=None, progress: bool = True) -> P
 @click.option("--prime/--no-prime", default=True,
               help="Feed the prompt's own audio to the WaveNet (else resynthesise it from its codes). [--prime]")
 @click.option("--device", help="cpu, cuda or auto. [auto]")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--no-progress", is_flag=True, help="No progress bar. [off]")
 def command(run, out_path, prompt, device, no_progress, **how):
     """Continue audio: encode --prompt, continue its codes with RUN/lm, decode with RUN/vocoder.
 

@@ -41,18 +41,21 @@ def training_options(defaults: Mapping[str, Any], *, items: str, seeds: str) -> 
                      help=f"Validations without improvement before stopping; 0 = never. [{shown.patience}]"),
         click.option("--seed", type=int, help=f"Seed of the weights, {seeds}. [{shown.seed}]"),
         click.option("--device", help="cpu, cuda or auto. [auto]"),
-        click.option("--no-progress", is_flag=True, help="No progress bars."),
+        click.option("--no-progress", is_flag=True, help="No progress bars. [off]"),
     ]
 
-    return lambda command: artifact_options(_all_of(options)(command))
+    return lambda command: _all_of(options)(artifact_options(command))
 
 
 def artifact_options(command: Callable) -> Callable:
     """Add --keep-checkpoints and --log-to: what a training leaves besides its model. The
-    command never sees them: it runs inside ``keeping_checkpoints`` and ``logging_to``."""
+    command never sees them: it runs inside ``keeping_checkpoints`` and ``logging_to`` (else
+    its recipe's run.keep_checkpoints and run.log_to)."""
     @functools.wraps(command)
     def wrapper(*args, keep_checkpoints=None, log_to=None, **kwargs):
-        with artifact_settings(keep_checkpoints, log_to):
+        from tokenlm.config import recipe_section
+
+        with artifact_settings(keep_checkpoints, log_to, recipe_section(kwargs.get("recipe"), "run")):
             return command(*args, **kwargs)
 
     for option in reversed([
@@ -93,7 +96,7 @@ def baseline_options(*, seeds: str, folds: str) -> Callable:
         click.option("--seed", type=int, help=f"Seed for {seeds}. [0]"),
         click.option("--no-folds", is_flag=True, default=None, help=f"Skip {folds}. [off]"),
         click.option("--device", help="cpu, cuda or auto. [auto]"),
-        click.option("--no-progress", is_flag=True, help="No progress bars."),
+        click.option("--no-progress", is_flag=True, help="No progress bars. [off]"),
     ]
 
     return _all_of(options)
@@ -121,20 +124,20 @@ def _all_of(options: list[Callable]) -> Callable:
 
 
 def run_argument(command: Callable) -> Callable:
-    """Add the RUN argument (the run folder, as every command takes it) and accept the old
-    ``--out RUN`` of prepare and tokenize, with a note on the new spelling."""
+    """Add the RUN argument (the run folder, as every command takes it) and keep the older
+    ``--out RUN`` of prepare and tokenize working, its help saying what it is now. (No note
+    on stderr: scripts that check a command's one-line error keep working.)"""
     @functools.wraps(command)
     def wrapper(*args, run=None, old_out=None, **kwargs):
         if old_out is not None:
             if run is not None and run != old_out:
                 from tokenlm.errors import ConfigError
 
-                raise ConfigError(f"two run folders: RUN {run} and --out {old_out} (the old spelling of RUN): give one")
-            name = click.get_current_context().info_name
-            click.echo(f"note: the run folder is now an argument: tokenlm {name} {old_out} ... (--out still works)",
-                       err=True)
+                raise ConfigError(f"two run folders: RUN {run} and --out {old_out} (the older spelling of RUN): "
+                                  f"give one")
             run = old_out
         return command(*args, run=run, **kwargs)
 
-    wrapper = click.option("--out", "old_out", type=click.Path(file_okay=False), hidden=True)(wrapper)
+    wrapper = click.option("--out", "old_out", type=click.Path(file_okay=False), metavar="RUN",
+                           help="The older spelling of the RUN argument (still works).")(wrapper)
     return click.argument("run", required=False, type=click.Path(file_okay=False))(wrapper)

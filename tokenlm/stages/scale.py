@@ -330,7 +330,7 @@ def run(ctx: RunContext) -> None:
 @click.option("--hours", help="Comma list of pretraining sizes in hours. [the recipe's scale.hours, else "
                               "0.25,0.5,1,2]")
 @click.option("--device", help="cpu, cuda or auto. [the recipe's run.device, else auto]")
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--no-progress", is_flag=True, help="No progress bars. [off]")
 def command(recipe, hours, device, no_progress):
     """Probe accuracy against pretraining hours: the self-supervised stages trained on nested
     subsets of the corpus, each probed on every task. Writes RUN/scale/."""

@@ -168,8 +168,8 @@ def encode_new_data(tokenizer_path: Path, data: Path, out: Path, split: SplitCon
     rows = [{"id": c.id, "path": c.path, "label": c.label, "split": c.split, "group": c.group, "fold": c.fold,
              "file": files[c.id]} for c in clips]
     target = out.tokens(tokenizer.codebook_size)
-    stage = Stage(target, config={"data": str(data), "split": to_dict(split)},
-                  inputs={"tokenizer": tokenizer.info.get("tokenizer_hash") or str(tokenizer_path),
+    stage = Stage(target, config={"data": str(Path(data).resolve()), "split": to_dict(split)},
+                  inputs={"tokenizer": tokenizer.info.get("tokenizer_hash") or str(Path(tokenizer_path).resolve()),
                           "data": fingerprint([(r["id"], r["path"], r["label"], r["split"], r["file"]) for r in rows])})
 
     def make(work: Path) -> dict:
