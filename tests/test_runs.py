@@ -31,7 +31,8 @@ def test_overrides_change_exactly_the_keys_they_name():
               "probe": {"baselines": ["vgg", "simclr"]}}
     out = apply_overrides(recipe, ["lm.training.steps=50", "probe.baselines=[vgg]", "vocoder.training.lr=0.0003",
                                    "lm.attn=sdpa"])
-    assert out == {"run": {"dir": "runs/a"}, "lm": {"n_layer": 4, "training": {"steps": 50, "lr": 0.001}, "attn": "sdpa"},
+    assert out == {"run": {"dir": "runs/a"},
+                   "lm": {"n_layer": 4, "training": {"steps": 50, "lr": 0.001}, "attn": "sdpa"},
                    "probe": {"baselines": ["vgg"]}, "vocoder": {"training": {"lr": 3e-4}}}
     assert recipe["lm"]["training"]["steps"] == 2000  # the recipe itself is left alone
 

@@ -210,7 +210,8 @@ class AudioTokenizer:
             raise ArtifactError(f"no codebook at {codebook} (this tokenizer has: {have})")
         centroids = load_codebook(codebook / CODEBOOK, coder.autoencoder.encoder[-1].out_features)
         check_outputs(codebook)  # missing or truncated files: one line naming the file
-        info = {"tokenizer_dir": str(path.resolve()), "codebook_dir": str(codebook.resolve()), "tokenizer_hash": _key_or_none(codebook)}
+        info = {"tokenizer_dir": str(path.resolve()), "codebook_dir": str(codebook.resolve()),
+                "tokenizer_hash": _key_or_none(codebook)}
         tokenizer = cls(coder, centroids, info)
         return tokenizer.to(device) if device is not None else tokenizer
 

@@ -171,7 +171,8 @@ def lm_layers(clips: LabelledClips, codes: Codes, lm_dir: Path, layers: str, bat
     if concat:
         reps.append(Representation(
             "lm_concat", f"LM layers {','.join(map(str, chosen))} concatenated", None, encoder_params=params,
-            encoder_train_s=train_s, flops_per_second=flops, extract_s=extract_s * len(chosen), notes="encoder = tokenizer + LM",
+            encoder_train_s=train_s, flops_per_second=flops, extract_s=extract_s * len(chosen),
+            notes="encoder = tokenizer + LM",
             statistics={k: v[:, chosen].reshape(len(v), -1) for k, v in stacked.items()}))
     return reps
 

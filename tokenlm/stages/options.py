@@ -91,7 +91,8 @@ def baseline_options(*, seeds: str, folds: str) -> Callable:
     options of the commands that train the CNN baselines. ``seeds``: what the seed drives;
     ``folds``: what --no-folds skips."""
     options = [
-        click.option("--epochs", type=int, help="Upper bound on supervised baseline epochs (early stopping on val). [60]"),
+        click.option("--epochs", type=int,
+                     help="Upper bound on supervised baseline epochs (early stopping on val). [60]"),
         click.option("--simclr-epochs", type=int, help="SimCLR training epochs. [50]"),
         click.option("--seed", type=int, help=f"Seed for {seeds}. [0]"),
         click.option("--no-folds", is_flag=True, default=None, help=f"Skip {folds}. [off]"),

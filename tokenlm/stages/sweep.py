@@ -335,7 +335,8 @@ def _fmt(fmt: str, value) -> str:
 
 @click.command("sweep")
 @click.argument("run", type=click.Path(), required=False)
-@click.option("--codebook-sizes", help="Comma list of codebook sizes. [the recipe's sweep.codebook_sizes, else 8,16,32,64,128,256,512,1024]")
+@click.option("--codebook-sizes", help="Comma list of codebook sizes. [the recipe's sweep.codebook_sizes, else "
+                                       "8,16,32,64,128,256,512,1024]")
 @click.option("--with-lm", is_flag=True, default=None, help="Train a small LM per K (the recipe's lm section). [off]")
 @click.option("--with-probe", is_flag=True, default=None, help="Linear-probe the LM and the bag of codes per K. [off]")
 @click.option("--with-vocoder", is_flag=True, default=None, help="Train a vocoder per K and measure resynthesis. [off]")

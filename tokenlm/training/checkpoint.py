@@ -30,6 +30,7 @@ FORMAT = "tokenlm-checkpoint/1"
 _TENSOR = "__tensor__"  # {"__tensor__": name}: the tensor `name` of the safetensors file
 _ITEMS = "__items__"  # {"__items__": [[key, value], ...]}: a dict with non-string keys (optimiser state)
 
+
 def save_checkpoint(obj: dict, path: str | Path) -> None:
     """Write ``obj`` (nested dicts/lists of tensors and plain data) as ``path`` (the .json
     state file) plus a safetensors file beside it; all-or-nothing for readers and kill -9."""
