@@ -47,7 +47,7 @@ from tokenlm.fileio import write_json
 from tokenlm.lm import IGNORE, count_baselines, lm_loss, pad_batch, scoring_windows
 from tokenlm.models.gpt import LMConfig, build_gpt2, vocab_layout
 from tokenlm.pipeline import RunContext
-from tokenlm.rundir import METRICS, SPLITS, TRAIN_LOG, RunDir, TokensMeta, bin_file, read_tokens_meta
+from tokenlm.rundir import METRICS, SPLITS, STAGE_FILE, TRAIN_LOG, RunDir, TokensMeta, bin_file, read_tokens_meta
 from tokenlm.stages.options import training_options
 from tokenlm.store import RaggedSplit
 from tokenlm.training import TrainConfig, distributed_stage, train
@@ -179,6 +179,17 @@ class _LMJob:
     training: TrainConfig
     metrics: dict = dataclasses.field(default_factory=dict)
 
+    def tokenizer_dir(self) -> str | None:
+        """The folder of the tokenizer whose codes these are (named in config.json beside its
+        hash): the run's own when it holds that codebook, so a copied run names its own copy;
+        else the one the tokens' meta names (codes encoded with another run's tokenizer)."""
+        run = RunDir(self.tokens.directory.parent.parent)  # RUN/tokens/k{K}
+        own = run.codebook(self.tokens.codebook_size)
+        expected = self.tokens.raw.get("tokenizer_hash")
+        if expected and (own / STAGE_FILE).is_file() and stage_key(own) == expected:
+            return str(run.tokenizer.resolve())
+        return self.tokens.raw.get("tokenizer_dir")
+
     def train(self, work: Path, dist, progress: bool, callbacks) -> None:
         tokens, model_cfg, training = self.tokens, self.model_cfg, self.training
         splits = {name: RaggedSplit(tokens.directory, name, "uint16") for name in SPLITS}
@@ -189,8 +200,7 @@ class _LMJob:
         bos = vocab_layout(tokens.codebook_size)["bos_token_id"]
         info = {"code_rate": tokens.code_rate, "sample_rate": tokens.sample_rate,
                 "samples_per_code": tokens.samples_per_code, "tokens_key": stage_key(tokens.directory),
-                "tokenizer_hash": tokens.raw.get("tokenizer_hash"),
-                "tokenizer_dir": tokens.raw.get("tokenizer_dir")}  # which tokenizer's codes (path + hash)
+                "tokenizer_hash": tokens.raw.get("tokenizer_hash"), "tokenizer_dir": self.tokenizer_dir()}
         torch.manual_seed(training.seed)  # the initial weights
         model = build_gpt2(model_cfg, tokens.codebook_size, device=dist.device, info=info)
         code_rate = tokens.code_rate or 0.0
