@@ -62,7 +62,7 @@ def test_user_error_is_one_line_and_exit_1(capsys, tmp_path):
     assert code == 1
     assert err == f"error: data not found: {tmp_path / 'missing'}\n"
     code, _, err = run(["prepare"], capsys)
-    assert code == 1 and err.count("\n") == 1 and err.startswith("error: need --data and --out")
+    assert code == 1 and err.count("\n") == 1 and err.startswith("error: need RUN and --data")
 
 
 def test_usage_errors_exit_2(capsys):

@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tokenlm import artifacts
-from tokenlm.artifacts import STAGE_FILE, Stage
+from tokenlm.artifacts import STAGE_FILE, Stage, keeping_checkpoints
 from tokenlm.errors import ArtifactError
 from tokenlm.fileio import read_json, write_json
 from tokenlm.rundir import RunDir
@@ -319,8 +319,9 @@ def _finished(tmp_path) -> Stage:
     work = stage.start()
     (work / "model.safetensors").write_bytes(b"m" * 4096)
     (work / "ckpt").mkdir()
-    (work / "ckpt" / "last.pt").write_bytes(b"c" * 100)
-    stage.finish()
+    (work / "ckpt" / "last.json").write_bytes(b"c" * 100)
+    with keeping_checkpoints():
+        stage.finish()
     return stage
 
 
@@ -329,9 +330,9 @@ def test_stage_json_records_the_size_and_hash_of_every_output_file(tmp_path):
 
     stage = _finished(tmp_path)
     files = read_json(stage.out_dir / STAGE_FILE)["files"]
-    assert set(files) == {"model.safetensors", "ckpt/last.pt"}
+    assert set(files) == {"model.safetensors", "ckpt/last.json"}
     assert files["model.safetensors"]["size"] == 4096
-    assert files["ckpt/last.pt"]["sha256"] == artifacts.file_hash(stage.out_dir / "ckpt" / "last.pt")
+    assert files["ckpt/last.json"]["sha256"] == artifacts.file_hash(stage.out_dir / "ckpt" / "last.json")
     verify(stage.out_dir)
 
 

@@ -17,7 +17,7 @@ from torch import nn
 from tokenlm.config import build
 from tokenlm.errors import ConfigError
 from tokenlm.training import (
-    EpochBatches, TrainConfig, atomic_torch_save, batch_rng, load_checkpoint, lr_factor, rng_state, set_rng_state,
+    EpochBatches, TrainConfig, batch_rng, load_checkpoint, lr_factor, rng_state, save_checkpoint, set_rng_state,
     train,
 )
 from tests.conftest import Crash, crash_at
@@ -94,9 +94,9 @@ def test_batches_are_a_pure_function_of_seed_rank_step():
 def test_rng_state_roundtrip_through_weights_only(tmp_path):
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     random.gauss(0, 1)  # leaves a cached gaussian in python's state
-    atomic_torch_save({"rng": rng_state()}, tmp_path / "rng.pt")
+    save_checkpoint({"rng": rng_state()}, tmp_path / "rng.json")
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
-    set_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"])
+    set_rng_state(load_checkpoint(tmp_path / "rng.json")["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
     assert not list(tmp_path.glob(".*tmp*"))  # the temp file was renamed away
 
@@ -110,8 +110,8 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
     assert result.resumed_from == 10 and result.step == 30
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
-    last_ref = load_checkpoint(tmp_path / "ref" / "ckpt" / "last.pt")["model"]
-    last_res = load_checkpoint(tmp_path / "resumed" / "ckpt" / "last.pt")["model"]
+    last_ref = load_checkpoint(tmp_path / "ref" / "ckpt" / "last.json")["model"]
+    last_res = load_checkpoint(tmp_path / "resumed" / "ckpt" / "last.json")["model"]
     assert all(torch.equal(last_ref[k], last_res[k]) for k in last_ref)
     # The log holds every step once, the replayed rows identical to the reference's.
     with open(tmp_path / "resumed" / "train_log.csv") as f:
@@ -131,7 +131,7 @@ def test_early_stopping_keeps_the_best_weights(tmp_path):
                         val_metrics=lambda loss: {"val_rmse": math.sqrt(loss)})
     assert result.stopped_early and result.step < 200
     assert result.step == result.best_step + 2 * 5
-    best = load_checkpoint(tmp_path / "ckpt" / "best.pt")
+    best = load_checkpoint(tmp_path / "ckpt" / "best.json")
     assert best["step"] == result.best_step
     assert all(torch.equal(v, best["model"][k]) for k, v in model.state_dict().items())
     with open(tmp_path / "train_log.csv") as f:
@@ -146,7 +146,7 @@ def test_no_validation_keeps_the_last_weights(tmp_path):
     cfg = TrainConfig(steps=12, batch_size=4, eval_every=5, log_every=4, device="cpu")
     model, result = run(tmp_path, cfg, count_items=lambda batch: len(batch[0]))
     assert result.best_step is None and result.step == 12
-    last = load_checkpoint(tmp_path / "ckpt" / "last.pt")
+    last = load_checkpoint(tmp_path / "ckpt" / "last.json")
     assert last["state"]["finished"] and last["data"]["step"] == 12
     assert all(torch.equal(v, last["model"][k]) for k, v in model.state_dict().items())
 
@@ -161,7 +161,7 @@ def test_ctrl_c_checkpoints_the_current_step_then_resumes(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "run", cfg, val_batches=val_set(), callbacks=[ctrl_c])
-    assert load_checkpoint(tmp_path / "run" / "ckpt" / "last.pt")["state"]["step"] == 13  # not 10: no work lost
+    assert load_checkpoint(tmp_path / "run" / "ckpt" / "last.json")["state"]["step"] == 13  # not 10: no work lost
     resumed, result = run(tmp_path / "run", cfg, val_batches=val_set())
     assert result.resumed_from == 13
     assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), resumed.state_dict().values()))

@@ -1,5 +1,16 @@
-"""tokenlm: self-supervised audio tokenization and code language modelling."""
+"""tokenlm: self-supervised audio tokenization and code language modelling.
 
+The public API, imported on first use (so ``import tokenlm`` and ``tokenlm --help`` stay
+fast; torch loads only when a model does):
+
+    from tokenlm import AudioTokenizer, CodeLM, load_audio
+    tokenizer = AudioTokenizer.load("runs/demo/tokenizer")
+    codes = tokenizer.encode(load_audio("clip.wav", tokenizer.sample_rate), tokenizer.sample_rate)
+    audio = tokenizer.decode_audio(codes)           # RUN/vocoder if trained, else Griffin-Lim
+    ppl = CodeLM.load("runs/demo/lm").perplexity([codes])
+"""
+
+import importlib
 import os
 
 # OpenMP threads that spin while waiting make torch's many small CPU ops up to 100x slower
@@ -9,3 +20,37 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
+
+# name -> the module that defines it
+_EXPORTS = {
+    "AudioTokenizer": "tokenlm.tokenizer",
+    "CodeLM": "tokenlm.lm",
+    "Vocoder": "tokenlm.vocoder",
+    "RunDir": "tokenlm.rundir",
+    "load_lm": "tokenlm.trained",
+    "load_vocoder": "tokenlm.trained",
+    "load_lm_tokenizer": "tokenlm.trained",
+    "load_audio": "tokenlm.audio",
+    "encode_clips": "tokenlm.encoding",
+    "griffin_lim": "tokenlm.phase",
+    "run_recipe": "tokenlm.stages.run",
+    "TokenlmError": "tokenlm.errors",
+}
+_SUBMODULES = ("hear",)  # HEAR's API: tokenlm.hear.load_model(...)
+
+__all__ = [*_EXPORTS, *_SUBMODULES, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"tokenlm.{name}")
+    else:
+        raise AttributeError(f"module 'tokenlm' has no attribute {name!r}")
+    globals()[name] = value  # once imported, a plain attribute
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *__all__})

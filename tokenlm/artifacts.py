@@ -17,14 +17,18 @@ never deleted or replaced.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 import weakref
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Callable
 
@@ -35,24 +39,59 @@ from tokenlm.fileio import file_hash, fingerprint, fsync_dir, fsync_file, read_j
 STAGE_FILE = "stage.json"
 KEY_FILE = ".key"  # in a work folder: the key of the stage it is being built for
 
+# Whether a finished stage keeps its checkpoints folder (--keep-checkpoints, run.keep_checkpoints):
+# the resume state is useless once the stage is done, and it is most of a run's bytes.
+_KEEP_CHECKPOINTS = ContextVar("keep_checkpoints", default=False)
+
+
+@contextmanager
+def keeping_checkpoints(keep: bool = True):
+    """Within this block, stages that finish keep (True) or delete (False) their ckpt/ folder."""
+    token = _KEEP_CHECKPOINTS.set(bool(keep))
+    try:
+        yield
+    finally:
+        _KEEP_CHECKPOINTS.reset(token)
+
+
+# The libraries whose versions can change a stage's numbers (distribution names).
+RESULT_LIBRARIES = ("numpy", "torch", "transformers", "faiss-cpu", "faiss-gpu", "faiss", "scikit-learn",
+                    "soundfile", "soxr", "librosa", "safetensors")
+
 
 def library_versions() -> dict:
-    """Versions that can change results; recorded in every stage.json."""
+    """Versions that can change results, and tokenlm's git revision when it runs from a git
+    checkout (None otherwise); recorded in every stage.json. Libraries not installed are left out."""
     import tokenlm
 
-    return {
-        "tokenlm": tokenlm.__version__,
-        "python": platform.python_version(),
-        "numpy": _version("numpy"),
-        "torch": _version("torch"),
-    }
+    versions = {"tokenlm": tokenlm.__version__, "tokenlm_git": git_revision(), "python": platform.python_version()}
+    for package in RESULT_LIBRARIES:
+        version = _version(package)
+        if version is not None:
+            versions[package] = version
+    return versions
 
 
-def _version(package: str) -> str:
-    # The loaded module's own word when it is loaded; else its installed metadata, which
-    # spares finishing a stage the cost of importing torch.
-    module = sys.modules.get(package)
-    return module.__version__ if module is not None else importlib.metadata.version(package)
+def _version(package: str) -> str | None:
+    # Installed metadata, which spares finishing a stage the cost of importing torch.
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def git_revision() -> str | None:
+    """``git rev-parse HEAD`` of the checkout tokenlm runs from, or None (installed from a
+    wheel, no git, a slow disk): it never fails a stage."""
+    source = Path(__file__).resolve().parent.parent
+    if not (source / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def stage_key(out_dir: str | Path) -> str:
@@ -288,6 +327,10 @@ class Stage:
         for stale in self.work_dir.rglob(".*.tmp-*"):  # a temporary file of a process that died writing it
             if stale.is_file():
                 stale.unlink()
+        if not _KEEP_CHECKPOINTS.get():
+            from tokenlm.rundir import CHECKPOINTS  # rundir builds on this module
+
+            shutil.rmtree(self.work_dir / CHECKPOINTS, ignore_errors=True)
         record = {
             "stage": self.out_dir.name,
             "key": self.key,

@@ -44,7 +44,7 @@ def cli():
     \b
     Typical run:
       tokenlm data demo --out data/demo
-      tokenlm tokenize --data data/demo --out runs/demo -K 256
+      tokenlm tokenize runs/demo --data data/demo -K 256
       tokenlm pretrain runs/demo
       tokenlm probe runs/demo --baselines vgg,simclr,timbre
     or every stage from a recipe:  tokenlm run recipes/demo.yaml

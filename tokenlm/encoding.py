@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from tokenlm.audio import audio_seconds, row_source
 from tokenlm.datasets import SPLITS
@@ -24,6 +23,7 @@ from tokenlm.rundir import META
 from tokenlm.runtime import bounded_map, kernel_threads
 from tokenlm.store import RaggedWriter
 from tokenlm.tokenizer import AudioTokenizer
+from tokenlm.progress import progress_bar
 
 # encode_clips' passes: seconds of audio decoded ahead and encoded at once (10 minutes of
 # log-mel is 15 MB), and at most this many clips in one pass (short clips).
@@ -42,7 +42,7 @@ def encode_clips(tokenizer: AudioTokenizer, rows: list[dict], out: Path, *, prog
     receives each encoded clip's id -> seconds."""
     writers = {s: RaggedWriter(out, s, "uint16") for s in SPLITS}
     skipped = []
-    bar = tqdm(total=len(rows), desc="encode", unit="clip", disable=not progress)
+    bar = progress_bar(total=len(rows), desc="encode", unit="clip", enabled=progress)
     features = tokenizer.coder.features
     log_mel = LogMel(features)  # on the CPU, in the decoding threads
     max_frames = max(int(batch_seconds * features.frame_rate), 4 * features.patch_frames)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from tokenlm.artifacts import check_outputs
 from tokenlm.errors import ArtifactError, ConfigError
-from tokenlm.models.gpt import resolve_attn_implementation, same_clip_mask
+from tokenlm.models.gpt import resolve_attn_implementation, same_clip_mask, with_causal_lm_loss
 from tokenlm.rundir import CONFIG
 from tokenlm.runtime import pick_device
 
@@ -190,7 +190,7 @@ class CodeLM:
         if not isinstance(info, dict) or "codebook_size" not in info:
             raise ArtifactError(f"{lm_dir / CONFIG} has no 'tokenlm' section: not a tokenlm code LM")
         _check_vocabulary(info, model.config.vocab_size, lm_dir / CONFIG)
-        return cls(model.to(device), info, device)
+        return cls(with_causal_lm_loss(model).to(device), info, device)
 
     @property
     def num_layers(self) -> int:

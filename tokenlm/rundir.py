@@ -62,9 +62,9 @@ MODEL_RESULTS = "model_results.json"  # one trained baseline's scores and histor
 EMBEDDINGS = "embeddings.npy"  # a self-supervised baseline's vector per clip
 EMBEDDINGS_INDEX = "embeddings.jsonl"  # which clip (id, split) each row of EMBEDDINGS is
 SAMPLES = "samples"  # audio examples inside a vocoder folder
-CHECKPOINTS = "ckpt"  # inside a training stage's work folder: last.pt (resume), best.pt
-LAST_CHECKPOINT = "last.pt"
-BEST_CHECKPOINT = "best.pt"
+CHECKPOINTS = "ckpt"  # inside a training stage's work folder: last (resume), best; each .json + .safetensors
+LAST_CHECKPOINT = "last.json"
+BEST_CHECKPOINT = "best.json"
 TRAINING = "training"  # the autoencoder's checkpoints and log while it trains
 SWEEP_TABLE = "sweep.csv"
 SWEEP_JSON = "sweep.json"
@@ -241,7 +241,7 @@ class RunDir:
     def codebook_size(self) -> int:
         """The K that ``tokenlm tokenize`` was last asked for: every consumer's default."""
         if not self.codebooks() and not (self.tokenizer / CURRENT).is_file():
-            raise ArtifactError(f"{self.root} has no tokenizer yet: run `tokenlm tokenize --out {self.root}` first")
+            raise ArtifactError(f"{self.root} has no tokenizer yet: run `tokenlm tokenize {self.root}` first")
         return current_codebook_size(self.tokenizer)
 
     def codebook_size_or_none(self) -> int | None:

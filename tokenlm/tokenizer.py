@@ -165,6 +165,35 @@ class AudioTokenizer:
         z = torch.from_numpy(self.centroids)[codes].to(self.device)
         return self.coder.frames_from_patches(self.coder.autoencoder.decode(z))
 
+    def decode_audio(self, codes, *, vocoder=None, seed: int = 0) -> np.ndarray:
+        """Codes (N,) -> float32 audio (N * samples_per_code,) at ``sample_rate``: through
+        ``vocoder`` (a tokenlm.vocoder.Vocoder), else the run's trained one (RUN/vocoder, when it
+        was trained on this tokenizer's codes), else Griffin-Lim phase reconstruction of the
+        decoded log-mel (tokenlm.phase), a reference rather than a good decoder."""
+        vocoder = vocoder or self._run_vocoder()
+        if vocoder is not None:
+            vocoder.check_tokenizer(self)
+            return vocoder.resynthesise(np.asarray(codes, dtype=np.int64), seed=seed)
+        from tokenlm.phase import griffin_lim
+
+        frames = self.decode(codes).float().cpu().numpy()
+        return griffin_lim(frames, self.coder.features, seed=seed, length=len(codes) * self.samples_per_code)
+
+    def _run_vocoder(self):
+        """RUN/vocoder next to this tokenizer's folder when it decodes these very codes, else None."""
+        from tokenlm.vocoder import Vocoder
+
+        tokenizer_dir = self.info.get("tokenizer_dir")
+        folder = Path(tokenizer_dir).parent / "vocoder" if tokenizer_dir else None
+        if folder is None or not (folder / "stage.json").is_file():
+            return None
+        vocoder = Vocoder.load(folder, device="cpu")
+        try:
+            vocoder.check_tokenizer(self)
+        except ArtifactError:  # trained on another K or an older tokenizer: not these codes
+            return None
+        return vocoder
+
     # -- files ---------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path, codebook_size: int | None = None, device=None) -> "AudioTokenizer":
@@ -181,7 +210,8 @@ class AudioTokenizer:
             raise ArtifactError(f"no codebook at {codebook} (this tokenizer has: {have})")
         centroids = load_codebook(codebook / CODEBOOK, coder.autoencoder.encoder[-1].out_features)
         check_outputs(codebook)  # missing or truncated files: one line naming the file
-        info = {"tokenizer_dir": str(path), "codebook_dir": str(codebook), "tokenizer_hash": _key_or_none(codebook)}
+        info = {"tokenizer_dir": str(path.resolve()), "codebook_dir": str(codebook.resolve()),
+                "tokenizer_hash": _key_or_none(codebook)}
         tokenizer = cls(coder, centroids, info)
         return tokenizer.to(device) if device is not None else tokenizer
 

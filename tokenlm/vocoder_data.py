@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from tokenlm.audio import load_audio, row_source
 from tokenlm.errors import ArtifactError, AudioError
@@ -29,6 +28,7 @@ from tokenlm.input_files import check_unchanged
 from tokenlm.models.wavenet import mu_law_encode
 from tokenlm.rundir import RunDir, read_run_manifest
 from tokenlm.store import RaggedSplit
+from tokenlm.progress import progress_bar
 
 IGNORE = -100  # target of samples that are not scored
 
@@ -59,7 +59,7 @@ def _load_many(clips: list[dict], lengths: list[int], sample_rate: int, spc: int
     """load_aligned over many clips, two decoding threads (soundfile and soxr release the GIL)."""
     with ThreadPoolExecutor(max_workers=2) as pool:
         jobs = pool.map(lambda job: load_aligned(job[0], job[1], sample_rate, spc), zip(clips, lengths))
-        yield from tqdm(jobs, total=len(clips), desc=desc, unit="clip", disable=not progress, leave=False)
+        yield from progress_bar(jobs, total=len(clips), desc=desc, unit="clip", enabled=progress, leave=False)
 
 
 def to_mu_law(wav: np.ndarray, n_classes: int = 256) -> np.ndarray:

@@ -19,7 +19,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from tokenlm.artifacts import Stage
+from tokenlm.artifacts import Stage, keeping_checkpoints
 from tokenlm.cli import cli, main
 from tokenlm.config import load_yaml
 from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
@@ -185,9 +185,9 @@ def test_kill_9_then_rerun_ends_with_the_same_weights(tmp_path, capsys):
     victim = multiprocessing.get_context("fork").Process(target=_slow_pretrain, args=(interrupted,))
     victim.start()
     deadline = time.time() + 90
-    while not list(interrupted.glob(".lm.partial-*/ckpt/last.pt")) and victim.is_alive() and time.time() < deadline:
+    while not list(interrupted.glob(".lm.partial-*/ckpt/last.json")) and victim.is_alive() and time.time() < deadline:
         time.sleep(0.01)
-    last = next(interrupted.glob(".lm.partial-*/ckpt/last.pt"))  # the work folder is named by the stage's key
+    last = next(interrupted.glob(".lm.partial-*/ckpt/last.json"))  # the work folder is named by the stage's key
     time.sleep(0.12)  # a couple of steps past the checkpoint: killed mid-way to the next one
     os.kill(victim.pid, signal.SIGKILL)
     victim.join()
@@ -196,15 +196,16 @@ def test_kill_9_then_rerun_ends_with_the_same_weights(tmp_path, capsys):
     assert 0 < killed_at < 60 and not (interrupted / "lm").exists()
 
     capsys.readouterr()
-    pretrain(interrupted, KILL_MODEL, KILL_TRAINING, progress=False)  # the rerun
-    assert f"resuming from step {killed_at}" in capsys.readouterr().err
-    pretrain(reference, KILL_MODEL, KILL_TRAINING, progress=False)  # straight through
+    with keeping_checkpoints():
+        pretrain(interrupted, KILL_MODEL, KILL_TRAINING, progress=False)  # the rerun
+        assert f"resuming from step {killed_at}" in capsys.readouterr().err
+        pretrain(reference, KILL_MODEL, KILL_TRAINING, progress=False)  # straight through
 
     a, b = load_file(reference / "lm" / "model.safetensors"), load_file(interrupted / "lm" / "model.safetensors")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
     # The end-of-run weights too (the saved model holds the best validation step's).
-    a = load_checkpoint(reference / "lm" / "ckpt" / "last.pt")["model"]
-    b = load_checkpoint(interrupted / "lm" / "ckpt" / "last.pt")["model"]
+    a = load_checkpoint(reference / "lm" / "ckpt" / "last.json")["model"]
+    b = load_checkpoint(interrupted / "lm" / "ckpt" / "last.json")["model"]
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
 
 

@@ -51,7 +51,9 @@ def test_rerun_reuses_every_codebook(swept, capsys):
     sweep(swept, SweepConfig(codebook_sizes=(4, 8, 16)), device="cpu", progress=False)
     after = {k: (RunDir(swept).codebook(k) / "stage.json").stat().st_mtime_ns for k in (4, 8, 16)}
     assert before == after
-    assert "codebook K=8 up to date" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "codebook K=8 up to date" in err
+    assert "-- K=8 (2/3)" in err and "K=8: done (2/3)" in err  # a line per K, plain for logs
 
 
 def test_lm_and_probe_columns_per_size(swept, tmp_path):

@@ -86,7 +86,7 @@ def trained(run, tmp_path_factory) -> Path:
     shutil.copytree(run, copy)
     recipe = run.parent / "tiny.yaml"
     assert vocoder_config(recipe) == TINY
-    assert tokenlm("vocoder", copy, "--config", recipe, "--device", "cpu", "--no-progress") == 0
+    assert tokenlm("vocoder", copy, "--config", recipe, "--device", "cpu", "--no-progress", "--keep-checkpoints") == 0
     return copy
 
 
@@ -99,7 +99,7 @@ def clip(tmp_path) -> Path:
 
 def test_artifacts(trained):
     out = trained / "vocoder"
-    for name in ("config.json", "wavenet.safetensors", "train_log.csv", "metrics.json", "stage.json", "ckpt/last.pt"):
+    for name in ("config.json", "wavenet.safetensors", "train_log.csv", "metrics.json", "stage.json", "ckpt/last.json"):
         assert (out / name).is_file(), name
     assert not list(trained.glob(".vocoder.partial*"))
     config = read_json(out / "config.json")
@@ -127,7 +127,7 @@ def test_loaded_vocoder_matches_and_decodes_exact_lengths(trained, clip, tmp_pat
     vocoder = Vocoder.load(trained / "vocoder", device="cpu")
     assert vocoder.samples_per_code == SPC and vocoder.codebook_size == K
     weights = load_file(trained / "vocoder" / "wavenet.safetensors")
-    best = load_checkpoint(trained / "vocoder" / "ckpt" / "best.pt")["model"]
+    best = load_checkpoint(trained / "vocoder" / "ckpt" / "best.json")["model"]
     assert all(torch.equal(weights[k], best[k]) for k in weights)
 
     out = tmp_path / "out.wav"
@@ -164,7 +164,7 @@ def test_interrupted_run_resumes_to_the_same_weights(run, trained, tmp_path, cap
 
     with pytest.raises(KeyboardInterrupt):
         train_vocoder(copy, TINY, progress=False, callbacks=[stop])
-    assert list(copy.glob(".vocoder.partial-*/ckpt/last.pt")) and not (copy / "vocoder").exists()
+    assert list(copy.glob(".vocoder.partial-*/ckpt/last.json")) and not (copy / "vocoder").exists()
     capsys.readouterr()
     train_vocoder(copy, TINY, progress=False)
     assert "resuming from step 3" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """Everything around the CNN baselines of ``tokenlm.models.cnn`` that is not the network:
 random crops for training and whole-clip windows for evaluation, clip embeddings and class
-predictions, costs (``count_flops`` by forward hooks, ``count_parameters``), safetensors
+predictions, costs (``count_flops`` by torch's FLOP counter, ``count_parameters``), safetensors
 save/load with the config beside the weights, and supervised training on the shared loop
 (random crops, accuracy on whole val clips, early stopping on it).
 """
@@ -49,40 +49,19 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def count_flops(model: nn.Module, input_shape: tuple[int, ...], method: str = "forward") -> int:
-    """FLOPs of one example of ``input_shape`` (no batch axis), e.g. ``(1, n_mels, frames)``.
+    """FLOPs of one example of ``input_shape`` (no batch axis), e.g. ``(1, n_mels, frames)``,
+    counted by torch (tokenlm.flops): convolutions and linear layers, 2 FLOPs per
+    multiply-accumulate; batch norm, activations and pooling are left out. ``method`` picks
+    what runs: ``"forward"`` (with the head) or ``"embed"``."""
+    from tokenlm.flops import forward_flops
 
-    Counts the multiply-accumulates of convolutions and linear layers (2 FLOPs each), which
-    dominate; batch norm, activations and pooling are left out. ``method`` picks what runs:
-    ``"forward"`` (with the head) or ``"embed"``.
-    """
-    macs = 0
-
-    def conv_hook(module, _inputs, output):
-        nonlocal macs
-        per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
-        macs += output.numel() * per_output
-
-    def linear_hook(module, _inputs, output):
-        nonlocal macs
-        macs += output.numel() * module.in_features
-
-    hooks = []
-    for module in model.modules():
-        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-            hooks.append(module.register_forward_hook(conv_hook))
-        elif isinstance(module, nn.Linear):
-            hooks.append(module.register_forward_hook(linear_hook))
     was_training = model.training
     model.eval()
     try:
         device = next(model.parameters()).device
-        with torch.no_grad():
-            getattr(model, method)(torch.zeros(1, *input_shape, device=device))
+        return forward_flops(lambda: getattr(model, method)(torch.zeros(1, *input_shape, device=device)))
     finally:
-        for hook in hooks:
-            hook.remove()
         model.train(was_training)
-    return 2 * macs
 
 
 # --------------------------------------------------------------------------- save / load

@@ -181,9 +181,9 @@ def build_demo(
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from tokenlm.progress import progress_bar
 
-    return tqdm(total=total, desc=desc, unit="clip", disable=not enabled, dynamic_ncols=True)
+    return progress_bar(total=total, desc=desc, unit="clip", enabled=enabled)
 
 
 def _write_clips(tmp: Path, clips: Iterable[Clip], total: int, desc: str, progress: bool):

@@ -220,12 +220,11 @@ def _default_workers() -> int:
 
 def _render_all(out_dir: Path, todo: list[FilePlan], seed: int, sf_path: Path,
                 workers: int | None, progress: bool) -> None:
-    from tqdm.auto import tqdm
+    from tokenlm.progress import progress_bar
 
     workers = min(workers or _default_workers(), max(len(todo), 1))
     jobs = [(str(out_dir), plan, seed, str(sf_path)) for plan in todo]
-    with tqdm(total=sum(p.seconds for p in todo), desc="corpus", unit="s", disable=not progress,
-              dynamic_ncols=True) as bar:
+    with progress_bar(total=sum(p.seconds for p in todo), desc="corpus", unit="s", enabled=progress) as bar:
         if workers == 1:
             for job in jobs:
                 bar.update(_render_job(job))

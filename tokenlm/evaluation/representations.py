@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from tokenlm.artifacts import read_stage
 from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
@@ -162,18 +161,37 @@ def lm_layers(clips: LabelledClips, codes: Codes, lm_dir: Path, layers: str, bat
     if train_s is not None and cost.train_s is not None:
         train_s += cost.train_s
     chosen = parse_layers(layers, n_states)
+    flops = lm_flops_per_second(lm, lm.code_rate)
     reps = [
         Representation(f"lm_layer_{n}", f"LM layer {n}" + (" (embeddings)" if n == 0 else ""), None,
-                       encoder_params=params, encoder_train_s=train_s, extract_s=extract_s,
+                       encoder_params=params, encoder_train_s=train_s, extract_s=extract_s, flops_per_second=flops,
                        notes="encoder = tokenizer + LM", statistics={k: v[:, n] for k, v in stacked.items()})
         for n in chosen
     ]
     if concat:
         reps.append(Representation(
             "lm_concat", f"LM layers {','.join(map(str, chosen))} concatenated", None, encoder_params=params,
-            encoder_train_s=train_s, extract_s=extract_s * len(chosen), notes="encoder = tokenizer + LM",
+            encoder_train_s=train_s, flops_per_second=flops, extract_s=extract_s * len(chosen),
+            notes="encoder = tokenizer + LM",
             statistics={k: v[:, chosen].reshape(len(v), -1) for k, v in stacked.items()}))
     return reps
+
+
+def lm_flops_per_second(lm: CodeLM, code_rate: float | None) -> float | None:
+    """FLOPs of one second of codes (BOS + code_rate codes) through the LM's transformer."""
+    if not code_rate:
+        return None
+    n = min(int(round(code_rate)) + 1, lm.context)
+    ids = torch.zeros(1, n, dtype=torch.long, device=lm.device)
+    from tokenlm.flops import forward_flops
+
+    # Counted with eager attention: torch's counter does not see inside the fused CPU kernel.
+    fast = lm.model.config._attn_implementation
+    lm.model.set_attn_implementation("eager")
+    try:
+        return float(forward_flops(lambda: lm.model.transformer(input_ids=ids)))
+    finally:
+        lm.model.set_attn_implementation(fast)
 
 
 def simclr_embeddings(clips: LabelledClips, simclr_dir: Path, device, progress: bool = True) -> Representation:
@@ -344,4 +362,6 @@ def chunks_by_length(items: list, max_total: int):
 
 
 def _bar(iterable, desc: str, progress: bool):
-    return tqdm(iterable, desc=desc, unit="clip" if desc != "LM" else "batch", disable=not progress, leave=False)
+    from tokenlm.progress import progress_bar
+
+    return progress_bar(iterable, desc=desc, unit="clip" if desc != "LM" else "batch", enabled=progress, leave=False)

@@ -164,7 +164,7 @@ def build_gpt2(cfg: LMConfig, codebook_size: int, *, device=None, info: dict | N
         tokenlm={"format": FORMAT_VERSION, **layout, "special_tokens": {"bos": bos, "pad": bos},
                  "context": cfg.context, "objective": cfg.objective, **(info or {})},
     )
-    model = GPT2LMHeadModel(config)
+    model = with_causal_lm_loss(GPT2LMHeadModel(config))
     return model.to(device) if device is not None else model
 
 
@@ -177,6 +177,15 @@ def same_clip_mask(input_ids: torch.Tensor, bos: int, dtype=torch.float32) -> to
     same = clip.unsqueeze(2) == clip.unsqueeze(1)  # (B, T, T)
     return torch.zeros(same.shape, dtype=dtype, device=input_ids.device).masked_fill(
         ~same, torch.finfo(dtype).min).unsqueeze(1)
+
+
+def with_causal_lm_loss(model):
+    """Name the model's loss for transformers. It looks the loss up by the model's own
+    ``loss_type``, guessed from the class name, and "GPT2LMHeadModel" names none of its
+    losses (the config's ``loss_type`` is not read), so every forward with labels warned
+    "loss_type=None ... unrecognized" before falling back to this very loss."""
+    model.loss_type = "ForCausalLM"
+    return model
 
 
 def matmul_params(n_layer: int, n_embd: int, vocab_size: int) -> int:

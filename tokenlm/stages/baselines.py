@@ -271,8 +271,8 @@ def _configs(ctx: RunContext, overrides: dict | None = None) -> tuple[ProbeConfi
 @click.command("baselines")
 @click.argument("run", required=False, type=click.Path(file_okay=False))
 @click.option("--baselines", "names",
-              help="Comma list of baselines to train: vgg,simclr,timbre (default: the recipe's probe.baselines, "
-                   "else all three).")
+              help="Comma list of baselines to train: vgg,simclr,timbre. [the recipe's probe.baselines, "
+                   "else all three]")
 @click.option("--config", "recipe", type=click.Path(dir_okay=False), help="Recipe YAML (section: probe; run.dir).")
 @baseline_options(seeds="the baselines", folds="the models of the official folds")
 def command(run, names, recipe, epochs, simclr_epochs, seed, no_folds, device, no_progress):

@@ -68,11 +68,11 @@ def command():
 
 
 @command.command("demo")
-@click.option("--out", "out", type=click.Path(), default="data/demo", show_default=True, help="Where to build it.")
-@click.option("--kind", type=click.Choice(["instruments", "speech", "pitch"]), default="instruments", show_default=True,
+@click.option("--out", "out", type=click.Path(), default="data/demo", help="Where to build it. [data/demo]")
+@click.option("--kind", type=click.Choice(["instruments", "speech", "pitch"]), default="instruments",
               help="Sampled General-MIDI instruments (10 families), eSpeak NG keywords (10 words) or "
-                   "single GM notes (12 pitch classes).")
-@click.option("--seed", type=int, default=0, show_default=True)
+                   "single GM notes (12 pitch classes). [instruments]")
+@click.option("--seed", type=int, default=0, help="Seed of what is drawn. [0]")
 def demo(out, kind, seed):
     """Build the offline demo dataset (deterministic: identical bytes on a rerun)."""
     from tokenlm.demo import build_demo
@@ -85,11 +85,11 @@ def demo(out, kind, seed):
 
 @command.command("corpus")
 @click.option("--hours", type=float, required=True, help="Hours of audio to render.")
-@click.option("--out", "out", type=click.Path(), default="data/corpus", show_default=True, help="Where to build it.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--noise", is_flag=True, help="Add white, pink or brown noise to half of the files.")
-@click.option("--reverb", is_flag=True, help="Add synthetic room reverberation to half of the files.")
-@click.option("--workers", type=int, help="Rendering processes (default: one per CPU); files do not depend on it.")
+@click.option("--out", "out", type=click.Path(), default="data/corpus", help="Where to build it. [data/corpus]")
+@click.option("--seed", type=int, default=0, help="Seed of what is drawn. [0]")
+@click.option("--noise", is_flag=True, help="Add white, pink or brown noise to half of the files. [off]")
+@click.option("--reverb", is_flag=True, help="Add synthetic room reverberation to half of the files. [off]")
+@click.option("--workers", type=int, help="Rendering processes; files do not depend on it. [one per CPU]")
 def corpus(hours, out, seed, noise, reverb, workers):
     """Render an unlabelled pretraining corpus (music, drums, speech, mixes) offline.
 
@@ -106,7 +106,7 @@ def corpus(hours, out, seed, noise, reverb, workers):
 @command.command("info")
 @click.argument("path", type=click.Path())
 @click.option("--config", "recipe", type=click.Path(), help="Recipe YAML (section: split).")
-@click.option("--allow-outside", is_flag=True, help="Accept manifest paths outside the manifest's folder.")
+@click.option("--allow-outside", is_flag=True, help="Accept manifest paths outside the manifest's folder. [off]")
 def info(path, recipe, allow_outside):
     """Show a dataset's layout, classes and the train/val/test split tokenlm would use."""
     skipped: list[dict] = []

@@ -39,12 +39,12 @@ def decode_file(run: str | RunDir, in_path: str | Path, out_path: str | Path, *,
 @click.argument("run", type=click.Path(file_okay=False))
 @click.argument("in_path", metavar="IN.wav", type=click.Path(dir_okay=False))
 @click.argument("out_path", metavar="OUT.wav", type=click.Path(dir_okay=False))
-@click.option("-K", "--codebook-size", type=int, help="Codebook to encode with (default: the vocoder's).")
-@click.option("--temperature", type=float, default=1.0, show_default=True,
-              help="WaveNet sampling temperature; 0 = likeliest sample each step.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", help="cpu, cuda or auto (default).")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("-K", "--codebook-size", type=int, help="Codebook to encode with. [the vocoder's]")
+@click.option("--temperature", type=float, default=1.0,
+              help="WaveNet sampling temperature; 0 = likeliest sample each step. [1.0]")
+@click.option("--seed", type=int, default=0, help="Seed of the sampling. [0]")
+@click.option("--device", help="cpu, cuda or auto. [auto]")
+@click.option("--no-progress", is_flag=True, help="No progress bar. [off]")
 def command(run, in_path, out_path, codebook_size, temperature, seed, device, no_progress):
     """Resynthesis: IN.wav -> codes (RUN's tokenizer) -> audio (RUN's WaveNet) -> OUT.wav.
 

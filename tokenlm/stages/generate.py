@@ -100,17 +100,16 @@ def pipeline_example(run: str | RunDir, device=None, progress: bool = True) -> P
 @click.command("generate")
 @click.argument("run", type=click.Path(file_okay=False))
 @click.argument("out_path", metavar="OUT.wav", type=click.Path(dir_okay=False))
-@click.option("--prompt", type=click.Path(dir_okay=False), help="Audio to continue (default: start from nothing).")
-@click.option("--seconds", type=float, default=2.0, show_default=True, help="Seconds to add after the prompt.")
-@click.option("--temperature", type=float, default=1.0, show_default=True, help="LM sampling temperature; 0 = greedy.")
-@click.option("--top-k", type=int, default=0, show_default=True, help="LM samples among the k likeliest codes; 0 = all.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--vocoder-temperature", type=float, default=1.0, show_default=True,
-              help="WaveNet sampling temperature.")
-@click.option("--prime/--no-prime", default=True, show_default=True,
-              help="Feed the prompt's own audio to the WaveNet (else resynthesise it from its codes).")
-@click.option("--device", help="cpu, cuda or auto (default).")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--prompt", type=click.Path(dir_okay=False), help="Audio to continue. [none: start from nothing]")
+@click.option("--seconds", type=float, default=2.0, help="Seconds to add after the prompt. [2.0]")
+@click.option("--temperature", type=float, default=1.0, help="LM sampling temperature; 0 = greedy. [1.0]")
+@click.option("--top-k", type=int, default=0, help="LM samples among the k likeliest codes; 0 = all. [0]")
+@click.option("--seed", type=int, default=0, help="Seed of the LM and WaveNet sampling. [0]")
+@click.option("--vocoder-temperature", type=float, default=1.0, help="WaveNet sampling temperature. [1.0]")
+@click.option("--prime/--no-prime", default=True,
+              help="Feed the prompt's own audio to the WaveNet (else resynthesise it from its codes). [--prime]")
+@click.option("--device", help="cpu, cuda or auto. [auto]")
+@click.option("--no-progress", is_flag=True, help="No progress bar. [off]")
 def command(run, out_path, prompt, device, no_progress, **how):
     """Continue audio: encode --prompt, continue its codes with RUN/lm, decode with RUN/vocoder.
 

@@ -86,13 +86,13 @@ def generate_codes(run: str | RunDir, *, prompt_codes: str | Path | None = None,
 @click.argument("run", type=click.Path(file_okay=False, exists=True))
 @click.option("--prompt-codes", type=click.Path(dir_okay=False), help="Prompt codes: .npy or a text list of integers.")
 @click.option("--prompt-audio", type=click.Path(dir_okay=False), help="Prompt audio, encoded with RUN/tokenizer.")
-@click.option("--n", "n", type=int, default=200, show_default=True, help="Codes to generate.")
-@click.option("--temperature", type=float, default=1.0, show_default=True, help="Sampling temperature; 0 = greedy.")
-@click.option("--top-k", type=int, default=0, show_default=True, help="Sample among the k likeliest codes; 0 = all.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False), help="Output .npy [RUN/generated/<prompt>-seed<S>.npy].")
-@click.option("--no-prompt", is_flag=True, help="Write only the new codes, not the prompt before them.")
-@click.option("--device", help="cpu, cuda or auto (default).")
+@click.option("--n", "n", type=int, default=200, help="Codes to generate. [200]")
+@click.option("--temperature", type=float, default=1.0, help="Sampling temperature; 0 = greedy. [1.0]")
+@click.option("--top-k", type=int, default=0, help="Sample among the k likeliest codes; 0 = all. [0]")
+@click.option("--seed", type=int, default=0, help="Seed of the sampling. [0]")
+@click.option("--out", type=click.Path(dir_okay=False), help="Output .npy. [RUN/generated/<prompt>-seed<S>.npy]")
+@click.option("--no-prompt", is_flag=True, help="Write only the new codes, not the prompt before them. [off]")
+@click.option("--device", help="cpu, cuda or auto. [auto]")
 def command(run, prompt_codes, prompt_audio, n, temperature, top_k, seed, out, no_prompt, device):
     """Continue a prompt with RUN/lm (KV cache) and write the codes as .npy.
 

@@ -10,12 +10,13 @@ stage's own default, applies; the help shows that default, which differs per sta
 
 from __future__ import annotations
 
+import functools
+from contextlib import ExitStack
 from typing import Any, Callable, Mapping
 
 import click
 
 from tokenlm.config import build
-from tokenlm.training import TrainConfig
 
 
 def training_options(defaults: Mapping[str, Any], *, items: str, seeds: str) -> Callable:
@@ -26,6 +27,8 @@ def training_options(defaults: Mapping[str, Any], *, items: str, seeds: str) -> 
     in the help); ``items``: what a batch holds ("Crops"); ``seeds``: what the seed draws
     besides the initial weights ("crops and sampling").
     """
+    from tokenlm.training.config import TrainConfig  # torch loads with it: not for `tokenlm run --help`
+
     shown = build(TrainConfig, defaults)
     options = [
         click.option("--steps", type=int, help=f"Optimiser steps (upper bound with early stopping). [{shown.steps}]"),
@@ -37,11 +40,50 @@ def training_options(defaults: Mapping[str, Any], *, items: str, seeds: str) -> 
         click.option("--patience", type=int,
                      help=f"Validations without improvement before stopping; 0 = never. [{shown.patience}]"),
         click.option("--seed", type=int, help=f"Seed of the weights, {seeds}. [{shown.seed}]"),
-        click.option("--device", help="cpu, cuda or auto (default)."),
-        click.option("--no-progress", is_flag=True, help="No progress bars."),
+        click.option("--device", help="cpu, cuda or auto. [auto]"),
+        click.option("--no-progress", is_flag=True, help="No progress bars. [off]"),
     ]
 
-    return _all_of(options)
+    return lambda command: _all_of(options)(artifact_options(command))
+
+
+def artifact_options(command: Callable) -> Callable:
+    """Add --keep-checkpoints and --log-to: what a training leaves besides its model. The
+    command never sees them: it runs inside ``keeping_checkpoints`` and ``logging_to`` (else
+    its recipe's run.keep_checkpoints and run.log_to)."""
+    @functools.wraps(command)
+    def wrapper(*args, keep_checkpoints=None, log_to=None, **kwargs):
+        from tokenlm.config import recipe_section
+
+        with artifact_settings(keep_checkpoints, log_to, recipe_section(kwargs.get("recipe"), "run")):
+            return command(*args, **kwargs)
+
+    for option in reversed([
+        click.option("--keep-checkpoints", is_flag=True, default=None,
+                     help="Keep each training's ckpt/ (resume state) after its stage finishes. [off]"),
+        click.option("--log-to", help="Also log training to trackers (comma list): tensorboard, wandb, mlflow "
+                                      "(offline, inside the stage's folder). [none]"),
+    ]):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def artifact_settings(keep_checkpoints, log_to, run_section: Mapping[str, Any] | None = None) -> ExitStack:
+    """The context of ``--keep-checkpoints`` / ``--log-to``, falling back on a recipe's
+    ``run.keep_checkpoints`` / ``run.log_to``."""
+    from tokenlm.artifacts import keeping_checkpoints
+    from tokenlm.tracking import logging_to
+
+    section = run_section or {}
+    stack = ExitStack()
+    keep = keep_checkpoints if keep_checkpoints is not None else section.get("keep_checkpoints", False)
+    if not isinstance(keep, bool):
+        from tokenlm.errors import ConfigError
+
+        raise ConfigError(f"option 'run.keep_checkpoints' takes true/false, got {keep!r}")
+    stack.enter_context(keeping_checkpoints(keep))
+    stack.enter_context(logging_to(log_to if log_to is not None else section.get("log_to")))
+    return stack
 
 
 def baseline_options(*, seeds: str, folds: str) -> Callable:
@@ -49,12 +91,13 @@ def baseline_options(*, seeds: str, folds: str) -> Callable:
     options of the commands that train the CNN baselines. ``seeds``: what the seed drives;
     ``folds``: what --no-folds skips."""
     options = [
-        click.option("--epochs", type=int, help="Upper bound on supervised baseline epochs (early stopping on val)."),
-        click.option("--simclr-epochs", type=int, help="SimCLR training epochs."),
-        click.option("--seed", type=int, help=f"Seed for {seeds}."),
-        click.option("--no-folds", is_flag=True, default=None, help=f"Skip {folds}."),
-        click.option("--device", help="cpu, cuda or auto (default)."),
-        click.option("--no-progress", is_flag=True, help="No progress bars."),
+        click.option("--epochs", type=int,
+                     help="Upper bound on supervised baseline epochs (early stopping on val). [60]"),
+        click.option("--simclr-epochs", type=int, help="SimCLR training epochs. [50]"),
+        click.option("--seed", type=int, help=f"Seed for {seeds}. [0]"),
+        click.option("--no-folds", is_flag=True, default=None, help=f"Skip {folds}. [off]"),
+        click.option("--device", help="cpu, cuda or auto. [auto]"),
+        click.option("--no-progress", is_flag=True, help="No progress bars. [off]"),
     ]
 
     return _all_of(options)
@@ -65,9 +108,9 @@ def data_options() -> Callable:
     dataset. Both default to None ("not given"), so the recipe's data section applies."""
     return _all_of([
         click.option("--hash-content", is_flag=True, default=None,
-                     help="Identify input files by a hash of their bytes too (reads every file once more)."),
+                     help="Identify input files by a hash of their bytes too (reads every file once more). [off]"),
         click.option("--allow-outside", is_flag=True, default=None,
-                     help="Accept manifest paths outside the manifest's folder."),
+                     help="Accept manifest paths outside the manifest's folder. [off]"),
     ])
 
 
@@ -79,3 +122,23 @@ def _all_of(options: list[Callable]) -> Callable:
         return command
 
     return decorate
+
+
+def run_argument(command: Callable) -> Callable:
+    """Add the RUN argument (the run folder, as every command takes it) and keep the older
+    ``--out RUN`` of prepare and tokenize working, its help saying what it is now. (No note
+    on stderr: scripts that check a command's one-line error keep working.)"""
+    @functools.wraps(command)
+    def wrapper(*args, run=None, old_out=None, **kwargs):
+        if old_out is not None:
+            if run is not None and run != old_out:
+                from tokenlm.errors import ConfigError
+
+                raise ConfigError(f"two run folders: RUN {run} and --out {old_out} (the older spelling of RUN): "
+                                  f"give one")
+            run = old_out
+        return command(*args, run=run, **kwargs)
+
+    wrapper = click.option("--out", "old_out", type=click.Path(file_okay=False), metavar="RUN",
+                           help="The older spelling of the RUN argument (still works).")(wrapper)
+    return click.argument("run", required=False, type=click.Path(file_okay=False))(wrapper)

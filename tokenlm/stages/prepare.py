@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from tokenlm.artifacts import Stage
 from tokenlm.audio import audio_seconds, audio_source
@@ -29,9 +28,10 @@ from tokenlm.pipeline import RunContext
 from tokenlm.rundir import MANIFEST, META, RunDir
 from tokenlm.runtime import bounded_map, cpu_threads, kernel_threads
 from tokenlm.splits import SplitConfig, assign_splits, link_duplicates
-from tokenlm.stages.options import data_options
+from tokenlm.stages.options import data_options, run_argument
 from tokenlm.tasks import prepare_task
 from tokenlm.store import RaggedWriter
+from tokenlm.progress import progress_bar
 
 # Clips longer than this are featurised block by block in the writing thread, each block's
 # frames written as they come, so memory does not grow with a recording's length. Shorter ones
@@ -140,8 +140,8 @@ def _extract(clips: list[Clip], features: FeatureConfig, work: Path, progress: b
     with kernel_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:
         results = bounded_map(pool, featurise, clips, ahead=2 * workers, budget=AHEAD_SECONDS,
                               weight=lambda clip: seconds(clip) if seconds(clip) <= STREAM_SECONDS else 0.0)
-        for clip, (result, error) in tqdm(zip(clips, results), total=len(clips), desc="features",
-                                          unit="clip", disable=not progress):
+        for clip, (result, error) in progress_bar(zip(clips, results), total=len(clips), desc="features",
+                                                  unit="clip", enabled=progress):
             row = {"id": clip.id, "path": clip.path, **clip.span(), "label": clip.label, "split": clip.split,
                    "group": clip.group, "fold": clip.fold}
             writer = writers[clip.split]
@@ -246,15 +246,15 @@ def data_flags(section: dict, **flags) -> dict:
 
 
 @click.command("prepare")
-@click.option("--data", "data", type=click.Path(), help="Dataset folder or manifest file.")
-@click.option("--out", "run", type=click.Path(), help="Run directory.")
+@run_argument
+@click.option("--data", "data", type=click.Path(), help="Dataset folder or manifest file. [the recipe's data.path]")
 @click.option("--config", "recipe", type=click.Path(), help="Recipe YAML (sections: data, features, split).")
-@click.option("--strict", is_flag=True, default=None, help="Fail if any clip is skipped.")
+@click.option("--strict", is_flag=True, default=None, help="Fail if any clip is skipped. [off]")
 @data_options()
 def command(data, run, recipe, strict, hash_content, allow_outside):
     """Scan a dataset, split it and compute log-mel features into RUN/features."""
     if not recipe and not (data and run):
-        raise TokenlmError("need --data and --out (or a recipe with data.path and run.dir)")
+        raise TokenlmError("need RUN and --data (or a recipe with data.path and run.dir)")
     ctx = RunContext.create(run, recipe)
     _prepare(ctx, data=data, strict=strict, hash_content=hash_content, allow_outside=allow_outside)
 

@@ -3,7 +3,8 @@
     RUN/lm/config.json, model.safetensors   GPT2LMHeadModel.from_pretrained(RUN/lm) loads it
     RUN/lm/train_log.csv                     step, lr, loss, val_loss, val_ppl, val_bits_per_s, tokens_per_s
     RUN/lm/metrics.json                      val/test perplexity next to unigram and bigram references
-    RUN/lm/ckpt/                             last.pt (resume state), best.pt (best val weights)
+    RUN/lm/ckpt/                             last/best.json + .safetensors (resume state, best val
+                                             weights), while training; kept with --keep-checkpoints
 
 Training sequences are **clip-aligned and packed**: every sequence starts at a clip's BOS,
 and is filled up to the context with further clips, each behind its own BOS, drawn at random
@@ -52,7 +53,7 @@ from tokenlm.lm import IGNORE, count_baselines, lm_loss, pad_batch, scoring_wind
 from tokenlm.models.gpt import OBJECTIVES, LMConfig, build_gpt2, vocab_layout
 from tokenlm.objectives import AheadHeads, MaskedSpans, masked_loss, masked_scores, masked_validation_batches, multi_loss
 from tokenlm.pipeline import RunContext
-from tokenlm.rundir import METRICS, SPLITS, TRAIN_LOG, RunDir, TokensMeta, bin_file, read_tokens_meta
+from tokenlm.rundir import METRICS, SPLITS, STAGE_FILE, TRAIN_LOG, RunDir, TokensMeta, bin_file, read_tokens_meta
 from tokenlm.stages.options import training_options
 from tokenlm.store import RaggedSplit
 from tokenlm.training import TrainConfig, distributed_stage, train
@@ -183,6 +184,17 @@ class _LMJob:
     training: TrainConfig
     metrics: dict = dataclasses.field(default_factory=dict)
 
+    def tokenizer_dir(self) -> str | None:
+        """The folder of the tokenizer whose codes these are (named in config.json beside its
+        hash): the run's own when it holds that codebook, so a copied run names its own copy;
+        else the one the tokens' meta names (codes encoded with another run's tokenizer)."""
+        run = RunDir(self.tokens.directory.parent.parent)  # RUN/tokens/k{K}
+        own = run.codebook(self.tokens.codebook_size)
+        expected = self.tokens.raw.get("tokenizer_hash")
+        if expected and (own / STAGE_FILE).is_file() and stage_key(own) == expected:
+            return str(run.tokenizer.resolve())
+        return self.tokens.raw.get("tokenizer_dir")
+
     def train(self, work: Path, dist, progress: bool, callbacks) -> None:
         tokens, model_cfg, training = self.tokens, self.model_cfg, self.training
         splits = {name: RaggedSplit(tokens.directory, name, "uint16") for name in SPLITS}
@@ -193,7 +205,7 @@ class _LMJob:
         bos = vocab_layout(tokens.codebook_size)["bos_token_id"]
         info = {"code_rate": tokens.code_rate, "sample_rate": tokens.sample_rate,
                 "samples_per_code": tokens.samples_per_code, "tokens_key": stage_key(tokens.directory),
-                "tokenizer_hash": tokens.raw.get("tokenizer_hash")}
+                "tokenizer_hash": tokens.raw.get("tokenizer_hash"), "tokenizer_dir": self.tokenizer_dir()}
         torch.manual_seed(training.seed)  # the initial weights
         model = build_gpt2(model_cfg, tokens.codebook_size, device=dist.device, info=info)
         trained, loss_fn, train_batch, val_batches = _objective(model, model_cfg, splits, bos, training.batch_size)
@@ -305,7 +317,7 @@ def _say(message: str) -> None:
 
 @click.command("pretrain")
 @click.argument("run", required=False, type=click.Path(file_okay=False))
-@click.option("-K", "--codebook-size", type=int, help="Which tokens to train on (default: the run's current K).")
+@click.option("-K", "--codebook-size", type=int, help="Which tokens to train on. [the run's current K]")
 @click.option("--config", "recipe", type=click.Path(), help="Recipe YAML (section lm, with lm.training).")
 @training_options(LM_TRAINING_DEFAULTS, items="Sequences (of context codes)", seeds="batches and dropout")
 @click.option("--n-layer", type=int, help="Transformer blocks. [4]")
@@ -317,7 +329,7 @@ def _say(message: str) -> None:
               help="next (GPT), multi (also codes t+2..t+n) or masked (masked spans, bidirectional). [next]")
 @click.option("--predict-ahead", type=int, help="multi: codes predicted ahead, t+1..t+n. [4]")
 @click.option("--attn", "attn_implementation", type=click.Choice(["auto", "eager", "sdpa"]),
-              help="Attention implementation; auto = the fastest measured (sdpa).")
+              help="Attention implementation; auto = the fastest measured (sdpa). [auto]")
 def command(run, codebook_size, recipe, device, no_progress, **options):
     """Train the GPT code language model on RUN/tokens and save it to RUN/lm.
 

@@ -196,11 +196,12 @@ def run(ctx: RunContext) -> None:
 @click.argument("run", required=False, type=click.Path(file_okay=False))
 @click.option("--task", "task_paths", multiple=True, type=click.Path(),
               help="A labelled dataset to probe the run's models on (repeatable; name: its folder's). "
-                   "Default: the recipe's tasks, else the run's tasks, else its own data.")
-@click.option("--baselines", help="Comma list of baselines to train and compare: vgg,simclr,timbre (or none).")
-@click.option("--layers", help="LM layers to probe: all (default) or a comma list, 0 = embedding output.")
+                   "[the recipe's tasks, else the run's tasks, else its own data]")
+@click.option("--baselines", help="Comma list of baselines to train and compare: vgg,simclr,timbre (or none). "
+                                 "[the recipe's probe.baselines, else none]")
+@click.option("--layers", help="LM layers to probe: all or a comma list, 0 = embedding output. [all]")
 @click.option("-K", "--codebook-size", type=int,
-              help="Codebook size whose codes are probed (default: the run's current).")
+              help="Codebook size whose codes are probed. [the run's current]")
 @click.option("--config", "recipe", type=click.Path(dir_okay=False),
               help="Recipe YAML (sections: probe, tasks, split; run.dir).")
 @baseline_options(seeds="the probes and baselines", folds="the cross-validation over official folds")

@@ -405,12 +405,12 @@ def run(ctx: RunContext) -> None:
 
 @click.command("scale")
 @click.argument("recipe", type=click.Path(exists=True, dir_okay=False))
-@click.option("--hours", help="Comma list of pretraining sizes in hours, e.g. 0.25,0.5,1,2 (default: the "
-                              "recipe's scale.hours, else 0.25,0.5,1,2).")
+@click.option("--hours", help="Comma list of pretraining sizes in hours. [the recipe's scale.hours, else "
+                              "0.25,0.5,1,2]")
 @click.option("--with-levers", is_flag=True, default=None,
-              help="Also train the recipe's levers: LMs (other objectives, contexts) at the largest size.")
-@click.option("--device", help="cpu, cuda or auto (default: the recipe's run.device, else auto).")
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
+              help="Also train the recipe's levers: LMs (other objectives, contexts) at the largest size. [off]")
+@click.option("--device", help="cpu, cuda or auto. [the recipe's run.device, else auto]")
+@click.option("--no-progress", is_flag=True, help="No progress bars. [off]")
 def command(recipe, hours, with_levers, device, no_progress):
     """Probe accuracy against pretraining hours: the self-supervised stages trained on nested
     subsets of the corpus, each probed on every task. Writes RUN/scale/."""

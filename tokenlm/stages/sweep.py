@@ -16,6 +16,7 @@ import csv
 import dataclasses
 import functools
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,20 +83,24 @@ def sweep(run: str | Path, config: SweepConfig = SweepConfig(), codebook: Codebo
 def _sweep(ctx: RunContext, config: SweepConfig, codebook: CodebookConfig) -> Path:
     run = ctx.run
     if not is_finished(run.tokenizer):
-        raise TokenlmError(f"{run.root} has no trained autoencoder: run `tokenlm tokenize --data DIR --out {run.root}` first")
+        raise TokenlmError(f"{run.root} has no trained autoencoder: run `tokenlm tokenize {run.root} --data DIR` first")
     torch_device = pick_device(ctx.device)
     tasks = ctx.tasks()
     rows = []
-    for k in sorted(config.codebook_sizes):
-        click.secho(f"-- K={k}", bold=True, err=True)
+    sizes = sorted(config.codebook_sizes)
+    for i, k in enumerate(sizes, 1):
+        click.secho(f"-- K={k} ({i}/{len(sizes)})", bold=True, err=True)
+        started = time.time()
         fit_codebook_stage(run, k, codebook, device=torch_device)
         encode_run_stage(run, k, device=torch_device, progress=ctx.progress)
         for task in tasks:
             encode_task(run, task, k, device=torch_device, progress=ctx.progress)
         row = codebook_row(run, k, labelled=tasks[0].data)
-        for enabled, extra in _optional_columns(config):
+        for enabled, what, extra in _optional_columns(config):
             if enabled:
+                _progress(k, what, started)
                 row.update(extra(ctx, k))
+        _progress(k, f"done ({i}/{len(sizes)})", started)
         rows.append(row)
 
     inputs = {f"k{k}": stage_key(run.tokens(k)) for k in config.codebook_sizes}
@@ -105,6 +110,11 @@ def _sweep(ctx: RunContext, config: SweepConfig, codebook: CodebookConfig) -> Pa
     stage.finish()
     click.echo(f"sweep: {stage.out_dir / REPORT}")
     return stage.out_dir
+
+
+def _progress(k: int, what: str, started: float) -> None:
+    """One plain line per step of a K (a sweep is minutes per K, and quiet in between)."""
+    click.echo(f"   K={k}: {what} [{time.time() - started:.0f} s]", err=True)
 
 
 def codebook_row(run: RunDir, k: int, labelled: RunDir | None = None) -> dict:
@@ -126,10 +136,10 @@ def codebook_row(run: RunDir, k: int, labelled: RunDir | None = None) -> dict:
 
 
 def _optional_columns(config: SweepConfig):
-    """(enabled, function(ctx, k) -> dict of columns) for each option."""
-    return [(config.with_lm or config.with_probe, functools.partial(lm_columns, steps=config.lm_steps)),
-            (config.with_probe, probe_columns),
-            (config.with_vocoder, vocoder_columns)]
+    """(enabled, what it does, function(ctx, k) -> dict of columns) for each option."""
+    return [(config.with_lm or config.with_probe, "LM", functools.partial(lm_columns, steps=config.lm_steps)),
+            (config.with_probe, "probe", probe_columns),
+            (config.with_vocoder, "vocoder", vocoder_columns)]
 
 
 def lm_columns(ctx: RunContext, k: int, *, steps: int | None = None) -> dict:
@@ -370,12 +380,13 @@ def _fmt(fmt: str, value) -> str:
 
 @click.command("sweep")
 @click.argument("run", type=click.Path(), required=False)
-@click.option("--codebook-sizes", help="Comma list, e.g. 8,16,32,64,128,256,512,1024.")
-@click.option("--with-lm", is_flag=True, default=None, help="Train a small LM per K (the recipe's lm section).")
-@click.option("--with-probe", is_flag=True, default=None, help="Linear-probe the LM and the bag of codes per K.")
-@click.option("--with-vocoder", is_flag=True, default=None, help="Train a vocoder per K and measure resynthesis.")
+@click.option("--codebook-sizes", help="Comma list of codebook sizes. [the recipe's sweep.codebook_sizes, else "
+                                       "8,16,32,64,128,256,512,1024]")
+@click.option("--with-lm", is_flag=True, default=None, help="Train a small LM per K (the recipe's lm section). [off]")
+@click.option("--with-probe", is_flag=True, default=None, help="Linear-probe the LM and the bag of codes per K. [off]")
+@click.option("--with-vocoder", is_flag=True, default=None, help="Train a vocoder per K and measure resynthesis. [off]")
 @click.option("--config", "recipe", type=click.Path(), help="Recipe YAML (sections: sweep, codebook, lm, probe, vocoder).")
-@click.option("--device", help="cpu, cuda or auto (default).")
+@click.option("--device", help="cpu, cuda or auto. [auto]")
 def command(run, codebook_sizes, with_lm, with_probe, with_vocoder, recipe, device):
     """Information loss against codebook size, on the run's autoencoder."""
     ctx = RunContext.create(run, recipe, device=device)

@@ -38,7 +38,7 @@ from tokenlm.rundir import (
 )
 from tokenlm.runtime import pick_device, seed_everything
 from tokenlm.splits import SplitConfig, assign_splits, link_duplicates
-from tokenlm.stages.options import data_options
+from tokenlm.stages.options import data_options, run_argument
 from tokenlm.stages.prepare import check_strict, data_flags, prepare
 from tokenlm.tasks import encode_task
 from tokenlm.tokenizer import (
@@ -159,7 +159,7 @@ def encode_new_data(tokenizer_path: Path, data: Path, out: Path, split: SplitCon
     raised after the stage's manifest is written (the error names it) and before it finishes."""
     out = RunDir(out)
     if is_finished(out.features):  # its tokens and manifest would be overwritten
-        raise TokenlmError(f"{out.root} is a training run: write the new data's codes to another --out")
+        raise TokenlmError(f"{out.root} is a training run: write the new data's codes to another RUN")
     tokenizer = AudioTokenizer.load(tokenizer_path, codebook_size=codebook_size, device=pick_device(device))
     layout, clips = scan_dataset(data, allow_outside=allow_outside)
     files = {c.id: file_stamp(c.path, hash_content) for c in clips}
@@ -168,8 +168,8 @@ def encode_new_data(tokenizer_path: Path, data: Path, out: Path, split: SplitCon
     rows = [{"id": c.id, "path": c.path, **c.span(), "label": c.label, "split": c.split, "group": c.group,
              "fold": c.fold, "file": files[c.id]} for c in clips]
     target = out.tokens(tokenizer.codebook_size)
-    stage = Stage(target, config={"data": str(data), "split": to_dict(split)},
-                  inputs={"tokenizer": tokenizer.info.get("tokenizer_hash") or str(tokenizer_path),
+    stage = Stage(target, config={"data": str(Path(data).resolve()), "split": to_dict(split)},
+                  inputs={"tokenizer": tokenizer.info.get("tokenizer_hash") or str(Path(tokenizer_path).resolve()),
                           "data": fingerprint([(r["id"], r["path"], r["label"], r["split"], r["file"], *c.span().values())
                                               for r, c in zip(rows, clips)])})
 
@@ -199,26 +199,27 @@ def _say(text: str) -> None:
 # ---- command ----------------------------------------------------------------------------
 
 @click.command("tokenize")
-@click.option("--data", type=click.Path(), help="Dataset folder or manifest file.")
-@click.option("--out", "out", type=click.Path(), help="Run directory (or, with --tokenizer, where to write codes).")
+@run_argument
+@click.option("--data", type=click.Path(), help="Dataset folder or manifest file. [the recipe's data.path]")
 @click.option("--tokenizer", "tokenizer_path", type=click.Path(), help="Encode --data with this trained tokenizer instead of training one.")
-@click.option("-K", "--codebook-size", type=int, help="Number of codes (default 256).")
+@click.option("-K", "--codebook-size", type=int, help="Number of codes. [256]")
 @click.option("--config", "recipe", type=click.Path(), help="Recipe YAML (sections: data, features, split, tokenizer, codebook).")
-@click.option("--epochs", type=int, help="Autoencoder epochs (upper bound; early stopping on val).")
-@click.option("--bottleneck", type=int, help="Autoencoder bottleneck width.")
-@click.option("--device", help="cpu, cuda or auto (default).")
-@click.option("--strict", is_flag=True, default=None, help="Fail if any clip is skipped.")
+@click.option("--epochs", type=int, help="Autoencoder epochs (upper bound; early stopping on val). [30]")
+@click.option("--bottleneck", type=int, help="Autoencoder bottleneck width. [64]")
+@click.option("--device", help="cpu, cuda or auto. [auto]")
+@click.option("--strict", is_flag=True, default=None, help="Fail if any clip is skipped. [off]")
 @data_options()
-def command(data, out, tokenizer_path, codebook_size, recipe, epochs, bottleneck, device, strict, hash_content,
+def command(run, data, tokenizer_path, codebook_size, recipe, epochs, bottleneck, device, strict, hash_content,
             allow_outside):
-    """Train the autoencoder and codebook on the train split, then encode every clip.
+    """Train the autoencoder and codebook on the train split, then encode every clip into
+    RUN (with --tokenizer: encode --data with that tokenizer into RUN).
 
     \b
-    tokenlm tokenize --data data/demo --out runs/demo -K 256
-    tokenlm tokenize --out runs/demo -K 512        # reuse the autoencoder, new codebook
-    tokenlm tokenize --tokenizer runs/demo/tokenizer --data NEWDIR --out OUT
+    tokenlm tokenize runs/demo --data data/demo -K 256
+    tokenlm tokenize runs/demo -K 512        # reuse the autoencoder, new codebook
+    tokenlm tokenize OUT --tokenizer runs/demo/tokenizer --data NEWDIR
     """
-    ctx = RunContext.create(out, recipe, device=device)
+    ctx = RunContext.create(run, recipe, device=device)
     data = data or ctx.section("data").get("path")
     split = ctx.config(SplitConfig, "split")
     if tokenizer_path:
@@ -260,7 +261,7 @@ def _current_autoencoder(run: RunDir) -> dict | None:
 def tokenizer_config(section: dict | None, overrides: dict, current: dict | None = None) -> TokenizerConfig:
     """TokenizerConfig from the recipe's ``tokenizer:`` section (with nested ``autoencoder:``
     and ``training:``) and flat command-line overrides. ``current`` (the config a run's
-    autoencoder was trained with) fills what neither gives, so ``tokenize --out RUN -K 512``
+    autoencoder was trained with) fills what neither gives, so ``tokenize RUN -K 512``
     reuses that autoencoder instead of retraining it with defaults (and dropping every codebook)."""
     current = current or {}
     section = dict(section or {})

@@ -5,7 +5,7 @@
     RUN/vocoder/train_log.csv         step, lr, loss, val_loss, val_bits_per_sample, samples_per_s, elapsed_s
     RUN/vocoder/metrics.json          resynthesis quality on val excerpts (below)
     RUN/vocoder/samples/*.wav         those excerpts: original and resynthesis
-    RUN/vocoder/ckpt/                 last.pt (resume state), best.pt
+    RUN/vocoder/ckpt/                 last/best checkpoints while training (kept with --keep-checkpoints)
 
 Training data: random code-aligned crops of the train split's audio and codes, held in memory
 as mu-law classes (tokenlm.vocoder_data).
@@ -180,7 +180,7 @@ def train_vocoder(run: str | Path | RunDir, cfg: VocoderConfig = VocoderConfig()
     made_by = tokens.raw.get("tokenizer_hash")
     if made_by and made_by != codebook_key:
         raise ArtifactError(f"{tokens.directory} was encoded with tokenizer {made_by}, but {codebook} is now "
-                            f"{codebook_key}: rerun `tokenlm tokenize --out {run.root} -K {tokens.codebook_size}`")
+                            f"{codebook_key}: rerun `tokenlm tokenize {run.root} -K {tokens.codebook_size}`")
     config = cfg.to_section()
     config["training"].pop("device")  # where it trains is not what it learns: switching resumes
     config.pop("note")  # words about the model, not the model
@@ -354,7 +354,7 @@ DEFAULT = VocoderConfig()  # what the help shows
 
 @click.command("vocoder")
 @click.argument("run", required=False, type=click.Path(file_okay=False))
-@click.option("-K", "--codebook-size", type=int, help="Which codes to condition on (default: the run's current K).")
+@click.option("-K", "--codebook-size", type=int, help="Which codes to condition on. [the run's current K]")
 @click.option("--config", "recipe", type=click.Path(), help="Recipe YAML (section vocoder, with vocoder.training).")
 @training_options(VOCODER_TRAINING_DEFAULTS, items="Crops", seeds="crops and sampling")
 @click.option("--layers-per-cycle", type=int, help=f"Dilated layers per cycle (dilations 1..2^(n-1)). [{DEFAULT.model.layers_per_cycle}]")

@@ -18,11 +18,11 @@ What it does for you:
   step. Data seen in epochs (``EpochBatches``) shuffles once per epoch from (seed, epoch).
   Resuming therefore needs only the step, never replays or skips data, and an interrupted
   run ends bit-identical to an uninterrupted one on the same machine.
-- Checkpoints in ``work_dir/ckpt/last.pt`` every ``ckpt_every`` steps (model, optimiser,
-  scheduler, step, RNG states of python/numpy/torch/CUDA, data cursor, early-stopping state),
-  written atomically (temp file + fsync + os.replace) so kill -9 at any moment leaves the
-  previous one intact. ``best.pt`` holds the weights with the best monitored metric. Both
-  load with ``torch.load(weights_only=True)``.
+- Checkpoints in ``work_dir/ckpt/last.json`` every ``ckpt_every`` steps (model, optimiser,
+  scheduler, step, RNG states of python/numpy/torch/CUDA, data cursor, early-stopping state):
+  tensors in a safetensors file, the rest in the JSON state file that names it, written so
+  that kill -9 at any moment leaves the previous one intact. ``best.json`` holds the weights
+  with the best monitored metric. No pickles: ``load_checkpoint`` reads both.
 - Evaluation every ``eval_every`` steps: the validation loss of ``val_batches`` and/or a
   whole-model ``evaluate`` hook (e.g. accuracy); the ``monitor`` metric (lower or higher is
   better, ``mode``) picks the best weights, loaded back at the end, and early stopping after
@@ -38,7 +38,7 @@ Modules: ``loop`` (train), ``config`` (TrainConfig, TrainResult), ``data`` (batc
 """
 
 from tokenlm.training.checkpoint import (
-    atomic_torch_save, checkpoint_folder, load_checkpoint, rng_state, set_rng_state,
+    checkpoint_folder, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )
 from tokenlm.training.config import TrainConfig, TrainResult
 from tokenlm.training.data import EpochBatches, batch_rng, to_device
@@ -60,7 +60,7 @@ __all__ = [
     "make_optimizer",
     "rng_state",
     "set_rng_state",
-    "atomic_torch_save",
+    "save_checkpoint",
     "load_checkpoint",
     "checkpoint_folder",
     "to_device",

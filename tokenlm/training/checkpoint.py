@@ -1,14 +1,20 @@
-"""Checkpoints: atomic writes, weights-only loads, RNG states, and the loop's ``last.pt``.
+"""Checkpoints without pickles: tensors in safetensors, everything else in a JSON state file.
 
-Everything saved is tensors and plain data, so it loads with ``torch.load(weights_only=True)``.
+A checkpoint ``ckpt/last.json`` is the commit point: it holds the plain data (step, scheduler,
+early-stopping state, RNG states as lists) and names the safetensors file that holds its
+tensors (weights, optimiser moments). The tensors file is written first under a fresh name,
+then the JSON atomically, then the previous tensors file is removed, so a kill -9 at any
+moment leaves the previous checkpoint whole.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import sys
 import tempfile
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,25 +24,76 @@ import torch
 from torch import nn
 
 from tokenlm.errors import ArtifactError
+from tokenlm.fileio import fsync_dir, write_json
+
+FORMAT = "tokenlm-checkpoint/1"
+_TENSOR = "__tensor__"  # {"__tensor__": name}: the tensor `name` of the safetensors file
+_ITEMS = "__items__"  # {"__items__": [[key, value], ...]}: a dict with non-string keys (optimiser state)
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save that readers (and a kill -9) see as all-or-nothing: temp file, fsync, rename."""
+def save_checkpoint(obj: dict, path: str | Path) -> None:
+    """Write ``obj`` (nested dicts/lists of tensors and plain data) as ``path`` (the .json
+    state file) plus a safetensors file beside it; all-or-nothing for readers and kill -9."""
+    from safetensors.torch import save_file
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
+    tensors: dict[str, torch.Tensor] = {}
+    state = _split(obj, tensors, "")
+    tensor_file = path.with_name(f"{path.stem}-{uuid.uuid4().hex[:12]}.safetensors")
+    tmp = tensor_file.with_name(f".{tensor_file.name}.tmp-{os.getpid()}")
+    save_file(tensors, str(tmp))
+    with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    os.replace(tmp, tensor_file)
+    write_json(path, {"format": FORMAT, "tensors": tensor_file.name, "state": state})
+    for old in path.parent.glob(f"{path.stem}-*.safetensors"):
+        if old != tensor_file:
+            old.unlink(missing_ok=True)
+    fsync_dir(path.parent)
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
-    """A checkpoint written by ``train`` (weights_only: nothing but tensors and plain data)."""
+    """A checkpoint written by ``save_checkpoint`` (its .json path), tensors on ``device``."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        record = json.loads(path.read_text())
+        if record.get("format") != FORMAT:
+            raise ValueError(f"not a {FORMAT} file")
+        tensors = load_file(str(path.with_name(record["tensors"])), device=str(device))
+        return _join(record["state"], tensors)
     except Exception as err:  # a truncated or foreign file: say which
         raise ArtifactError(f"{path}: unreadable checkpoint ({str(err).splitlines()[0]})") from None
+
+
+def _split(value: Any, tensors: dict, name: str) -> Any:
+    """``value`` as JSON data, its tensors moved into ``tensors`` under their path names."""
+    if isinstance(value, torch.Tensor):
+        tensors[name] = value.detach().cpu().contiguous().clone()
+        return {_TENSOR: name}
+    if isinstance(value, dict):
+        if all(isinstance(k, str) for k in value):
+            return {k: _split(v, tensors, f"{name}/{k}") for k, v in value.items()}
+        return {_ITEMS: [[k, _split(v, tensors, f"{name}/{k}")] for k, v in value.items()]}
+    if isinstance(value, (list, tuple)):
+        return [_split(v, tensors, f"{name}/{i}") for i, v in enumerate(value)]
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    return value
+
+
+def _join(value: Any, tensors: dict) -> Any:
+    """The inverse of ``_split``."""
+    if isinstance(value, dict):
+        if set(value) == {_TENSOR}:
+            return tensors[value[_TENSOR]]
+        if set(value) == {_ITEMS}:
+            return {k: _join(v, tensors) for k, v in value[_ITEMS]}
+        return {k: _join(v, tensors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_join(v, tensors) for v in value]
+    return value
 
 
 @contextmanager
@@ -51,38 +108,55 @@ def checkpoint_folder(work_dir: str | Path | None):
 
 
 def remove_partial_writes(ckpt_dir: Path) -> None:
-    """Delete the temp files of writes that a kill -9 cut short."""
+    """Delete the temp files of writes that a kill -9 cut short, and tensor files that no
+    state file names (written, then the kill came before their state file)."""
     for stale in ckpt_dir.glob(".*.tmp-*"):
         stale.unlink(missing_ok=True)
+    named = set()
+    for state in ckpt_dir.glob("*.json"):
+        try:
+            named.add(json.loads(state.read_text()).get("tensors"))
+        except (OSError, ValueError, AttributeError):
+            continue
+    for tensor_file in ckpt_dir.glob("*.safetensors"):
+        if tensor_file.name not in named:
+            tensor_file.unlink(missing_ok=True)
 
 
 def rng_state() -> dict:
-    """Python, numpy, torch and CUDA RNG states as tensors and plain numbers
-    (loadable with ``torch.load(weights_only=True)``, unlike pickled tuples)."""
+    """Python, numpy, torch and CUDA RNG states as plain lists and numbers (JSON)."""
     version, mt, gauss = random.getstate()
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     state = {
-        "python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
-        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+        "python": {"version": version, "state": list(mt), "gauss": gauss},
+        "numpy": {"name": np_name, "keys": np_keys.astype(np.int64).tolist(), "pos": int(np_pos),
                   "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
-        "torch": torch.get_rng_state(),
+        "torch": torch.get_rng_state().tolist(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     return state
 
 
 def set_rng_state(state: dict) -> None:
     """Restore what ``rng_state`` captured."""
     py = state["python"]
-    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    random.setstate((py["version"], tuple(int(v) for v in _as_list(py["state"])), py["gauss"]))
     nps = state["numpy"]
-    np.random.set_state((nps["name"], nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"],
-                         nps["gauss"]))
-    torch.set_rng_state(state["torch"])
+    np.random.set_state((nps["name"], np.asarray(_as_list(nps["keys"]), dtype=np.int64).astype(np.uint32),
+                         nps["pos"], nps["has_gauss"], nps["gauss"]))
+    torch.set_rng_state(_bytes(state["torch"]))
     if "cuda" in state and torch.cuda.is_available():
-        cuda_states = state["cuda"][: torch.cuda.device_count()]
+        cuda_states = [_bytes(s) for s in state["cuda"][: torch.cuda.device_count()]]
         torch.cuda.set_rng_state_all(cuda_states)
+
+
+def _as_list(value) -> list:
+    return value.tolist() if isinstance(value, torch.Tensor) else list(value)
+
+
+def _bytes(value) -> torch.Tensor:
+    return value.cpu() if isinstance(value, torch.Tensor) else torch.tensor(value, dtype=torch.uint8)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -98,7 +172,7 @@ def weights(model: nn.Module) -> dict:
 def save_last(path: Path, model, optimizer, scheduler, state: dict, data: dict) -> None:
     """Everything a resume needs: weights, optimiser, schedule, the loop's state, the data
     cursor and the RNG states."""
-    atomic_torch_save({
+    save_checkpoint({
         "model": weights(model),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -109,7 +183,7 @@ def save_last(path: Path, model, optimizer, scheduler, state: dict, data: dict) 
 
 
 def resume(path: Path, model, optimizer, scheduler, device: torch.device) -> dict | None:
-    """Load ``last.pt`` into the fresh model/optimiser/scheduler and restore the RNG states;
+    """Load ``last.json`` into the fresh model/optimiser/scheduler and restore the RNG states;
     returns the checkpoint (its ``state`` and ``data`` are the caller's), None without one."""
     if not path.is_file():
         return None

@@ -118,9 +118,9 @@ def postfix(row: dict, items_name: str, monitor: str) -> dict:
 
 
 def progress_bar(total: int, initial: int, desc: str, enabled: bool):
-    from tqdm import tqdm
+    from tokenlm.progress import progress_bar as bar
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", disable=not enabled, dynamic_ncols=True)
+    return bar(total=total, initial=initial, desc=desc, unit="step", enabled=enabled)
 
 
 class GracefulInterrupt:

@@ -16,12 +16,13 @@ from torch import nn
 from tokenlm.errors import ArtifactError, ConfigError
 from tokenlm.rundir import BEST_CHECKPOINT, CHECKPOINTS, LAST_CHECKPOINT, TRAIN_LOG
 from tokenlm.training import checkpoint
-from tokenlm.training.checkpoint import atomic_torch_save, load_checkpoint, unwrap, weights
+from tokenlm.training.checkpoint import load_checkpoint, save_checkpoint, unwrap, weights
 from tokenlm.training.config import TrainConfig, TrainResult
 from tokenlm.training.data import Batch, EpochBatches, draw_batch, step_torch_seed, to_device
 from tokenlm.training.distributed import DistContext, all_reduce_sum, setup_distributed
 from tokenlm.training.log import CsvLog, GracefulInterrupt, Window, log_row, postfix, progress_bar
 from tokenlm.training.optim import autocast, make_optimizer, make_scheduler
+from tokenlm.tracking import close_all, open_trackers
 
 MODES = ("min", "max")
 
@@ -63,7 +64,7 @@ def train(
     desc: str = "train",
 ) -> TrainResult:
     """Train ``model`` in place for ``cfg.steps`` steps (or until early stopping), resuming
-    from ``work_dir/ckpt/last.pt`` when an earlier run left one.
+    from ``work_dir/ckpt/last.json`` when an earlier run left one.
 
     Args:
         loss_fn: ``(model, batch) -> loss`` (mean over the batch) or ``(loss, count)``; count
@@ -116,6 +117,7 @@ def train(
     metric_names = list(val_metrics(1.0)) if val_metrics else []
     log = CsvLog(work_dir / TRAIN_LOG, items_name, metric_names) if dist.is_main else None
     elapsed_before = log.open(resume_step=state.step) if log else 0.0
+    trackers = open_trackers(work_dir, desc) if dist.is_main else []  # fed the rows of train_log.csv
 
     def save_last():
         if dist.is_main:
@@ -154,6 +156,8 @@ def train(
                     row = log_row(window, step, record, dist, started, items_name, metric_names)
                     if log:
                         log.write(row)
+                    for tracker in trackers:
+                        tracker.log(row)
                     bar.set_postfix(postfix(row, items_name, monitor), refresh=False)
                     window = Window()
                 if state.stopped_early or step == cfg.steps:
@@ -172,8 +176,9 @@ def train(
         bar.close()
         if log:
             log.close()
+        close_all(trackers)
 
-    dist.barrier()  # rank 0 may still be writing best.pt from the last evaluation
+    dist.barrier()  # rank 0 may still be writing the best checkpoint from the last evaluation
     if state.best_step is None and any(monitor in h for h in state.history):  # each one NaN or inf
         raise ArtifactError(f"no evaluation in {state.step} steps gave a finite {monitor} (all NaN or inf): "
                             f"the validation data or the model's outputs are not finite; check the data")
@@ -308,7 +313,7 @@ def _track_best(state: _State, metrics: dict, monitor: str, mode: str, step: int
     if _improves(value, state.best_val, mode):
         state.best_val, state.best_step, state.bad_evals = value, step, 0
         if dist.is_main:
-            atomic_torch_save({"model": weights(model), "step": step, monitor: value}, ckpt_dir / BEST_CHECKPOINT)
+            save_checkpoint({"model": weights(model), "step": step, monitor: value}, ckpt_dir / BEST_CHECKPOINT)
     else:
         state.bad_evals += 1
         if cfg.patience and state.bad_evals >= cfg.patience:
@@ -325,7 +330,7 @@ def _improves(value: float, best: float | None, mode: str) -> bool:
 
 
 def _resume(path: Path, model, optimizer, scheduler, state: _State, dist: DistContext) -> int:
-    """Load ``last.pt`` into the fresh model/optimiser/scheduler/state; returns its step (0: none)."""
+    """Load the last checkpoint into the fresh model/optimiser/scheduler/state; returns its step (0: none)."""
     ckpt = checkpoint.resume(path, model, optimizer, scheduler, dist.device)
     if ckpt is None:
         return 0

@@ -347,6 +347,6 @@ def _progress_bar(total: int, enabled: bool):
     """A tqdm bar over generated samples, or None (no per-step cost when off)."""
     if not enabled:
         return None
-    from tqdm import tqdm
+    from tokenlm.progress import progress_bar
 
-    return tqdm(total=total, desc="wavenet", unit="sample", unit_scale=True, dynamic_ncols=True)
+    return progress_bar(total=total, desc="wavenet", unit="sample", unit_scale=True)
