@@ -1,6 +1,6 @@
 """Everything around the CNN baselines of ``tokenlm.models.cnn`` that is not the network:
 random crops for training and whole-clip windows for evaluation, clip embeddings and class
-predictions, costs (``count_flops`` by forward hooks, ``count_parameters``), safetensors
+predictions, costs (``count_flops`` by torch's flop counter, ``count_parameters``), safetensors
 save/load with the config beside the weights, and supervised training on the shared loop
 (random crops, accuracy on whole val clips, early stopping on it).
 """
@@ -51,38 +51,21 @@ def count_parameters(model: nn.Module) -> int:
 def count_flops(model: nn.Module, input_shape: tuple[int, ...], method: str = "forward") -> int:
     """FLOPs of one example of ``input_shape`` (no batch axis), e.g. ``(1, n_mels, frames)``.
 
-    Counts the multiply-accumulates of convolutions and linear layers (2 FLOPs each), which
-    dominate; batch norm, activations and pooling are left out. ``method`` picks what runs:
-    ``"forward"`` (with the head) or ``"embed"``.
+    Counted by torch's ``FlopCounterMode``: 2 per multiply-add of the convolutions and matrix
+    products (linear layers, attention), which dominate; batch norm, activations and pooling
+    are left out. ``method`` picks what runs: ``"forward"`` (with the head) or ``"embed"``.
     """
-    macs = 0
+    from torch.utils.flop_counter import FlopCounterMode
 
-    def conv_hook(module, _inputs, output):
-        nonlocal macs
-        per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
-        macs += output.numel() * per_output
-
-    def linear_hook(module, _inputs, output):
-        nonlocal macs
-        macs += output.numel() * module.in_features
-
-    hooks = []
-    for module in model.modules():
-        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-            hooks.append(module.register_forward_hook(conv_hook))
-        elif isinstance(module, nn.Linear):
-            hooks.append(module.register_forward_hook(linear_hook))
     was_training = model.training
     model.eval()
     try:
         device = next(model.parameters()).device
-        with torch.no_grad():
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
             getattr(model, method)(torch.zeros(1, *input_shape, device=device))
     finally:
-        for hook in hooks:
-            hook.remove()
         model.train(was_training)
-    return 2 * macs
+    return int(counter.get_total_flops())
 
 
 # --------------------------------------------------------------------------- save / load
@@ -94,7 +77,7 @@ def save_model(model: nn.Module, directory: str | Path, extra: dict | None = Non
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    kind = next(name for name, (_, cls) in MODELS.items() if isinstance(model, cls))
+    kind = getattr(model, "kind", None) or next(name for name, (_, cls) in MODELS.items() if isinstance(model, cls))
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / MODEL_WEIGHTS))
     record = {"kind": kind, "config": dataclasses.asdict(model.config), **(extra or {})}

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tokenlm.models.blocks import Block
 from tokenlm.models.wavenet import mu_law_encode
 
 __all__ = ["SampleTransformerConfig", "SampleTransformer", "matched_width"]
@@ -61,9 +62,8 @@ class SampleTransformer(nn.Module):
         self.position = nn.Parameter(0.02 * torch.randn(config.context + config.prefix_codes * config.conditioned, d))
         if config.conditioned:
             self.code_embedding = nn.Embedding(config.codebook_size + 1, d)  # the last: no code (before the clip)
-        layer = nn.TransformerEncoderLayer(d, config.n_head, 4 * d, config.dropout, activation="gelu",
-                                           batch_first=True, norm_first=True)
-        self.blocks = nn.TransformerEncoder(layer, config.n_layer, enable_nested_tensor=False)
+        self.blocks = nn.Sequential(*(Block(d, config.n_head, config.dropout, causal=True)
+                                      for _ in range(config.n_layer)))
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, config.n_classes)
 
@@ -86,9 +86,7 @@ class SampleTransformer(nn.Module):
                 raise ValueError(f"prefix must be (batch, {cfg.prefix_codes}), got {tuple(prefix.shape)}")
             x = torch.cat([self.code_embedding(prefix), x], dim=1)
         length = x.shape[1]
-        x = x + self.position[:length]
-        mask = torch.triu(torch.full((length, length), float("-inf"), device=x.device), diagonal=1)
-        h = self.norm(self.blocks(x, mask=mask, is_causal=True))
+        h = self.norm(self.blocks(x + self.position[:length]))
         return self.head(h[:, length - audio_q.shape[1]:]).transpose(1, 2)  # (B, n_classes, T)
 
     @torch.no_grad()

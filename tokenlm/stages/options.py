@@ -45,12 +45,15 @@ def training_options(defaults: Mapping[str, Any], *, items: str, seeds: str) -> 
 
 
 def baseline_options(*, seeds: str, folds: str) -> Callable:
-    """Add --epochs, --simclr-epochs, --seed, --no-folds, --device and --no-progress: the
+    """Add --epochs, --simclr-epochs, --weights, --seed, --no-folds, --device and --no-progress: the
     options of the commands that train the CNN baselines. ``seeds``: what the seed drives;
     ``folds``: what --no-folds skips."""
     options = [
         click.option("--epochs", type=int, help="Upper bound on supervised baseline epochs (early stopping on val)."),
         click.option("--simclr-epochs", type=int, help="SimCLR training epochs."),
+        click.option("--weights", type=click.Path(dir_okay=False),
+                     help="ImageNet weights (safetensors or torch state dict) for the one ImageNet-style CNN "
+                          "listed (resnet18, resnet50 or densenet121): fine-tuned from them, not random init."),
         click.option("--seed", type=int, help=f"Seed for {seeds}."),
         click.option("--no-folds", is_flag=True, default=None, help=f"Skip {folds}."),
         click.option("--device", help="cpu, cuda or auto (default)."),

@@ -23,7 +23,8 @@ def write_report(run: str | Path) -> Path:
     """Write RUN/report.md (and its figures under RUN/report_files/); return its path."""
     run = RunDir(run)
     sections = [f"# tokenlm run: {run.root.name}\n"]
-    for section in (dataset_section, tokenizer_section, lm_section, probe_section, vocoder_section, sweep_section):
+    for section in (dataset_section, tokenizer_section, lm_section, probe_section, vocoder_section, rawlm_section,
+                    sweep_section):
         text = section(run)
         if text:
             sections.append(text)
@@ -149,6 +150,12 @@ def sweep_section(run: RunDir) -> str | None:
     # The sweep's figures sit beside its report: make their links relative to RUN.
     folder = run.sweep.relative_to(run.root).as_posix()
     return text.replace("](", f"]({folder}/").replace(f"]({folder}/http", "](http")
+
+
+def rawlm_section(run: RunDir) -> str | None:
+    """RUN/rawlm/report.md (tokenlm rawlm), its sample links made relative to RUN."""
+    text = _include(run.root / "rawlm" / REPORT, "## Raw-audio next-sample prediction\n")
+    return None if text is None else text.replace("`samples/`", "`rawlm/samples/`")
 
 
 def _include(path: Path, heading: str) -> str | None:
