@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tokenlm.fileio import read_json
+from tokenlm.stages.report import write_report
 from tokenlm.models.sample_transformer import SampleTransformer, SampleTransformerConfig, matched_width
 from tests.conftest import run_cli as tokenlm
 
@@ -83,4 +84,6 @@ def test_rawlm_writes_results_with_the_fields(tiny_run, tmp_path):
     assert {p.name for p in (run / "rawlm" / "samples").iterdir()} == {
         "prompt.wav", "transformer.wav", "wavenet.wav", "transformer_codes.wav"}
     assert "transformer+codes" in (run / "rawlm" / "report.md").read_text()
+    report = write_report(run).read_text()
+    assert "## Raw-audio next-sample prediction" in report and "`rawlm/samples/`" in report
     assert tokenlm("rawlm", run, "--models", "wavenet,lstm") != 0
