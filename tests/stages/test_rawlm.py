@@ -87,3 +87,11 @@ def test_rawlm_writes_results_with_the_fields(tiny_run, tmp_path):
     report = write_report(run).read_text()
     assert "## Raw-audio next-sample prediction" in report and "`rawlm/samples/`" in report
     assert tokenlm("rawlm", run, "--models", "wavenet,lstm") != 0
+
+
+def test_the_pipeline_step_does_nothing_without_a_rawlm_section(tiny_run):
+    from tokenlm.pipeline import RunContext
+    from tokenlm.stages import rawlm as rawlm_stage
+
+    rawlm_stage.run(RunContext.create(tiny_run))  # the shared run stays read-only: nothing is written
+    assert not (tiny_run / "rawlm").exists()
