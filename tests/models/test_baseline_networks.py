@@ -120,6 +120,8 @@ def test_wrong_weights_fail_in_one_line_naming_the_tensor(tmp_path):
         load_imagenet_weights(small("resnet18"), tmp_path / "junk.pt")
     with pytest.raises(ConfigError, match="exactly one of resnet18, resnet50, densenet121"):
         configs({"baselines": ["vgg"], "imagenet_weights": str(wide)})
+    with pytest.raises(ConfigError, match="no such file"):
+        configs({"baselines": ["resnet18"], "imagenet_weights": str(tmp_path / "absent.pt")})
 
 
 def _save(path, state):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
 from tokenlm.config import build
@@ -133,4 +134,6 @@ def configs(*layers: Mapping | None) -> tuple[ProbeConfig, BaselinesConfig]:
     if baselines.imagenet_weights and len(imagenet) != 1:
         raise ConfigError(f"{SECTION}.imagenet_weights (--weights) loads into exactly one of "
                           f"{', '.join(IMAGENET)} in the baselines, got {', '.join(imagenet) or 'none'}")
+    if baselines.imagenet_weights and not Path(baselines.imagenet_weights).is_file():
+        raise ConfigError(f"{SECTION}.imagenet_weights (--weights): no such file {baselines.imagenet_weights}")
     return probe, baselines
