@@ -48,6 +48,7 @@ STAGES = (
     StageSpec("baselines", "tokenlm.stages.baselines", "Train the probe's CNN and SimCLR baselines."),
     StageSpec("probe", "tokenlm.stages.probe", "Linear probes and baselines, one table."),
     StageSpec("vocoder", "tokenlm.stages.vocoder", "Train the WaveNet decoder on (audio, codes)."),
+    StageSpec("rawlm", "tokenlm.stages.rawlm", "Next-sample prediction on raw audio: transformer vs WaveNet."),
     StageSpec("decode", "tokenlm.stages.decode", "Audio -> codes -> audio.", pipeline=False),
     StageSpec("generate", "tokenlm.stages.generate", "Continue audio with the LM and the WaveNet.", pipeline=False),
     StageSpec("sweep", "tokenlm.stages.sweep", "Information loss against codebook size."),

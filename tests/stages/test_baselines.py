@@ -45,3 +45,21 @@ def test_command_trains_what_the_probe_then_reuses(tmp_path):
     assert (run / "baselines" / "timbre" / "stage.json").stat().st_mtime_ns == stamp
     rows = {r["name"]: r for r in read_json(run / "probe" / "data" / "results.json")["rows"]}
     assert rows["timbre"]["test"] == results["test"]
+
+
+def test_new_baselines_reach_the_probe_table_with_their_costs(tmp_path):
+    run = make_run(tmp_path)
+    small = {"temporal_widths": "3,9", "temporal_filters": 4, "transformer_dim": 8, "transformer_layers": 2,
+             "transformer_heads": 2, "imagenet_width": 2}
+    names = "temporal,timbre+temporal,audio_transformer,resnet18"
+    probe, config = configs({**TINY, **small}, {"baselines": names})
+    probe_stage.probe(run, probe, config, device="cpu", progress=False)
+    results = read_json(run / "probe" / "data" / "results.json")
+    rows = {r["name"]: r for r in results["rows"]}
+    for name in names.split(","):
+        assert rows[name]["encoder_params"] > 0 and rows[name]["flops_per_second"] > 0
+        assert len(rows[name]["test"]["accuracy_ci"]) == 2
+    assert rows["temporal"]["flops_per_second"] < rows["timbre+temporal"]["flops_per_second"]
+    assert "random init" in rows["resnet18"]["title"]
+    report = (run / "probe" / "data" / "report.md").read_text()
+    assert "Audio Transformer" in report and "temporal CNN" in report

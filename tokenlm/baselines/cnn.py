@@ -50,9 +50,10 @@ def count_parameters(model: nn.Module) -> int:
 
 def count_flops(model: nn.Module, input_shape: tuple[int, ...], method: str = "forward") -> int:
     """FLOPs of one example of ``input_shape`` (no batch axis), e.g. ``(1, n_mels, frames)``,
-    counted by torch (tokenlm.flops): convolutions and linear layers, 2 FLOPs per
-    multiply-accumulate; batch norm, activations and pooling are left out. ``method`` picks
-    what runs: ``"forward"`` (with the head) or ``"embed"``."""
+    counted by torch's ``FlopCounterMode`` (tokenlm.flops): 2 per multiply-add of the
+    convolutions and matrix products (linear layers, attention), which dominate; batch norm,
+    activations and pooling are left out. ``method`` picks what runs: ``"forward"`` (with the
+    head) or ``"embed"``."""
     from tokenlm.flops import forward_flops
 
     was_training = model.training
@@ -73,7 +74,7 @@ def save_model(model: nn.Module, directory: str | Path, extra: dict | None = Non
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    kind = next(name for name, (_, cls) in MODELS.items() if isinstance(model, cls))
+    kind = getattr(model, "kind", None) or next(name for name, (_, cls) in MODELS.items() if isinstance(model, cls))
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / MODEL_WEIGHTS))
     record = {"kind": kind, "config": dataclasses.asdict(model.config), **(extra or {})}

@@ -47,7 +47,8 @@ def render_report(results: dict) -> str:
         "the title says: mean, mean+std or mean+max, chosen on val unless the probe's `pooling` fixes it. "
         f"*{SUPERVISED}*: the network's own classifier, trained with labels (not a probe).",
         "Log-mel statistics are the floor a learned representation must beat. " + _pretraining_note(results),
-        "FLOPs: 2 per multiply-add of the convolutions and linear layers, for one second of audio.",
+        "FLOPs: 2 per multiply-add of the convolutions and matrix products (linear layers, attention), for one "
+        "second of audio.",
         "Training time: the encoder's own stages (for codes and the LM: autoencoder + codebook + LM).",
     ]
     if with_folds:

@@ -11,6 +11,11 @@ Both read normalised log-mel shaped ``(B, 1, n_mels, T)`` and return class logit
   (a large fraction of the mel axis) and narrow (a few frames), so each filter matches a
   spectral envelope, i.e. timbre; max-pooling over frequency makes it pitch-shift tolerant,
   max-pooling over time makes it position-free. Far fewer FLOPs than VGG.
+- ``TemporalCNN`` and ``TimbreTemporalCNN``: Pons' horizontal filters (energy envelopes
+  over time) alone, and beside the vertical ones.
+
+``MODELS`` also registers the Audio Transformer (``models.audio_transformer``) and the
+ImageNet-style CNNs (``models.imagenet``): every supervised baseline by name.
 
 Training, crops, whole-clip windows, costs and save/load are in ``tokenlm.baselines.cnn``.
 """
@@ -22,7 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["VGGConfig", "VGGish", "TimbreConfig", "TimbreCNN", "MODELS"]
+__all__ = ["VGGConfig", "VGGish", "TimbreConfig", "TimbreCNN", "TemporalConfig", "TemporalCNN",
+           "TimbreTemporalConfig", "TimbreTemporalCNN", "MODELS"]
 
 
 # --------------------------------------------------------------------------- VGG
@@ -134,4 +140,103 @@ def _head(dim: int, n_classes: int, dropout: float) -> nn.Module:
     return nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, n_classes))
 
 
-MODELS = {"vgg": (VGGConfig, VGGish), "timbre": (TimbreConfig, TimbreCNN)}
+# --------------------------------------------------------------------------- temporal
+
+
+@dataclass(frozen=True)
+class TemporalConfig:
+    """Single-layer CNN with horizontal (temporal) filters on the frequency-averaged log-mel
+    (Pons & Serra 2017): one branch per filter length, in frames."""
+
+    n_mels: int = 64
+    n_classes: int = 0
+    widths: tuple[int, ...] = (9, 33, 65)  # odd frame counts (keep T); 0.1-0.6 s at a 10 ms hop
+    filters: int = 32  # per branch
+    dropout: float = 0.3
+
+    def __post_init__(self):
+        if not self.widths or not all(w >= 1 and w % 2 == 1 for w in self.widths):
+            raise ValueError(f"temporal widths must be odd positive frame counts, got {self.widths}")
+        if self.filters < 1:
+            raise ValueError("filters must be positive")
+
+
+class TemporalCNN(nn.Module):
+    """Log-mel (B, 1, F, T) -> logits; ``embed`` gives (B, filters * branches). Each filter
+    spans 1 x width: it matches an energy envelope over time (onsets, rhythm, decay), and is
+    blind to pitch and timbre, the complement of the timbre CNN's vertical filters."""
+
+    def __init__(self, config: TemporalConfig):
+        super().__init__()
+        self.config = config
+        self.branches = nn.ModuleList(
+            nn.Sequential(nn.Conv1d(1, config.filters, w, padding=w // 2, bias=False),
+                          nn.BatchNorm1d(config.filters), nn.ReLU())
+            for w in config.widths
+        )
+        self.embed_dim = config.filters * len(self.branches)
+        self.head = _head(self.embed_dim, config.n_classes, config.dropout)
+
+    def embed(self, x: Tensor) -> Tensor:
+        envelope = x.mean(dim=2)  # (B, 1, T): the spectrogram averaged over frequency
+        return torch.cat([branch(envelope).amax(dim=-1) for branch in self.branches], dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.embed(x))
+
+
+@dataclass(frozen=True)
+class TimbreTemporalConfig:
+    """Both branches side by side (Pons et al. 2016): vertical timbre filters + temporal ones."""
+
+    n_mels: int = 64
+    n_classes: int = 0
+    heights: tuple[float, ...] = (0.9, 0.5, 0.2)
+    widths: tuple[int, ...] = (1, 3)
+    filters: int = 32
+    temporal_widths: tuple[int, ...] = (9, 33, 65)
+    temporal_filters: int = 32
+    dropout: float = 0.3
+
+    @property
+    def parts(self) -> tuple[TimbreConfig, TemporalConfig]:
+        return (TimbreConfig(self.n_mels, 0, self.heights, self.widths, self.filters),
+                TemporalConfig(self.n_mels, 0, self.temporal_widths, self.temporal_filters))
+
+    def __post_init__(self):
+        self.parts  # noqa: B018 - builds both to check their values
+
+
+class TimbreTemporalCNN(nn.Module):
+    """Log-mel (B, 1, F, T) -> logits; ``embed``: the timbre and temporal vectors concatenated."""
+
+    def __init__(self, config: TimbreTemporalConfig):
+        super().__init__()
+        self.config = config
+        timbre, temporal = config.parts
+        self.timbre, self.temporal = TimbreCNN(timbre), TemporalCNN(temporal)
+        self.embed_dim = self.timbre.embed_dim + self.temporal.embed_dim
+        self.head = _head(self.embed_dim, config.n_classes, config.dropout)
+
+    def embed(self, x: Tensor) -> Tensor:
+        return torch.cat([self.timbre.embed(x), self.temporal.embed(x)], dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.embed(x))
+
+
+from tokenlm.models.audio_transformer import AudioTransformer, AudioTransformerConfig  # noqa: E402
+from tokenlm.models.imagenet import DenseNet, DenseNetConfig, ResNet, ResNetConfig  # noqa: E402
+
+# name -> (config class, network class); a network whose ``kind`` differs by config (ResNet
+# 18 or 50) says its name itself.
+MODELS = {
+    "vgg": (VGGConfig, VGGish),
+    "timbre": (TimbreConfig, TimbreCNN),
+    "temporal": (TemporalConfig, TemporalCNN),
+    "timbre+temporal": (TimbreTemporalConfig, TimbreTemporalCNN),
+    "audio_transformer": (AudioTransformerConfig, AudioTransformer),
+    "resnet18": (ResNetConfig, ResNet),
+    "resnet50": (ResNetConfig, ResNet),
+    "densenet121": (DenseNetConfig, DenseNet),
+}

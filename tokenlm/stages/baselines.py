@@ -31,6 +31,7 @@ from tokenlm.baselines.cnn import (
     ClassifierTraining, count_flops, count_parameters, load_model, predict_clips, save_model,
     train_classifier,
 )
+from tokenlm.baselines.networks import build_network, network_config, title
 from tokenlm.baselines.simclr import AugmentConfig, SimCLRConfig, train_simclr
 from tokenlm.config import to_dict
 from tokenlm.errors import TokenlmError
@@ -40,7 +41,7 @@ from tokenlm.evaluation.linear_probe import fold_assignments, summarise_folds
 from tokenlm.evaluation.probe_table import pct
 from tokenlm.evaluation.rows import SUPERVISED, headline
 from tokenlm.fileio import read_json, write_json
-from tokenlm.models.cnn import MODELS, TimbreConfig, VGGConfig, VGGish
+from tokenlm.models.cnn import VGGConfig, VGGish
 from tokenlm.models.simclr import SimCLRModel
 from tokenlm.pipeline import RunContext
 from tokenlm.rundir import (
@@ -51,12 +52,6 @@ from tokenlm.stages.options import baseline_options
 from tokenlm.stages.probe_config import BASELINES, SECTION, BaselinesConfig, ProbeConfig, configs
 from tokenlm.store import RaggedSplit
 from tokenlm.tasks import Task, run_tasks
-
-TITLES = {
-    "vgg": "VGG-style CNN (supervised)",
-    "timbre": "timbre CNN, vertical filters (supervised)",
-}
-
 
 # ---- the stage ------------------------------------------------------------------------
 
@@ -133,7 +128,7 @@ def supervised_baseline(name: str, clips: LabelledClips, probe: ProbeConfig, con
                                  **{k: v for k, v in result.items() if k != "history"}})
             folds = summarise_folds(per_fold).to_dict()
         write_json(work / RESULTS, {
-            "name": name, "title": TITLES[name], "kind": SUPERVISED, "status": "ok",
+            "name": name, "title": title(name, model_config), "kind": SUPERVISED, "status": "ok",
             "dim": model.embed_dim, "test": {k: v for k, v in split_result.items() if k != "history"},
             "folds": folds, **_cost(model, clips), "encoder_train_s": split_result["train_seconds"],
             "probe_fit_s": None, "history": split_result["history"],
@@ -159,7 +154,7 @@ def _fit_supervised(name, model_config, train_config, clips: LabelledClips, mask
     pick = {s: np.flatnonzero(masks[s]) for s in SPLITS}
     data = {s: ([clips.normalised[i] for i in pick[s]], targets[pick[s]]) for s in SPLITS}
     torch.manual_seed(train_config.seed)  # the initial weights too are seeded
-    model = MODELS[name][1](model_config)
+    model = build_network(name, model_config)
     log = train_classifier(model, data["train"], data["val"], train_config, device, progress, desc=desc or name)
     result = {k: log[k] for k in ("epochs_run", "best_epoch", "best_val_accuracy", "train_seconds", "history")}
     result["val_accuracy"] = result.pop("best_val_accuracy")
@@ -233,11 +228,7 @@ def _train_config(clips: LabelledClips, probe: ProbeConfig, config: BaselinesCon
 
 
 def _model_config(name: str, clips: LabelledClips, config: BaselinesConfig, n_classes: int):
-    if name == "timbre":
-        return TimbreConfig(n_mels=clips.n_mels, n_classes=n_classes, heights=config.timbre_heights,
-                            widths=config.timbre_widths, filters=config.timbre_filters, dropout=config.dropout)
-    return VGGConfig(n_mels=clips.n_mels, n_classes=n_classes, channels=config.vgg_channels,
-                     convs_per_block=config.vgg_convs_per_block, dropout=config.dropout)
+    return network_config(name, clips.n_mels, n_classes, config)
 
 
 def _cost(model, clips: LabelledClips, method: str = "forward") -> dict:
@@ -275,7 +266,7 @@ def _configs(ctx: RunContext, overrides: dict | None = None) -> tuple[ProbeConfi
                    "else all three]")
 @click.option("--config", "recipe", type=click.Path(dir_okay=False), help="Recipe YAML (section: probe; run.dir).")
 @baseline_options(seeds="the baselines", folds="the models of the official folds")
-def command(run, names, recipe, epochs, simclr_epochs, seed, no_folds, device, no_progress):
+def command(run, names, recipe, epochs, simclr_epochs, weights, seed, no_folds, device, no_progress):
     """Train (or reuse) the CNN baselines of RUN: SimCLR on its pretraining corpus
     (RUN/baselines/simclr/), the supervised CNNs on each of its tasks (TASK/baselines/<name>/).
 
@@ -286,7 +277,7 @@ def command(run, names, recipe, epochs, simclr_epochs, seed, no_folds, device, n
     """
     ctx = RunContext.create(run, recipe, device=device, progress=not no_progress)
     probe, config = _configs(ctx, {"baselines": names, "epochs": epochs, "simclr_epochs": simclr_epochs,
-                                   "seed": seed, "folds": False if no_folds else None})
+                                   "imagenet_weights": weights, "seed": seed, "folds": False if no_folds else None})
     if names is None and not probe.baselines:
         probe = replace(probe, baselines=BASELINES)
     if not probe.baselines:

@@ -87,13 +87,17 @@ def artifact_settings(keep_checkpoints, log_to, run_section: Mapping[str, Any] |
 
 
 def baseline_options(*, seeds: str, folds: str) -> Callable:
-    """Add --epochs, --simclr-epochs, --seed, --no-folds, --device and --no-progress: the
+    """Add --epochs, --simclr-epochs, --weights, --seed, --no-folds, --device and --no-progress: the
     options of the commands that train the CNN baselines. ``seeds``: what the seed drives;
     ``folds``: what --no-folds skips."""
     options = [
         click.option("--epochs", type=int,
                      help="Upper bound on supervised baseline epochs (early stopping on val). [60]"),
         click.option("--simclr-epochs", type=int, help="SimCLR training epochs. [50]"),
+        click.option("--weights", type=click.Path(dir_okay=False),
+                     help="ImageNet weights (safetensors or torch state dict) for the one ImageNet-style CNN "
+                          "listed (resnet18, resnet50 or densenet121): fine-tuned from them, not random init. "
+                          "[random init]"),
         click.option("--seed", type=int, help=f"Seed for {seeds}. [0]"),
         click.option("--no-folds", is_flag=True, default=None, help=f"Skip {folds}. [off]"),
         click.option("--device", help="cpu, cuda or auto. [auto]"),

@@ -205,8 +205,8 @@ def run(ctx: RunContext) -> None:
 @click.option("--config", "recipe", type=click.Path(dir_okay=False),
               help="Recipe YAML (sections: probe, tasks, split; run.dir).")
 @baseline_options(seeds="the probes and baselines", folds="the cross-validation over official folds")
-def command(run, task_paths, baselines, layers, codebook_size, recipe, epochs, simclr_epochs, seed, no_folds, device,
-            no_progress):
+def command(run, task_paths, baselines, layers, codebook_size, recipe, epochs, simclr_epochs, weights, seed, no_folds,
+            device, no_progress):
     """Linear probes of every representation of RUN on each task, beside the CNN baselines.
 
     \b
@@ -218,7 +218,8 @@ def command(run, task_paths, baselines, layers, codebook_size, recipe, epochs, s
     """
     ctx = RunContext.create(run, recipe, device=device, progress=not no_progress)
     overrides = {"baselines": baselines, "layers": layers, "codebook_size": codebook_size, "epochs": epochs,
-                 "simclr_epochs": simclr_epochs, "seed": seed, "folds": False if no_folds else None}
+                 "simclr_epochs": simclr_epochs, "imagenet_weights": weights, "seed": seed,
+                 "folds": False if no_folds else None}
     probe_config, baseline_config = configs(ctx.section(SECTION), overrides)
     tasks = [task_at(ctx.run, path) for path in task_paths] or ctx.tasks()
     outs = probe_tasks(ctx.run, tasks, probe_config, baseline_config,

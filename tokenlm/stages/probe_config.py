@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
 from tokenlm.config import build
@@ -15,7 +16,11 @@ from tokenlm.errors import ConfigError
 from tokenlm.evaluation.linear_probe import DEFAULT_CS
 from tokenlm.evaluation.pooling import AUTO, check_pooling
 
-BASELINES = ("vgg", "simclr", "timbre")
+BASELINES = ("vgg", "simclr", "timbre")  # what `tokenlm baselines` trains when nothing is listed
+IMAGENET = ("resnet18", "resnet50", "densenet121")  # ImageNet-style CNNs (tokenlm.models.imagenet)
+# Every baseline there is: the above, Pons' temporal filters alone and beside the timbre ones,
+# and the Audio Transformer.
+KNOWN_BASELINES = BASELINES + ("temporal", "timbre+temporal", "audio_transformer") + IMAGENET
 
 
 SECTION = "probe"
@@ -25,7 +30,7 @@ SECTION = "probe"
 class ProbeConfig:
     """The probe's keys of the ``probe:`` recipe section (the CNNs' keys: BaselinesConfig)."""
 
-    baselines: tuple[str, ...] = ()  # any of vgg, simclr, timbre: trained (or reused), then tabled
+    baselines: tuple[str, ...] = ()  # any of KNOWN_BASELINES: trained (or reused), then tabled
     layers: str = "all"  # LM layers to probe: "all" or "0,2,4" (0 = embedding output)
     codebook_size: int | None = None  # codes to probe (bag of codes, LM); None: the run's current K
     cs: tuple[float, ...] = DEFAULT_CS  # inverse L2 strengths tried on val
@@ -80,6 +85,15 @@ class BaselinesConfig:
     timbre_heights: tuple[float, ...] = (0.9, 0.5, 0.2)  # fractions of the mel axis
     timbre_widths: tuple[int, ...] = (1, 3)  # frames
     timbre_filters: int = 32
+    temporal_widths: tuple[int, ...] = (9, 33, 65)  # horizontal filter lengths in frames (odd)
+    temporal_filters: int = 32
+    transformer_dim: int = 64  # the Audio Transformer
+    transformer_layers: int = 4
+    transformer_heads: int = 4
+    transformer_pool_every: int = 2  # layers between max-poolings over time
+    transformer_rates: int = 4  # multi-rate pooling groups of the embedding's dimensions
+    imagenet_width: int = 64  # ResNet stem width (DenseNet growth: half); ImageNet weights need 64
+    imagenet_weights: str | None = None  # a local safetensors / torch state dict: fine-tune from it
     simclr_epochs: int = 50
     simclr_batch_size: int = 64
     simclr_temperature: float = 0.1
@@ -94,9 +108,9 @@ def parse_baselines(value) -> tuple[str, ...]:
     """Baseline names from "vgg,timbre" or a list, lower-cased, in order, "none" dropped."""
     given = value.split(",") if isinstance(value, str) else value
     names = tuple(b.strip().lower() for b in given if b.strip() and b.strip().lower() != "none")
-    unknown = sorted(set(names) - set(BASELINES))
+    unknown = sorted(set(names) - set(KNOWN_BASELINES))
     if unknown:
-        raise ValueError(f"unknown baseline(s) {', '.join(unknown)} (known: {', '.join(BASELINES)})")
+        raise ValueError(f"unknown baseline(s) {', '.join(unknown)} (known: {', '.join(KNOWN_BASELINES)})")
     return tuple(dict.fromkeys(names))
 
 
@@ -114,5 +128,12 @@ def configs(*layers: Mapping | None) -> tuple[ProbeConfig, BaselinesConfig]:
     def part(cls, layer):
         return {k: v for k, v in (layer or {}).items() if owners[k.replace("-", "_")] is cls}
 
-    return (build(ProbeConfig, *(part(ProbeConfig, layer) for layer in layers), where=SECTION),
-            build(BaselinesConfig, *(part(BaselinesConfig, layer) for layer in layers), where=SECTION))
+    probe = build(ProbeConfig, *(part(ProbeConfig, layer) for layer in layers), where=SECTION)
+    baselines = build(BaselinesConfig, *(part(BaselinesConfig, layer) for layer in layers), where=SECTION)
+    imagenet = [name for name in probe.baselines if name in IMAGENET]
+    if baselines.imagenet_weights and len(imagenet) != 1:
+        raise ConfigError(f"{SECTION}.imagenet_weights (--weights) loads into exactly one of "
+                          f"{', '.join(IMAGENET)} in the baselines, got {', '.join(imagenet) or 'none'}")
+    if baselines.imagenet_weights and not Path(baselines.imagenet_weights).is_file():
+        raise ConfigError(f"{SECTION}.imagenet_weights (--weights): no such file {baselines.imagenet_weights}")
+    return probe, baselines

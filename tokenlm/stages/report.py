@@ -28,8 +28,8 @@ def write_report(run: str | Path) -> Path:
     report.md's path."""
     run = RunDir(run)
     sections = [f"# tokenlm run: {run.root.name}\n"]
-    for section in (dataset_section, tokenizer_section, lm_section, probe_section, vocoder_section, sweep_section,
-                    scale_section):
+    for section in (dataset_section, tokenizer_section, lm_section, probe_section, vocoder_section, rawlm_section,
+                    sweep_section, scale_section):
         text = section(run)
         if text:
             sections.append(text)
@@ -206,6 +206,12 @@ def _include_with_figures(folder: Path, heading: str) -> str | None:
     relative = folder.name
     text = text.replace("\n## ", "\n### ")
     return text.replace("](", f"]({relative}/").replace(f"]({relative}/http", "](http")
+
+
+def rawlm_section(run: RunDir) -> str | None:
+    """RUN/rawlm/report.md (tokenlm rawlm), its sample links made relative to RUN."""
+    text = _include(run.root / "rawlm" / REPORT, "## Raw-audio next-sample prediction\n")
+    return None if text is None else text.replace("`samples/`", "`rawlm/samples/`")
 
 
 def _include(path: Path, heading: str) -> str | None:
