@@ -9,7 +9,6 @@ nothing differs at its boundaries, resampled or not: the tolerance is zero.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import shutil
 from pathlib import Path

@@ -262,8 +262,9 @@ def _configs(ctx: RunContext, overrides: dict | None = None) -> tuple[ProbeConfi
 @click.command("baselines")
 @click.argument("run", required=False, type=click.Path(file_okay=False))
 @click.option("--baselines", "names",
-              help="Comma list of baselines to train: vgg,simclr,timbre. [the recipe's probe.baselines, "
-                   "else all three]")
+              help="Comma list of baselines to train: vgg, simclr, timbre, temporal, timbre+temporal, "
+                   "audio_transformer, resnet18, resnet50, densenet121. [the recipe's probe.baselines, "
+                   "else vgg,simclr,timbre]")
 @click.option("--config", "recipe", type=click.Path(dir_okay=False), help="Recipe YAML (section: probe; run.dir).")
 @baseline_options(seeds="the baselines", folds="the models of the official folds")
 def command(run, names, recipe, epochs, simclr_epochs, weights, seed, no_folds, device, no_progress):

@@ -197,7 +197,8 @@ def run(ctx: RunContext) -> None:
 @click.option("--task", "task_paths", multiple=True, type=click.Path(),
               help="A labelled dataset to probe the run's models on (repeatable; name: its folder's). "
                    "[the recipe's tasks, else the run's tasks, else its own data]")
-@click.option("--baselines", help="Comma list of baselines to train and compare: vgg,simclr,timbre (or none). "
+@click.option("--baselines", help="Comma list of baselines to train and compare (or none): vgg, simclr, timbre, "
+                                 "temporal, timbre+temporal, audio_transformer, resnet18, resnet50, densenet121. "
                                  "[the recipe's probe.baselines, else none]")
 @click.option("--layers", help="LM layers to probe: all or a comma list, 0 = embedding output. [all]")
 @click.option("-K", "--codebook-size", type=int,
