@@ -22,8 +22,9 @@ on val, test scored once) reads the label out of it. Rows:
 - ``simclr``: the SimCLR trunk pretrained on the run's corpus (RUN/baselines/simclr), then the
   same linear probe;
 - supervised baselines, each its own cached stage under TASK/baselines/<name>/
-  (``tokenlm.stages.baselines``), trained or reused first: ``vgg`` and ``timbre`` (their own
-  classifier's accuracy).
+  (``tokenlm.stages.baselines``), trained or reused first: ``vgg``, ``timbre``, ``temporal``,
+  ``timbre+temporal``, ``audio_transformer``, ``resnet18``/``resnet50``/``densenet121`` (their
+  own classifier's accuracy).
 
 Datasets with official folds (ESC-50, UrbanSound8K) are also scored by cross-validation over
 folds (mean ± std); otherwise the train/val/test split is the whole story. Every test score
