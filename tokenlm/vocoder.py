@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from tokenlm.artifacts import check_outputs
 from tokenlm.errors import ArtifactError, ConfigError
 from tokenlm.fileio import read_json, write_json
-from tokenlm.models.wavenet import WaveNet, WaveNetConfig, mu_law_encode
+from tokenlm.models.wavenet import WaveNet, WaveNetConfig, de_emphasis, mu_law_encode, pre_emphasis
 from tokenlm.rundir import CONFIG, WAVENET_WEIGHTS
 from tokenlm.runtime import kernel_threads, pick_device
 
@@ -164,7 +164,8 @@ class Vocoder:
         self.check_codes(codes)
         prompt_q = None
         if prompt is not None:
-            prompt = np.asarray(prompt, dtype=np.float32)[: len(codes) * self.samples_per_code]
+            prompt = pre_emphasis(np.asarray(prompt, dtype=np.float32)[: len(codes) * self.samples_per_code],
+                                  self.config.pre_emphasis)  # what the network models
             prompt_q = mu_law_encode(torch.from_numpy(prompt), self.config.n_classes).unsqueeze(0)  # (1, P)
         return self._generate(codes[None], temperature, seed, progress, threads, prompt_q=prompt_q)[0]
 
@@ -193,7 +194,7 @@ class Vocoder:
 
     @torch.no_grad()
     def _generate(self, codes: np.ndarray, temperature, seed, progress, threads, prompt_q=None) -> np.ndarray:
-        """(B, N) codes -> (B, N * samples_per_code) float32 audio."""
+        """(B, N) codes -> (B, N * samples_per_code) float32 audio (pre-emphasis undone)."""
         device = self.device
         if codes.shape[1] == 0:
             return np.zeros((codes.shape[0], 0), np.float32)
@@ -202,7 +203,7 @@ class Vocoder:
         with kernel_threads(threads if device.type == "cpu" else None):
             audio = self.model.generate(torch.from_numpy(codes).to(device), temperature=temperature,
                                         generator=generator, prompt_q=prompt_q, progress=progress)
-        return audio.float().cpu().numpy()
+        return de_emphasis(audio.float().cpu().numpy(), self.config.pre_emphasis)
 
 
 def _check_info(config: dict, wavenet: WaveNetConfig) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from tokenlm.evaluation.audio_quality import decoder_table
 from tokenlm.fileio import read_json, read_jsonl
 from tokenlm.rundir import (
     MANIFEST, META, METRICS, REPORT, SAMPLES, SPLITS, SUMMARY, TRAIN_LOG, RunDir, figure_file,
@@ -114,13 +115,6 @@ def probe_section(run: RunDir) -> str | None:
     return "\n".join(parts)
 
 
-VOCODER_ROWS = (
-    ("vocoder_logmel_db", "resynthesis vs input: log-mel distance (dB)"),
-    ("vocoder_lsd_db", "resynthesis vs input: log-spectral distance (dB)"),
-    ("codebook_logmel_db", "the codes' own mel reconstruction (tokenizer decode): log-mel distance (dB)"),
-    ("mulaw_logmel_db", "8-bit mu-law alone: log-mel distance (dB)"),
-    ("val_bits_per_sample", "val loss (bits per sample)"),
-)
 
 
 def vocoder_section(run: RunDir) -> str | None:
@@ -133,9 +127,11 @@ def vocoder_section(run: RunDir) -> str | None:
              f"{m['steps']} steps. Measured on {synthesis.get('clips', '?')} val clips, "
              f"{synthesis.get('seconds_per_clip', '?')} s each; generation ran at "
              f"{synthesis.get('rtf_per_clip', float('nan')):.1f} s per second of audio per clip.\n",
-             "| measure | value |", "|---|---:|"]
-    lines += [f"| {label} | {m[key]:.2f} |" for key, label in VOCODER_ROWS if isinstance(m.get(key), (int, float))]
-    samples = sorted((run.vocoder / SAMPLES).glob("*.wav")) + sorted(run.generated.glob("*.wav"))
+             f"Val loss {m.get('val_bits_per_sample') or float('nan'):.3f} bits per sample. Each decoder against "
+             f"the input:\n", *decoder_table(m)]
+    lines += [f"\n{name} left out: {why}." for name, why in m.get("skipped", {}).items()]
+    samples = sorted((run.vocoder / SAMPLES).glob("*.wav")) + sorted((run.vocoder / SAMPLES).glob("*/*.wav")) \
+        + sorted(run.generated.glob("*.wav"))
     if samples:
         lines.append("\nAudio examples:\n")
         lines += [f"- [{p.name}]({p.relative_to(run.root)})" for p in samples]
