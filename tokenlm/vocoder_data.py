@@ -26,7 +26,7 @@ from tqdm import tqdm
 from tokenlm.audio import load_audio
 from tokenlm.errors import ArtifactError, AudioError
 from tokenlm.input_files import check_unchanged
-from tokenlm.models.wavenet import mu_law_encode, pre_emphasis
+from tokenlm.models.wavenet import mu_law_encode
 from tokenlm.rundir import RunDir, read_run_manifest
 from tokenlm.store import RaggedSplit
 
@@ -84,8 +84,9 @@ class AlignedAudio:
 
     @classmethod
     def load(cls, run: RunDir, split: RaggedSplit, indices, sample_rate: int, spc: int, n_classes: int,
-             progress: bool = True, emphasis: float = 0.0) -> "AlignedAudio":
-        """``emphasis``: the WaveNet's pre_emphasis, applied to each whole clip before mu-law."""
+             progress: bool = True, signal=None) -> "AlignedAudio":
+        """``signal(wav, codes)``: what the WaveNet models of a whole clip (tokenlm.vocoder.network_signal),
+        quantised to mu-law; None: the audio itself."""
         clips = clip_rows(run)
         rows = [split.rows[i] for i in indices]
         missing = [r["id"] for r in rows if r["id"] not in clips]
@@ -93,9 +94,9 @@ class AlignedAudio:
             raise ArtifactError(f"{run.manifest} does not list clip {missing[0]} of the tokens: "
                                 f"the tokens are from another run")
         codes = [np.asarray(split[i], dtype=np.int64) for i in indices]
-        audio = [to_mu_law(pre_emphasis(w, emphasis), n_classes) for w in _load_many(
-            [clips[r["id"]] for r in rows], [len(c) for c in codes], sample_rate, spc,
-            f"{split.split} audio", progress)]
+        waves = _load_many([clips[r["id"]] for r in rows], [len(c) for c in codes], sample_rate, spc,
+                           f"{split.split} audio", progress)
+        audio = [to_mu_law(signal(w, c) if signal else w, n_classes) for w, c in zip(waves, codes)]
         return cls(codes, audio, [r["id"] for r in rows], spc)
 
     def crop(self, clip: int, start: int, n_codes: int) -> tuple[np.ndarray, np.ndarray]:

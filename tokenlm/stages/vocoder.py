@@ -36,6 +36,7 @@ import click
 import numpy as np
 import torch
 
+from tokenlm import lpc
 from tokenlm.artifacts import Stage, stage_key
 from tokenlm.config import build, recipe_section, to_dict
 from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
@@ -51,7 +52,7 @@ from tokenlm.stages.options import training_options
 from tokenlm.store import RaggedSplit
 from tokenlm.tokenizer import AudioTokenizer
 from tokenlm.training import TrainConfig, distributed_stage, train
-from tokenlm.vocoder import Vocoder, save_vocoder, write_wav
+from tokenlm.vocoder import Vocoder, network_signal, save_vocoder, write_wav
 from tokenlm.vocoder_data import (
     AlignedAudio, CropBatches, clip_rows, count_scored, load_aligned, spread, validation_crops, wavenet_loss,
 )
@@ -92,12 +93,17 @@ class VocoderConfig:
     metrics_clips: int = 4  # val clips resynthesised for metrics.json and samples/
     metrics_seconds: float = 1.0  # of each, from its start (rounded to whole codes)
     temperature: float = 1.0  # sampling temperature of those resyntheses
+    # Never draw a class less likely than this x the likeliest (saved with the vocoder; every
+    # resynthesis uses it): cuts the noise an undertrained model's tails add. 0: plain sampling.
+    truncation: float = 0.0
     training: TrainConfig = field(default_factory=_training_defaults)
 
     def __post_init__(self):
         for name in ("crop_codes", "val_crops"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.truncation < 1:
+            raise ValueError(f"truncation must be in [0, 1), got {self.truncation}")
         if self.metrics_clips < 0 or self.metrics_seconds <= 0:
             raise ValueError("need metrics_clips >= 0 and metrics_seconds > 0")
 
@@ -208,12 +214,11 @@ def _train_stage(job: _Job, stage: Stage, work: Path, dist) -> Path:
     cfg, training, wn_cfg = job.cfg, job.training, job.wavenet
     show = job.progress and dist.is_main
     splits = _token_splits(job.tokens)
-    train_audio = _train_audio(job, splits["train"], show)
-    val = _val_batches(job, splits["val"], show)
     torch.manual_seed(training.seed)  # the initial weights
     model = WaveNet(wn_cfg)
-    if wn_cfg.mel_conditioned:
-        model.set_code_mel(code_mel_table(job.run, job.tokens.codebook_size, wn_cfg.frames_per_code))
+    _fill_code_tables(job, model)
+    train_audio = _train_audio(job, model, splits["train"], show)
+    val = _val_batches(job, model, splits["val"], show)
     if dist.is_main:
         rf, sample_rate = wn_cfg.receptive_field, wn_cfg.sample_rate
         _say(f"vocoder: {_parameters(model) / 1e6:.2f} M parameters, {wn_cfg.cycles}x{wn_cfg.layers_per_cycle} "
@@ -240,6 +245,16 @@ def _train_stage(job: _Job, stage: Stage, work: Path, dist) -> Path:
     return stage.out_dir
 
 
+def _fill_code_tables(job: _Job, model: WaveNet) -> None:
+    """What the tokenizer says about each code, into the model: its decoded log-mel and linear predictor."""
+    cfg = model.config
+    if cfg.mel_conditioned:
+        model.set_code_mel(code_mel_table(job.run, job.tokens.codebook_size, cfg.frames_per_code))
+    if cfg.lpc_order:
+        tokenizer = AudioTokenizer.load(job.run.tokenizer, codebook_size=job.tokens.codebook_size)
+        model.code_lpc.copy_(torch.from_numpy(lpc.lpc_table(tokenizer, cfg.lpc_order, cfg.frames_per_code)))
+
+
 def code_mel_table(run: RunDir, codebook_size: int, frames_per_code: int) -> torch.Tensor:
     """Every code's decoded log-mel patch, normalised as the autoencoder sees it: (K, frames_per_code
     * n_mels), the first ``frames_per_code`` frames of each patch (all of them without overlap)."""
@@ -260,7 +275,7 @@ def _token_splits(tokens: TokensMeta) -> dict[str, RaggedSplit]:
     return splits
 
 
-def _train_audio(job: _Job, split: RaggedSplit, progress: bool) -> AlignedAudio:
+def _train_audio(job: _Job, model: WaveNet, split: RaggedSplit, progress: bool) -> AlignedAudio:
     """The train clips long enough for a crop, with their audio."""
     crop = job.cfg.crop_codes
     usable = [i for i, row in enumerate(split.rows) if row["length"] >= crop]
@@ -268,25 +283,25 @@ def _train_audio(job: _Job, split: RaggedSplit, progress: bool) -> AlignedAudio:
         longest = max((row["length"] for row in split.rows), default=0)
         raise TokenlmError(f"no train clip has crop_codes={crop} codes (longest: {longest}): "
                            f"lower vocoder.crop_codes")
-    return _aligned(job, split, usable, progress)
+    return _aligned(job, model, split, usable, progress)
 
 
-def _val_batches(job: _Job, split: RaggedSplit, progress: bool) -> list | None:
+def _val_batches(job: _Job, model: WaveNet, split: RaggedSplit, progress: bool) -> list | None:
     """Fixed windows of val clips (loaded alone, not the whole split); None without any."""
     cfg, batch_size = job.cfg, job.training.batch_size
     usable = [i for i, row in enumerate(split.rows) if row["length"] >= cfg.crop_codes]
     if not usable:
         return None
-    audio = _aligned(job, split, [usable[i] for i in spread(len(usable), cfg.val_crops)], progress)
+    audio = _aligned(job, model, split, [usable[i] for i in spread(len(usable), cfg.val_crops)], progress)
     batcher = CropBatches(audio, cfg.crop_codes, job.wavenet.receptive_field)
     crops = validation_crops(audio, cfg.val_crops, cfg.crop_codes, job.training.seed)
     return [batcher.batch(crops[i:i + batch_size]) for i in range(0, len(crops), batch_size)]
 
 
-def _aligned(job: _Job, split: RaggedSplit, indices: list[int], progress: bool) -> AlignedAudio:
-    wn_cfg = job.wavenet
+def _aligned(job: _Job, model: WaveNet, split: RaggedSplit, indices: list[int], progress: bool) -> AlignedAudio:
+    wn_cfg = model.config
     return AlignedAudio.load(job.run, split, indices, wn_cfg.sample_rate, wn_cfg.samples_per_code,
-                             wn_cfg.n_classes, progress, emphasis=wn_cfg.pre_emphasis)
+                             wn_cfg.n_classes, progress, signal=lambda wav, codes: network_signal(model, wav, codes))
 
 
 def _save(job: _Job, stage: Stage, work: Path, model: WaveNet, result, splits, train_audio: AlignedAudio,
@@ -297,7 +312,7 @@ def _save(job: _Job, stage: Stage, work: Path, model: WaveNet, result, splits, t
     info = {"sample_rate": sample_rate, "samples_per_code": spc, "hop_length": _hop_length(job.run),
             "code_rate": sample_rate / spc, "codebook_size": job.tokens.codebook_size,
             "tokenizer_hash": job.tokenizer_hash, "tokens_key": stage_key(job.tokens.directory),
-            "mu_law_classes": wn_cfg.n_classes, "receptive_field": rf}
+            "mu_law_classes": wn_cfg.n_classes, "receptive_field": rf, "truncation": job.cfg.truncation}
     vocoder = Vocoder(model.eval(), info, source=stage.out_dir)
     best = result.best_val_loss
     metrics = {"steps": result.step, "best_step": result.best_step, "val_loss": best,

@@ -48,6 +48,7 @@ Generation has two paths that must agree:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -90,6 +91,9 @@ class WaveNetConfig:
     frames_per_code: int = 1  # log-mel frames of one code's patch (the tokenizer's patch_frames)
     # The network models pre_emphasis(audio) (modules.py); the Vocoder undoes it after sampling. 0: off.
     pre_emphasis: float = 0.0
+    # > 0: the network models the excitation of a linear predictor of this order read off each
+    # code's decoded log-mel (tokenlm.lpc); the table (``code_lpc``) travels with the weights.
+    lpc_order: int = 0
 
     def __post_init__(self) -> None:
         for name in ("layers_per_cycle", "cycles", "residual_channels", "gate_channels",
@@ -109,6 +113,8 @@ class WaveNetConfig:
             raise ValueError(f"need mel_bins >= 0 and frames_per_code >= 1, got {self.mel_bins}, {self.frames_per_code}")
         if not 0.0 <= self.pre_emphasis < 1.0:
             raise ValueError(f"pre_emphasis must be in [0, 1), got {self.pre_emphasis}")
+        if self.lpc_order < 0 or (self.lpc_order and not self.conditioned):
+            raise ValueError(f"lpc_order must be >= 0, and needs codes (codebook_size > 0), got {self.lpc_order}")
         if self.mel_bins and not self.conditioned:
             raise ValueError("mel_bins > 0 needs codes (codebook_size > 0): the log-mel is the codes' own")
 
@@ -176,6 +182,9 @@ class WaveNet(nn.Module):
             # Non-causal over codes (one code of look-ahead): codes are known before decoding.
             self.code_context = nn.Conv1d(config.cond_channels, config.cond_channels, 3, padding=1)
             self.code_phase = nn.Parameter(0.1 * torch.randn(config.cond_channels, config.samples_per_code))
+        if config.lpc_order:  # used by the Vocoder around sampling, kept here to travel with the weights
+            self.register_buffer("code_lpc", torch.zeros(config.codebook_size, config.frames_per_code,
+                                                         config.lpc_order + 1))
         if config.mel_conditioned:
             table = torch.zeros(config.codebook_size, config.frames_per_code * config.mel_bins)
             self.register_buffer("code_mel", table)  # saved with the weights: the vocoder stands alone
@@ -339,7 +348,7 @@ class WaveNet(nn.Module):
     @torch.no_grad()
     def generate(self, codes: Tensor | None = None, n_samples: int | None = None, temperature: float = 1.0,
                  generator: torch.Generator | None = None, *, batch_size: int = 1,
-                 prompt_q: Tensor | None = None, progress: bool = False) -> Tensor:
+                 prompt_q: Tensor | None = None, progress: bool = False, truncation: float = 0.0) -> Tensor:
         """Sample audio with the incremental decoder; returns float audio (B, n_samples) in [-1, 1].
 
         codes: (B, N) or None (unconditioned; then ``batch_size`` clips). n_samples defaults to
@@ -347,6 +356,8 @@ class WaveNet(nn.Module):
         the model's device) makes sampling reproducible. ``prompt_q`` (B, P) mu-law classes
         are teacher-forced as the first P samples (continuation); they are primed in one
         forward pass, not sample by sample. ``progress`` shows a tqdm bar in samples.
+        ``truncation`` > 0 never draws a class less likely than ``truncation`` times the
+        likeliest one (``truncate``).
 
         Speed: each step is ~150 tiny ops, so the cost is per-op overhead, nearly flat in
         the batch size: generate several clips at once. On CPU, ``torch.set_num_threads(1)``
@@ -366,7 +377,7 @@ class WaveNet(nn.Module):
                           block=min(1024, n_samples - start))
         bar = _progress_bar(n_samples - start, progress)
         for t in range(start, n_samples):
-            prev = sample(decoder.step(prev))  # (B,)
+            prev = sample(truncate(decoder.step(prev), truncation))  # (B,)
             out.append(prev)
             if bar is not None and (t + 1 - start) % 1000 == 0:
                 bar.update(1000)
@@ -378,7 +389,7 @@ class WaveNet(nn.Module):
     @torch.no_grad()
     def generate_naive(self, codes: Tensor | None = None, n_samples: int | None = None, temperature: float = 1.0,
                        generator: torch.Generator | None = None, *, batch_size: int = 1,
-                       prompt_q: Tensor | None = None) -> Tensor:
+                       prompt_q: Tensor | None = None, truncation: float = 0.0) -> Tensor:
         """Reference sampler: a full forward pass over the receptive-field window per sample.
 
         Same arguments and same random draws as ``generate``, so with the same generator seed
@@ -401,11 +412,22 @@ class WaveNet(nn.Module):
             lo = max(0, t - rf + 1)
             window_cond = cond[:, :, lo:t + 1] if cond is not None else None
             logits, _ = self._run_stack(inputs[:, lo:t + 1], window_cond)  # (B, n_classes, window)
-            q = sample(logits[:, :, -1])
+            q = sample(truncate(logits[:, :, -1], truncation))
             out[:, t] = q
             if t + 1 < n_samples:
                 inputs[:, t + 1] = q
         return mu_law_decode(out, self.config.n_classes)
+
+
+def truncate(logits: Tensor, truncation: float) -> Tensor:
+    """Logits (B, n_classes) with every class less likely than ``truncation`` x the likeliest
+    set to -inf (0: unchanged). An undertrained model spreads a little probability over every
+    class; drawn at 16k samples per second those tails are broadband noise louder than the
+    quiet parts of the signal (LPCNet subtracts a constant from the probabilities for the
+    same reason). Three ops a step."""
+    if truncation <= 0:
+        return logits
+    return logits.masked_fill(logits < logits.amax(dim=1, keepdim=True) + math.log(truncation), float("-inf"))
 
 
 def _progress_bar(total: int, enabled: bool):
