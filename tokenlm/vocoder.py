@@ -85,12 +85,6 @@ class Vocoder:
         return self.info.get("tokenizer_hash")
 
     @property
-    def truncation(self) -> float:
-        """Classes less likely than this x the likeliest are never drawn (WaveNet.generate);
-        chosen when it was trained (the recipe's vocoder.truncation), 0 for older vocoders."""
-        return float(self.info.get("truncation", 0.0))
-
-    @property
     def code_rate(self) -> float:
         return self.sample_rate / self.samples_per_code
 
@@ -209,8 +203,7 @@ class Vocoder:
         # One thread on CPU: a sample step is ~150 tiny ops (scripts/bench_wavenet.py).
         with kernel_threads(threads if device.type == "cpu" else None):
             audio = self.model.generate(torch.from_numpy(codes).to(device), temperature=temperature,
-                                        generator=generator, prompt_q=prompt_q, progress=progress,
-                                        truncation=self.truncation)
+                                        generator=generator, prompt_q=prompt_q, progress=progress)
         audio = audio.float().cpu().numpy()
         return np.stack([audio_from_network(self.model, row, clip) for row, clip in zip(audio, codes)])
 

@@ -93,17 +93,12 @@ class VocoderConfig:
     metrics_clips: int = 4  # val clips resynthesised for metrics.json and samples/
     metrics_seconds: float = 1.0  # of each, from its start (rounded to whole codes)
     temperature: float = 1.0  # sampling temperature of those resyntheses
-    # Never draw a class less likely than this x the likeliest (saved with the vocoder; every
-    # resynthesis uses it): cuts the noise an undertrained model's tails add. 0: plain sampling.
-    truncation: float = 0.0
     training: TrainConfig = field(default_factory=_training_defaults)
 
     def __post_init__(self):
         for name in ("crop_codes", "val_crops"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.truncation < 1:
-            raise ValueError(f"truncation must be in [0, 1), got {self.truncation}")
         if self.metrics_clips < 0 or self.metrics_seconds <= 0:
             raise ValueError("need metrics_clips >= 0 and metrics_seconds > 0")
 
@@ -312,7 +307,7 @@ def _save(job: _Job, stage: Stage, work: Path, model: WaveNet, result, splits, t
     info = {"sample_rate": sample_rate, "samples_per_code": spc, "hop_length": _hop_length(job.run),
             "code_rate": sample_rate / spc, "codebook_size": job.tokens.codebook_size,
             "tokenizer_hash": job.tokenizer_hash, "tokens_key": stage_key(job.tokens.directory),
-            "mu_law_classes": wn_cfg.n_classes, "receptive_field": rf, "truncation": job.cfg.truncation}
+            "mu_law_classes": wn_cfg.n_classes, "receptive_field": rf}
     vocoder = Vocoder(model.eval(), info, source=stage.out_dir)
     best = result.best_val_loss
     metrics = {"steps": result.step, "best_step": result.best_step, "val_loss": best,

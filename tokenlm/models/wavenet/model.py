@@ -48,7 +48,6 @@ Generation has two paths that must agree:
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import torch
@@ -348,7 +347,7 @@ class WaveNet(nn.Module):
     @torch.no_grad()
     def generate(self, codes: Tensor | None = None, n_samples: int | None = None, temperature: float = 1.0,
                  generator: torch.Generator | None = None, *, batch_size: int = 1,
-                 prompt_q: Tensor | None = None, progress: bool = False, truncation: float = 0.0) -> Tensor:
+                 prompt_q: Tensor | None = None, progress: bool = False) -> Tensor:
         """Sample audio with the incremental decoder; returns float audio (B, n_samples) in [-1, 1].
 
         codes: (B, N) or None (unconditioned; then ``batch_size`` clips). n_samples defaults to
@@ -356,8 +355,6 @@ class WaveNet(nn.Module):
         the model's device) makes sampling reproducible. ``prompt_q`` (B, P) mu-law classes
         are teacher-forced as the first P samples (continuation); they are primed in one
         forward pass, not sample by sample. ``progress`` shows a tqdm bar in samples.
-        ``truncation`` > 0 never draws a class less likely than ``truncation`` times the
-        likeliest one (``truncate``).
 
         Speed: each step is ~150 tiny ops, so the cost is per-op overhead, nearly flat in
         the batch size: generate several clips at once. On CPU, ``torch.set_num_threads(1)``
@@ -377,7 +374,7 @@ class WaveNet(nn.Module):
                           block=min(1024, n_samples - start))
         bar = _progress_bar(n_samples - start, progress)
         for t in range(start, n_samples):
-            prev = sample(truncate(decoder.step(prev), truncation))  # (B,)
+            prev = sample(decoder.step(prev))  # (B,)
             out.append(prev)
             if bar is not None and (t + 1 - start) % 1000 == 0:
                 bar.update(1000)
@@ -389,7 +386,7 @@ class WaveNet(nn.Module):
     @torch.no_grad()
     def generate_naive(self, codes: Tensor | None = None, n_samples: int | None = None, temperature: float = 1.0,
                        generator: torch.Generator | None = None, *, batch_size: int = 1,
-                       prompt_q: Tensor | None = None, truncation: float = 0.0) -> Tensor:
+                       prompt_q: Tensor | None = None) -> Tensor:
         """Reference sampler: a full forward pass over the receptive-field window per sample.
 
         Same arguments and same random draws as ``generate``, so with the same generator seed
@@ -412,22 +409,11 @@ class WaveNet(nn.Module):
             lo = max(0, t - rf + 1)
             window_cond = cond[:, :, lo:t + 1] if cond is not None else None
             logits, _ = self._run_stack(inputs[:, lo:t + 1], window_cond)  # (B, n_classes, window)
-            q = sample(truncate(logits[:, :, -1], truncation))
+            q = sample(logits[:, :, -1])
             out[:, t] = q
             if t + 1 < n_samples:
                 inputs[:, t + 1] = q
         return mu_law_decode(out, self.config.n_classes)
-
-
-def truncate(logits: Tensor, truncation: float) -> Tensor:
-    """Logits (B, n_classes) with every class less likely than ``truncation`` x the likeliest
-    set to -inf (0: unchanged). An undertrained model spreads a little probability over every
-    class; drawn at 16k samples per second those tails are broadband noise louder than the
-    quiet parts of the signal (LPCNet subtracts a constant from the probabilities for the
-    same reason). Three ops a step."""
-    if truncation <= 0:
-        return logits
-    return logits.masked_fill(logits < logits.amax(dim=1, keepdim=True) + math.log(truncation), float("-inf"))
 
 
 def _progress_bar(total: int, enabled: bool):
