@@ -1,7 +1,8 @@
 """The vocoder's training data: each clip's audio aligned with its codes, and random
 code-aligned crops of it.
 
-A split's audio is read once with ``load_audio`` at the tokenizer's sample rate and held in
+A split's audio is read once with ``load_audio`` at the tokenizer's sample rate, turned into
+what the WaveNet models (``signal``: pre-emphasised, LPC-whitened; tokenlm.vocoder) and held in
 memory as 8-bit mu-law classes (one byte a sample: the demo's 480 two-second clips are 15 MB,
 an hour of audio 58 MB), laid out like the token file so that code ``i`` of the split covers
 samples ``i * samples_per_code ...``. Each clip's audio is cut or zero-padded to exactly

@@ -129,7 +129,8 @@ def vocoder_section(run: RunDir) -> str | None:
              f"{synthesis.get('rtf_per_clip', float('nan')):.1f} s per second of audio per clip.\n",
              f"Val loss {m.get('val_bits_per_sample') or float('nan'):.3f} bits per sample. Each decoder against "
              f"the input:\n", *decoder_table(m)]
-    lines += [f"\n{name} left out: {why}." for name, why in m.get("skipped", {}).items()]
+    names = {"stoi": "STOI", "griffinlim": "The Griffin-Lim reference"}
+    lines += [f"\n{names.get(name, name)} left out: {why}." for name, why in m.get("skipped", {}).items()]
     samples = sorted((run.vocoder / SAMPLES).glob("*.wav")) + sorted((run.vocoder / SAMPLES).glob("*/*.wav")) \
         + sorted(run.generated.glob("*.wav"))
     if samples:
