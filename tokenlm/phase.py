@@ -1,45 +1,63 @@
-"""Phase reconstruction: audio from a log-mel spectrogram without a trained vocoder.
+"""Phase reconstruction: audio from codes (or log-mel) without a trained vocoder.
 
-Griffin-Lim (librosa) on the power mel the log-mel was computed from: the reference decoder
-of a tokenizer when no WaveNet was trained, and a floor any trained vocoder should beat.
-It inverts tokenlm's own log-mel (tokenlm.features: Slaney mel filters, power spectrum,
-10 log10, a centred Hann window), so decoded codes come back at the tokenizer's sample rate.
+The tokenizer decodes the codes to log-mel frames (dB); librosa's non-negative least squares
+inverts the tokenizer's own mel filterbank (what ``librosa.feature.inverse.mel_to_stft`` does
+with librosa's filters), and ``librosa.griffinlim`` finds a phase for those magnitudes. It is
+``AudioTokenizer.decode_audio`` without a vocoder, and the reference row every decoder table
+carries: any trained decoder should beat it on something. librosa is an optional dependency
+(``pip install 'tokenlm[quality]'``): without it ``griffin_lim_missing`` says so, the decoder
+table leaves the row out with that reason and ``decode_audio`` fails in one line.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+import torch
 
-from tokenlm.errors import ConfigError
-from tokenlm.features import FeatureConfig
+from tokenlm.features import mel_filterbank
 
-GRIFFIN_LIM_ITERATIONS = 32
+if TYPE_CHECKING:  # annotation only: loading the tokenizer module pulls in faiss
+    from tokenlm.tokenizer import AudioTokenizer
 
 
-def griffin_lim(log_mel_db, features: FeatureConfig, *, n_iter: int = GRIFFIN_LIM_ITERATIONS, seed: int = 0,
-                length: int | None = None) -> np.ndarray:
-    """Log-mel frames (frames, n_mels) in dB -> float32 audio at ``features.sample_rate``
-    (``length`` samples, default frames * hop_length). The random initial phase comes from
-    ``seed``, so the result is reproducible."""
+def griffin_lim_missing() -> str | None:
+    """Why the Griffin-Lim reference cannot run here, or None when it can."""
     try:
-        import librosa
+        import librosa  # noqa: F401
     except ImportError:
-        raise ConfigError("Griffin-Lim decoding needs librosa: pip install 'tokenlm[phase]' "
-                          "(or train a vocoder: tokenlm vocoder RUN)") from None
+        return "librosa is not installed (pip install 'tokenlm[quality]')"
+    return None
 
-    log_mel = np.asarray(log_mel_db, dtype=np.float64)
-    if log_mel.ndim != 2 or log_mel.shape[1] != features.n_mels:
-        raise ValueError(f"log-mel must be (frames, {features.n_mels}), got {log_mel.shape}")
-    length = len(log_mel) * features.hop_length if length is None else length
-    if len(log_mel) == 0 or length == 0:
-        return np.zeros(length, dtype=np.float32)
-    power = np.power(10.0, log_mel.T / 10.0)  # (n_mels, frames)
-    magnitude = librosa.feature.inverse.mel_to_stft(
-        power, sr=features.sample_rate, n_fft=features.n_fft, power=2.0, fmin=features.f_min, fmax=features.f_max,
-        htk=False, norm="slaney")
-    audio = librosa.griffinlim(magnitude, n_iter=n_iter, hop_length=features.hop_length, win_length=features.n_fft,
-                               n_fft=features.n_fft, window="hann", center=True,
-                               random_state=np.random.default_rng(seed))
-    # Centred frames cover hop * (frames - 1) samples: pad (or cut) to the length asked for.
-    audio = np.pad(audio, (0, max(length - len(audio), 0)))[:length]
-    return audio.astype(np.float32)
+
+def griffin_lim_from_log_mel(log_mel: np.ndarray, features, n_samples: int, n_iter: int = 32,
+                             seed: int = 0) -> np.ndarray:
+    """Log-mel frames (frames, M) in dB of a centred STFT -> float32 audio of ``n_samples``."""
+    import librosa
+
+    fb = mel_filterbank(features.sample_rate, features.n_fft, features.n_mels, features.f_min, features.f_max)
+    frames_needed = 1 + n_samples // features.hop_length  # a centred STFT of n_samples has this many
+    log_mel = np.asarray(log_mel, dtype=np.float64)
+    if len(log_mel) < frames_needed:  # the codes stand for whole patches: repeat the last frame
+        log_mel = np.concatenate([log_mel, np.repeat(log_mel[-1:], frames_needed - len(log_mel), axis=0)])
+    mel_power = 10.0 ** (log_mel[:frames_needed].T / 10.0)  # (M, frames)
+    power = librosa.util.nnls(fb.astype(np.float64), mel_power)  # (F, frames), >= 0
+    audio = librosa.griffinlim(np.sqrt(power), n_iter=n_iter, hop_length=features.hop_length,
+                               win_length=features.n_fft, n_fft=features.n_fft, window="hann", center=True,
+                               length=n_samples, random_state=seed)
+    return np.clip(audio, -1.0, 1.0).astype(np.float32)
+
+
+@torch.no_grad()
+def griffin_lim_from_codes(tokenizer: AudioTokenizer, codes: np.ndarray, n_iter: int = 32, seed: int = 0) -> np.ndarray:
+    """Codes (N,) -> float32 audio (N * samples_per_code,) through the tokenizer's decoded log-mel."""
+    features = tokenizer.coder.features
+    n_samples = len(codes) * tokenizer.samples_per_code
+    if len(codes) == 0:
+        return np.zeros(0, np.float32)
+    frames = tokenizer.decode(torch.as_tensor(codes)).cpu().numpy()  # (N * patch_frames, M)
+    if features.patch_step != features.patch_frames:  # overlapping patches: each code's own frames
+        step = features.patch_step
+        frames = frames.reshape(len(codes), features.patch_frames, -1)[:, :step].reshape(len(codes) * step, -1)
+    return griffin_lim_from_log_mel(frames, features, n_samples, n_iter, seed)

@@ -174,10 +174,13 @@ class AudioTokenizer:
         if vocoder is not None:
             vocoder.check_tokenizer(self)
             return vocoder.resynthesise(np.asarray(codes, dtype=np.int64), seed=seed)
-        from tokenlm.phase import griffin_lim
+        from tokenlm.phase import griffin_lim_from_codes, griffin_lim_missing
 
-        frames = self.decode(codes).float().cpu().numpy()
-        return griffin_lim(frames, self.coder.features, seed=seed, length=len(codes) * self.samples_per_code)
+        missing = griffin_lim_missing()
+        if missing:
+            raise ConfigError(f"decoding codes to audio without a vocoder needs Griffin-Lim, but {missing} "
+                              "(or train one: tokenlm vocoder RUN)")
+        return griffin_lim_from_codes(self, np.asarray(codes, dtype=np.int64), seed=seed)
 
     def _run_vocoder(self):
         """RUN/vocoder next to this tokenizer's folder when it decodes these very codes, else None."""

@@ -22,14 +22,15 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file, save_file
 
+from tokenlm import lpc
 from tokenlm.artifacts import check_outputs
 from tokenlm.errors import ArtifactError, ConfigError
 from tokenlm.fileio import read_json, write_json
-from tokenlm.models.wavenet import WaveNet, WaveNetConfig, mu_law_encode
+from tokenlm.models.wavenet import WaveNet, WaveNetConfig, de_emphasis, mu_law_encode, pre_emphasis
 from tokenlm.rundir import CONFIG, WAVENET_WEIGHTS
 from tokenlm.runtime import kernel_threads, pick_device
 
-__all__ = ["Vocoder", "save_vocoder", "write_wav", "FORMAT"]
+__all__ = ["Vocoder", "save_vocoder", "write_wav", "network_signal", "audio_from_network", "FORMAT"]
 
 FORMAT = "tokenlm-wavenet"
 # What a vocoder's config.json must say about the codes it was trained on.
@@ -164,7 +165,8 @@ class Vocoder:
         self.check_codes(codes)
         prompt_q = None
         if prompt is not None:
-            prompt = np.asarray(prompt, dtype=np.float32)[: len(codes) * self.samples_per_code]
+            prompt = network_signal(self.model, np.asarray(prompt, dtype=np.float32)[: len(codes) * self.samples_per_code],
+                                    codes)
             prompt_q = mu_law_encode(torch.from_numpy(prompt), self.config.n_classes).unsqueeze(0)  # (1, P)
         return self._generate(codes[None], temperature, seed, progress, threads, prompt_q=prompt_q)[0]
 
@@ -193,7 +195,7 @@ class Vocoder:
 
     @torch.no_grad()
     def _generate(self, codes: np.ndarray, temperature, seed, progress, threads, prompt_q=None) -> np.ndarray:
-        """(B, N) codes -> (B, N * samples_per_code) float32 audio."""
+        """(B, N) codes -> (B, N * samples_per_code) float32 audio (pre-emphasis undone)."""
         device = self.device
         if codes.shape[1] == 0:
             return np.zeros((codes.shape[0], 0), np.float32)
@@ -202,7 +204,8 @@ class Vocoder:
         with kernel_threads(threads if device.type == "cpu" else None):
             audio = self.model.generate(torch.from_numpy(codes).to(device), temperature=temperature,
                                         generator=generator, prompt_q=prompt_q, progress=progress)
-        return audio.float().cpu().numpy()
+        audio = audio.float().cpu().numpy()
+        return np.stack([audio_from_network(self.model, row, clip) for row, clip in zip(audio, codes)])
 
 
 def _check_info(config: dict, wavenet: WaveNetConfig) -> None:
@@ -217,6 +220,26 @@ def _check_info(config: dict, wavenet: WaveNetConfig) -> None:
                           f"disagree with its wavenet section ({wavenet.sample_rate}/{wavenet.samples_per_code})")
     if config["codebook_size"] != (wavenet.codebook_size or 0):
         raise ConfigError(f"codebook_size {config['codebook_size']} but the WaveNet takes {wavenet.codebook_size} codes")
+
+
+def network_signal(model: WaveNet, wav: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """A clip's audio (T <= N * samples_per_code) -> the float signal its WaveNet models: the
+    audio pre-emphasised, then whitened by the codes' linear predictor when ``lpc_order``."""
+    cfg = model.config
+    signal = pre_emphasis(wav, cfg.pre_emphasis)
+    if cfg.lpc_order:
+        hop = cfg.samples_per_code // cfg.frames_per_code
+        signal = lpc.analyse(signal, lpc.code_frames(model.code_lpc.cpu().numpy(), codes), hop)
+    return signal
+
+
+def audio_from_network(model: WaveNet, signal: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """The inverse of ``network_signal``: what the WaveNet sampled (T,) -> audio (T,)."""
+    cfg = model.config
+    if cfg.lpc_order:
+        hop = cfg.samples_per_code // cfg.frames_per_code
+        signal = lpc.synthesise(signal, lpc.code_frames(model.code_lpc.cpu().numpy(), codes), hop)
+    return de_emphasis(signal, cfg.pre_emphasis)
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:

@@ -1,7 +1,8 @@
 """The vocoder's training data: each clip's audio aligned with its codes, and random
 code-aligned crops of it.
 
-A split's audio is read once with ``load_audio`` at the tokenizer's sample rate and held in
+A split's audio is read once with ``load_audio`` at the tokenizer's sample rate, turned into
+what the WaveNet models (``signal``: pre-emphasised, LPC-whitened; tokenlm.vocoder) and held in
 memory as 8-bit mu-law classes (one byte a sample: the demo's 480 two-second clips are 15 MB,
 an hour of audio 58 MB), laid out like the token file so that code ``i`` of the split covers
 samples ``i * samples_per_code ...``. Each clip's audio is cut or zero-padded to exactly
@@ -84,7 +85,9 @@ class AlignedAudio:
 
     @classmethod
     def load(cls, run: RunDir, split: RaggedSplit, indices, sample_rate: int, spc: int, n_classes: int,
-             progress: bool = True) -> "AlignedAudio":
+             progress: bool = True, signal=None) -> "AlignedAudio":
+        """``signal(wav, codes)``: what the WaveNet models of a whole clip (tokenlm.vocoder.network_signal),
+        quantised to mu-law; None: the audio itself."""
         clips = clip_rows(run)
         rows = [split.rows[i] for i in indices]
         missing = [r["id"] for r in rows if r["id"] not in clips]
@@ -92,9 +95,9 @@ class AlignedAudio:
             raise ArtifactError(f"{run.manifest} does not list clip {missing[0]} of the tokens: "
                                 f"the tokens are from another run")
         codes = [np.asarray(split[i], dtype=np.int64) for i in indices]
-        audio = [to_mu_law(w, n_classes) for w in _load_many(
-            [clips[r["id"]] for r in rows], [len(c) for c in codes], sample_rate, spc,
-            f"{split.split} audio", progress)]
+        waves = _load_many([clips[r["id"]] for r in rows], [len(c) for c in codes], sample_rate, spc,
+                           f"{split.split} audio", progress)
+        audio = [to_mu_law(signal(w, c) if signal else w, n_classes) for w, c in zip(waves, codes)]
         return cls(codes, audio, [r["id"] for r in rows], spc)
 
     def crop(self, clip: int, start: int, n_codes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from tokenlm.evaluation.audio_quality import decoder_table
 from tokenlm.fileio import read_json, read_jsonl
 from tokenlm.reporting.html import write_html
 from tokenlm.reporting.listening import listening_section
@@ -148,13 +149,6 @@ def probe_section(run: RunDir) -> str | None:
     return "\n".join(parts)
 
 
-VOCODER_ROWS = (
-    ("vocoder_logmel_db", "resynthesis vs input: log-mel distance (dB)"),
-    ("vocoder_lsd_db", "resynthesis vs input: log-spectral distance (dB)"),
-    ("codebook_logmel_db", "the codes' own mel reconstruction (tokenizer decode): log-mel distance (dB)"),
-    ("mulaw_logmel_db", "8-bit mu-law alone: log-mel distance (dB)"),
-    ("val_bits_per_sample", "val loss (bits per sample)"),
-)
 
 
 def vocoder_section(run: RunDir) -> str | None:
@@ -167,8 +161,10 @@ def vocoder_section(run: RunDir) -> str | None:
              f"{m['steps']} steps. Measured on {synthesis.get('clips', '?')} val clips, "
              f"{synthesis.get('seconds_per_clip', '?')} s each; generation ran at "
              f"{synthesis.get('rtf_per_clip', float('nan')):.1f} s per second of audio per clip.\n",
-             "| measure | value |", "|---|---:|"]
-    lines += [f"| {label} | {m[key]:.2f} |" for key, label in VOCODER_ROWS if isinstance(m.get(key), (int, float))]
+             f"Val loss {m.get('val_bits_per_sample') or float('nan'):.3f} bits per sample. Each decoder against "
+             f"the input:\n", *decoder_table(m)]
+    names = {"stoi": "STOI", "griffinlim": "The Griffin-Lim reference"}
+    lines += [f"\n{names.get(name, name)} left out: {why}." for name, why in m.get("skipped", {}).items()]
     if m.get("note"):  # the recipe's word on what this vocoder is (e.g. a CPU pipeline check)
         lines.insert(2, f"> **Recipe note:** {m['note']}\n")
     listening = listening_section(run)

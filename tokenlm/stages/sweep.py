@@ -67,7 +67,8 @@ METRIC_GROUPS = {
     "labels": [("purity", "code purity", True), ("pnmi", "PNMI", True)],
     "lm": [("lm_val_perplexity", "LM val perplexity", False), ("lm_bits_per_second", "LM bits per second", False)],
     "probe": [("probe_lm_accuracy", "LM probe accuracy", True), ("probe_bag_accuracy", "bag-of-codes accuracy", True)],
-    "vocoder": [("vocoder_logmel_db", "resynthesis log-mel distance (dB)", False)],
+    "vocoder": [("vocoder_logmel_db", "resynthesis log-mel distance (dB)", False),
+                ("griffinlim_logmel_db", "Griffin-Lim log-mel distance (dB)", False)],
 }
 
 
@@ -194,7 +195,10 @@ def vocoder_columns(ctx: RunContext, k: int) -> dict:
     out = train_vocoder(ctx.run, VocoderConfig.from_section(ctx.section("vocoder")), codebook_size=k, device=ctx.device,
                         out_dir=ctx.run.sweep_k(k).vocoder)
     metrics = read_json(out / METRICS)
-    return {"vocoder_logmel_db": metrics["vocoder_logmel_db"], "vocoder_lsd_db": metrics["vocoder_lsd_db"]}
+    # The decoders side by side (tokenlm.evaluation.audio_quality): WaveNet and the Griffin-Lim
+    # reference on every measure this installation makes.
+    return {key: value for key, value in metrics.items() if isinstance(value, float)
+            and key.startswith(("vocoder_", "griffinlim_", "codebook_", "mulaw_"))}
 
 
 def write_sweep_outputs(rows: list[dict], config: SweepConfig, out: Path) -> None:
@@ -335,7 +339,9 @@ def _report(rows: list[dict], groups: dict, flat: dict, figures: list[str], frac
              ("recon_rmse_db", "log-mel RMSE dB", "{:.2f}"), ("purity", "purity", "{:.3f}"), ("pnmi", "PNMI", "{:.3f}"),
              ("lm_val_perplexity", "LM ppl", "{:.1f}"), ("lm_bits_per_second", "LM bit/s", "{:.0f}"),
              ("probe_lm_accuracy", "LM probe acc", "{:.3f}"), ("probe_bag_accuracy", "bag acc", "{:.3f}"),
-             ("vocoder_logmel_db", "vocoder dB", "{:.2f}")]
+             ("vocoder_logmel_db", "vocoder dB", "{:.2f}"), ("vocoder_mrstft", "vocoder MR-STFT", "{:.3f}"),
+             ("griffinlim_logmel_db", "Griffin-Lim dB", "{:.2f}"), ("griffinlim_mrstft", "Griffin-Lim MR-STFT", "{:.3f}"),
+             ("vocoder_stoi", "vocoder STOI", "{:.3f}"), ("griffinlim_stoi", "Griffin-Lim STOI", "{:.3f}")]
     if groups["probe"] is not METRIC_GROUPS["probe"]:  # one column per task
         shown[-1:-1] = [(c, label.replace(" accuracy", ""), "{:.3f}") for c, label, _ in groups["probe"]]
     shown = [s for s in shown if all(s[0] in r for r in rows)]

@@ -5,6 +5,7 @@
     RUN/vocoder/train_log.csv         step, lr, loss, val_loss, val_bits_per_sample, samples_per_s, elapsed_s
     RUN/vocoder/metrics.json          resynthesis quality on val excerpts (below)
     RUN/vocoder/samples/*.wav         those excerpts: original and resynthesis
+    RUN/vocoder/samples/griffinlim/   the same excerpts through the Griffin-Lim reference
     RUN/vocoder/ckpt/                 last/best checkpoints while training (kept with --keep-checkpoints)
 
 Training data: random code-aligned crops of the train split's audio and codes, held in memory
@@ -12,8 +13,12 @@ as mu-law classes (tokenlm.vocoder_data).
 
 Quality (metrics.json), on ``metrics_clips`` val clips spread over the split, on their first
 ``metrics_seconds`` (whole codes), resynthesised in one batch with the incremental decoder:
-the spectral distances of tokenlm.evaluation.audio_quality, next to what the codes alone and
-8-bit mu-law alone lose.
+the distances of tokenlm.evaluation.audio_quality (log-mel, LSD, multi-resolution STFT, STOI
+when pystoi is installed), next to what the codes alone and 8-bit mu-law alone lose and to
+the Griffin-Lim reference decoder (no training); samples/ holds all three to listen to.
+
+Conditioning: the code embedding plus, with ``mel_conditioning`` (default), the codes'
+decoded log-mel (WaveNetConfig.mel_bins; the table comes from the run's tokenizer).
 
 In ``tokenlm run`` the stage then hears the whole pipeline once (tokenlm.stages.generate).
 """
@@ -31,6 +36,7 @@ import click
 import numpy as np
 import torch
 
+from tokenlm import lpc
 from tokenlm.artifacts import Stage, stage_key
 from tokenlm.config import build, recipe_section, to_dict
 from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
@@ -46,7 +52,7 @@ from tokenlm.stages.options import training_options
 from tokenlm.store import RaggedSplit
 from tokenlm.tokenizer import AudioTokenizer
 from tokenlm.training import TrainConfig, distributed_stage, train
-from tokenlm.vocoder import Vocoder, save_vocoder, write_wav
+from tokenlm.vocoder import Vocoder, network_signal, save_vocoder, write_wav
 from tokenlm.vocoder_data import (
     AlignedAudio, CropBatches, clip_rows, count_scored, load_aligned, spread, validation_crops, wavenet_loss,
 )
@@ -54,8 +60,9 @@ from tokenlm.vocoder_data import (
 # The vocoder's training defaults where they differ from TrainConfig's generic ones.
 VOCODER_TRAINING_DEFAULTS = {"steps": 20000, "batch_size": 8, "lr": 1e-3, "warmup_steps": 200,
                              "weight_decay": 0.0, "eval_every": 500, "patience": 0, "log_every": 50}
+GRIFFIN_LIM_SAMPLES = "griffinlim"  # samples/ subfolder of the reference decoder's excerpts
 # WaveNetConfig fields that come from the tokenizer, never from the recipe.
-DERIVED = ("codebook_size", "samples_per_code", "sample_rate")
+DERIVED = ("codebook_size", "samples_per_code", "sample_rate", "mel_bins", "frames_per_code")
 # The recipe's keys for the model: the rest of WaveNetConfig.
 MODEL_KEYS = tuple(f.name for f in dataclasses.fields(WaveNetConfig) if f.name not in DERIVED)
 
@@ -77,6 +84,8 @@ class VocoderConfig:
     # The architecture. Its codebook_size, samples_per_code and sample_rate are the tokenizer's:
     # ``wavenet()`` fills them in.
     model: WaveNetConfig = field(default_factory=WaveNetConfig)
+    # condition on the codes' decoded log-mel too (WaveNetConfig.mel_bins), not only on their embedding
+    mel_conditioning: bool = True
     # data
     crop_codes: int = 8  # training window in codes (x samples_per_code samples), code-aligned
     val_crops: int = 64  # fixed validation windows, one per val clip where there are enough
@@ -96,10 +105,14 @@ class VocoderConfig:
         if self.metrics_clips < 0 or self.metrics_seconds <= 0:
             raise ValueError("need metrics_clips >= 0 and metrics_seconds > 0")
 
-    def wavenet(self, codebook_size: int, samples_per_code: int, sample_rate: int) -> WaveNetConfig:
-        """The WaveNetConfig for a tokenizer with these codes."""
+    def wavenet(self, codebook_size: int, samples_per_code: int, sample_rate: int, mel_bins: int = 0,
+                frames_per_code: int = 1) -> WaveNetConfig:
+        """The WaveNetConfig for a tokenizer with these codes (and log-mel frames of this size
+        per code, used when ``mel_conditioning``)."""
+        if not self.mel_conditioning:
+            mel_bins, frames_per_code = 0, 1
         return dataclasses.replace(self.model, codebook_size=codebook_size, samples_per_code=samples_per_code,
-                                   sample_rate=sample_rate)
+                                   sample_rate=sample_rate, mel_bins=mel_bins, frames_per_code=frames_per_code)
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None = None
@@ -153,7 +166,10 @@ class _Job:
 
     @property
     def wavenet(self) -> WaveNetConfig:
-        return self.cfg.wavenet(self.tokens.codebook_size, self.tokens.samples_per_code, self.tokens.sample_rate)
+        features = read_json(self.run.tokenizer / CONFIG).get("features", {})
+        step = features.get("patch_hop") or features.get("patch_frames", 1)  # frames a code covers
+        return self.cfg.wavenet(self.tokens.codebook_size, self.tokens.samples_per_code, self.tokens.sample_rate,
+                                mel_bins=features.get("n_mels", 0), frames_per_code=step)
 
 
 def run(ctx: RunContext) -> None:
@@ -197,10 +213,11 @@ def _train_stage(job: _Job, stage: Stage, work: Path, dist) -> Path:
     cfg, training, wn_cfg = job.cfg, job.training, job.wavenet
     show = job.progress and dist.is_main
     splits = _token_splits(job.tokens)
-    train_audio = _train_audio(job, splits["train"], show)
-    val = _val_batches(job, splits["val"], show)
     torch.manual_seed(training.seed)  # the initial weights
     model = WaveNet(wn_cfg)
+    _fill_code_tables(job, model)
+    train_audio = _train_audio(job, model, splits["train"], show)
+    val = _val_batches(job, model, splits["val"], show)
     if dist.is_main:
         rf, sample_rate = wn_cfg.receptive_field, wn_cfg.sample_rate
         _say(f"vocoder: {_parameters(model) / 1e6:.2f} M parameters, {wn_cfg.cycles}x{wn_cfg.layers_per_cycle} "
@@ -227,6 +244,26 @@ def _train_stage(job: _Job, stage: Stage, work: Path, dist) -> Path:
     return stage.out_dir
 
 
+def _fill_code_tables(job: _Job, model: WaveNet) -> None:
+    """What the tokenizer says about each code, into the model: its decoded log-mel and linear predictor."""
+    cfg = model.config
+    if cfg.mel_conditioned:
+        model.set_code_mel(code_mel_table(job.run, job.tokens.codebook_size, cfg.frames_per_code))
+    if cfg.lpc_order:
+        tokenizer = AudioTokenizer.load(job.run.tokenizer, codebook_size=job.tokens.codebook_size)
+        model.code_lpc.copy_(torch.from_numpy(lpc.lpc_table(tokenizer, cfg.lpc_order, cfg.frames_per_code)))
+
+
+def code_mel_table(run: RunDir, codebook_size: int, frames_per_code: int) -> torch.Tensor:
+    """Every code's decoded log-mel patch, normalised as the autoencoder sees it: (K, frames_per_code
+    * n_mels), the first ``frames_per_code`` frames of each patch (all of them without overlap)."""
+    tokenizer = AudioTokenizer.load(run.tokenizer, codebook_size=codebook_size)
+    with torch.inference_mode():
+        patches = tokenizer.coder.autoencoder.decode(torch.from_numpy(tokenizer.centroids).to(tokenizer.device))
+    n_mels = tokenizer.coder.features.n_mels
+    return patches.float().cpu().reshape(codebook_size, -1, n_mels)[:, :frames_per_code].reshape(codebook_size, -1)
+
+
 def _token_splits(tokens: TokensMeta) -> dict[str, RaggedSplit]:
     """Every split's codes, checked to lie in 0..K-1."""
     splits = {name: RaggedSplit(tokens.directory, name, "uint16") for name in SPLITS}
@@ -237,7 +274,7 @@ def _token_splits(tokens: TokensMeta) -> dict[str, RaggedSplit]:
     return splits
 
 
-def _train_audio(job: _Job, split: RaggedSplit, progress: bool) -> AlignedAudio:
+def _train_audio(job: _Job, model: WaveNet, split: RaggedSplit, progress: bool) -> AlignedAudio:
     """The train clips long enough for a crop, with their audio."""
     crop = job.cfg.crop_codes
     usable = [i for i, row in enumerate(split.rows) if row["length"] >= crop]
@@ -245,25 +282,25 @@ def _train_audio(job: _Job, split: RaggedSplit, progress: bool) -> AlignedAudio:
         longest = max((row["length"] for row in split.rows), default=0)
         raise TokenlmError(f"no train clip has crop_codes={crop} codes (longest: {longest}): "
                            f"lower vocoder.crop_codes")
-    return _aligned(job, split, usable, progress)
+    return _aligned(job, model, split, usable, progress)
 
 
-def _val_batches(job: _Job, split: RaggedSplit, progress: bool) -> list | None:
+def _val_batches(job: _Job, model: WaveNet, split: RaggedSplit, progress: bool) -> list | None:
     """Fixed windows of val clips (loaded alone, not the whole split); None without any."""
     cfg, batch_size = job.cfg, job.training.batch_size
     usable = [i for i, row in enumerate(split.rows) if row["length"] >= cfg.crop_codes]
     if not usable:
         return None
-    audio = _aligned(job, split, [usable[i] for i in spread(len(usable), cfg.val_crops)], progress)
+    audio = _aligned(job, model, split, [usable[i] for i in spread(len(usable), cfg.val_crops)], progress)
     batcher = CropBatches(audio, cfg.crop_codes, job.wavenet.receptive_field)
     crops = validation_crops(audio, cfg.val_crops, cfg.crop_codes, job.training.seed)
     return [batcher.batch(crops[i:i + batch_size]) for i in range(0, len(crops), batch_size)]
 
 
-def _aligned(job: _Job, split: RaggedSplit, indices: list[int], progress: bool) -> AlignedAudio:
-    wn_cfg = job.wavenet
+def _aligned(job: _Job, model: WaveNet, split: RaggedSplit, indices: list[int], progress: bool) -> AlignedAudio:
+    wn_cfg = model.config
     return AlignedAudio.load(job.run, split, indices, wn_cfg.sample_rate, wn_cfg.samples_per_code,
-                             wn_cfg.n_classes, progress)
+                             wn_cfg.n_classes, progress, signal=lambda wav, codes: network_signal(model, wav, codes))
 
 
 def _save(job: _Job, stage: Stage, work: Path, model: WaveNet, result, splits, train_audio: AlignedAudio,
@@ -289,11 +326,12 @@ def _save(job: _Job, stage: Stage, work: Path, model: WaveNet, result, splits, t
     write_json(work / METRICS, metrics)
     stage.finish(extra={"metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
     if "vocoder_logmel_db" in metrics:
-        codebook = metrics.get("codebook_logmel_db")
-        _say(f"vocoder: resynthesis log-mel distance {metrics['vocoder_logmel_db']:.2f} dB, LSD "
-             f"{metrics['vocoder_lsd_db']:.2f} dB (codes alone: "
-             f"{'n/a' if codebook is None else f'{codebook:.2f} dB'}, mu-law alone: "
-             f"{metrics['mulaw_logmel_db']:.2f} dB) -> {stage.out_dir}")
+        def db(key: str) -> str:
+            return f"{metrics[key]:.2f} dB" if isinstance(metrics.get(key), float) else "n/a"
+
+        _say(f"vocoder: resynthesis log-mel distance {db('vocoder_logmel_db')}, LSD {db('vocoder_lsd_db')}, "
+             f"MR-STFT {metrics['vocoder_mrstft']:.3f} (codes alone: {db('codebook_logmel_db')}, mu-law alone: "
+             f"{db('mulaw_logmel_db')}, Griffin-Lim from the codes: {db('griffinlim_logmel_db')}) -> {stage.out_dir}")
 
 
 def _parameters(model: torch.nn.Module) -> int:
@@ -317,13 +355,16 @@ def _measure(job: _Job, vocoder: Vocoder, splits: dict[str, RaggedSplit], work: 
     clips = _excerpts(job.run, split, vocoder, cfg)
     if not clips:
         return {}
-    metrics, resynth = quality_metrics(vocoder, tokenizer, clips, cfg.temperature, job.training.seed,
-                                       progress=job.progress)
+    metrics, resynth, references = quality_metrics(vocoder, tokenizer, clips, cfg.temperature, job.training.seed,
+                                                   progress=job.progress)
     metrics["resynthesis"]["split"] = split.split
-    for i, ((clip_id, audio, _), out) in enumerate(zip(clips, resynth)):
+    for i, ((clip_id, audio, _), out, reference) in enumerate(zip(clips, resynth, references)):
         original, resynthesis = sample_files(i, clip_id)
         write_wav(work / SAMPLES / original, audio, vocoder.sample_rate)
         write_wav(work / SAMPLES / resynthesis, out, vocoder.sample_rate)
+        if reference is not None:  # the Griffin-Lim reference, to listen to beside it
+            write_wav(work / SAMPLES / GRIFFIN_LIM_SAMPLES / resynthesis.replace("_resynth.wav", "_griffinlim.wav"),
+                      reference, vocoder.sample_rate)
     return metrics
 
 

@@ -7,11 +7,13 @@
 
 from tokenlm.models.wavenet.incremental import GumbelSampler, IncrementalDecoder
 from tokenlm.models.wavenet.model import WaveNet, WaveNetConfig
-from tokenlm.models.wavenet.modules import ResidualLayer, mu_law_decode, mu_law_encode
+from tokenlm.models.wavenet.modules import ResidualLayer, de_emphasis, mu_law_decode, mu_law_encode, pre_emphasis
 
 __all__ = [
     "mu_law_encode",
     "mu_law_decode",
+    "pre_emphasis",
+    "de_emphasis",
     "ResidualLayer",
     "WaveNetConfig",
     "WaveNet",

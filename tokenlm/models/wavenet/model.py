@@ -13,6 +13,20 @@ Conditioning path (one code covers ``samples_per_code`` samples)::
                  -> + learned "phase" vector for the position inside the code
                  -> per layer: 1x1 conv into the gate
 
+With ``mel_bins`` > 0 the codes also say what their spectrum is: ``code_mel`` holds the
+tokenizer's decoded log-mel patch of every code (centroid -> autoencoder decoder, normalised;
+a fixed (K, frames_per_code * mel_bins) table, filled by ``set_code_mel``), and a small
+network over frames (two k=3 convs, non-causal) adds its features to the code embedding
+before the frames are linearly interpolated to exactly N * spc samples::
+
+    codes -> code_mel table -> frames (B, M, N * P) -> conv, tanh, conv     # (B, C, N * P)
+          + code features repeated P times -> tanh -> interpolate to N * spc + phase
+
+Either way the residual layers see one per-sample conditioning tensor (B, C, N * spc)
+(``upsample_conditioning``) through a 1x1 conv each. The log-mel gives the decoder the
+spectral envelope outright instead of leaving it to learn one embedding per code from a few
+minutes of audio (see tokenlm.stages.vocoder for what that bought).
+
 Why repeat-interleave rather than a transposed convolution: the length is exactly
 ``N * samples_per_code`` by construction (the classic vocoder bug is an upsampler whose
 kernel/stride/padding arithmetic drifts from the hop), it adds no checkerboard artifacts
@@ -41,6 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tokenlm.config import build
+from tokenlm.models.wavenet.conditioning import SampleConditionedDecoder
 from tokenlm.models.wavenet.incremental import GumbelSampler, IncrementalDecoder
 from tokenlm.models.wavenet.modules import ResidualLayer, mu_law_decode, mu_law_encode
 
@@ -71,6 +86,13 @@ class WaveNetConfig:
     cond_channels: int = 64
     samples_per_code: int = 800
     sample_rate: int = 16000
+    mel_bins: int = 0  # bins of the decoded log-mel conditioning; 0: code embedding only
+    frames_per_code: int = 1  # log-mel frames of one code's patch (the tokenizer's patch_frames)
+    # The network models pre_emphasis(audio) (modules.py); the Vocoder undoes it after sampling. 0: off.
+    pre_emphasis: float = 0.0
+    # > 0: the network models the excitation of a linear predictor of this order read off each
+    # code's decoded log-mel (tokenlm.lpc); the table (``code_lpc``) travels with the weights.
+    lpc_order: int = 0
 
     def __post_init__(self) -> None:
         for name in ("layers_per_cycle", "cycles", "residual_channels", "gate_channels",
@@ -86,6 +108,19 @@ class WaveNetConfig:
             raise ValueError(f"n_classes must be >= 2, got {self.n_classes}")
         if self.codebook_size is not None and self.codebook_size < 0:
             raise ValueError(f"codebook_size must be >= 0 (0 or None: unconditioned), got {self.codebook_size}")
+        if self.mel_bins < 0 or self.frames_per_code < 1:
+            raise ValueError(f"need mel_bins >= 0 and frames_per_code >= 1, got {self.mel_bins}, {self.frames_per_code}")
+        if not 0.0 <= self.pre_emphasis < 1.0:
+            raise ValueError(f"pre_emphasis must be in [0, 1), got {self.pre_emphasis}")
+        if self.lpc_order < 0 or (self.lpc_order and not self.conditioned):
+            raise ValueError(f"lpc_order must be >= 0, and needs codes (codebook_size > 0), got {self.lpc_order}")
+        if self.mel_bins and not self.conditioned:
+            raise ValueError("mel_bins > 0 needs codes (codebook_size > 0): the log-mel is the codes' own")
+
+    @property
+    def mel_conditioned(self) -> bool:
+        """Whether the codes' decoded log-mel conditions the model too."""
+        return self.conditioned and self.mel_bins > 0
 
     @property
     def conditioned(self) -> bool:
@@ -146,6 +181,15 @@ class WaveNet(nn.Module):
             # Non-causal over codes (one code of look-ahead): codes are known before decoding.
             self.code_context = nn.Conv1d(config.cond_channels, config.cond_channels, 3, padding=1)
             self.code_phase = nn.Parameter(0.1 * torch.randn(config.cond_channels, config.samples_per_code))
+        if config.lpc_order:  # used by the Vocoder around sampling, kept here to travel with the weights
+            self.register_buffer("code_lpc", torch.zeros(config.codebook_size, config.frames_per_code,
+                                                         config.lpc_order + 1))
+        if config.mel_conditioned:
+            table = torch.zeros(config.codebook_size, config.frames_per_code * config.mel_bins)
+            self.register_buffer("code_mel", table)  # saved with the weights: the vocoder stands alone
+            self.mel_context = nn.Sequential(
+                nn.Conv1d(config.mel_bins, config.cond_channels, 3, padding=1), nn.Tanh(),
+                nn.Conv1d(config.cond_channels, config.cond_channels, 3, padding=1))
 
     # ----------------------------------------------------------------- helpers
 
@@ -184,12 +228,25 @@ class WaveNet(nn.Module):
                              " (codebook size does not match the vocoder?)")
         return codes
 
+    @torch.no_grad()
+    def set_code_mel(self, table: Tensor) -> None:
+        """Fill the decoded log-mel of every code: (K, frames_per_code * mel_bins), normalised
+        (what the tokenizer's autoencoder decodes each centroid to)."""
+        cfg = self.config
+        expected = (cfg.codebook_size, cfg.frames_per_code * cfg.mel_bins)
+        if not cfg.mel_conditioned or tuple(table.shape) != expected:
+            raise ValueError(f"code_mel table must be {expected} for this WaveNet, got {tuple(table.shape)}")
+        self.code_mel.copy_(table)
+
     def upsample_conditioning(self, codes: Tensor) -> Tensor:
         """Codes (B, N) -> conditioning features at the sample rate (B, C, N * samples_per_code)."""
-        per_code = self._code_features(codes)  # (B, C, N)
         spc = self.config.samples_per_code
         n_codes = codes.shape[1]
-        up = per_code.repeat_interleave(spc, dim=2) + self.code_phase.repeat(1, n_codes)  # (B, C, N*spc)
+        if self.config.mel_conditioned:
+            per_sample = self._frame_features(codes)
+        else:
+            per_sample = self._code_features(codes).repeat_interleave(spc, dim=2)
+        up = per_sample + self.code_phase.repeat(1, n_codes)  # (B, C, N*spc)
         # Checked explicitly (not with assert, which python -O strips): a conditioning stream
         # that drifts from the audio is the classic silent vocoder bug.
         if up.shape[-1] != n_codes * spc:
@@ -201,6 +258,16 @@ class WaveNet(nn.Module):
         """Codes (B, N) -> per-code conditioning features (B, C, N), before upsampling."""
         emb = self.code_embedding(codes).transpose(1, 2)  # (B, C, N)
         return torch.tanh(self.code_context(emb))
+
+    def _frame_features(self, codes: Tensor) -> Tensor:
+        """Codes (B, N) -> code + decoded log-mel features interpolated to (B, C, N * spc)."""
+        cfg = self.config
+        batch, n_codes = codes.shape
+        frames = self.code_mel[codes].view(batch, n_codes * cfg.frames_per_code, cfg.mel_bins)
+        per_frame = self.mel_context(frames.transpose(1, 2))  # (B, C, N * P)
+        per_frame = torch.tanh(per_frame + self._code_features(codes).repeat_interleave(cfg.frames_per_code, dim=2))
+        # size= fixes the length exactly, whatever the hop; linear so the envelope has no steps.
+        return F.interpolate(per_frame, size=n_codes * cfg.samples_per_code, mode="linear", align_corners=False)
 
     def _run_stack(self, inputs_q: Tensor, cond: Tensor | None,
                    keep_last: list[int] | None = None) -> tuple[Tensor, list[Tensor]]:
@@ -269,7 +336,13 @@ class WaveNet(nn.Module):
     def incremental(self, codes: Tensor | None = None, batch_size: int = 1) -> "IncrementalDecoder":
         """A fresh incremental decoder at t = 0 (weights are packed now: call again after training)."""
         codes = self._check_codes(codes)
-        return IncrementalDecoder(self, codes, batch_size if codes is None else codes.shape[0])
+        return self._decoder_class(self, codes, batch_size if codes is None else codes.shape[0])
+
+    @property
+    def _decoder_class(self) -> type:
+        """The incremental decoder for this conditioning: per-code tables when it is constant
+        inside a code, a per-sample lookup when the log-mel makes it vary."""
+        return SampleConditionedDecoder if self.config.mel_conditioned else IncrementalDecoder
 
     @torch.no_grad()
     def generate(self, codes: Tensor | None = None, n_samples: int | None = None, temperature: float = 1.0,
@@ -288,7 +361,7 @@ class WaveNet(nn.Module):
         is usually fastest for small batches (intra-op threads only add synchronisation).
         """
         codes, n_samples, batch_size, prompt_q = self._generation_args(codes, n_samples, batch_size, prompt_q)
-        decoder = IncrementalDecoder(self, codes, batch_size)
+        decoder = self._decoder_class(self, codes, batch_size)
         out = []
         start = 0
         if prompt_q is not None and prompt_q.shape[1] > 0:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 if TYPE_CHECKING:  # annotation only: model.py imports this module
     from tokenlm.models.wavenet.model import WaveNetConfig
 
-__all__ = ["mu_law_encode", "mu_law_decode", "ResidualLayer"]
+__all__ = ["mu_law_encode", "mu_law_decode", "pre_emphasis", "de_emphasis", "ResidualLayer"]
 
 
 def mu_law_encode(x: Tensor, n: int = 256) -> Tensor:
@@ -33,6 +33,31 @@ def mu_law_decode(q: Tensor, n: int = 256) -> Tensor:
     mu = n - 1
     companded = 2.0 * q.float() / mu - 1.0
     return torch.sign(companded) * torch.expm1(companded.abs() * math.log1p(mu)) / mu
+
+
+def pre_emphasis(x, coefficient: float):
+    """``y[t] = x[t] - a x[t-1]`` along the last axis (numpy): tilts the spectrum up, so that
+    the noise of a sampled 8-bit model, white in the emphasised domain, comes out low-passed
+    under the signal after ``de_emphasis`` (LPCNet's noise shaping)."""
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float32)
+    if not coefficient:
+        return x
+    y = x.copy()
+    y[..., 1:] -= np.float32(coefficient) * x[..., :-1]
+    return y
+
+
+def de_emphasis(y, coefficient: float):
+    """The inverse of ``pre_emphasis``: ``x[t] = y[t] + a x[t-1]`` along the last axis (numpy)."""
+    import numpy as np
+    from scipy.signal import lfilter
+
+    y = np.asarray(y, dtype=np.float32)
+    if not coefficient:
+        return y
+    return lfilter([1.0], [1.0, -coefficient], y, axis=-1).astype(np.float32)
 
 
 class ResidualLayer(nn.Module):
