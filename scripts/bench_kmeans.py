@@ -1,7 +1,11 @@
 """K-means for the codebook: FAISS against scikit-learn's Lloyd KMeans and MiniBatchKMeans.
 
     python scripts/bench_kmeans.py --run runs/demo          # the run's bottleneck vectors + synthetic
-    python scripts/bench_kmeans.py                          # synthetic 200k x 64 only
+    python scripts/bench_kmeans.py                          # synthetic 200k x 64 only, K=256 and 1024
+    python scripts/bench_kmeans.py -K 256                   # one K
+
+FAISS is imported through tokenlm.faiss_runtime, which picks its OpenBLAS core from the CPU's
+flags; the first lines say which BLAS core each library runs and how FAISS's was chosen.
 
 All three start from the same k-means++ centroids (computed once, not timed) with the same K
 and the same amount of work, and their final inertia is computed the same way: the mean
@@ -39,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, help="run whose train-split bottleneck vectors to cluster")
-    parser.add_argument("-K", type=int, default=256, help="codebook size (default 256)")
+    parser.add_argument("-K", type=int, action="append", help="codebook size, repeatable (default 256 and 1024)")
     parser.add_argument("--niter", type=int, default=20, help="iterations / epochs (default 20)")
     parser.add_argument("--points", type=int, default=200_000, help="synthetic points (default 200000)")
     parser.add_argument("--dim", type=int, default=64, help="synthetic dimension (default 64)")
@@ -48,35 +52,46 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-synthetic", action="store_true", help="only the run's vectors")
     args = parser.parse_args()
+    codebook_sizes = args.K or [256, 1024]
 
     torch.set_num_threads(args.threads)
-    import faiss
+    from tokenlm.faiss_runtime import faiss
 
     faiss.omp_set_num_threads(args.threads)
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_info, threadpool_limits
 
-    print(f"K={args.K}, niter={args.niter}, {args.threads} threads, {os.cpu_count()} CPUs visible, "
+    from tokenlm.faiss_runtime import blas_record
+
+    print(f"K={codebook_sizes}, niter={args.niter}, {args.threads} threads, {os.cpu_count()} CPUs visible, "
           f"load average {os.getloadavg()[0]:.1f} (timings on a shared machine are noisy)")
-    sets = []
-    if args.run is not None:
-        sets.append((f"bottleneck vectors of {args.run} (train split)", run_vectors(args.run)))
-    if not args.skip_synthetic:
-        sets.append((f"Gaussian mixture, {args.points} x {args.dim}",
-                     gaussian_mixture(args.points, args.dim, 2 * args.K, args.seed)))
+    for lib in threadpool_info():
+        if lib.get("internal_api") == "openblas":
+            owner = "faiss" if "faiss" in lib["filepath"] else "numpy/scipy/scikit-learn"
+            print(f"BLAS of {owner}: OpenBLAS {lib.get('version')}, core {lib.get('architecture')}")
+    record = blas_record()
+    print(f"FAISS's core chosen by: {record['chosen_by']} (asked {record['core_requested']}); numeric "
+          f"self-check {record['self_check']} (max relative error {record['self_check_error']:.1g})")
     with threadpool_limits(limits=args.threads):
-        for name, vectors in sets:
-            compare(name, vectors, args)
+        for k in codebook_sizes:
+            sets = []
+            if args.run is not None:
+                sets.append((f"bottleneck vectors of {args.run} (train split)", run_vectors(args.run)))
+            if not args.skip_synthetic:
+                sets.append((f"Gaussian mixture, {args.points} x {args.dim}",
+                             gaussian_mixture(args.points, args.dim, 2 * k, args.seed)))
+            for name, vectors in sets:
+                compare(name, vectors, k, args)
 
 
-def compare(name: str, vectors: np.ndarray, args) -> None:
-    import faiss
+def compare(name: str, vectors: np.ndarray, k: int, args) -> None:
+    from tokenlm.faiss_runtime import faiss
     from sklearn.cluster import KMeans, MiniBatchKMeans, kmeans_plusplus
 
     from tokenlm.codebook import CodebookConfig, fit_codebook
 
     n, d = vectors.shape
-    k, niter = args.K, args.niter
-    print(f"\n== {name}: {n} x {d}")
+    niter = args.niter
+    print(f"\n== {name}: {n} x {d}, K={k}, load average {os.getloadavg()[0]:.1f}")
     start = time.perf_counter()
     init, _ = kmeans_plusplus(vectors, k, random_state=args.seed)
     init = np.ascontiguousarray(init, dtype=np.float32)

@@ -53,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    import faiss
+    from tokenlm.faiss_runtime import faiss
 
     faiss.omp_set_num_threads(args.threads)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-tokenizer-"))
@@ -113,7 +113,7 @@ def run(args, work: Path) -> None:
 def breakdown(tokenizer: AudioTokenizer, rows: list[dict], seconds: float) -> None:
     """Each step timed on its own, one clip at a time, with one torch/FAISS thread (as
     ``encode_clips`` runs them) and no decoding threads alongside."""
-    import faiss
+    from tokenlm.faiss_runtime import faiss
 
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
