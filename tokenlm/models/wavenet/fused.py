@@ -87,7 +87,7 @@ class FusedDecoder(IncrementalDecoder):
     def step(self, prev_q: Tensor) -> Tensor:
         """Previous sample's classes (B,) -> logits for sample t (B, n_classes); advances t."""
         logits = np.empty((self.batch_size, self.config.n_classes), np.float32)
-        prev = np.ascontiguousarray(prev_q.cpu().numpy(), dtype=np.int64)
+        prev = np.array(prev_q.cpu().numpy(), dtype=np.int64)  # a copy: the kernel writes it
         _run_steps(prev, self.t, 1, self._gate_bias_block(self.t, 1), self._history, self._reads, self._writes,
                    *self._weights, *self._scratch, self._exp_bits, self._exp_bits.view(np.float32), False, np.empty((0, 0, 0), np.float32), 0.0,
                    np.empty((1, self.batch_size), np.int64), logits)
@@ -102,7 +102,7 @@ class FusedDecoder(IncrementalDecoder):
         is taken from ``sample`` in order, and argmax(logits / T + noise) happens inside."""
         out = np.empty((n, self.batch_size), np.int64)
         logits = np.empty((self.batch_size, self.config.n_classes), np.float32)
-        prev = np.ascontiguousarray(prev_q.cpu().numpy(), dtype=np.int64)
+        prev = np.array(prev_q.cpu().numpy(), dtype=np.int64)  # a copy: the kernel writes it
         for start in range(0, n, block):
             size = min(block, n - start)
             if sample.temperature > 0:
