@@ -15,6 +15,8 @@ and generation uses the torch ``IncrementalDecoder``.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 
 import numpy as np
@@ -23,17 +25,16 @@ from torch import Tensor
 
 from tokenlm.models.wavenet.incremental import GumbelSampler, IncrementalDecoder
 
-try:
-    import numba
-except ImportError:  # optional: the torch decoder is the fallback
-    numba = None
+# numba is imported (and the kernel compiled, or loaded from numba's cache) on first use only:
+# importing it costs about a second that commands which never generate audio should not pay.
+HAS_NUMBA = importlib.util.find_spec("numba") is not None
 
 __all__ = ["FusedDecoder", "fused_available"]
 
 
 def fused_available(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> bool:
     """Whether the fused step can run here: numba installed, weights on the CPU in float32."""
-    return numba is not None and torch.device(device).type == "cpu" and dtype == torch.float32
+    return HAS_NUMBA and torch.device(device).type == "cpu" and dtype == torch.float32
 
 
 class FusedDecoder(IncrementalDecoder):
@@ -88,7 +89,7 @@ class FusedDecoder(IncrementalDecoder):
         """Previous sample's classes (B,) -> logits for sample t (B, n_classes); advances t."""
         logits = np.empty((self.batch_size, self.config.n_classes), np.float32)
         prev = np.array(prev_q.cpu().numpy(), dtype=np.int64)  # a copy: the kernel writes it
-        _run_steps(prev, self.t, 1, self._gate_bias_block(self.t, 1), self._history, self._reads, self._writes,
+        _compiled()(prev, self.t, 1, self._gate_bias_block(self.t, 1), self._history, self._reads, self._writes,
                    *self._weights, *self._scratch, self._exp_bits, self._exp_bits.view(np.float32), False, np.empty((0, 0, 0), np.float32), 0.0,
                    np.empty((1, self.batch_size), np.int64), logits)
         self.t += 1
@@ -109,7 +110,7 @@ class FusedDecoder(IncrementalDecoder):
                 noise, temperature = sample.take(size).numpy(), float(sample.temperature)
             else:
                 noise, temperature = np.empty((0, 0, 0), np.float32), 0.0
-            _run_steps(prev, self.t, size, self._gate_bias_block(self.t, size), self._history, self._reads,
+            _compiled()(prev, self.t, size, self._gate_bias_block(self.t, size), self._history, self._reads,
                        self._writes, *self._weights, *self._scratch, self._exp_bits,
                        self._exp_bits.view(np.float32), True, noise, temperature,
                        out[start:start + size], logits)
@@ -118,11 +119,15 @@ class FusedDecoder(IncrementalDecoder):
         return torch.from_numpy(out.T.copy())
 
 
-if numba is not None:
-    _jit = numba.njit(cache=True, fastmath={"contract"}, boundscheck=False)
-else:
-    def _jit(function):
-        return function
+@functools.cache
+def _compiled():
+    """The numba kernel (compiled once per process, or loaded from numba's on-disk cache)."""
+    global _exp_in_place  # numba resolves the kernel's callee by name when it compiles
+    import numba
+
+    jit = numba.njit(cache=True, fastmath={"contract"}, boundscheck=False)
+    _exp_in_place = jit(_exp_in_place)
+    return jit(_run_steps)
 
 
 # exp(v) = 2**k * exp(r) with k = round(v / ln 2) and |r| <= ln(2) / 2, ln 2 split in two so
@@ -133,7 +138,6 @@ EXP_MIN, EXP_MAX = np.float32(-87.0), np.float32(88.0)  # 2**k stays a normal fl
 TAYLOR = tuple(np.float32(1.0 / math.factorial(i)) for i in range(8))
 
 
-@_jit
 def _exp_in_place(values, bits, scale):
     """values <- exp(values), float32, within ~2 ulp. Plain arithmetic instead of a libm call
     per element, so the loops vectorise; ``scale`` is ``bits`` viewed as float32, which is how
@@ -149,7 +153,6 @@ def _exp_in_place(values, bits, scale):
         values[g] *= scale[g]
 
 
-@_jit
 def _run_steps(prev, t0, n, gate_bias, history, reads, writes,
                input_table, w_current, w_past, w_residual, b_residual, w_skip, b_skip, w_hidden, b_hidden,
                w_logits, b_logits, x, pre, z, skip, hidden, exps, exp_bits, exp_scale, sampling, noise, temperature, out, logits):
