@@ -22,11 +22,12 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import tokenlm  # noqa: E402,F401  first: sets OpenMP's passive waiting before torch loads it
+
+import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
+import torch  # noqa: E402
 
 from tokenlm.artifacts import read_jsonl  # noqa: E402
 from tokenlm.audio import prepare_waveform  # noqa: E402
