@@ -57,6 +57,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch, FAISS and scikit-learn threads (default 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-synthetic", action="store_true", help="only the run's vectors")
+    parser.add_argument("--init-points", type=int, help="compute the shared k-means++ init on this many "
+                        "points (seeded subsample; default: all), it is slow at large K")
+    parser.add_argument("--skip-codebook", action="store_true", help="leave out the fit_codebook row "
+                        "(it runs its own k-means++ init)")
     args = parser.parse_args()
     codebook_sizes = args.K or [256, 1024]
 
@@ -99,9 +103,12 @@ def compare(name: str, vectors: np.ndarray, k: int, args) -> None:
     niter = args.niter
     print(f"\n== {name}: {n} x {d}, K={k}, load average {os.getloadavg()[0]:.1f}")
     start = time.perf_counter()
-    init, _ = kmeans_plusplus(vectors, k, random_state=args.seed)
+    init_on = vectors
+    if args.init_points and args.init_points < n:
+        init_on = vectors[np.random.default_rng(args.seed).choice(n, args.init_points, replace=False)]
+    init, _ = kmeans_plusplus(init_on, k, random_state=args.seed)
     init = np.ascontiguousarray(init, dtype=np.float32)
-    print(f"k-means++ init (shared, not timed below): {time.perf_counter() - start:.2f} s")
+    print(f"k-means++ init on {len(init_on)} points (shared, not timed below): {time.perf_counter() - start:.2f} s")
 
     results = {}
 
@@ -138,9 +145,10 @@ def compare(name: str, vectors: np.ndarray, k: int, args) -> None:
 
     timed("FAISS", faiss_fit)
     trace = objective.copy()
-    for label, fit in (("sklearn KMeans (Lloyd)", lloyd_fit), ("sklearn MiniBatchKMeans", minibatch_fit),
-                       ("fit_codebook (tokenize's default)", codebook_fit)):
-        timed(label, fit)
+    timed("sklearn KMeans (Lloyd)", lloyd_fit)
+    timed("sklearn MiniBatchKMeans", minibatch_fit)
+    if not args.skip_codebook:
+        timed("fit_codebook (tokenize's default)", codebook_fit)
     # Time to MiniBatch's quality: the fewest FAISS iterations whose objective is no worse.
     mini_i = results["sklearn MiniBatchKMeans"][2]
     enough = [i for i in range(1, len(trace)) if trace[i] <= mini_i]
