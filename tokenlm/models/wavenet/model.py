@@ -26,7 +26,9 @@ Generation has two paths that must agree:
 
 - ``IncrementalDecoder`` (incremental.py; used by ``generate``): every dilated layer keeps a
   ring buffer of its past inputs, so one new sample costs O(layers) work instead of a forward
-  pass over the whole receptive field (the "fast WaveNet" queue idea).
+  pass over the whole receptive field (the "fast WaveNet" queue idea). On CPU with numba,
+  ``generate`` runs the same algorithm as one compiled call per block of samples
+  (``FusedDecoder``, fused.py).
 - ``generate_naive``: recomputes the receptive-field window for every sample. Slow; kept as
   the reference for tests and the benchmark.
 """
