@@ -45,7 +45,7 @@ def test_self_check_passes_here_and_catches_a_wrong_product():
 
 def test_codebook_record_says_how_faiss_blas_was_set_up():
     vectors = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
-    _, record = fit_codebook(vectors, 4, CodebookConfig(niter=2))
+    _, record = fit_codebook(vectors, 4, CodebookConfig(niter=2, init="faiss"))
     blas = record["faiss_blas"]
     assert set(blas) == {"core_requested", "chosen_by", "core", "self_check", "self_check_error"}
     assert blas == blas_record() and blas["self_check"] == "passed"
