@@ -22,11 +22,12 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import tokenlm  # noqa: E402,F401  first: sets OpenMP's passive waiting before torch loads it
+
+import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
+import torch  # noqa: E402
 
 from tokenlm.artifacts import read_jsonl  # noqa: E402
 from tokenlm.audio import prepare_waveform  # noqa: E402
@@ -53,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    import faiss
+    from tokenlm.faiss_runtime import faiss
 
     faiss.omp_set_num_threads(args.threads)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-tokenizer-"))
@@ -113,7 +114,7 @@ def run(args, work: Path) -> None:
 def breakdown(tokenizer: AudioTokenizer, rows: list[dict], seconds: float) -> None:
     """Each step timed on its own, one clip at a time, with one torch/FAISS thread (as
     ``encode_clips`` runs them) and no decoding threads alongside."""
-    import faiss
+    from tokenlm.faiss_runtime import faiss
 
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 
 from tokenlm.errors import ArtifactError, ConfigError
+from tokenlm.faiss_runtime import blas_record, faiss
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ def fit_codebook(vectors: np.ndarray, k: int, config: CodebookConfig = CodebookC
     kmeans.train(sample, init_centroids=init)
     record = {"k": k, "dim": d, "vectors": n, "trained_on": len(sample), "niter": config.niter,
               "init": config.init, "seed": config.seed, "gpu": use_gpu,
-              "train_objective": float(kmeans.obj[-1]) if len(kmeans.obj) else None}
+              "train_objective": float(kmeans.obj[-1]) if len(kmeans.obj) else None,
+              "faiss_blas": blas_record()}
     return kmeans.centroids.astype(np.float32), record
 
 

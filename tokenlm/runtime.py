@@ -52,7 +52,8 @@ def kernel_threads(n: int | None, *, faiss: bool = False):
     if n is None:
         yield
         return
-    faiss_lib = importlib.import_module("faiss") if faiss else None
+    # Through tokenlm.faiss_runtime, which sets up FAISS's BLAS before the first import.
+    faiss_lib = importlib.import_module("tokenlm.faiss_runtime").faiss if faiss else None
     # Read both before setting either: torch and FAISS may share one OpenMP runtime.
     previous = torch.get_num_threads()
     faiss_previous = faiss_lib.omp_get_max_threads() if faiss_lib else None

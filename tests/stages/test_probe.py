@@ -255,7 +255,7 @@ def _train_tokenizer_and_lm(run: Path) -> None:
 
 
 def test_autoencoder_and_lm_rows_with_a_real_tokenizer_and_lm(tmp_path):
-    pytest.importorskip("faiss")
+    pytest.importorskip("tokenlm.faiss_runtime")
     pytest.importorskip("transformers")
     run = make_run(tmp_path, per_split=(4, 2, 2))
     _train_tokenizer_and_lm(run)

@@ -265,7 +265,7 @@ def test_new_data_never_overwrites_a_training_run(run, corpus, capsys):
 def test_encoding_restores_thread_counts(run, tmp_path):
     """encode_clips runs torch and FAISS single-threaded (clip-sized work) and gives the
     caller's settings back."""
-    import faiss
+    from tokenlm.faiss_runtime import faiss
 
     from tokenlm.encoding import encode_clips
 

@@ -2,9 +2,11 @@
 
 - ``model``: ``WaveNetConfig`` and ``WaveNet`` (teacher-forced forward, conditioning, sampling);
 - ``modules``: mu-law companding and the gated residual layer;
-- ``incremental``: the ring-buffer ``IncrementalDecoder`` and the sampler that fast generation uses.
+- ``incremental``: the ring-buffer ``IncrementalDecoder`` and the sampler that fast generation uses;
+- ``fused``: ``FusedDecoder``, the same step as one compiled (numba) call, what ``generate`` uses on CPU.
 """
 
+from tokenlm.models.wavenet.fused import FusedDecoder, fused_available
 from tokenlm.models.wavenet.incremental import GumbelSampler, IncrementalDecoder
 from tokenlm.models.wavenet.model import WaveNet, WaveNetConfig
 from tokenlm.models.wavenet.modules import ResidualLayer, de_emphasis, mu_law_decode, mu_law_encode, pre_emphasis
@@ -18,5 +20,7 @@ __all__ = [
     "WaveNetConfig",
     "WaveNet",
     "IncrementalDecoder",
+    "FusedDecoder",
+    "fused_available",
     "GumbelSampler",
 ]

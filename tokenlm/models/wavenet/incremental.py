@@ -35,23 +35,37 @@ class GumbelSampler:
         self.shape = shape  # (B, n_classes)
         self.device = device
         self.block = block
-        self._noise: list[Tensor] = []
+        self._noise: Tensor | None = None  # (block, B, n_classes), rows from _used on unused
+        self._used = 0
 
     def __call__(self, logits: Tensor) -> Tensor:
         """Logits (B, n_classes) -> sampled classes (B,)."""
         if self.temperature <= 0:
             return logits.argmax(dim=1)
-        if not self._noise:
-            self._noise = list(self._gumbel().unbind(0))
-            self._noise.reverse()  # pop() from the end is O(1)
+        if self._noise is None or self._used == len(self._noise):
+            self._noise, self._used = self._gumbel(), 0
+        noise = self._noise[self._used]
+        self._used += 1
         scaled = logits if self.temperature == 1.0 else logits / self.temperature
-        return (scaled + self._noise.pop()).argmax(dim=1)
+        return (scaled + noise).argmax(dim=1)
+
+    def take(self, n: int) -> Tensor:
+        """The next ``n`` steps' Gumbel noise (n, B, n_classes), in the order __call__ uses it
+        (the fused decoder samples inside its compiled loop with these)."""
+        parts = []
+        while n > 0:
+            if self._noise is None or self._used == len(self._noise):
+                self._noise, self._used = self._gumbel(), 0
+            part = self._noise[self._used:self._used + n]
+            self._used += len(part)
+            n -= len(part)
+            parts.append(part)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _gumbel(self) -> Tensor:
         u = torch.rand((self.block, *self.shape), generator=self.generator, device=self.device)
         # Clamp away from 0 so -log(-log(u)) stays finite.
         return -torch.log(-torch.log(u.clamp_(min=1e-20)))  # (block, B, n_classes)
-
 
 
 class IncrementalDecoder:
@@ -181,6 +195,16 @@ class IncrementalDecoder:
         hidden = torch.addmm(self.b_hidden, skip, self.w_hidden).relu_()
         self.t = t + 1
         return torch.addmm(self.b_logits, hidden, self.w_logits)  # (B, n_classes)
+
+    @torch.no_grad()
+    def run(self, prev_q: Tensor, n: int, sample: GumbelSampler) -> Tensor:
+        """Generate ``n`` samples after ``prev_q`` (B,), one ``step`` + ``sample`` each:
+        classes (B, n); advances t by n."""
+        out = []
+        for _ in range(n):
+            prev_q = sample(self.step(prev_q))
+            out.append(prev_q)
+        return torch.stack(out, dim=1)
 
     @torch.no_grad()
     def prime(self, prompt_q: Tensor) -> None:

@@ -40,7 +40,9 @@ Generation has two paths that must agree:
 
 - ``IncrementalDecoder`` (incremental.py; used by ``generate``): every dilated layer keeps a
   ring buffer of its past inputs, so one new sample costs O(layers) work instead of a forward
-  pass over the whole receptive field (the "fast WaveNet" queue idea).
+  pass over the whole receptive field (the "fast WaveNet" queue idea). On CPU with numba,
+  ``generate`` runs the same algorithm as one compiled call per block of samples
+  (``FusedDecoder``, fused.py).
 - ``generate_naive``: recomputes the receptive-field window for every sample. Slow; kept as
   the reference for tests and the benchmark.
 """
@@ -56,6 +58,7 @@ from torch import Tensor, nn
 
 from tokenlm.config import build
 from tokenlm.models.wavenet.conditioning import SampleConditionedDecoder
+from tokenlm.models.wavenet.fused import FusedDecoder, fused_available
 from tokenlm.models.wavenet.incremental import GumbelSampler, IncrementalDecoder
 from tokenlm.models.wavenet.modules import ResidualLayer, mu_law_decode, mu_law_encode
 
@@ -333,21 +336,25 @@ class WaveNet(nn.Module):
             prompt_q = prompt_q.long().to(self._param().device)
         return codes, n_samples, batch_size, prompt_q
 
-    def incremental(self, codes: Tensor | None = None, batch_size: int = 1) -> "IncrementalDecoder":
-        """A fresh incremental decoder at t = 0 (weights are packed now: call again after training)."""
+    def incremental(self, codes: Tensor | None = None, batch_size: int = 1,
+                    fused: bool = False) -> "IncrementalDecoder":
+        """A fresh incremental decoder at t = 0 (weights are packed now: call again after training).
+        ``fused``: the compiled one-call-per-step ``FusedDecoder`` (needs numba, CPU, float32)."""
         codes = self._check_codes(codes)
-        return self._decoder_class(self, codes, batch_size if codes is None else codes.shape[0])
+        return self._decoder_class(fused)(self, codes, batch_size if codes is None else codes.shape[0])
 
-    @property
-    def _decoder_class(self) -> type:
+    def _decoder_class(self, fused: bool) -> type:
         """The incremental decoder for this conditioning: per-code tables when it is constant
-        inside a code, a per-sample lookup when the log-mel makes it vary."""
-        return SampleConditionedDecoder if self.config.mel_conditioned else IncrementalDecoder
+        inside a code (compiled with ``fused``), a per-sample lookup when the log-mel makes it
+        vary (torch ops only: the fused kernel reads per-code tables)."""
+        if self.config.mel_conditioned:
+            return SampleConditionedDecoder
+        return FusedDecoder if fused else IncrementalDecoder
 
     @torch.no_grad()
     def generate(self, codes: Tensor | None = None, n_samples: int | None = None, temperature: float = 1.0,
                  generator: torch.Generator | None = None, *, batch_size: int = 1,
-                 prompt_q: Tensor | None = None, progress: bool = False) -> Tensor:
+                 prompt_q: Tensor | None = None, progress: bool = False, fused: bool | None = None) -> Tensor:
         """Sample audio with the incremental decoder; returns float audio (B, n_samples) in [-1, 1].
 
         codes: (B, N) or None (unconditioned; then ``batch_size`` clips). n_samples defaults to
@@ -356,32 +363,36 @@ class WaveNet(nn.Module):
         are teacher-forced as the first P samples (continuation); they are primed in one
         forward pass, not sample by sample. ``progress`` shows a tqdm bar in samples.
 
-        Speed: each step is ~150 tiny ops, so the cost is per-op overhead, nearly flat in
-        the batch size: generate several clips at once. On CPU, ``torch.set_num_threads(1)``
-        is usually fastest for small batches (intra-op threads only add synchronisation).
+        Speed: ``fused`` (default: whenever numba is installed and the model is on the CPU in
+        float32) runs each block of samples in one compiled call (fused.py); a model
+        conditioned on log-mel (per-sample conditioning) always takes the torch decoder. The torch
+        decoder's step is ~150 tiny ops, so its cost is per-op overhead, nearly flat in the
+        batch size: generate several clips at once; on CPU ``torch.set_num_threads(1)`` is
+        usually fastest for it (intra-op threads only add synchronisation).
         """
         codes, n_samples, batch_size, prompt_q = self._generation_args(codes, n_samples, batch_size, prompt_q)
-        decoder = self._decoder_class(self, codes, batch_size)
+        if fused is None:
+            fused = fused_available(self._param().device, self._param().dtype)
+        decoder = self._decoder_class(fused)(self, codes, batch_size)
         out = []
         start = 0
         if prompt_q is not None and prompt_q.shape[1] > 0:
             decoder.prime(prompt_q)
-            out = list(prompt_q.unbind(1))
+            out = [prompt_q]
             start = prompt_q.shape[1]
-        prev = out[-1] if out else torch.full((batch_size,), self.silence_class, dtype=torch.long,
+        prev = out[-1][:, -1] if out else torch.full((batch_size,), self.silence_class, dtype=torch.long,
                                               device=self._param().device)
         sample = GumbelSampler(temperature, generator, (batch_size, self.config.n_classes), prev.device,
                           block=min(1024, n_samples - start))
         bar = _progress_bar(n_samples - start, progress)
-        for t in range(start, n_samples):
-            prev = sample(decoder.step(prev))  # (B,)
-            out.append(prev)
-            if bar is not None and (t + 1 - start) % 1000 == 0:
-                bar.update(1000)
+        for t in range(start, n_samples, 4000):  # chunks of 1/4 s: the progress bar's ticks
+            out.append(decoder.run(prev, min(4000, n_samples - t), sample))  # (B, chunk)
+            prev = out[-1][:, -1]
+            if bar is not None:
+                bar.update(out[-1].shape[1])
         if bar is not None:
-            bar.update(bar.total - bar.n)
             bar.close()
-        return mu_law_decode(torch.stack(out, dim=1), self.config.n_classes)  # (B, T)
+        return mu_law_decode(torch.cat(out, dim=1), self.config.n_classes)  # (B, T)
 
     @torch.no_grad()
     def generate_naive(self, codes: Tensor | None = None, n_samples: int | None = None, temperature: float = 1.0,

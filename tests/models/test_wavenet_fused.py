@@ -1,0 +1,107 @@
+"""The fused (numba) WaveNet step: equal to the torch incremental reference and to the full
+forward pass, the same draws when sampling, and batches equal to clips generated one by one."""
+
+import pytest
+import torch
+
+from tokenlm.models.wavenet import WaveNet, WaveNetConfig
+from tokenlm.models.wavenet.incremental import GumbelSampler
+
+pytest.importorskip("numba")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SPC = 8
+
+
+def small_model(conditioned: bool = True, **overrides) -> WaveNet:
+    """2 cycles x 4 layers, 16 channels: receptive field 31 with kernel 2."""
+    values = dict(layers_per_cycle=4, cycles=2, residual_channels=16, gate_channels=16, skip_channels=16,
+                  cond_channels=8, codebook_size=10 if conditioned else 0, samples_per_code=SPC)
+    torch.manual_seed(0)
+    return WaveNet(WaveNetConfig(**{**values, **overrides})).eval()
+
+
+def random_inputs(model: WaveNet, batch: int, n_codes: int, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    audio_q = torch.randint(0, model.config.n_classes, (batch, n_codes * SPC), generator=gen)
+    codes = None
+    if model.config.conditioned:
+        codes = torch.randint(0, model.config.codebook_size, (batch, n_codes), generator=gen)
+    return audio_q, codes
+
+
+def teacher_forced(decoder, inputs: torch.Tensor, start: int = 0) -> torch.Tensor:
+    return torch.stack([decoder.step(inputs[:, t]) for t in range(start, inputs.shape[1])], dim=2)
+
+
+@pytest.mark.parametrize("conditioned", [True, False], ids=["codes", "no-codes"])
+@pytest.mark.parametrize("kernel_size", [2, 3])
+def test_fused_step_equals_reference_and_forward(conditioned, kernel_size):
+    model = small_model(conditioned, kernel_size=kernel_size)
+    # More samples than the receptive field (31 or 61): the rings wrap around.
+    audio_q, codes = random_inputs(model, batch=3, n_codes=6 if kernel_size == 2 else 9)
+    with torch.no_grad():
+        full = model(audio_q, codes)  # (B, n_classes, T)
+    inputs = model.shift_right(audio_q)
+    fused = teacher_forced(model.incremental(codes, batch_size=3, fused=True), inputs)
+    reference = teacher_forced(model.incremental(codes, batch_size=3), inputs)
+    assert torch.allclose(fused, full, atol=1e-5, rtol=0), (fused - full).abs().max()
+    assert torch.allclose(fused, reference, atol=1e-5, rtol=0), (fused - reference).abs().max()
+
+
+def test_fused_prime_then_step_matches_forward():
+    model = small_model()
+    audio_q, codes = random_inputs(model, batch=2, n_codes=8)
+    with torch.no_grad():
+        full = model(audio_q, codes)
+    for n_prompt in (5, 40):  # shorter and longer than the receptive field
+        decoder = model.incremental(codes, batch_size=2, fused=True)
+        decoder.prime(audio_q[:, :n_prompt])
+        steps = teacher_forced(decoder, model.shift_right(audio_q), start=n_prompt)
+        assert torch.allclose(steps, full[:, :, n_prompt:], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
+def test_fused_generation_draws_what_the_reference_draws(temperature):
+    model = small_model()
+    _, codes = random_inputs(model, batch=2, n_codes=5)
+
+    def run(fused, **kwargs):
+        return model.generate(codes, temperature=temperature, generator=torch.Generator().manual_seed(3),
+                              fused=fused, **kwargs)
+
+    assert torch.equal(run(True), run(False))
+    prompt = torch.randint(0, 256, (2, 13), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(run(True, prompt_q=prompt), run(False, prompt_q=prompt))
+
+
+def test_fused_run_across_block_and_noise_boundaries():
+    """Blocks of 7 samples and noise drawn 5 steps at a time: the same as stepping one by one."""
+    model = small_model(conditioned=False)
+    prev = torch.full((2,), model.silence_class)
+
+    def sampler():
+        return GumbelSampler(1.0, torch.Generator().manual_seed(5), (2, 256), torch.device("cpu"), block=5)
+
+    fused = model.incremental(batch_size=2, fused=True).run(prev, 40, sampler(), block=7)
+    reference = model.incremental(batch_size=2).run(prev, 40, sampler())
+    assert fused.shape == (2, 40) and torch.equal(fused, reference)
+
+
+def test_batch_generation_equals_generation_one_clip_at_a_time():
+    model = small_model()
+    _, codes = random_inputs(model, batch=3, n_codes=5)
+    batch = model.generate(codes, temperature=0, fused=True)
+    one_by_one = torch.cat([model.generate(codes[i:i + 1], temperature=0, fused=True) for i in range(3)])
+    assert torch.equal(batch, one_by_one)
+    assert not torch.equal(batch[0], batch[1])  # different codes, different clips
+
+
+def test_fused_decoder_refuses_past_the_codes():
+    model = small_model()
+    _, codes = random_inputs(model, batch=1, n_codes=2)
+    decoder = model.incremental(codes, fused=True)
+    prev = torch.full((1,), model.silence_class)
+    decoder.run(prev, 2 * SPC, GumbelSampler(0.0, None, (1, 256), torch.device("cpu")))
+    with pytest.raises(IndexError, match="past the end of the codes"):
+        decoder.step(prev)
