@@ -124,8 +124,8 @@ def read_export(out: str | Path, fmt: str) -> dict[str, dict[str, np.ndarray]]:
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("--format", "fmt", type=click.Choice(FORMATS), required=True,
               help="units: GSLM unit files; hf: a datasets DatasetDict (hf extra); npy: one .npy per clip.")
-@click.option("-K", "--codebook-size", type=int, help="Codebook size (default: the run's current K).")
-@click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: RUN/export/FORMAT/kK).")
+@click.option("-K", "--codebook-size", type=int, help="Codebook size. [the run's current K]")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder. [RUN/export/FORMAT/kK]")
 def command(run, fmt, codebook_size, out):
     """Write RUN's codes (and each task's) as unit files, an HF dataset or .npy files.
 

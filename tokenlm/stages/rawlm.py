@@ -322,12 +322,12 @@ def run(ctx: RunContext) -> None:
 
 @click.command("rawlm")
 @click.argument("run", required=False, type=click.Path(file_okay=False))
-@click.option("--models", help=f"Comma list of {','.join(MODELS)} (default: all).")
+@click.option("--models", help=f"Comma list of {','.join(MODELS)}. [all]")
 @click.option("--context-ms", type=float, help="Window the models read, in ms; its last half is scored. [64]")
 @click.option("--steps", type=int, help="Training steps of each model. [200]")
 @click.option("--config", "recipe", type=click.Path(dir_okay=False), help="Recipe YAML (section: rawlm; run.dir).")
-@click.option("--device", help="cpu, cuda or auto (default).")
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--device", help="cpu, cuda or auto. [auto]")
+@click.option("--no-progress", is_flag=True, help="No progress bars. [off]")
 def command(run, models, context_ms, steps, recipe, device, no_progress):
     """Next-sample prediction on RUN's mu-law audio: transformer vs WaveNet vs transformer + codes.
 
