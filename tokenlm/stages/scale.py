@@ -352,7 +352,7 @@ def render_scale_report(points: list[dict], curves: list[dict], lines: dict, tas
             shape = "never falls from one size to the next" if v["never_falls"] else "not monotonic"
             simclr = v["minus_simclr_at_largest"]
             text.append(f"\nLM probe {100 * v['lm_first']:.1f}% -> {100 * v['lm_last']:.1f}% ({shape}); at the "
-                        f"largest size {_points(v['above_floor_at_largest'])} above the log-mel floor"
+                        f"largest size {_points(v['above_floor_at_largest'])} against the log-mel floor"
                         + (f" and {_points(simclr)} against SimCLR." if simclr is not None else "."))
         text.append("")
     if figure:
