@@ -34,7 +34,7 @@ def write_summary(probe_dir: Path, tasks: list[str]) -> Path:
         for row in result["rows"]:
             if row.get("status") == "ok" and row["name"] not in titles:
                 names.append(row["name"])
-                titles[row["name"]] = row.get("title", row["name"])
+                titles[row["name"]] = _task_free_title(row)
     matrix = {task: {row["name"]: cell(row) for row in result["rows"] if row.get("status") == "ok"}
               for task, result in results.items()}
     chance = {task: _chance(result) for task, result in results.items()}
@@ -45,6 +45,13 @@ def write_summary(probe_dir: Path, tasks: list[str]) -> Path:
     path = summary_path(probe_dir)
     write_text(path, render_summary(list(results), names, titles, matrix, chance))
     return path
+
+
+def _task_free_title(row: dict) -> str:
+    """A row's title without what each task chose for itself (the LM layer, the pooling)."""
+    if row["name"] == "lm_best":
+        return "LM best layer (layer and pooling chosen on val per task)"
+    return row.get("title", row["name"]).split(", mean")[0]
 
 
 def cell(row: dict) -> dict:
