@@ -19,8 +19,9 @@ centred on sample ``f * hop_length``, and code i spans frames ``i * patch_step``
 ``i * patch_step + patch_frames - 1``, so timestamps are ``1000 / code_rate`` ms apart.
 A sound shorter than one patch still gives one code (padded, as the tokenizer does).
 
-Scene embeddings pool the timestamp embeddings over time: ``pooling="mean"`` (default), or
-``"mean+std"``, which appends the standard deviation over time (twice the size). The probe
+Scene embeddings pool the timestamp embeddings over time as the probe does
+(tokenlm.evaluation.pooling): ``pooling="mean"`` (default), ``"mean+std"`` or ``"mean+max"``
+(twice the size). The probe
 chooses its pooling on val per task (its results record which); a harness that wants one
 fixed size per model gets the mean unless it asks.
 """
@@ -34,6 +35,7 @@ import torch
 
 from tokenlm.artifacts import read_stage, stage_key
 from tokenlm.errors import ArtifactError, ConfigError
+from tokenlm.evaluation.pooling import POOLINGS, pool, time_statistics
 from tokenlm.fileio import read_json
 from tokenlm.lm import CodeLM
 from tokenlm.rundir import CONFIG, META, RESULTS, RunDir, is_finished
@@ -42,7 +44,6 @@ from tokenlm.tokenizer import AudioTokenizer
 
 __all__ = ["TokenlmEmbedding", "load_model", "get_timestamp_embeddings", "get_scene_embeddings"]
 
-POOLINGS = ("mean", "mean+std")
 # Codes per CodeLM.hidden_states call: it holds every layer's states of its clips at once.
 CODES_PER_CALL = 1 << 14
 
@@ -58,7 +59,7 @@ class TokenlmEmbedding(torch.nn.Module):
         self.layer, self.pooling = layer, pooling
         self.sample_rate = int(tokenizer.sample_rate)
         self.timestamp_embedding_size = int(lm.hidden_size)
-        self.scene_embedding_size = int(lm.hidden_size) * (2 if pooling == "mean+std" else 1)
+        self.scene_embedding_size = int(lm.hidden_size) * len(pooling.split("+"))
         self.eval()
 
     def train(self, mode: bool = True) -> "TokenlmEmbedding":
@@ -116,13 +117,9 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: TokenlmEmbedding) -> tu
 def get_scene_embeddings(audio: torch.Tensor, model: TokenlmEmbedding) -> torch.Tensor:
     """``audio`` (n_sounds, n_samples) -> (n_sounds, scene_embedding_size) float32: the
     timestamp embeddings pooled over time (``model.pooling``)."""
-    pooled = []
-    for states in _layer_states(audio, model):  # (T, d), T >= 1
-        parts = [states.mean(dim=0)]
-        if model.pooling == "mean+std":
-            parts.append(states.std(dim=0, unbiased=False))
-        pooled.append(torch.cat(parts))
-    return torch.stack(pooled).to(audio.device)
+    pooled = [pool(time_statistics(states.float().cpu().numpy()), model.pooling)  # states: (T, d), T >= 1
+              for states in _layer_states(audio, model)]
+    return torch.from_numpy(np.stack(pooled)).to(audio.device)
 
 
 # ---- the embeddings -------------------------------------------------------------------
