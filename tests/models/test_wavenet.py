@@ -113,13 +113,17 @@ def test_conditioning_changes_the_output():
 
 @pytest.mark.parametrize("conditioned", [True, False], ids=["codes", "no-codes"])
 @pytest.mark.parametrize("kernel_size", [2, 3])
-def test_incremental_step_matches_forward(conditioned, kernel_size):
+@pytest.mark.parametrize("fused", [False, True], ids=["torch", "fused"])
+def test_incremental_step_matches_forward(conditioned, kernel_size, fused):
+    """The torch decoder and the compiled one (fused.py) both equal the full forward pass."""
+    if fused:
+        pytest.importorskip("numba")
     model = small_model(conditioned, kernel_size=kernel_size)
     # 6 codes = 48 samples > receptive field (31 or 61 with kernel 3): the rings wrap around.
     audio_q, codes = random_inputs(model, batch=3, n_codes=6 if kernel_size == 2 else 9)
     with torch.no_grad():
         full = model(audio_q, codes)  # (B, n_classes, T)
-    decoder = model.incremental(codes, batch_size=3)
+    decoder = model.incremental(codes, batch_size=3, fused=fused)
     inputs = model.shift_right(audio_q)  # (B, T): x[t-1], silence first
     steps = torch.stack([decoder.step(inputs[:, t]) for t in range(audio_q.shape[1])], dim=2)
     assert torch.allclose(steps, full, atol=1e-5, rtol=0), (steps - full).abs().max()
