@@ -51,7 +51,7 @@ def _task_free_title(row: dict) -> str:
     """A row's title without what each task chose for itself (the LM layer, the pooling)."""
     if row["name"] == "lm_best":
         return "LM best layer (layer and pooling chosen on val per task)"
-    return row.get("title", row["name"]).split(", mean")[0]
+    return row.get("title", row["name"]).removesuffix(f", {row['pooling']}" if row.get("pooling") else "")
 
 
 def cell(row: dict) -> dict:
