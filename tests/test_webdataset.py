@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from conftest import run_cli, write_corpus
 from tokenlm.audio import load_audio, row_source
 from tokenlm.datasets import detect_layout, scan_dataset
-from tokenlm.errors import ConfigError
+from tokenlm.errors import ArtifactError, ConfigError
 from tokenlm.fileio import read_jsonl
 from tokenlm.input_files import check_unchanged, file_stamp
 from tokenlm.rundir import MANIFEST, META
@@ -84,7 +85,9 @@ def test_shards_give_the_same_features_as_folders(corpus, tmp_path):
 
 
 def test_a_manifest_row_names_its_member_and_decodes_again(corpus, tmp_path):
-    folders, shards = corpus
+    folders, _ = corpus
+    shards = tmp_path / "shards"
+    shutil.copytree(corpus[1], shards)
     out = prepare(shards, tmp_path / "run", progress=False, hash_content=True)
     row = json.loads(json.dumps(read_jsonl(out / MANIFEST)[0]))  # as every later stage reads it
     source = row_source(row)
@@ -97,6 +100,29 @@ def test_a_manifest_row_names_its_member_and_decodes_again(corpus, tmp_path):
     assert row["file"]["sha256"] == hashlib.sha256(original.read_bytes()).hexdigest()
     assert {k: v for k, v in row["file"].items() if k != "sha256"} == file_stamp(source.tar)
     check_unchanged(row)
+    with open(source.tar, "ab") as tar:  # the shard is rewritten: its members may have moved
+        tar.write(bytes(tarfile.BLOCKSIZE))
+    with pytest.raises(ArtifactError, match="changed since `tokenlm prepare` read it"):
+        check_unchanged(row)
+
+
+def test_tokenize_encodes_shards_like_folders(corpus, tmp_path, tiny_run):
+    """New data through the tokenize path (row_source, stamps checked): the same codes."""
+    from tokenlm.splits import SplitConfig
+    from tokenlm.stages.tokenize import encode_new_data
+    from tokenlm.vocoder_data import load_aligned
+
+    codes = {}
+    for name, data in zip(("folders", "shards"), corpus):
+        out = encode_new_data(tiny_run / "tokenizer", data, tmp_path / name, SplitConfig(), codebook_size=8,
+                              device="cpu", progress=False, hash_content=True)
+        codes[name] = {row["id"]: np.array(c) for split in ("train", "val", "test")
+                       for row, c in RaggedSplit(out, split, "uint16")}
+    assert codes["shards"].keys() == codes["folders"].keys()
+    assert all(np.array_equal(codes["shards"][i], codes["folders"][i]) for i in codes["folders"])
+    row = read_jsonl(tmp_path / "shards" / "manifest.jsonl")[0]
+    wav = load_audio(corpus[0] / f"{row['id']}.wav", 16000)
+    np.testing.assert_array_equal(load_aligned(row, 2, 16000, 1600), wav[:3200])  # the vocoder's read
 
 
 def test_globs_and_brace_ranges_name_shards(corpus):

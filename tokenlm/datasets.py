@@ -113,9 +113,7 @@ def scan_dataset(root: str | Path, *, allow_outside: bool = False,
     _check_unique_ids(root, clips)
     if layout in _LISTED_LAYOUTS and not allow_outside:
         _check_inside(root if root.is_dir() else root.parent, clips)
-    if layout == "webdataset":  # a member's path names its resolved tar already
-        return layout, clips
-    return layout, [replace(c, path=os.path.realpath(c.path)) for c in clips]
+    return layout, [replace(c, path=_resolved(c.path)) for c in clips]
 
 
 def scan_sources(sources, *, allow_outside: bool = False,
@@ -229,6 +227,17 @@ def _read_hf(root: Path) -> list[Clip]:
     from tokenlm.hf_input import read_saved_dataset  # the hf extra, only when asked for
 
     return read_saved_dataset(root)
+
+
+def _resolved(path: str) -> str:
+    """The absolute, resolved path; for a tar member's path (a manifest may list one, as a
+    run's subset does), its tar's, the member's name kept as it is."""
+    from tokenlm.tar_input import TarMember
+
+    member = TarMember.parse(path)
+    if member is None:
+        return os.path.realpath(path)
+    return str(replace(member, tar=os.path.realpath(member.tar)))
 
 
 def _is_webdataset(root: Path) -> bool:
