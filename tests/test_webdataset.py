@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from conftest import run_cli, write_corpus
 from tokenlm.audio import load_audio, row_source
@@ -187,3 +188,21 @@ def test_layout_detection(corpus, tmp_path):
     (mixed / "a.tar").write_bytes((shards / "train-000000.tar").read_bytes())
     (mixed / "b.wav").write_bytes(b"")
     assert detect_layout(mixed) == "folders"
+
+
+def test_a_member_streams_in_blocks_as_its_file_does(tmp_path):
+    """Long clips are decoded block by block, straight from the tar (and a span of one too)."""
+    from conftest import sound
+    from tokenlm.audio import audio_blocks, audio_seconds, audio_source
+
+    file = tmp_path / "long.flac"
+    sf.write(file, np.concatenate([sound("tone", 1.0, seed=1), sound("chirp", 1.0, seed=2)]), 16000)
+    with tarfile.open(tmp_path / "one.tar", "w") as tar:
+        tar.add(file, arcname="long.flac")
+    (clip,) = scan_dataset(tmp_path / "one.tar")[1]
+    for start, end in ((None, None), (0.3, 1.7)):
+        member, plain = audio_source(clip.path, start, end), audio_source(str(file), start, end)
+        assert audio_seconds(member) == audio_seconds(plain)
+        for rate in (16000, 8000):  # as stored; resampled block by block
+            blocks = [list(audio_blocks(source, rate, block_seconds=0.25)) for source in (member, plain)]
+            assert len(blocks[0]) > 1 and np.array_equal(np.concatenate(blocks[0]), np.concatenate(blocks[1]))
