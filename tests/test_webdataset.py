@@ -101,6 +101,9 @@ def test_a_manifest_row_names_its_member_and_decodes_again(corpus, tmp_path):
     assert row["file"]["sha256"] == hashlib.sha256(original.read_bytes()).hexdigest()
     assert {k: v for k, v in row["file"].items() if k != "sha256"} == file_stamp(source.tar)
     check_unchanged(row)
+    subset = tmp_path / "subset.jsonl"  # a manifest may list members (a run's subset does)
+    subset.write_text(json.dumps({"id": row["id"], "path": row["path"]}) + "\n")
+    assert scan_dataset(subset, allow_outside=True)[1][0].path == row["path"]
     with open(source.tar, "ab") as tar:  # the shard is rewritten: its members may have moved
         tar.write(bytes(tarfile.BLOCKSIZE))
     with pytest.raises(ArtifactError, match="changed since `tokenlm prepare` read it"):

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from tokenlm.errors import ConfigError
 from tokenlm.input_files import find_audio_files
+from tokenlm.tar_input import TarMember
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".au", ".aif", ".aiff", ".opus"}
 SPLITS = ("train", "val", "test")
@@ -232,8 +233,6 @@ def _read_hf(root: Path) -> list[Clip]:
 def _resolved(path: str) -> str:
     """The absolute, resolved path; for a tar member's path (a manifest may list one, as a
     run's subset does), its tar's, the member's name kept as it is."""
-    from tokenlm.tar_input import TarMember
-
     member = TarMember.parse(path)
     if member is None:
         return os.path.realpath(path)
