@@ -161,6 +161,9 @@ def test_a_compressed_shard_is_one_line(corpus, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: ")
     assert "must be plain .tar" in err
+    (tmp_path / "renamed.tar").write_bytes((tmp_path / "train-000000.tar.gz").read_bytes())
+    with pytest.raises(ConfigError, match="renamed.tar is gzip-compressed: WebDataset shards must be plain"):
+        scan_dataset(tmp_path / "renamed.tar")
 
 
 def test_bad_members_are_recorded_skips(corpus, tmp_path):

@@ -32,6 +32,8 @@ from tokenlm.errors import ConfigError
 from tokenlm.tar_input import TarMember
 
 COMPRESSED_TAR = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst", ".tar.lz4")
+# How compressed files begin, to name the compression of a compressed tar renamed .tar.
+_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
 _PATTERN = re.compile(r"[*?\[{]")
 _BRACES = re.compile(r"\{(?:(?P<first>\d+)\.\.(?P<last>\d+)|(?P<items>[^{}]*,[^{}]*))\}")
 
@@ -110,6 +112,16 @@ def _only_tars(folder: Path) -> bool:
     return found
 
 
+def _compression(path: Path) -> str | None:
+    """The compression a file's first bytes announce (a compressed tar renamed .tar), if any."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    return next((name for magic, name in _MAGIC.items() if head.startswith(magic)), None)
+
+
 def _is_tar(name: str) -> bool:
     return name.lower().endswith((".tar", *COMPRESSED_TAR))
 
@@ -119,6 +131,10 @@ def _read_shard(shard: Path, skipped: list[dict]) -> list[Clip]:
     try:
         tar = tarfile.open(shard, "r:")  # "r:": uncompressed only
     except (tarfile.TarError, OSError) as err:
+        compression = _compression(shard)
+        if compression:
+            raise ConfigError(f"{shard} is {compression}-compressed: WebDataset shards must be plain .tar "
+                              f"(they are read in place, and a compressed tar cannot be)") from None
         raise ConfigError(f"{shard}: not a readable plain tar file ({err})") from None
     with tar:
         samples: dict[str, list[tarfile.TarInfo]] = {}  # key -> its members, in tar order
