@@ -25,7 +25,7 @@ from tokenlm.rundir import MANIFEST, META
 from tokenlm.stages.prepare import prepare
 from tokenlm.store import RaggedSplit
 from tokenlm.tar_input import TarMember
-from tokenlm.webdataset import expand_braces
+from tokenlm.webdataset import expand_braces, read_webdataset
 
 
 def pack(folder: Path, out: Path, shards: int = 2, meta: str = "json") -> list[Path]:
@@ -183,6 +183,21 @@ def test_bad_members_are_recorded_skips(corpus, tmp_path):
     assert skipped["noise.wav"].startswith("cannot decode")
     assert skipped["lonely"] == "no audio member (lonely.json)"
     assert skipped["garbled"].startswith("garbled.json is not valid JSON")
+
+
+def test_a_damaged_header_keeps_what_came_before_it(corpus, tmp_path):
+    folders, _ = corpus
+    shard = pack(folders, tmp_path / "damaged", shards=1)[0]
+    with tarfile.open(shard) as tar:
+        third = tar.getmembers()[4].offset  # the third sample's first header
+    with open(shard, "r+b") as f:
+        f.seek(third)
+        f.write(b"garbage" * 20)
+    skipped = []
+    clips = read_webdataset(tmp_path / "damaged", skipped)
+    assert [c.id for c in clips] == [c.id for c in scan_dataset(folders)[1][:2]]
+    assert skipped == [{"path": str(shard.resolve()), "reason": f"damaged tar header at byte {third}: "
+                                                                f"the rest of the shard is not read"}]
 
 
 def test_layout_detection(corpus, tmp_path):

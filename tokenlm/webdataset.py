@@ -138,12 +138,16 @@ def _read_shard(shard: Path, skipped: list[dict]) -> list[Clip]:
         raise ConfigError(f"{shard}: not a readable plain tar file ({err})") from None
     with tar:
         samples: dict[str, list[tarfile.TarInfo]] = {}  # key -> its members, in tar order
-        for info in tar:
-            if info.isfile() and not info.issparse():
-                samples.setdefault(_key(info.name), []).append(info)
-            elif not info.isdir():
-                skipped.append({"path": f"{shard}#{info.name}", "reason": "not a regular file in the tar"})
-        _check_tail(shard, tar.offset, skipped)
+        try:
+            for info in tar:
+                if info.isfile() and not info.issparse():
+                    samples.setdefault(_key(info.name), []).append(info)
+                elif not info.isdir():
+                    skipped.append({"path": f"{shard}#{info.name}", "reason": "not a regular file in the tar"})
+        except tarfile.TarError as err:  # a damaged extended header
+            _damaged(shard, tar.offset, skipped, f" ({err})")
+        else:
+            _check_tail(shard, tar.offset, skipped)
         clips = []
         for key, members in samples.items():
             try:
@@ -216,8 +220,12 @@ def _check_tail(shard: Path, end: int, skipped: list[dict]) -> None:
         f.seek(end)
         block = f.read(tarfile.BLOCKSIZE)
     if block.strip(b"\0"):
-        skipped.append({"path": str(shard), "reason": f"damaged tar header at byte {end}: the rest of the "
-                                                       f"shard is not read"})
+        _damaged(shard, end, skipped)
+
+
+def _damaged(shard: Path, offset: int, skipped: list[dict], detail: str = "") -> None:
+    skipped.append({"path": str(shard), "reason": f"damaged tar header at byte {offset}{detail}: the rest of "
+                                                   f"the shard is not read"})
 
 
 # ---- writing ---------------------------------------------------------------------------
