@@ -5,9 +5,10 @@ brace range (``train-{000000..000009}.tar``, WebDataset's notation; ``{a,b}`` li
 Shards are read in path order, members in tar order. A sample is the members sharing a key:
 the member name up to the first dot of its base name (``dog/clip-17.flac`` +
 ``dog/clip-17.json``: key ``dog/clip-17``, the clip's id). Its audio is the member with an
-audio suffix; its label the JSON's ``label`` field, else a ``.cls`` member, else a ``.txt``
-member; ``split``, ``fold`` and ``group`` come from the JSON when it has them. Other members
-(embeddings, video, ...) are ignored.
+audio suffix; its label the JSON's ``label`` field, else a ``.cls`` member (a ``.txt``
+member is not read: in speech corpora it is a transcript, not a class); ``split``, ``fold``
+and ``group`` come from the JSON when it has them. Other members (embeddings, video, ...) are
+ignored.
 
 Only headers and metadata members are read here: each clip's path names its audio member's
 byte range (``tokenlm.tar_input``), which decoding reads in place. Samples that cannot be
@@ -169,8 +170,8 @@ def _clip(shard: Path, key: str, members: list[tarfile.TarInfo], tar: tarfile.Ta
     meta = {_extension(m.name): m for m in members}
     record = _json(tar, meta["json"]) if "json" in meta else {}
     label = record.get("label")
-    if label in (None, "") and ("cls" in meta or "txt" in meta):
-        label = _text(tar, meta.get("cls") or meta["txt"])
+    if label in (None, "") and "cls" in meta:
+        label = _text(tar, meta["cls"])
     try:
         fold = None if record.get("fold") in (None, "") else int(record["fold"])
         split = _split_name(record.get("split"), "split")
