@@ -7,12 +7,15 @@ so a corpus run can record the clip as skipped and carry on.
 
 Every function takes a file path or a ``Span`` of a file (a segment of a long recording,
 ``audio_source``): a span is decoded as if it were a file of its own, reading only its frames.
+A file may also be a member of a tar (a ``TarMember``, or the path string that names one,
+``tokenlm.tar_input``): soundfile reads its byte range of the tar in place.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +24,7 @@ import soundfile as sf
 import soxr
 
 from tokenlm.errors import AudioError
+from tokenlm.tar_input import TarMember
 
 # Peak below this (about -100 dBFS) counts as digital silence: nothing for a tokenizer to learn.
 SILENCE_PEAK = 1e-5
@@ -30,7 +34,8 @@ BLOCK_SECONDS = 15.0
 
 @dataclass(frozen=True)
 class Span:
-    """Seconds ``start`` to ``end`` of the file at ``path`` (``end`` None: to its end)."""
+    """Seconds ``start`` to ``end`` of the file at ``path`` (``end`` None: to its end; the
+    path may name a tar member)."""
 
     path: str
     start: float = 0.0
@@ -45,36 +50,37 @@ class Span:
         return min(round(self.start * file_rate), stop), stop
 
 
-def audio_source(path: str | Path, start: float | None = None, end: float | None = None) -> str | Path | Span:
-    """What to decode for a clip: its file, or the Span of it that its start/end name."""
+def audio_source(path: str | Path, start: float | None = None,
+                 end: float | None = None) -> str | Path | Span | TarMember:
+    """What to decode for a clip: its file (a TarMember when its path names one), or the Span
+    of it that its start/end name."""
     if start is None and end is None:
-        return path
+        return TarMember.parse(path) or path
     return Span(str(path), float(start or 0.0), None if end is None else float(end))
 
 
-def row_source(row: dict) -> str | Span:
+def row_source(row: dict) -> str | Span | TarMember:
     """What to decode for a manifest row (path, and start/end for a segment)."""
     return audio_source(row["path"], row.get("start"), row.get("end"))
 
 
-def load_audio(path: str | Path | Span, sample_rate: int, min_samples: int = 1) -> np.ndarray:
+def load_audio(path: str | Path | Span | TarMember, sample_rate: int, min_samples: int = 1) -> np.ndarray:
     """Decode ``path`` (a file or a Span of one), mix to mono, resample to ``sample_rate``;
     return float32 samples (T,).
 
     Raises AudioError for undecodable, empty, non-finite, silent or too-short audio.
     """
-    file = _file(path)
-    if not Path(file).is_file():  # libsndfile would only say "System error"
-        raise AudioError(path, "file not found")
-    try:
-        if isinstance(path, Span):  # only the span's frames are read
-            info = sf.info(file)
-            first, stop = path.frames(info.samplerate, info.frames)
-            samples, file_rate = sf.read(file, start=first, stop=stop, dtype="float32", always_2d=True)
-        else:
-            samples, file_rate = sf.read(file, dtype="float32", always_2d=True)  # (T, C)
-    except Exception as err:  # soundfile raises several types (LibsndfileError, RuntimeError)
-        raise AudioError(path, f"cannot decode ({_first_line(err)})") from None
+    with _opened(path) as file:
+        try:
+            if isinstance(path, Span):  # only the span's frames are read
+                info = sf.info(file)
+                first, stop = path.frames(info.samplerate, info.frames)
+                samples, file_rate = sf.read(_rewound(file), start=first, stop=stop, dtype="float32",
+                                             always_2d=True)
+            else:
+                samples, file_rate = sf.read(file, dtype="float32", always_2d=True)  # (T, C)
+        except Exception as err:  # soundfile raises several types (LibsndfileError, RuntimeError)
+            raise AudioError(path, f"cannot decode ({_first_line(err)})") from None
     return prepare_waveform(samples, file_rate, sample_rate, min_samples, path)
 
 
@@ -93,7 +99,7 @@ def prepare_waveform(
     return mono
 
 
-def audio_blocks(path: str | Path | Span, sample_rate: int, min_samples: int = 1,
+def audio_blocks(path: str | Path | Span | TarMember, sample_rate: int, min_samples: int = 1,
                  block_seconds: float = BLOCK_SECONDS) -> Iterator[np.ndarray]:
     """``load_audio`` in blocks: mono float32 blocks at ``sample_rate`` whose concatenation
     equals ``load_audio(path, ...)`` (exactly for a file of one block, within the resampler's
@@ -102,12 +108,11 @@ def audio_blocks(path: str | Path | Span, sample_rate: int, min_samples: int = 1
     Raises the same AudioErrors; silence and shortness are only known at the end, so they are
     raised after the last block: a caller keeps nothing of a clip until the iterator is done.
     """
-    if not Path(_file(path)).is_file():
-        raise AudioError(path, "file not found")
-    try:
-        info = sf.info(_file(path))
-    except Exception as err:
-        raise AudioError(path, f"cannot decode ({_first_line(err)})") from None
+    with _opened(path) as file:
+        try:
+            info = sf.info(file)
+        except Exception as err:
+            raise AudioError(path, f"cannot decode ({_first_line(err)})") from None
     first, stop = path.frames(info.samplerate, info.frames) if isinstance(path, Span) else (0, info.frames)
     block_frames = max(1, int(block_seconds * info.samplerate))
     if stop - first <= block_frames:  # one block: the one-shot path, bit for bit
@@ -116,10 +121,11 @@ def audio_blocks(path: str | Path | Span, sample_rate: int, min_samples: int = 1
     yield from _stream(_read_blocks(path, block_frames, first, stop), info.samplerate, sample_rate, min_samples, path)
 
 
-def audio_seconds(path: str | Path | Span) -> float:
+def audio_seconds(path: str | Path | Span | TarMember) -> float:
     """The file's (or span's) duration from its header (0.0 when unreadable: decoding will say why)."""
     try:
-        info = sf.info(_file(path))
+        with _opened(path) as file:
+            info = sf.info(file)
     except Exception:
         return 0.0
     if isinstance(path, Span):
@@ -128,17 +134,42 @@ def audio_seconds(path: str | Path | Span) -> float:
     return float(info.duration)
 
 
-def _file(path: str | Path | Span) -> str:
-    return path.path if isinstance(path, Span) else str(path)
+@contextmanager
+def _opened(path: str | Path | Span | TarMember):
+    """What soundfile reads for ``path``: a file's name, or a tar member's bytes as a file
+    (open for the ``with`` block). AudioError when there is nothing to read."""
+    file = path.path if isinstance(path, Span) else path
+    member = TarMember.parse(file)
+    if member is None:
+        if not Path(file).is_file():  # libsndfile would only say "System error"
+            raise AudioError(path, "file not found")
+        yield str(file)
+        return
+    if not Path(member.tar).is_file():
+        raise AudioError(path, "tar file not found")
+    with ExitStack() as stack:
+        try:
+            opened = stack.enter_context(member.open())
+        except OSError as err:
+            raise AudioError(path, f"cannot be read ({err.strerror or err})") from None
+        yield opened
+
+
+def _rewound(file):
+    """A file object back at its start, for a second soundfile open (a name as it is)."""
+    if not isinstance(file, str):
+        file.seek(0)
+    return file
 
 
 def _read_blocks(path, block_frames: int, first: int, stop: int) -> Iterator[np.ndarray]:
     """soundfile's blocks (T, C) of frames first..stop, with its errors turned into AudioError."""
-    try:
-        yield from sf.blocks(_file(path), blocksize=block_frames, start=first, stop=stop,
-                             dtype="float32", always_2d=True)
-    except Exception as err:  # soundfile raises several types (LibsndfileError, RuntimeError)
-        raise AudioError(path, f"cannot decode ({_first_line(err)})") from None
+    with _opened(path) as file:
+        try:
+            yield from sf.blocks(file, blocksize=block_frames, start=first, stop=stop,
+                                 dtype="float32", always_2d=True)
+        except Exception as err:  # soundfile raises several types (LibsndfileError, RuntimeError)
+            raise AudioError(path, f"cannot decode ({_first_line(err)})") from None
 
 
 def _stream(blocks, file_rate: int, sample_rate: int, min_samples: int, path) -> Iterator[np.ndarray]:

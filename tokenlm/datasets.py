@@ -4,7 +4,8 @@ Layouts read: ESC-50 (meta/esc50.csv, 5 folds), UrbanSound8K (metadata/UrbanSoun
 10 folds), GTZAN (genres/<genre>/*), Speech Commands (validation_list.txt/testing_list.txt),
 a CSV/JSONL manifest (path,label[,split|fold|group][,start,end]), a Hugging Face audiofolder
 (metadata.csv/.jsonl with a file_name column, at the top or in per-split folders), a Hugging
-Face dataset saved with ``save_to_disk`` (tokenlm.hf_input; the hf extra) and folder-per-class
+Face dataset saved with ``save_to_disk`` (tokenlm.hf_input; the hf extra), WebDataset tar shards
+(a .tar, a folder of them, a glob or brace pattern; tokenlm.webdataset) and folder-per-class
 (DIR/<label>/*). A manifest's start/end (seconds) make a clip a segment of a long recording.
 
 Every clip's path is absolute and resolved, so a run never depends on the directory it was
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from tokenlm.errors import ConfigError
 from tokenlm.input_files import find_audio_files
+from tokenlm.tar_input import TarMember
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".au", ".aif", ".aiff", ".opus"}
 SPLITS = ("train", "val", "test")
@@ -55,8 +57,10 @@ class Clip:
 # ---- layouts ----------------------------------------------------------------------------
 
 def detect_layout(root: str | Path) -> str:
-    """Name of the layout of ``root`` (a folder or a manifest file)."""
+    """Name of the layout of ``root`` (a folder, a manifest file, or tar shards)."""
     root = Path(root)
+    if _is_webdataset(root):
+        return "webdataset"
     if root.is_file():
         return "manifest"
     if not root.is_dir():
@@ -99,6 +103,7 @@ def scan_dataset(root: str | Path, *, allow_outside: bool = False,
         "manifest": read_manifest,
         "audiofolder": read_audiofolder,
         "hf": _read_hf,
+        "webdataset": lambda r: _read_webdataset(r, found),
         "folders": lambda r: read_folders(r, found),
     }
     clips = readers[layout](root)
@@ -109,7 +114,7 @@ def scan_dataset(root: str | Path, *, allow_outside: bool = False,
     _check_unique_ids(root, clips)
     if layout in _LISTED_LAYOUTS and not allow_outside:
         _check_inside(root if root.is_dir() else root.parent, clips)
-    return layout, [replace(c, path=os.path.realpath(c.path)) for c in clips]
+    return layout, [replace(c, path=_resolved(c.path)) for c in clips]
 
 
 def scan_sources(sources, *, allow_outside: bool = False,
@@ -223,6 +228,27 @@ def _read_hf(root: Path) -> list[Clip]:
     from tokenlm.hf_input import read_saved_dataset  # the hf extra, only when asked for
 
     return read_saved_dataset(root)
+
+
+def _resolved(path: str) -> str:
+    """The absolute, resolved path; for a tar member's path (a manifest may list one, as a
+    run's subset does), its tar's, the member's name kept as it is."""
+    member = TarMember.parse(path)
+    if member is None:
+        return os.path.realpath(path)
+    return str(replace(member, tar=os.path.realpath(member.tar)))
+
+
+def _is_webdataset(root: Path) -> bool:
+    from tokenlm.webdataset import is_webdataset  # it imports this module
+
+    return is_webdataset(root)
+
+
+def _read_webdataset(root: Path, skipped: list[dict]) -> list[Clip]:
+    from tokenlm.webdataset import read_webdataset
+
+    return read_webdataset(root, skipped)
 
 
 def _records(path: Path) -> list:

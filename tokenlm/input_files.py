@@ -2,6 +2,7 @@
 cannot be used), and which version of each a run used: the stamp ``prepare`` records per
 clip in the manifest and the check every stage that re-reads the audio (tokenize, vocoder)
 makes against it, so codes or decoders are never made from other audio than the features.
+A tar member (``tokenlm.tar_input``) is stamped by its tar file, and hashed by its own bytes.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Iterator
 
 from tokenlm.errors import ArtifactError
 from tokenlm.fileio import sha256_file
+from tokenlm.tar_input import TarMember
 
 
 def find_audio_files(root: Path, extensions, skipped: list[dict]) -> Iterator[Path]:
@@ -52,15 +54,17 @@ def file_stamp(path: str | Path, hash_content: bool = False) -> dict | None:
     """What identifies a file's version without reading it: size, mtime, ctime and inode (a
     copy made with ``cp -p`` or ``rsync -t`` keeps size and mtime but not ctime and inode),
     plus a hash of its bytes when asked (and readable: decoding will say why it is not). None
-    when the file cannot be stat'ed."""
+    when the file cannot be stat'ed. A tar member's stamp is its tar's, and its hash that of
+    the member's bytes alone (the same as the file's hash before it was packed)."""
+    member = TarMember.parse(path)
     try:
-        st = os.stat(path)
+        st = os.stat(member.tar if member else path)
     except OSError:
         return None
     stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
     if hash_content:
         try:
-            stamp["sha256"] = sha256_file(path)
+            stamp["sha256"] = member.sha256() if member else sha256_file(path)
         except OSError:
             pass
     return stamp

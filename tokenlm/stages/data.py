@@ -64,7 +64,7 @@ def _build_tasks(tasks: dict, where: str) -> None:
 
 @click.group("data")
 def command():
-    """Datasets: build the demo set, inspect a folder."""
+    """Datasets: build the demo set, inspect a folder, pack one into tar shards."""
 
 
 @command.command("demo")
@@ -101,6 +101,23 @@ def corpus(hours, out, seed, noise, reverb, workers):
     summary = build_corpus(Path(out), hours=hours, seed=seed, noise=noise, reverb=reverb, workers=workers)
     state = "up to date" if summary["cached"] else f"built in {summary['build_seconds']:.1f} s"
     click.echo(f"{summary['n_files']} files, {summary['seconds'] / 3600:.2f} h of audio ({state}) -> {out}")
+
+
+@command.command("pack")
+@click.argument("path", type=click.Path())
+@click.option("--out", "out", type=click.Path(), required=True, help="A new folder for the shards.")
+@click.option("--clips-per-shard", type=int, default=1000, help="Clips in each .tar shard. [1000]")
+@click.option("--allow-outside", is_flag=True, help="Accept manifest paths outside the manifest's folder. [off]")
+def pack(path, out, clips_per_shard, allow_outside):
+    """Pack a dataset (any layout) into WebDataset tar shards: <id>.<ext> + <id>.json (label, group,
+    fold, split) per clip, files as they are; tokenlm reads the folder (or a glob of it) in place."""
+    from tokenlm.webdataset import pack_shards
+
+    summary = pack_shards(path, Path(out), clips_per_shard, allow_outside=allow_outside)
+    click.echo(f"{summary['clips']} clips in {summary['shards']} shard(s) -> {out}")
+    if summary["skipped"]:
+        first = summary["skipped"][0]
+        click.echo(f"{len(summary['skipped'])} entries skipped, e.g. {first['path']}: {first['reason']}")
 
 
 @command.command("info")
