@@ -17,9 +17,13 @@ fresh process per size, the stages one after the other with the demo recipe's se
                and final metrics score the whole val split         count references: linear)
     probe      one fixed labelled task (instruments), no CNNs      flat (the task, not the corpus)
 
-and records each stage's wall seconds and CPU seconds (this process's and its children's, from
-getrusage: on a shared machine the CPU seconds are the figure to compare). At the end it fits
-cost ~ hours^b per stage (least squares on log-log) and prints a table and writes scaling.json.
+It records each stage's wall seconds and CPU seconds (this process's and its children's, from
+getrusage: on a shared machine the CPU seconds are the figure to compare). Everything runs on
+one thread (OMP_NUM_THREADS=1), so CPU seconds count work rather than OpenMP threads
+spin-waiting for a core another program holds. At the end it fits cost ~ hours^b per stage
+(least squares on log-log, and between the two largest sizes, where fixed costs weigh least),
+prints a table and writes OUT/scaling.json. Use a fresh ``--out``: a stage already built there
+is up to date, skipped, and costs nothing.
 """
 
 from __future__ import annotations
@@ -83,6 +87,7 @@ def run_size(data: Path, run: Path, task: Path, args) -> dict:
     from tokenlm.tokenizer import AutoencoderTraining
     from tokenlm.training import TrainConfig
 
+    torch.set_num_threads(1)
     device = torch.device("cpu")
     rd = RunDir(run)
     features = FeatureConfig(sample_rate=16000, n_fft=400, hop_length=160, n_mels=64, patch_frames=5)
@@ -106,7 +111,8 @@ def run_size(data: Path, run: Path, task: Path, args) -> dict:
     for name in STAGES:
         wall, cpu = time.perf_counter(), cpu_seconds()
         steps[name]()
-        costs[name] = {"wall_s": round(time.perf_counter() - wall, 2), "cpu_s": round(cpu_seconds() - cpu, 2)}
+        costs[name] = {"wall_s": round(time.perf_counter() - wall, 2), "cpu_s": round(cpu_seconds() - cpu, 2),
+                       "load": os.getloadavg()[0]}
         if name == "encode":
             rd.set_codebook_size(256)
         print(f"  {name:9s} wall {costs[name]['wall_s']:8.1f} s  cpu {costs[name]['cpu_s']:8.1f} s", flush=True)
@@ -127,7 +133,7 @@ def main(argv=None) -> int:
     parser.add_argument("--task", type=Path, default=REPO / "data" / "demo", help="the fixed probe task")
     parser.add_argument("--out", type=Path, default=Path("/tmp/s5-scaling"))
     parser.add_argument("--epochs", type=int, default=5, help="autoencoder epochs (fixed)")
-    parser.add_argument("--lm-steps", type=int, default=30, help="LM steps (fixed)")
+    parser.add_argument("--lm-steps", type=int, default=15, help="LM steps (fixed)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one size, in a fresh process
     args = parser.parse_args(argv)
 
@@ -145,19 +151,21 @@ def main(argv=None) -> int:
               flush=True)
         command = [sys.executable, __file__, "--one", f"{hours:g}", "--out", str(args.out), "--task", str(args.task),
                    "--epochs", str(args.epochs), "--lm-steps", str(args.lm_steps)]
-        subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
         costs = json.loads((folder / "costs.json").read_text())
         results.append({"hours": hours, **subset, "load": os.getloadavg()[0], "costs": costs})
 
     xs = [r["audio_hours"] for r in results]
     exponents = {name: {kind: round(slope(xs, [r["costs"][name][kind] for r in results]), 2)
                         for kind in ("cpu_s", "wall_s")} for name in STAGES}
+    for name in STAGES:
+        exponents[name]["cpu_s_last_two"] = round(slope(xs[-2:], [r["costs"][name]["cpu_s"] for r in results[-2:]]), 2)
     (args.out / "scaling.json").write_text(json.dumps({"sizes": results, "exponents": exponents}, indent=1))
-    print("\n| stage | " + " | ".join(f"{x:.2f} h cpu / wall s" for x in xs) + " | exponent (cpu) |")
-    print("|---|" + "---|" * (len(xs) + 1))
+    print("\n| stage | " + " | ".join(f"{x:.2f} h cpu / wall s" for x in xs) + " | b (cpu) | b (cpu, last two) |")
+    print("|---|" + "---|" * (len(xs) + 2))
     for name in STAGES:
         cells = [f"{r['costs'][name]['cpu_s']:.1f} / {r['costs'][name]['wall_s']:.1f}" for r in results]
-        print(f"| {name} | " + " | ".join(cells) + f" | {exponents[name]['cpu_s']:.2f} |")
+        print(f"| {name} | " + " | ".join(cells) + f" | {exponents[name]['cpu_s']:.2f} | {exponents[name]['cpu_s_last_two']:.2f} |")
     return 0
 
 
