@@ -147,6 +147,8 @@ def write_shard_list(directory: str | Path, split: str, shards: list[tuple[str, 
 
     write_jsonl(directory / index_file(split), entries())
     write_json(directory / shards_file(split), {"shards": listing, "length": offset})
+    for partial in directory.glob(f".{split}-*.bin.tmp-*"):  # left by a worker that died (its block was rerun)
+        partial.unlink()
 
 
 @contextmanager

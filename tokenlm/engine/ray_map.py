@@ -70,7 +70,7 @@ def map_blocks(engine: EngineConfig, worker: type, args: tuple, blocks: list[lis
         items = [{"number": number, "block": pickle.dumps(block)} for number, block in enumerate(blocks)]
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             _Actor, fn_constructor_args=(worker, args), batch_size=1, batch_format="numpy", concurrency=workers,
-            num_cpus=1, max_restarts=RETRIES, max_task_retries=RETRIES)
+            num_cpus=1, ray_remote_args_fn=_retries)
         expected = 0
         for row in dataset.iter_rows():
             number, result = pickle.loads(row["result"])
@@ -78,6 +78,11 @@ def map_blocks(engine: EngineConfig, worker: type, args: tuple, blocks: list[lis
                 raise RuntimeError(f"Ray returned block {number} where block {expected} belongs")
             expected += 1
             yield result
+
+
+def _retries() -> dict:
+    """A dead worker's restarts and its block's reruns (Ray Data's default: without end)."""
+    return {"max_restarts": RETRIES, "max_task_retries": RETRIES}
 
 
 class _Actor:
