@@ -1,13 +1,15 @@
 """Blocks of clips through Ray Data, in order: ``map_blocks(engine, Worker, args, blocks)``.
 
-``Worker(*args)`` is built once per Ray actor (a tokenizer's weights are loaded once per
-worker, from its folder, never shipped per batch) and called as ``worker(number, block)`` for
-each block, returning a small picklable result (its shard files are written by the worker
-itself). Blocks and results travel pickled, so any picklable clip or row does. The results
+``Worker(*args)`` is built once per Ray worker process and kept there (a tokenizer's weights
+are loaded once per process, from its folder, never shipped per batch) and called as
+``worker(number, block)`` for each block, returning a small picklable result (its shard files
+are written by the worker itself). Blocks run as Ray Data tasks, not actors: the worker
+processes, with torch imported, serve every stage of a session, where an actor pool would
+start new ones per stage. Blocks and results travel pickled, so any picklable clip or row does. The results
 come back in block order, streamed: the driver holds a few at a time.
 
-A worker process that dies (killed, out of memory) is restarted and its block run again, up
-to RETRIES times; workers write shards under temporary names and rename them when complete,
+A worker process that dies (killed, out of memory) is replaced and its block run again (Ray
+Data's default for tasks: max_retries -1); workers write shards under temporary names and rename them when complete,
 so a rerun block overwrites its shards cleanly.
 """
 
@@ -20,9 +22,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from tokenlm.engine import EngineConfig
-from tokenlm.errors import ConfigError
-
-RETRIES = 3  # restarts of a dead worker, and reruns of its block
+from tokenlm.errors import ConfigError, TokenlmError
 
 
 def import_ray():
@@ -57,41 +57,54 @@ def ray_session(engine: EngineConfig):
 
 def map_blocks(engine: EngineConfig, worker: type, args: tuple, blocks: list[list], *,
                progress: bool = True) -> Iterator:
-    """``worker(*args)(number, block)`` for every block on Ray Data actors, the results yielded
-    in block order."""
+    """``worker(*args)(number, block)`` for every block on Ray Data tasks, the results yielded
+    in block order. A TokenlmError raised by a worker is raised here as itself (one line)."""
     if not blocks:
         return
     with ray_session(engine) as ray:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # results in block order
-        context.enable_progress_bars = progress
+        context.enable_progress_bars = False  # the stage has its own bar
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # no execution plans on stderr
         cpus = int(ray.cluster_resources().get("CPU", 1))
         workers = max(1, min(engine.workers or cpus, len(blocks)))
         items = [{"number": number, "block": pickle.dumps(block)} for number, block in enumerate(blocks)]
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            _Actor, fn_constructor_args=(worker, args), batch_size=1, batch_format="numpy", concurrency=workers,
-            num_cpus=1, ray_remote_args_fn=_retries)
+            _run_blocks, fn_args=(worker, args), batch_size=1, batch_format="numpy",
+            compute=ray.data.TaskPoolStrategy(size=workers), num_cpus=1)
         expected = 0
-        for row in dataset.iter_rows():
-            number, result = pickle.loads(row["result"])
-            if number != expected:  # preserve_order is what makes the output deterministic
-                raise RuntimeError(f"Ray returned block {number} where block {expected} belongs")
-            expected += 1
-            yield result
+        try:
+            for row in dataset.iter_rows():
+                number, result = pickle.loads(row["result"])
+                if number != expected:  # preserve_order is what makes the output deterministic
+                    raise RuntimeError(f"Ray returned block {number} where block {expected} belongs")
+                expected += 1
+                yield result
+        except Exception as err:
+            cause = _tokenlm_error(err)
+            if cause is None:
+                raise
+            raise cause from None
 
 
-def _retries() -> dict:
-    """A dead worker's restarts and its block's reruns (Ray Data's default: without end)."""
-    return {"max_restarts": RETRIES, "max_task_retries": RETRIES}
+def _tokenlm_error(err: BaseException | None) -> TokenlmError | None:
+    """The TokenlmError a worker raised, under Ray's wrappers (``cause``, ``__cause__``)."""
+    for _ in range(10):
+        if err is None or isinstance(err, TokenlmError):
+            return err
+        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
+    return None
 
 
-class _Actor:
-    """One Ray actor: the worker built once, then called per block (one block per batch)."""
+_built: dict = {}  # in a worker process: the last Worker built, by (class, args)
 
-    def __init__(self, worker: type, args: tuple):
-        self.worker = worker(*args)
 
-    def __call__(self, batch: dict) -> dict:
-        results = [pickle.dumps((int(number), self.worker(int(number), pickle.loads(block))))
-                   for number, block in zip(batch["number"], batch["block"])]
-        return {"result": results}
+def _run_blocks(batch: dict, worker: type, args: tuple) -> dict:
+    """A Ray Data task: ``worker(*args)`` (built once per process) on each block of the batch."""
+    key = pickle.dumps((worker, args))
+    if key not in _built:
+        _built.clear()  # a new stage's worker: let the last one's model go
+        _built[key] = worker(*args)
+    results = [pickle.dumps((int(number), _built[key](int(number), pickle.loads(block))))
+               for number, block in zip(batch["number"], batch["block"])]
+    return {"result": results}
