@@ -2,8 +2,9 @@
 
 Writes RUN/features/ ({split}.bin float16 frames, or their shards under --engine ray:
 tokenlm.store; {split}.index.jsonl, meta.json with the feature config and train-only
-normalisation statistics, and manifest.jsonl: one line per input clip with its absolute path, the file's stamp, its status and, for skipped clips or scanned
-entries that could not be clips, the reason). RUN/manifest.jsonl is a copy of the finished
+normalisation statistics, and manifest.jsonl: one line per input clip with its absolute path,
+the file's stamp, its status and, for skipped clips or scanned entries that could not be
+clips, the reason). RUN/manifest.jsonl is a copy of the finished
 stage's manifest, written when the stage finishes or is found up to date, never before: the
 stages that read the manifest read the features' own copy (``rundir.read_manifest``).
 """
