@@ -125,3 +125,18 @@ def test_ray_engine_without_ray_says_how_to_install(tmp_path, corpus):
     assert done.stdout.split() == ["ray", "1"], done.stderr  # local mode ran without Ray
     assert done.stderr.strip().splitlines()[-1] == "error: --engine ray needs Ray Data: pip install 'tokenlm[ray]'"
     assert "Traceback" not in done.stderr
+
+
+def test_engine_recipe_section_and_blocks():
+    from tokenlm.engine import blocks, engine_config
+    from tokenlm.errors import ConfigError
+
+    assert engine_config({"name": "ray", "workers": 4}, None, "auto").address == "auto"
+    assert engine_config({"name": "ray"}, "local").name == "local"  # the command line wins
+    with pytest.raises(ConfigError, match="engine must be one of local, ray"):
+        engine_config({"name": "spark"})
+    with pytest.raises(ConfigError, match="unknown option 'engine.cores'"):
+        engine_config({"cores": 2})
+    # Blocks of at least 3 s of audio, in order, whatever runs them.
+    assert blocks([1, 2, 1, 4, 1, 1], float, 3.0) == [[1, 2], [1, 4], [1, 1]]
+    assert blocks([], float, 3.0) == []

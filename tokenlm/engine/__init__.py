@@ -20,6 +20,7 @@ on a file system every node mounts at the same path.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 ENGINES = ("local", "ray")
@@ -56,6 +57,16 @@ def engine_config(section: dict | None, name: str | None = None, address: str | 
     from tokenlm.config import build
 
     return build(EngineConfig, section, {"name": name, "address": address, "workers": workers}, where="engine")
+
+
+def engine_session(engine: EngineConfig):
+    """Around a command that runs several stages: under Ray, one Ray session for all of them
+    (a local instance starts once, not per stage); locally, nothing."""
+    if not engine.is_ray:
+        return nullcontext()
+    from tokenlm.engine.ray_map import ray_session
+
+    return ray_session(engine)
 
 
 def blocks(items: list, seconds, block_seconds: float) -> list[list]:

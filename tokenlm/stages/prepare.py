@@ -21,7 +21,7 @@ from tokenlm.artifacts import Stage
 from tokenlm.audio import audio_seconds, audio_source
 from tokenlm.config import build, to_dict
 from tokenlm.datasets import SPLITS, Clip, scan_sources, source_text
-from tokenlm.engine import LOCAL, EngineConfig, blocks, engine_config
+from tokenlm.engine import LOCAL, EngineConfig, blocks, engine_config, engine_session
 from tokenlm.errors import AudioError, TokenlmError
 from tokenlm.features import FeatureConfig, LogMel, RunningStats, file_log_mel, log_mel_blocks
 from tokenlm.fileio import fingerprint, publish_copy, read_jsonl, write_json, write_jsonl
@@ -130,11 +130,10 @@ def _extract(clips: list[Clip], features: FeatureConfig, work: Path, progress: b
     if engine.is_ray:
         from tokenlm.engine.ray_map import map_blocks
 
-        seconds = _memo(lambda clip: audio_seconds(_source(clip)))
+        work_blocks = blocks(clips, _memo(lambda clip: audio_seconds(_source(clip))), engine.block_seconds)
         shards: dict[str, list] = {name: [] for name in SPLITS}
-        for result in progress_bar(map_blocks(engine, FeatureBlocks, (features, work),
-                                              blocks(clips, seconds, engine.block_seconds), progress=progress),
-                                   desc="features", unit="block", enabled=progress):
+        for result in progress_bar(map_blocks(engine, FeatureBlocks, (features, work), work_blocks, progress=progress),
+                                   total=len(work_blocks), desc="features", unit="block", enabled=progress):
             take(result["clips"])
             for name, shard in result["shards"].items():
                 shards[name].append(shard)
@@ -312,11 +311,12 @@ def command(data, run, recipe, strict, hash_content, allow_outside, engine, ray_
 def run(ctx: RunContext) -> None:
     """``tokenlm run``: the pretraining corpus, then every task the recipe names."""
     engine = engine_config(ctx.section("engine"))
-    _prepare(ctx, engine=engine)
-    flags = data_flags(ctx.section("data"))
-    split = ctx.config(SplitConfig, "split")
-    for task in ctx.recipe_tasks():
-        prepare_task(ctx.run, task, split, progress=ctx.progress, engine=engine, **flags)
+    with engine_session(engine):
+        _prepare(ctx, engine=engine)
+        flags = data_flags(ctx.section("data"))
+        split = ctx.config(SplitConfig, "split")
+        for task in ctx.recipe_tasks():
+            prepare_task(ctx.run, task, split, progress=ctx.progress, engine=engine, **flags)
 
 
 def _prepare(ctx: RunContext, data: str | None = None, engine: EngineConfig = LOCAL, **flags) -> Path:

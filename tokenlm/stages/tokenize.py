@@ -26,7 +26,7 @@ from tokenlm.codebook import CodebookConfig, fit_codebook
 from tokenlm.config import build, to_dict
 from tokenlm.datasets import scan_dataset
 from tokenlm.encoding import encode_clips
-from tokenlm.engine import LOCAL, EngineConfig, engine_config
+from tokenlm.engine import LOCAL, EngineConfig, engine_config, engine_session
 from tokenlm.errors import ArtifactError, TokenlmError
 from tokenlm.features import FeatureConfig
 from tokenlm.fileio import fingerprint, publish_copy, read_json, write_json, write_jsonl
@@ -233,12 +233,14 @@ def command(run, data, tokenizer_path, codebook_size, recipe, epochs, bottleneck
         encode_new_data(Path(tokenizer_path), Path(data), ctx.run.root, split, codebook_size=codebook_size,
                         device=device, engine=engine, **flags)
         return
-    if data:
-        flags = data_flags(ctx.section("data"), strict=strict, hash_content=hash_content, allow_outside=allow_outside)
-        prepare(data, ctx.run, ctx.config(FeatureConfig, "features"), split, engine=engine, **flags)
-    elif not is_finished(ctx.run.features):
+    if not data and not is_finished(ctx.run.features):
         raise TokenlmError(f"{ctx.run.root} has no features yet: pass --data DIR")
-    tokens = _tokenize(ctx, {"codebook_size": codebook_size, "epochs": epochs, "bottleneck": bottleneck}, engine)
+    with engine_session(engine):  # one Ray session for the features and the codes
+        if data:
+            flags = data_flags(ctx.section("data"), strict=strict, hash_content=hash_content,
+                               allow_outside=allow_outside)
+            prepare(data, ctx.run, ctx.config(FeatureConfig, "features"), split, engine=engine, **flags)
+        tokens = _tokenize(ctx, {"codebook_size": codebook_size, "epochs": epochs, "bottleneck": bottleneck}, engine)
     click.echo(f"tokenizer: {ctx.run.tokenizer}\ntokens:    {tokens}")
 
 
@@ -246,10 +248,11 @@ def run(ctx: RunContext) -> None:
     """``tokenlm run``: the tokenizer trained on the pretraining corpus, then every task the
     recipe names encoded with it."""
     engine = engine_config(ctx.section("engine"))
-    _tokenize(ctx, engine=engine)
-    device = pick_device(ctx.device)
-    for task in ctx.recipe_tasks():
-        encode_task(ctx.run, task, ctx.run.codebook_size, device=device, progress=ctx.progress, engine=engine)
+    with engine_session(engine):
+        _tokenize(ctx, engine=engine)
+        device = pick_device(ctx.device)
+        for task in ctx.recipe_tasks():
+            encode_task(ctx.run, task, ctx.run.codebook_size, device=device, progress=ctx.progress, engine=engine)
 
 
 def _tokenize(ctx: RunContext, overrides: dict | None = None, engine: EngineConfig = LOCAL) -> Path:
