@@ -7,9 +7,10 @@ on Ray (a local cluster of 1 and 2 workers), and whether their outputs are the s
 Renders a 1 h corpus with ``tokenlm data corpus`` into ``--corpus`` (default
 data/bench_engine/corpus-1h) unless it is there, trains a small tokenizer on its features
 (not timed), then times each engine: x real time (audio seconds per wall-clock second) and
-the CPU seconds of this process and its finished children (a shared machine's load shows in
-wall time, much less in CPU time). Ray's start is timed apart: a cluster is started once and
-joined many times. Last, the driver's peak RSS (getrusage of the driver process alone, in a
+CPU seconds (a shared machine's load shows in wall time, much less in CPU time): of this
+process for local, of every process of the Ray session (counted when it stops) for Ray. Ray's
+start is timed apart, with its workers' first import of tokenlm and torch (a warm-up task per
+worker): a cluster is started once and serves many stages. Last, the driver's peak RSS (getrusage of the driver process alone, in a
 fresh process each) for the 1 h corpus and for a 4 h manifest listing its files 4 times under
 other ids: it should not grow with the hours beyond the per-clip bookkeeping (manifest and
 index rows). Issue 13's target: Ray's overhead at most 20% against local on the same cores.
@@ -80,6 +81,18 @@ def _snapshot(folder: Path, dtype: str, width: int = 1) -> tuple:
     return meta, manifest, splits
 
 
+class _WarmUp:
+    """A block that makes a Ray worker import what the stages' workers import."""
+
+    def __init__(self):
+        import tokenlm.encoding  # noqa: F401  (torch, FAISS)
+        import tokenlm.stages.prepare  # noqa: F401
+
+    def __call__(self, number: int, block: list) -> int:
+        time.sleep(1.0)  # long enough for every worker to take one
+        return number
+
+
 def _driver_rss(manifest_dir: str, tokenizer: str, out: str, workers: int) -> None:
     """(In a fresh process) prepare + encode ``manifest_dir`` on Ray; print the driver's peak RSS."""
     from tokenlm.engine import EngineConfig
@@ -110,7 +123,7 @@ def main(argv=None) -> int:
     from tokenlm.audio import audio_seconds
     from tokenlm.datasets import scan_dataset
     from tokenlm.engine import EngineConfig
-    from tokenlm.engine.ray_map import ray_session
+    from tokenlm.engine.ray_map import map_blocks, ray_session
     from tokenlm.models.autoencoder import AutoencoderConfig
     from tokenlm.splits import SplitConfig
     from tokenlm.stages.prepare import prepare
@@ -133,14 +146,15 @@ def main(argv=None) -> int:
         outputs["local"] = (_snapshot(local / "features", "float16", 64), _snapshot(work / "enc-local/tokens/k64", "uint16"))
         for workers in (1, 2):
             name, engine = f"ray x{workers}", EngineConfig("ray", workers=workers)
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), _cpu_seconds()
             with ray_session(engine):
+                list(map_blocks(engine, _WarmUp, (), [[]] * workers, progress=False))
                 start = time.perf_counter() - t0
                 run, enc = work / f"ray{workers}", work / f"enc-ray{workers}"
                 results[name] = [_timed(lambda: prepare(corpus, run, progress=False, engine=engine)),
                                  _timed(lambda: encode_new_data(tokenizer, corpus, enc, SplitConfig(), progress=False,
                                                                 engine=engine))]
-            results[name].append((start, 0.0))
+            results[name].append((start, _cpu_seconds() - cpu0))
             outputs[name] = (_snapshot(run / "features", "float16", 64), _snapshot(enc / "tokens/k64", "uint16"))
         print(f"\n{'engine':<9} {'prepare x rt':>12} {'cpu s':>7} {'encode x rt':>12} {'cpu s':>7} "
               f"{'vs local':>17} {'identical':>9}")
@@ -148,9 +162,13 @@ def main(argv=None) -> int:
         for name, ((p_wall, p_cpu), (e_wall, e_cpu), *start) in results.items():
             same = outputs[name] == outputs["local"]
             overhead = f"{p_wall / base[0][0] - 1:+.0%} / {e_wall / base[1][0] - 1:+.0%}"
-            print(f"{name:<9} {audio / p_wall:>11.0f}x {p_cpu:>7.1f} {audio / e_wall:>11.0f}x {e_cpu:>7.1f} "
-                  f"{overhead:>17} {str(same):>9}" + (f"  (Ray start {start[0][0]:.1f} s, not counted)" if start else ""))
-        print("(cpu s: this process and its finished children; Ray's workers are counted when the cluster stops)")
+            cpu = f"{p_cpu:>7.1f} {audio / e_wall:>11.0f}x {e_cpu:>7.1f}" if not start else \
+                f"{'':>7} {audio / e_wall:>11.0f}x {'':>7}"
+            print(f"{name:<9} {audio / p_wall:>11.0f}x {cpu} {overhead:>17} {str(same):>9}"
+                  + (f"  (Ray start + warm-up {start[0][0]:.1f} s, not counted; session cpu {start[0][1]:.1f} s)"
+                     if start else ""))
+        print("(prepare vs local / encode vs local: wall time; cpu s: local, this process; Ray, every process of "
+              "its session, start included)")
         if not args.no_4h:
             print("\ndriver peak RSS on Ray x2 (prepare + encode, fresh process each):")
             for hours in (1, 4):

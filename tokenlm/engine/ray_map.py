@@ -101,7 +101,7 @@ _built: dict = {}  # in a worker process: the last Worker built, by (class, args
 
 def _run_blocks(batch: dict, worker: type, args: tuple) -> dict:
     """A Ray Data task: ``worker(*args)`` (built once per process) on each block of the batch."""
-    key = pickle.dumps((worker, args))
+    key = (worker, repr(args))  # the args are configs and paths, whose repr says what they are
     if key not in _built:
         _built.clear()  # a new stage's worker: let the last one's model go
         _built[key] = worker(*args)
