@@ -7,8 +7,8 @@ on Ray (a local cluster of 1 and 2 workers), and whether their outputs are the s
 Renders a 1 h corpus with ``tokenlm data corpus`` into ``--corpus`` (default
 data/bench_engine/corpus-1h) unless it is there, trains a small tokenizer on its features
 (not timed), then times each engine: x real time (audio seconds per wall-clock second) and
-CPU seconds (a shared machine's load shows in wall time, much less in CPU time): of this
-process for local, of every process of the Ray session (counted when it stops) for Ray. Ray's
+CPU seconds of this process and every process under it (Ray's too: a shared machine's load
+shows in wall time, much less in CPU time). Ray's
 start is timed apart, with its workers' first import of tokenlm and torch (a warm-up task per
 worker): a cluster is started once and serves many stages. Last, the driver's peak RSS (getrusage of the driver process alone, in a
 fresh process each) for the 1 h corpus and for a 4 h manifest listing its files 4 times under
@@ -37,7 +37,26 @@ sys.path.insert(0, str(ROOT))
 
 
 def _cpu_seconds() -> float:
-    return sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
+    """CPU seconds of this process and of every live process under it (Ray's raylet and its
+    workers, when this process started the cluster), with the children each has reaped: from
+    /proc, since Ray's workers are never waited for by this process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent, cpu = {}, {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()  # after "pid (name) "
+            parent[int(entry)] = int(fields[1])
+            cpu[int(entry)] = sum(int(f) for f in fields[11:15]) / tick  # utime stime cutime cstime
+    tree, grown = {os.getpid()}, True
+    while grown:
+        more = {pid for pid, ppid in parent.items() if ppid in tree} - tree
+        tree |= more
+        grown = bool(more)
+    return sum(cpu.get(pid, 0.0) for pid in tree)
 
 
 def _timed(fn):
@@ -154,7 +173,8 @@ def main(argv=None) -> int:
                 results[name] = [_timed(lambda: prepare(corpus, run, progress=False, engine=engine)),
                                  _timed(lambda: encode_new_data(tokenizer, corpus, enc, SplitConfig(), progress=False,
                                                                 engine=engine))]
-            results[name].append((start, _cpu_seconds() - cpu0))
+                session_cpu = _cpu_seconds() - cpu0  # before the cluster's processes are gone
+            results[name].append((start, session_cpu))
             outputs[name] = (_snapshot(run / "features", "float16", 64), _snapshot(enc / "tokens/k64", "uint16"))
         print(f"\n{'engine':<9} {'prepare x rt':>12} {'cpu s':>7} {'encode x rt':>12} {'cpu s':>7} "
               f"{'vs local':>17} {'identical':>9}")
@@ -162,13 +182,11 @@ def main(argv=None) -> int:
         for name, ((p_wall, p_cpu), (e_wall, e_cpu), *start) in results.items():
             same = outputs[name] == outputs["local"]
             overhead = f"{p_wall / base[0][0] - 1:+.0%} / {e_wall / base[1][0] - 1:+.0%}"
-            cpu = f"{p_cpu:>7.1f} {audio / e_wall:>11.0f}x {e_cpu:>7.1f}" if not start else \
-                f"{'':>7} {audio / e_wall:>11.0f}x {'':>7}"
-            print(f"{name:<9} {audio / p_wall:>11.0f}x {cpu} {overhead:>17} {str(same):>9}"
-                  + (f"  (Ray start + warm-up {start[0][0]:.1f} s, not counted; session cpu {start[0][1]:.1f} s)"
+            print(f"{name:<9} {audio / p_wall:>11.0f}x {p_cpu:>7.1f} {audio / e_wall:>11.0f}x {e_cpu:>7.1f} "
+                  f"{overhead:>17} {str(same):>9}"
+                  + (f"  (Ray start + warm-up {start[0][0]:.1f} s, not counted; whole session {start[0][1]:.1f} cpu s)"
                      if start else ""))
-        print("(prepare vs local / encode vs local: wall time; cpu s: local, this process; Ray, every process of "
-              "its session, start included)")
+        print("(vs local: wall time of prepare / encode; cpu s: this process and every process under it)")
         if not args.no_4h:
             print("\ndriver peak RSS on Ray x2 (prepare + encode, fresh process each):")
             for hours in (1, 4):

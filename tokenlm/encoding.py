@@ -58,20 +58,9 @@ def encode_clips(tokenizer: AudioTokenizer, rows: list[dict], out: Path, *, prog
                 durations[row["id"]] = round(num_samples / tokenizer.sample_rate, 4)
 
     if engine.is_ray:
-        from tokenlm.engine.ray_map import map_blocks
-
-        shards: dict[str, list] = {s: [] for s in SPLITS}
-        results = map_blocks(engine, EncodeBlocks, (tokenizer.info["codebook_dir"], out, batch_seconds), work,
-                             progress=progress)
-        for block_rows, result in zip(work, progress_bar(results, total=len(work), desc="encode", unit="block",
-                                                         enabled=progress)):
-            take(block_rows, result["clips"])
-            for split, shard in result["shards"].items():
-                shards[split].append(shard)
-        for split in SPLITS:
-            write_shard_list(out, split, shards[split])
-        tokens = {s: sum(r["length"] for _, rows_ in shards[s] for r in rows_) for s in SPLITS}
-        clips = {s: sum(len(rows_) for _, rows_ in shards[s]) for s in SPLITS}
+        shards = _encode_on_ray(tokenizer, work, out, batch_seconds, engine, progress, take)
+        tokens = {s: sum(r["length"] for _, index in shards[s] for r in index) for s in SPLITS}
+        clips = {s: sum(len(index) for _, index in shards[s]) for s in SPLITS}
     else:
         writers = {s: RaggedWriter(out, s, "uint16") for s in SPLITS}
         starts = set(np.cumsum([0] + [len(b) for b in work[:-1]]).tolist())
@@ -96,6 +85,26 @@ def encode_clips(tokenizer: AudioTokenizer, rows: list[dict], out: Path, *, prog
     }
     write_json(out / META, meta)
     return meta
+
+
+def _encode_on_ray(tokenizer: AudioTokenizer, work: list[list[dict]], out: Path, batch_seconds: float,
+                   engine: EngineConfig, progress: bool, take) -> dict[str, list]:
+    """Encode the blocks of rows ``work`` on Ray workers that write a shard per block and split
+    into ``out``, handing each block's results to ``take`` in order; then write each split's
+    index and shard list. Returns the shards (file, index entries) of each split."""
+    from tokenlm.engine.ray_map import map_blocks
+
+    shards: dict[str, list] = {s: [] for s in SPLITS}
+    results = map_blocks(engine, EncodeBlocks, (tokenizer.info["codebook_dir"], out, batch_seconds), work,
+                         progress=progress)
+    for block_rows, result in zip(work, progress_bar(results, total=len(work), desc="encode", unit="block",
+                                                     enabled=progress)):
+        take(block_rows, result["clips"])
+        for split, shard in result["shards"].items():
+            shards[split].append(shard)
+    for split in SPLITS:
+        write_shard_list(out, split, shards[split])
+    return shards
 
 
 class EncodeBlocks:

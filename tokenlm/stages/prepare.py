@@ -128,17 +128,7 @@ def _extract(clips: list[Clip], features: FeatureConfig, work: Path, progress: b
                 add_clip_stats(stats, slices)
 
     if engine.is_ray:
-        from tokenlm.engine.ray_map import map_blocks
-
-        work_blocks = blocks(clips, _memo(lambda clip: audio_seconds(_source(clip))), engine.block_seconds)
-        shards: dict[str, list] = {name: [] for name in SPLITS}
-        for result in progress_bar(map_blocks(engine, FeatureBlocks, (features, work), work_blocks, progress=progress),
-                                   total=len(work_blocks), desc="features", unit="block", enabled=progress):
-            take(result["clips"])
-            for name, shard in result["shards"].items():
-                shards[name].append(shard)
-        for name in SPLITS:
-            write_shard_list(work, name, shards[name])
+        take(_featurise_on_ray(clips, features, work, engine, progress))
     else:
         writers = {name: RaggedWriter(work, name, "float16", width=features.n_mels) for name in SPLITS}
         take(progress_bar(featurise(clips, LogMel(features), writers, threads=min(cpu_threads(), 8)),
@@ -161,6 +151,22 @@ def _extract(clips: list[Clip], features: FeatureConfig, work: Path, progress: b
         "seconds": {s: round(sum(m["duration"] for m in ok if m["split"] == s), 2) for s in SPLITS},
     }
     return manifest, meta
+
+
+def _featurise_on_ray(clips: list[Clip], features: FeatureConfig, work: Path, engine: EngineConfig, progress: bool):
+    """``featurise``'s results for every clip, in order, from Ray workers that write a shard
+    per block and split into ``work``; each split's index and shard list written at the end."""
+    from tokenlm.engine.ray_map import map_blocks
+
+    work_blocks = blocks(clips, _memo(lambda clip: audio_seconds(_source(clip))), engine.block_seconds)
+    shards: dict[str, list] = {name: [] for name in SPLITS}
+    for result in progress_bar(map_blocks(engine, FeatureBlocks, (features, work), work_blocks, progress=progress),
+                               total=len(work_blocks), desc="features", unit="block", enabled=progress):
+        yield from result["clips"]
+        for name, shard in result["shards"].items():
+            shards[name].append(shard)
+    for name in SPLITS:
+        write_shard_list(work, name, shards[name])
 
 
 def featurise(clips: list[Clip], log_mel: LogMel, writers: dict[str, RaggedWriter], threads: int):
