@@ -10,10 +10,10 @@ data/bench_engine/corpus-1h) unless it is there, trains a small tokenizer on its
 CPU seconds of this process and every process under it (Ray's too: a shared machine's load
 shows in wall time, much less in CPU time). Ray's
 start is timed apart, with its workers' first import of tokenlm and torch (a warm-up task per
-worker): a cluster is started once and serves many stages. Last, the driver's peak RSS (getrusage of the driver process alone, in a
-fresh process each) for the 1 h corpus and for a 4 h manifest listing its files 4 times under
-other ids: it should not grow with the hours beyond the per-clip bookkeeping (manifest and
-index rows). Issue 13's target: Ray's overhead at most 20% against local on the same cores.
+worker): a cluster is started once and serves many stages. Last, in a fresh process each, local and Ray (2 workers) on the 1 h corpus and
+on a 4 h manifest listing its files 4 times under other ids: x real time (fixed costs weigh
+less on more audio) and the driver's peak RSS (of the driver process alone: its VmHWM), which
+should not grow with the hours beyond the per-clip bookkeeping (manifest and index rows). Issue 13's target: Ray's overhead at most 20% against local on the same cores.
 """
 
 from __future__ import annotations
@@ -112,31 +112,46 @@ class _WarmUp:
         return number
 
 
-def _driver_rss(manifest_dir: str, tokenizer: str, out: str, workers: int) -> None:
-    """(In a fresh process) prepare + encode ``manifest_dir`` on Ray; print the driver's peak RSS."""
-    from tokenlm.engine import EngineConfig
-    from tokenlm.engine.ray_map import ray_session
+def _peak_rss_mb() -> float:
+    """This process's peak RSS: VmHWM, whose count starts at exec. (getrusage's ru_maxrss
+    would not do in a child: Linux carries it over fork and exec, so the child reports at least
+    the parent's peak.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _driver_run(manifest_dir: str, tokenizer: str, out: str, engine_name: str) -> None:
+    """(In a fresh process) prepare + encode ``manifest_dir`` on ``local`` or ``ray`` (2
+    workers, warmed up first); print each stage's wall time and the driver's peak RSS."""
+    from tokenlm.engine import EngineConfig, engine_session
+    from tokenlm.engine.ray_map import map_blocks
     from tokenlm.splits import SplitConfig
     from tokenlm.stages.prepare import prepare
     from tokenlm.stages.tokenize import encode_new_data
 
-    engine = EngineConfig("ray", workers=workers)
-    with ray_session(engine):
-        prepare(manifest_dir, Path(out) / "run", progress=False, allow_outside=True, engine=engine)
-        encode_new_data(Path(tokenizer), Path(manifest_dir), Path(out) / "enc", SplitConfig(), progress=False,
-                        allow_outside=True, engine=engine)
-    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    engine = EngineConfig(engine_name, workers=2 if engine_name == "ray" else None)
+    with engine_session(engine):
+        if engine.is_ray:
+            list(map_blocks(engine, _WarmUp, (), [[]] * 2, progress=False))
+        prepare_s, _ = _timed(lambda: prepare(manifest_dir, Path(out) / "run", progress=False, allow_outside=True,
+                                              engine=engine))
+        encode_s, _ = _timed(lambda: encode_new_data(Path(tokenizer), Path(manifest_dir), Path(out) / "enc",
+                                                     SplitConfig(), progress=False, allow_outside=True, engine=engine))
+    print(json.dumps({"peak_rss_mb": _peak_rss_mb(),
+                      "prepare_s": prepare_s, "encode_s": encode_s}))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=ROOT / "data" / "bench_engine" / "corpus-1h")
     parser.add_argument("--no-4h", action="store_true", help="skip the driver-memory runs (1 h vs 4 h)")
-    parser.add_argument("--driver-rss", nargs=4, metavar=("MANIFEST_DIR", "TOKENIZER", "OUT", "WORKERS"),
+    parser.add_argument("--driver-run", nargs=4, metavar=("MANIFEST_DIR", "TOKENIZER", "OUT", "ENGINE"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.driver_rss:
-        _driver_rss(*args.driver_rss[:3], int(args.driver_rss[3]))
+    if args.driver_run:
+        _driver_run(*args.driver_run)
         return 0
 
     from tokenlm.audio import audio_seconds
@@ -188,17 +203,20 @@ def main(argv=None) -> int:
                      if start else ""))
         print("(vs local: wall time of prepare / encode; cpu s: this process and every process under it)")
         if not args.no_4h:
-            print("\ndriver peak RSS on Ray x2 (prepare + encode, fresh process each):")
-            for hours in (1, 4):
-                manifest = _hours_manifest(corpus, hours, work / f"manifest-{hours}h")
-                done = subprocess.run([sys.executable, __file__, "--driver-rss", str(manifest), str(tokenizer),
-                                       str(work / f"rss-{hours}h"), "2"], capture_output=True, text=True,
-                                      env={**os.environ, "PYTHONPATH": str(ROOT)})
-                if done.returncode:
-                    print(done.stderr[-2000:])
-                    return 1
-                rss = json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_mb"]
-                print(f"  {hours} h: {rss:.0f} MB")
+            print("\nfresh process each (prepare + encode): the driver's peak RSS, and x real time")
+            for engine in ("local", "ray"):
+                for hours in (1, 4):
+                    manifest = _hours_manifest(corpus, hours, work / f"manifest-{hours}h")
+                    done = subprocess.run([sys.executable, __file__, "--driver-run", str(manifest), str(tokenizer),
+                                           str(work / f"{engine}-{hours}h"), engine], capture_output=True, text=True,
+                                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+                    if done.returncode:
+                        print(done.stderr[-2000:])
+                        return 1
+                    got = json.loads(done.stdout.strip().splitlines()[-1])
+                    print(f"  {engine + (' x2' if engine == 'ray' else ''):<8} {hours} h: peak RSS "
+                          f"{got['peak_rss_mb']:.0f} MB; prepare {hours * audio / got['prepare_s']:.0f}x, "
+                          f"encode {hours * audio / got['encode_s']:.0f}x real time")
         print(f"load at the end {os.getloadavg()[0]:.1f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
