@@ -48,7 +48,7 @@ def ray_session(engine: EngineConfig):
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
     else:
-        ray.init(num_cpus=engine.workers or os.cpu_count() or 1, **quiet)
+        ray.init(num_cpus=engine.workers or len(os.sched_getaffinity(0)), **quiet)  # the CPUs we may use
     try:
         yield ray
     finally:
