@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,fast]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,fast,ray]"
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps tinysoundfont
 	touch $(STAMP)
 

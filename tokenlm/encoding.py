@@ -16,12 +16,13 @@ import torch
 
 from tokenlm.audio import audio_seconds, row_source
 from tokenlm.datasets import SPLITS
+from tokenlm.engine import LOCAL, EngineConfig, blocks
 from tokenlm.errors import AudioError
 from tokenlm.features import LogMel, file_log_mel, log_mel_blocks
 from tokenlm.fileio import write_json
 from tokenlm.rundir import META
 from tokenlm.runtime import bounded_map, kernel_threads
-from tokenlm.store import RaggedWriter
+from tokenlm.store import RaggedWriter, close_shards, write_shard_list
 from tokenlm.tokenizer import AudioTokenizer
 from tokenlm.progress import progress_bar
 
@@ -33,16 +34,98 @@ STREAM_PIECE_SECONDS = 60.0  # audio per encoder pass of a clip encoded block by
 
 
 def encode_clips(tokenizer: AudioTokenizer, rows: list[dict], out: Path, *, progress: bool = True,
-                 batch_seconds: float = BATCH_SECONDS, durations: dict | None = None) -> dict:
+                 batch_seconds: float = BATCH_SECONDS, durations: dict | None = None,
+                 engine: EngineConfig = LOCAL) -> dict:
     """Encode clips (manifest rows: id, path, label, split) into ``out``, streaming: memory grows
     neither with the corpus nor with a clip's length (files are decoded in blocks; about
     ``batch_seconds`` of audio is decoded ahead and encoded per pass, and a longer clip is
     encoded as its blocks come). Clips
     that fail to decode are listed in meta.json's ``skipped``. ``durations``, when given,
-    receives each encoded clip's id -> seconds."""
-    writers = {s: RaggedWriter(out, s, "uint16") for s in SPLITS}
+    receives each encoded clip's id -> seconds.
+
+    ``engine`` says where (``tokenlm.engine``): the rows are cut into the engine's blocks of
+    audio either way, and no encoder pass spans two blocks, so a clip's codes never depend on
+    the engine or the number of workers (FAISS's distances, hence a near tie, may depend on
+    which vectors share a search)."""
     skipped = []
-    bar = progress_bar(total=len(rows), desc="encode", unit="clip", enabled=progress)
+    work = blocks(rows, lambda r: audio_seconds(row_source(r)), engine.block_seconds)
+
+    def take(block_rows: list[dict], results) -> None:
+        for row, (num_samples, reason) in zip(block_rows, results):
+            if reason is not None:
+                skipped.append({"id": row["id"], "path": row["path"], "reason": reason})
+            elif durations is not None:
+                durations[row["id"]] = round(num_samples / tokenizer.sample_rate, 4)
+
+    if engine.is_ray:
+        shards = _encode_on_ray(tokenizer, work, out, batch_seconds, engine, progress, take)
+        tokens = {s: sum(r["length"] for _, index in shards[s] for r in index) for s in SPLITS}
+        clips = {s: sum(len(index) for _, index in shards[s]) for s in SPLITS}
+    else:
+        writers = {s: RaggedWriter(out, s, "uint16") for s in SPLITS}
+        starts = set(np.cumsum([0] + [len(b) for b in work[:-1]]).tolist())
+        bar = progress_bar(encode_rows(tokenizer, rows, writers, batch_seconds, starts), total=len(rows),
+                           desc="encode", unit="clip", enabled=progress)
+        take(rows, bar)
+        for w in writers.values():
+            w.close()
+        tokens, clips = {s: w.offset for s, w in writers.items()}, {s: len(w.rows) for s, w in writers.items()}
+    meta = {
+        "codebook_size": tokenizer.codebook_size,
+        "code_rate": tokenizer.code_rate,
+        "sample_rate": tokenizer.sample_rate,
+        "samples_per_code": tokenizer.samples_per_code,
+        "patch_frames": tokenizer.patch_frames,
+        "dtype": "uint16",
+        "tokenizer_hash": tokenizer.info.get("tokenizer_hash"),
+        "tokenizer_dir": tokenizer.info.get("tokenizer_dir"),
+        "tokens": tokens,
+        "clips": clips,
+        "skipped": skipped,
+    }
+    write_json(out / META, meta)
+    return meta
+
+
+def _encode_on_ray(tokenizer: AudioTokenizer, work: list[list[dict]], out: Path, batch_seconds: float,
+                   engine: EngineConfig, progress: bool, take) -> dict[str, list]:
+    """Encode the blocks of rows ``work`` on Ray workers that write a shard per block and split
+    into ``out``, handing each block's results to ``take`` in order; then write each split's
+    index and shard list. Returns the shards (file, index entries) of each split."""
+    from tokenlm.engine.ray_map import map_blocks
+
+    shards: dict[str, list] = {s: [] for s in SPLITS}
+    results = map_blocks(engine, EncodeBlocks, (tokenizer.info["codebook_dir"], out, batch_seconds), work,
+                         progress=progress)
+    for block_rows, result in zip(work, progress_bar(results, total=len(work), desc="encode", unit="block",
+                                                     enabled=progress)):
+        take(block_rows, result["clips"])
+        for split, shard in result["shards"].items():
+            shards[split].append(shard)
+    for split in SPLITS:
+        write_shard_list(out, split, shards[split])
+    return shards
+
+
+class EncodeBlocks:
+    """A Ray worker of ``encode_clips``: the tokenizer loaded once, from its folder; then one
+    block of rows -> its shards in ``out``, and each row's (samples, reason)."""
+
+    def __init__(self, codebook_dir: str, out: Path, batch_seconds: float):
+        self.tokenizer = AudioTokenizer.load(codebook_dir, device="cpu")
+        self.out, self.batch_seconds = Path(out), batch_seconds
+
+    def __call__(self, number: int, rows: list[dict]) -> dict:
+        writers = {s: RaggedWriter(self.out, s, "uint16", shard=number) for s in SPLITS}
+        results = list(encode_rows(self.tokenizer, rows, writers, self.batch_seconds, starts={0}))
+        return {"clips": results, "shards": close_shards(writers)}
+
+
+def encode_rows(tokenizer: AudioTokenizer, rows: list[dict], writers: dict[str, RaggedWriter],
+                batch_seconds: float, starts: set[int]):
+    """Encode ``rows`` into their split's writer, yielding in row order each row's (samples,
+    None), or (0, reason) for a clip that cannot be decoded. No batch spans a position in
+    ``starts`` (where a block of the engine begins)."""
     features = tokenizer.coder.features
     log_mel = LogMel(features)  # on the CPU, in the decoding threads
     max_frames = max(int(batch_seconds * features.frame_rate), 4 * features.patch_frames)
@@ -59,43 +142,20 @@ def encode_clips(tokenizer: AudioTokenizer, rows: list[dict], out: Path, *, prog
         loaded = bounded_map(pool, lambda r: _STREAMED if r["id"] in streamed else _clip_frames(row_source(r), log_mel),
                              rows, ahead=BATCH_CLIPS, budget=batch_seconds,
                              weight=lambda r: 0.0 if r["id"] in streamed else seconds[r["id"]])
-        for batch in _batches(zip(rows, loaded), max_frames):
+        for batch in _batches(zip(rows, loaded), max_frames, starts):
             if batch[0][1] is _STREAMED:
                 row = batch[0][0]
                 writer = writers[row.get("split") or "train"]
-                num_samples, reason = _encode_streamed(tokenizer, row, log_mel, writer, max_frames)
-                if reason is not None:
-                    skipped.append({"id": row["id"], "path": row["path"], "reason": reason})
-                elif durations is not None:
-                    durations[row["id"]] = round(num_samples / tokenizer.sample_rate, 4)
-                bar.update(1)
+                yield _encode_streamed(tokenizer, row, log_mel, writer, max_frames)
                 continue
             good = [(row, clip) for row, clip in batch if isinstance(clip, ClipFrames)]
-            skipped += [{"id": row["id"], "path": row["path"], "reason": reason}
-                        for row, reason in batch if isinstance(reason, str)]
-            for (row, clip), codes in zip(good, _encode(tokenizer, [c.frames for _, c in good], max_frames)):
-                writers[row.get("split") or "train"].add({"id": row["id"], "label": row.get("label")}, codes)
-                if durations is not None:
-                    durations[row["id"]] = round(clip.num_samples / tokenizer.sample_rate, 4)
-            bar.update(len(batch))
-    bar.close()
-    for w in writers.values():
-        w.close()
-    meta = {
-        "codebook_size": tokenizer.codebook_size,
-        "code_rate": tokenizer.code_rate,
-        "sample_rate": tokenizer.sample_rate,
-        "samples_per_code": tokenizer.samples_per_code,
-        "patch_frames": tokenizer.patch_frames,
-        "dtype": "uint16",
-        "tokenizer_hash": tokenizer.info.get("tokenizer_hash"),
-        "tokenizer_dir": tokenizer.info.get("tokenizer_dir"),
-        "tokens": {s: w.offset for s, w in writers.items()},
-        "clips": {s: len(w.rows) for s, w in writers.items()},
-        "skipped": skipped,
-    }
-    write_json(out / META, meta)
-    return meta
+            codes = iter(_encode(tokenizer, [c.frames for _, c in good], max_frames))
+            for row, clip in batch:  # in order: a writer's clips, and the results
+                if isinstance(clip, ClipFrames):
+                    writers[row.get("split") or "train"].add({"id": row["id"], "label": row.get("label")}, next(codes))
+                    yield clip.num_samples, None
+                else:
+                    yield 0, clip
 
 
 @dataclass(frozen=True)
@@ -150,11 +210,15 @@ def _encode_streamed(tokenizer: AudioTokenizer, row: dict, log_mel: LogMel, writ
     return num_samples, None
 
 
-def _batches(pairs, max_frames: int):
+def _batches(pairs, max_frames: int, starts: set[int]):
     """Consecutive (row, ClipFrames or reason) pairs, grouped until their frames reach
-    ``max_frames`` or BATCH_CLIPS clips: seconds of audio set a batch's size, not clip count."""
+    ``max_frames`` or BATCH_CLIPS clips: seconds of audio set a batch's size, not clip count.
+    A batch ends before each position in ``starts``."""
     batch, frames = [], 0
-    for row, clip in pairs:
+    for position, (row, clip) in enumerate(pairs):
+        if position in starts and batch:
+            yield batch
+            batch, frames = [], 0
         if clip is _STREAMED:  # a batch of its own, in its place
             if batch:
                 yield batch

@@ -4,25 +4,47 @@ One mechanism for log-mel frames (float16, width n_mels) and codes (uint16, widt
 bin file is every clip's rows back to back, readable as a memmap (nanoGPT's token file),
 and each index line says where a clip's rows start and how many there are, with the clip's
 id and label. Memory stays flat whatever the corpus size.
+
+A split may instead be sharded (written by several workers, ``tokenlm.engine``): shards
+``{split}-00000.bin``, ``{split}-00001.bin``, ... named in order, with their lengths, by
+``{split}.shards.json``, and still ONE ``{split}.index.jsonl`` whose offsets run back to back
+across the shards. ``RaggedSplit`` reads either layout the same: its ``.data`` is then a
+read-only view joining the shards' memmaps, without a merged copy.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from tokenlm.errors import ArtifactError
-from tokenlm.fileio import read_jsonl, write_jsonl
+from tokenlm.fileio import read_json, read_jsonl, write_json, write_jsonl
 from tokenlm.rundir import bin_file, index_file
 
 
-class RaggedWriter:
-    """Append clips to ``directory/{split}.bin``; ``close()`` writes the index."""
+def shard_file(split: str, number: int) -> str:
+    """Shard ``number`` of a sharded split's arrays."""
+    return f"{split}-{number:05d}.bin"
 
-    def __init__(self, directory: str | Path, split: str, dtype: str, width: int = 1):
+
+def shards_file(split: str) -> str:
+    """A sharded split's list of shards (file and length, in order)."""
+    return f"{split}.shards.json"
+
+
+class RaggedWriter:
+    """Append clips to ``directory/{split}.bin``; ``close()`` writes the index.
+
+    With ``shard`` (a number), the clips go to that shard of a sharded split instead, written
+    under a temporary name and renamed on ``close()`` (a retried worker overwrites a shard
+    cleanly); its index entries (offsets from the shard's start) stay in ``rows`` for
+    ``write_shard_list``, which writes the split's index."""
+
+    def __init__(self, directory: str | Path, split: str, dtype: str, width: int = 1, *, shard: int | None = None):
         self.directory = Path(directory)
         self.split = split
         self.dtype = np.dtype(dtype)
@@ -30,7 +52,10 @@ class RaggedWriter:
         self.rows: list[dict] = []
         self.offset = 0
         self._clip_id, self._length = None, 0  # the clip being appended
-        self._file = open(self.directory / bin_file(split), "wb")
+        self.path = self.directory / (bin_file(split) if shard is None else shard_file(split, shard))
+        self._sharded = shard is not None
+        self._file = open(self.path.with_name(f".{self.path.name}.tmp-{uuid.uuid4().hex}") if self._sharded
+                          else self.path, "wb")
 
     def add(self, row: dict, array: np.ndarray) -> None:
         """Append one clip's rows; ``row`` (id, label, ...) goes to the index with offset/length."""
@@ -74,7 +99,10 @@ class RaggedWriter:
     def close(self) -> None:
         with _naming(self._file.name):
             self._file.close()  # flushes: a full disk can show here
-        write_jsonl(self.directory / index_file(self.split), self.rows)
+        if self._sharded:
+            os.replace(self._file.name, self.path)
+        else:
+            write_jsonl(self.directory / index_file(self.split), self.rows)
 
     def __enter__(self):
         return self
@@ -84,6 +112,43 @@ class RaggedWriter:
             self.close()
         else:
             self._file.close()
+            if self._sharded:
+                os.unlink(self._file.name)
+
+
+def close_shards(writers: dict[str, "RaggedWriter"]) -> dict[str, tuple[str, list[dict]]]:
+    """Close one block's shard writers (one per split): each split's (shard file name, index
+    entries) for ``write_shard_list``; a shard that got no clip is removed."""
+    shards = {}
+    for split, writer in writers.items():
+        writer.close()
+        if writer.rows:
+            shards[split] = (writer.path.name, writer.rows)
+        else:
+            writer.path.unlink()
+    return shards
+
+
+def write_shard_list(directory: str | Path, split: str, shards: list[tuple[str, list[dict]]]) -> None:
+    """Make ``directory``'s shards of ``split`` one split: ``shards`` is each shard's file name
+    and index entries (offsets from the shard's start), in order. Writes the split's index
+    (offsets running on across shards) and its shard list."""
+    directory = Path(directory)
+    listing, offset = [], 0
+
+    def entries():
+        nonlocal offset
+        for name, rows in shards:
+            length = sum(r["length"] for r in rows)
+            listing.append({"file": name, "length": length, "clips": len(rows)})
+            for row in rows:
+                yield {**row, "offset": offset + row["offset"]}
+            offset += length
+
+    write_jsonl(directory / index_file(split), entries())
+    write_json(directory / shards_file(split), {"shards": listing, "length": offset})
+    for partial in directory.glob(f".{split}-*.bin.tmp-*"):  # left by a worker that died (its block was rerun)
+        partial.unlink()
 
 
 @contextmanager
@@ -99,19 +164,23 @@ def _naming(path: str):
 
 
 class RaggedSplit:
-    """Read side: ``split[i]`` is clip i's array, ``split.rows[i]`` its index entry."""
+    """Read side: ``split[i]`` is clip i's array, ``split.rows[i]`` its index entry; ``.data``
+    every clip's rows back to back (a memmap, or a view joining a sharded split's memmaps)."""
 
     def __init__(self, directory: str | Path, split: str, dtype: str, width: int = 1):
         self.directory = Path(directory)
         self.split = split
         self.width = width
         self.rows = read_jsonl(self.directory / index_file(split))
-        path = self.directory / bin_file(split)
         total = _check_index(self.rows, self.directory / index_file(split))
+        shape = (total, width) if width > 1 else (total,)
+        if (self.directory / shards_file(split)).is_file():
+            self.data = _read_shards(self.directory, split, np.dtype(dtype), width, total)
+            return
+        path = self.directory / bin_file(split)
         expected_bytes = total * width * np.dtype(dtype).itemsize
         if not path.is_file() or os.path.getsize(path) != expected_bytes:
             raise ArtifactError(f"{path} is missing or does not match its index (expected {expected_bytes} bytes)")
-        shape = (total, width) if width > 1 else (total,)
         # np.memmap refuses empty files, and an empty split is legitimate (e.g. no val clips).
         self.data = np.memmap(path, dtype=dtype, mode="r", shape=shape) if total else np.zeros(shape, dtype)
 
@@ -129,6 +198,81 @@ class RaggedSplit:
     @property
     def labels(self) -> list:
         return [r.get("label") for r in self.rows]
+
+
+def _read_shards(directory: Path, split: str, dtype: np.dtype, width: int, total: int) -> "JoinedRows":
+    """The memmaps of a sharded split, checked against its shard list and index."""
+    listing_path = directory / shards_file(split)
+    listing = read_json(listing_path)
+    shards = listing.get("shards") if isinstance(listing, dict) else None
+    if not isinstance(shards, list) or not all(isinstance(s, dict) and isinstance(s.get("file"), str)
+                                               and isinstance(s.get("length"), int) for s in shards):
+        raise ArtifactError(f"{listing_path}: not a shard list (shards: file, length): rebuild the stage")
+    if sum(s["length"] for s in shards) != total:
+        raise ArtifactError(f"{listing_path}: its shards hold {sum(s['length'] for s in shards)} rows, "
+                            f"its index {total}: rebuild the stage")
+    parts = []
+    for shard in shards:
+        path = directory / Path(shard["file"]).name
+        expected_bytes = shard["length"] * width * dtype.itemsize
+        if not path.is_file() or os.path.getsize(path) != expected_bytes:
+            raise ArtifactError(f"{path} is missing or does not match {listing_path.name} "
+                                f"(expected {expected_bytes} bytes)")
+        if shard["length"]:
+            parts.append(np.memmap(path, dtype=dtype, mode="r",
+                                   shape=(shard["length"], width) if width > 1 else (shard["length"],)))
+    return JoinedRows(parts, dtype, (total, width) if width > 1 else (total,))
+
+
+class JoinedRows:
+    """Arrays joined end to end, read-only, without a copy: what a flat array's readers use
+    (len, shape, dtype, slices [a:b] even across parts, an int index, max/min, np.asarray)."""
+
+    def __init__(self, parts: list[np.ndarray], dtype: np.dtype, shape: tuple):
+        self.parts = parts
+        self.dtype = np.dtype(dtype)
+        self.shape = shape
+        self.ndim = len(shape)
+        self.starts = np.cumsum([0] + [len(p) for p in parts])  # part i holds rows starts[i]:starts[i+1]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            index = key + len(self) if key < 0 else key
+            if not 0 <= index < len(self):
+                raise IndexError(f"row {key} out of range for {len(self)} rows")
+            part = int(np.searchsorted(self.starts, index, side="right")) - 1
+            return self.parts[part][index - self.starts[part]]
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("joined shards take an int or a contiguous slice [a:b]")
+        start, stop, _ = key.indices(len(self))
+        stop = max(start, stop)
+        first = int(np.searchsorted(self.starts, start, side="right")) - 1
+        pieces = []
+        for part in range(max(first, 0), len(self.parts)):
+            low, high = self.starts[part], self.starts[part + 1]
+            if low >= stop:
+                break
+            pieces.append(self.parts[part][max(start, low) - low:min(stop, high) - low])
+        if len(pieces) == 1:  # within one shard: a view of its memmap
+            return pieces[0]
+        return np.concatenate(pieces) if pieces else np.zeros((0, *self.shape[1:]), self.dtype)
+
+    def max(self):
+        if not len(self):
+            raise ValueError("max of no rows")
+        return max(p.max() for p in self.parts)
+
+    def min(self):
+        if not len(self):
+            raise ValueError("min of no rows")
+        return min(p.min() for p in self.parts)
+
+    def __array__(self, dtype=None, copy=None):
+        joined = np.concatenate(self.parts) if self.parts else np.zeros(self.shape, self.dtype)
+        return joined if dtype is None else joined.astype(dtype, copy=False)
 
 
 def _check_index(rows: list[dict], path: Path) -> int:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from tokenlm.engine import LOCAL, EngineConfig
 from tokenlm.errors import ArtifactError, ConfigError
 from tokenlm.rundir import RunDir, is_finished, read_feature_meta
 
@@ -122,11 +123,13 @@ def prepare_task(run: RunDir, task: Task, split, *, progress: bool = True, **fla
     return prepare(task.path, task.data, features, split, progress=progress, **flags)
 
 
-def encode_task(run: RunDir, task: Task, codebook_size: int, *, device, progress: bool = True) -> Path:
+def encode_task(run: RunDir, task: Task, codebook_size: int, *, device, progress: bool = True,
+                engine: EngineConfig = LOCAL) -> Path:
     """The task's codes with the run's tokenizer at K = ``codebook_size`` (the run's own
-    codes for its own data). Returns the tokens folder."""
+    codes for its own data), encoded on ``engine`` (default local). Returns the tokens folder."""
     from tokenlm.stages.tokenize import encode_run_stage
 
     if task.is_own:
         return run.tokens(codebook_size)
-    return encode_run_stage(task.data, codebook_size, tokenizer_run=run, device=device, progress=progress)
+    return encode_run_stage(task.data, codebook_size, tokenizer_run=run, device=device, progress=progress,
+                            engine=engine)

@@ -118,6 +118,21 @@ def data_options() -> Callable:
     ])
 
 
+def engine_options() -> Callable:
+    """Add --engine, --ray-address and --ray-workers: where a command featurises and encodes
+    clips (``tokenlm.engine``). Each defaults to None ("not given"), so the recipe's
+    ``engine:`` section applies, then local."""
+    from tokenlm.engine import ENGINES
+
+    return _all_of([
+        click.option("--engine", type=click.Choice(ENGINES),
+                     help="Where clips are featurised and encoded: this process, or Ray Data workers "
+                          "(pip install 'tokenlm[ray]'); the same bytes either way. [local]"),
+        click.option("--ray-address", help="The Ray cluster to join. [RAY_ADDRESS, else a local Ray instance]"),
+        click.option("--ray-workers", type=int, help="Ray workers, one CPU each. [every CPU of the cluster]"),
+    ])
+
+
 def _all_of(options: list[Callable]) -> Callable:
     """One decorator applying ``options`` so that they list in order, top first."""
     def decorate(command: Callable) -> Callable:

@@ -1,9 +1,10 @@
 """Stage 1: dataset -> manifest + log-mel features of every clip, streamed.
 
-Writes RUN/features/ ({split}.bin float16 frames, {split}.index.jsonl, meta.json with the
-feature config and train-only normalisation statistics, and manifest.jsonl: one line per input
-clip with its absolute path, the file's stamp, its status and, for skipped clips or scanned
-entries that could not be clips, the reason). RUN/manifest.jsonl is a copy of the finished
+Writes RUN/features/ ({split}.bin float16 frames, or their shards under --engine ray:
+tokenlm.store; {split}.index.jsonl, meta.json with the feature config and train-only
+normalisation statistics, and manifest.jsonl: one line per input clip with its absolute path,
+the file's stamp, its status and, for skipped clips or scanned entries that could not be
+clips, the reason). RUN/manifest.jsonl is a copy of the finished
 stage's manifest, written when the stage finishes or is found up to date, never before: the
 stages that read the manifest read the features' own copy (``rundir.read_manifest``).
 """
@@ -20,6 +21,7 @@ from tokenlm.artifacts import Stage
 from tokenlm.audio import audio_seconds, audio_source
 from tokenlm.config import build, to_dict
 from tokenlm.datasets import SPLITS, Clip, scan_sources, source_text
+from tokenlm.engine import LOCAL, EngineConfig, blocks, engine_config, engine_session
 from tokenlm.errors import AudioError, TokenlmError
 from tokenlm.features import FeatureConfig, LogMel, RunningStats, file_log_mel, log_mel_blocks
 from tokenlm.fileio import fingerprint, publish_copy, read_jsonl, write_json, write_jsonl
@@ -28,9 +30,9 @@ from tokenlm.pipeline import RunContext
 from tokenlm.rundir import MANIFEST, META, RunDir
 from tokenlm.runtime import bounded_map, cpu_threads, kernel_threads
 from tokenlm.splits import SplitConfig, assign_splits, link_duplicates
-from tokenlm.stages.options import data_options, run_argument
+from tokenlm.stages.options import data_options, engine_options, run_argument
 from tokenlm.tasks import prepare_task
-from tokenlm.store import RaggedWriter
+from tokenlm.store import RaggedWriter, close_shards, write_shard_list
 from tokenlm.progress import progress_bar
 
 # Clips longer than this are featurised block by block in the writing thread, each block's
@@ -51,6 +53,7 @@ def prepare(
     progress: bool = True,
     hash_content: bool = False,
     allow_outside: bool = False,
+    engine: EngineConfig = LOCAL,
 ) -> Path:
     """Scan ``data`` (a dataset, or a list of them pooled), split it, and write log-mel features of every usable clip into ``run``.
 
@@ -58,6 +61,7 @@ def prepare(
     error, and the stage is left unfinished (the error names the manifest with the reasons).
     Input files are identified by size, times and inode, and by a hash of their bytes with
     ``hash_content``. Paths a manifest lists outside its folder need ``allow_outside``.
+    ``engine`` says where the clips are featurised (``tokenlm.engine``): the same bytes either way.
     """
     run = RunDir(run)
     scan_skipped: list[dict] = []
@@ -73,7 +77,7 @@ def prepare(
     )
 
     def make(work: Path) -> dict:
-        manifest, meta = _extract(clips, features, work, progress)
+        manifest, meta = _extract(clips, features, work, progress, engine)
         manifest = [{**row, "file": files[row["id"]]} for row in manifest] + [
             {"id": None, "path": s["path"], "label": None, "split": None, "group": None, "fold": None,
              "duration": None, "status": "skipped", "reason": s["reason"], "file": None} for s in scan_skipped]
@@ -112,55 +116,25 @@ def _report_duplicates(clips: list[Clip], duplicates: list[list[str]]) -> None:
              f"(e.g. {', '.join(f'{i} in {split_of[i]}' for i in crossing[0])})")
 
 
-def _extract(clips: list[Clip], features: FeatureConfig, work: Path, progress: bool):
+def _extract(clips: list[Clip], features: FeatureConfig, work: Path, progress: bool, engine: EngineConfig):
     """Decode and featurise every clip; returns (manifest rows, meta dict)."""
-    log_mel = LogMel(features)
     stats = RunningStats(features.n_mels)
-    writers = {name: RaggedWriter(work, name, "float16", width=features.n_mels) for name in SPLITS}
     manifest = []
 
-    def featurise(clip: Clip):
-        # Shorter than one STFT window is unusable; shorter than a patch is padded later and
-        # flagged. A long clip is left to the writing thread (``_stream_clip``).
-        if seconds(clip) > STREAM_SECONDS:
-            return _STREAMED, None
-        try:
-            return file_log_mel(_source(clip), log_mel, min_samples=features.n_fft), None
-        except AudioError as err:
-            return None, err.reason
+    def take(results) -> None:  # in clip order: the statistics are summed as one process sums them
+        for row, slices in results:
+            manifest.append(row)
+            if slices is not None:
+                add_clip_stats(stats, slices)
 
-    seconds = _memo(lambda clip: audio_seconds(_source(clip)))
-    # Clips are featurised in parallel, one clip per thread: decoding, soxr and torch all
-    # release the GIL. torch's own intra-op threads are turned off meanwhile: on a clip-sized
-    # STFT they cost more than they give, and with every core busy their spin-waits made
-    # log-mel 100x slower. The ordered, bounded map keeps the output deterministic and the
-    # memory flat: at most `ahead` clips and AHEAD_SECONDS of audio in flight (one clip
-    # always), however far decoding runs ahead and however long the recordings.
-    workers = min(cpu_threads(), 8)
-    with kernel_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:
-        results = bounded_map(pool, featurise, clips, ahead=2 * workers, budget=AHEAD_SECONDS,
-                              weight=lambda clip: seconds(clip) if seconds(clip) <= STREAM_SECONDS else 0.0)
-        for clip, (result, error) in progress_bar(zip(clips, results), total=len(clips), desc="features",
-                                                  unit="clip", enabled=progress):
-            row = {"id": clip.id, "path": clip.path, **clip.span(), "label": clip.label, "split": clip.split,
-                   "group": clip.group, "fold": clip.fold}
-            writer = writers[clip.split]
-            index_row = {"id": clip.id, "label": clip.label, "group": clip.group, "fold": clip.fold}
-            if result is _STREAMED:
-                num_samples, error = _stream_clip(clip, log_mel, writer, index_row,
-                                                  stats if clip.split == "train" else None)
-            elif error is None:
-                frames, num_samples = result
-                writer.add({**index_row, "padded": frames.shape[0] < features.patch_frames}, frames)
-                if clip.split == "train":
-                    stats.update(frames)
-            if error is not None:
-                manifest.append({**row, "duration": None, "status": "skipped", "reason": error})
-                continue
-            manifest.append({**row, "duration": round(num_samples / features.sample_rate, 4),
-                             "status": "ok", "reason": None})
-    for writer in writers.values():
-        writer.close()
+    if engine.is_ray:
+        take(_featurise_on_ray(clips, features, work, engine, progress))
+    else:
+        writers = {name: RaggedWriter(work, name, "float16", width=features.n_mels) for name in SPLITS}
+        take(progress_bar(featurise(clips, LogMel(features), writers, threads=min(cpu_threads(), 8)),
+                          total=len(clips), desc="features", unit="clip", enabled=progress))
+        for writer in writers.values():
+            writer.close()
     ok = [m for m in manifest if m["status"] == "ok"]
     if not any(m["split"] == "train" for m in ok):
         skipped = [m for m in manifest if m["split"] == "train"]  # no manifest is written: say why here
@@ -179,14 +153,95 @@ def _extract(clips: list[Clip], features: FeatureConfig, work: Path, progress: b
     return manifest, meta
 
 
+def _featurise_on_ray(clips: list[Clip], features: FeatureConfig, work: Path, engine: EngineConfig, progress: bool):
+    """``featurise``'s results for every clip, in order, from Ray workers that write a shard
+    per block and split into ``work``; each split's index and shard list written at the end."""
+    from tokenlm.engine.ray_map import map_blocks
+
+    work_blocks = blocks(clips, _memo(lambda clip: audio_seconds(_source(clip))), engine.block_seconds)
+    shards: dict[str, list] = {name: [] for name in SPLITS}
+    for result in progress_bar(map_blocks(engine, FeatureBlocks, (features, work), work_blocks, progress=progress),
+                               total=len(work_blocks), desc="features", unit="block", enabled=progress):
+        yield from result["clips"]
+        for name, shard in result["shards"].items():
+            shards[name].append(shard)
+    for name in SPLITS:
+        write_shard_list(work, name, shards[name])
+
+
+def featurise(clips: list[Clip], log_mel: LogMel, writers: dict[str, RaggedWriter], threads: int):
+    """Featurise ``clips`` into their split's writer, yielding in clip order each clip's
+    manifest row and, for a usable train clip, its normalisation sums (``ClipStats`` slices,
+    for ``add_clip_stats``); None otherwise."""
+    features = log_mel.config
+
+    def frames_of(clip: Clip):
+        # Shorter than one STFT window is unusable; shorter than a patch is padded later and
+        # flagged. A long clip is left to the writing thread (``_stream_clip``).
+        if seconds(clip) > STREAM_SECONDS:
+            return _STREAMED, None
+        try:
+            return file_log_mel(_source(clip), log_mel, min_samples=features.n_fft), None
+        except AudioError as err:
+            return None, err.reason
+
+    seconds = _memo(lambda clip: audio_seconds(_source(clip)))
+    # Clips are featurised in parallel, one clip per thread: decoding, soxr and torch all
+    # release the GIL. torch's own intra-op threads are turned off meanwhile: on a clip-sized
+    # STFT they cost more than they give, and with every core busy their spin-waits made
+    # log-mel 100x slower. The ordered, bounded map keeps the output deterministic and the
+    # memory flat: at most `ahead` clips and AHEAD_SECONDS of audio in flight (one clip
+    # always), however far decoding runs ahead and however long the recordings.
+    with kernel_threads(1), ThreadPoolExecutor(max_workers=threads) as pool:
+        results = bounded_map(pool, frames_of, clips, ahead=2 * threads, budget=AHEAD_SECONDS,
+                              weight=lambda clip: seconds(clip) if seconds(clip) <= STREAM_SECONDS else 0.0)
+        for clip, (result, error) in zip(clips, results):
+            row = {"id": clip.id, "path": clip.path, **clip.span(), "label": clip.label, "split": clip.split,
+                   "group": clip.group, "fold": clip.fold}
+            writer = writers[clip.split]
+            index_row = {"id": clip.id, "label": clip.label, "group": clip.group, "fold": clip.fold}
+            clip_stats = RunningStats(features.n_mels).clip() if clip.split == "train" else None
+            if result is _STREAMED:
+                num_samples, error = _stream_clip(clip, log_mel, writer, index_row, clip_stats)
+            elif error is None:
+                frames, num_samples = result
+                writer.add({**index_row, "padded": frames.shape[0] < features.patch_frames}, frames)
+                if clip_stats is not None:
+                    clip_stats.update(frames)  # bit for bit RunningStats.update(frames)
+            if error is not None:
+                yield {**row, "duration": None, "status": "skipped", "reason": error}, None
+                continue
+            yield ({**row, "duration": round(num_samples / features.sample_rate, 4), "status": "ok", "reason": None},
+                   clip_stats.slices if clip_stats is not None else None)
+
+
+def add_clip_stats(stats: RunningStats, slices: list) -> None:
+    """Add one clip's normalisation sums (``featurise``) to ``stats``, as ``update`` would."""
+    clip_stats = stats.clip()
+    clip_stats.slices = list(slices)
+    clip_stats.finish()
+
+
+class FeatureBlocks:
+    """A Ray worker of ``prepare``: one block of clips -> its shards in the stage's folder,
+    and each clip's manifest row and normalisation sums for the driver."""
+
+    def __init__(self, features: FeatureConfig, work: Path):
+        self.log_mel, self.work = LogMel(features), Path(work)
+
+    def __call__(self, number: int, clips: list[Clip]) -> dict:
+        n_mels = self.log_mel.config.n_mels
+        writers = {name: RaggedWriter(self.work, name, "float16", width=n_mels, shard=number) for name in SPLITS}
+        results = list(featurise(clips, self.log_mel, writers, threads=1))
+        return {"clips": results, "shards": close_shards(writers)}
+
+
 _STREAMED = object()  # featurise's answer for a clip the writing thread streams
 
 
-def _stream_clip(clip: Clip, log_mel: LogMel, writer: RaggedWriter, index_row: dict,
-                 stats: RunningStats | None):
-    """Featurise a long clip block by block straight into ``writer`` and ``stats``: (samples,
-    None), or (0, reason) with both left as they were."""
-    clip_stats = stats.clip() if stats is not None else None
+def _stream_clip(clip: Clip, log_mel: LogMel, writer: RaggedWriter, index_row: dict, clip_stats):
+    """Featurise a long clip block by block straight into ``writer`` and ``clip_stats`` (a
+    ``ClipStats``, or None): (samples, None), or (0, reason) with the writer left as it was."""
     num_samples = 0
     writer.begin(clip.id)
     try:
@@ -199,8 +254,6 @@ def _stream_clip(clip: Clip, log_mel: LogMel, writer: RaggedWriter, index_row: d
         writer.discard()
         return 0, err.reason
     writer.end({**index_row, "padded": False})  # longer than any patch
-    if clip_stats is not None:
-        clip_stats.finish()
     return num_samples, None
 
 
@@ -251,24 +304,28 @@ def data_flags(section: dict, **flags) -> dict:
 @click.option("--config", "recipe", type=click.Path(), help="Recipe YAML (sections: data, features, split).")
 @click.option("--strict", is_flag=True, default=None, help="Fail if any clip is skipped. [off]")
 @data_options()
-def command(data, run, recipe, strict, hash_content, allow_outside):
+@engine_options()
+def command(data, run, recipe, strict, hash_content, allow_outside, engine, ray_address, ray_workers):
     """Scan a dataset, split it and compute log-mel features into RUN/features."""
     if not recipe and not (data and run):
         raise TokenlmError("need RUN and --data (or a recipe with data.path and run.dir)")
     ctx = RunContext.create(run, recipe)
-    _prepare(ctx, data=data, strict=strict, hash_content=hash_content, allow_outside=allow_outside)
+    _prepare(ctx, data=data, strict=strict, hash_content=hash_content, allow_outside=allow_outside,
+             engine=engine_config(ctx.section("engine"), engine, ray_address, ray_workers))
 
 
 def run(ctx: RunContext) -> None:
     """``tokenlm run``: the pretraining corpus, then every task the recipe names."""
-    _prepare(ctx)
-    flags = data_flags(ctx.section("data"))
-    split = ctx.config(SplitConfig, "split")
-    for task in ctx.recipe_tasks():
-        prepare_task(ctx.run, task, split, progress=ctx.progress, **flags)
+    engine = engine_config(ctx.section("engine"))
+    with engine_session(engine):
+        _prepare(ctx, engine=engine)
+        flags = data_flags(ctx.section("data"))
+        split = ctx.config(SplitConfig, "split")
+        for task in ctx.recipe_tasks():
+            prepare_task(ctx.run, task, split, progress=ctx.progress, engine=engine, **flags)
 
 
-def _prepare(ctx: RunContext, data: str | None = None, **flags) -> Path:
+def _prepare(ctx: RunContext, data: str | None = None, engine: EngineConfig = LOCAL, **flags) -> Path:
     """prepare() of the pretraining corpus (the recipe's ``pretrain:`` section, else its
     ``data:`` section) under the command-line flags (None: not given)."""
     source, split = ctx.pretrain_data()
@@ -276,4 +333,4 @@ def _prepare(ctx: RunContext, data: str | None = None, **flags) -> Path:
     if not data:
         raise TokenlmError("need --data (or a recipe with data.path, or pretrain.path)")
     return prepare(data, ctx.run, ctx.config(FeatureConfig, "features"), build(SplitConfig, split, where="split"),
-                   progress=ctx.progress, **data_flags(ctx.section("data"), **flags))
+                   progress=ctx.progress, engine=engine, **data_flags(ctx.section("data"), **flags))

@@ -26,6 +26,7 @@ from tokenlm.codebook import CodebookConfig, fit_codebook
 from tokenlm.config import build, to_dict
 from tokenlm.datasets import scan_dataset
 from tokenlm.encoding import encode_clips
+from tokenlm.engine import LOCAL, EngineConfig, engine_config, engine_session
 from tokenlm.errors import ArtifactError, TokenlmError
 from tokenlm.features import FeatureConfig
 from tokenlm.fileio import fingerprint, publish_copy, read_json, write_json, write_jsonl
@@ -38,7 +39,7 @@ from tokenlm.rundir import (
 )
 from tokenlm.runtime import pick_device, seed_everything
 from tokenlm.splits import SplitConfig, assign_splits, link_duplicates
-from tokenlm.stages.options import data_options, run_argument
+from tokenlm.stages.options import data_options, engine_options, run_argument
 from tokenlm.stages.prepare import check_strict, data_flags, prepare
 from tokenlm.tasks import encode_task
 from tokenlm.tokenizer import (
@@ -48,14 +49,14 @@ from tokenlm.tokenizer_training import PatchSampler, bottlenecks, codebook_metri
 
 
 def tokenize(run: str | Path, config: TokenizerConfig = TokenizerConfig(), codebook: CodebookConfig = CodebookConfig(),
-             *, device: str | None = None, progress: bool = True) -> Path:
+             *, device: str | None = None, progress: bool = True, engine: EngineConfig = LOCAL) -> Path:
     """Train (or reuse) the run's autoencoder, fit (or reuse) the K-code codebook, encode every
-    clip. Needs RUN/features (``prepare``). Returns RUN/tokens/k{K}."""
+    clip (on ``engine``). Needs RUN/features (``prepare``). Returns RUN/tokens/k{K}."""
     run = as_run(run)
     device = pick_device(device)
     train_autoencoder_stage(run, config.autoencoder, config.training, device=device, progress=progress)
     fit_codebook_stage(run, config.codebook_size, codebook, device=device)
-    out = encode_run_stage(run, config.codebook_size, device=device, progress=progress)
+    out = encode_run_stage(run, config.codebook_size, device=device, progress=progress, engine=engine)
     run.set_codebook_size(config.codebook_size)
     return out
 
@@ -123,7 +124,7 @@ def _fit_codebook(run: RunDir, work: Path, k: int, config: CodebookConfig, devic
 # ---- encoding ---------------------------------------------------------------------------
 
 def encode_run_stage(run: str | Path | RunDir, k: int, *, tokenizer_run: RunDir | None = None,
-                     device: torch.device, progress: bool = True) -> Path:
+                     device: torch.device, progress: bool = True, engine: EngineConfig = LOCAL) -> Path:
     """RUN/tokens/k{K}: every usable clip of the run's manifest, encoded with the tokenizer of
     ``tokenizer_run`` (default: the run's own; a task is encoded with its run's). Every clip
     that ``prepare`` accepted must still be there, unchanged, and decode: the tokens never hold
@@ -138,7 +139,7 @@ def encode_run_stage(run: str | Path | RunDir, k: int, *, tokenizer_run: RunDir 
         rows = [r for r in read_run_manifest(run) if r["status"] == "ok"]
         for row in rows:  # before hours of encoding, not after
             check_unchanged(row)
-        meta = encode_clips(tokenizer, rows, work, progress=progress)
+        meta = encode_clips(tokenizer, rows, work, progress=progress, engine=engine)
         if meta["skipped"]:
             first = meta["skipped"][0]
             raise ArtifactError(f"{len(meta['skipped'])} clip(s) that prepare accepted cannot be read now, e.g. "
@@ -151,7 +152,8 @@ def encode_run_stage(run: str | Path | RunDir, k: int, *, tokenizer_run: RunDir 
 
 def encode_new_data(tokenizer_path: Path, data: Path, out: Path, split: SplitConfig, *,
                     codebook_size: int | None = None, device=None, progress: bool = True,
-                    strict: bool = False, hash_content: bool = False, allow_outside: bool = False) -> Path:
+                    strict: bool = False, hash_content: bool = False, allow_outside: bool = False,
+                    engine: EngineConfig = LOCAL) -> Path:
     """Encode a new dataset with a trained tokenizer into OUT/tokens/k{K} (+ OUT/manifest.jsonl,
     one line per clip with its status and reason, copied from the stage's own manifest when the
     stage finishes, never before). Input files are stamped like ``prepare`` stamps them (with a
@@ -175,7 +177,7 @@ def encode_new_data(tokenizer_path: Path, data: Path, out: Path, split: SplitCon
 
     def make(work: Path) -> dict:
         durations: dict = {}
-        meta = encode_clips(tokenizer, rows, work, progress=progress, durations=durations)
+        meta = encode_clips(tokenizer, rows, work, progress=progress, durations=durations, engine=engine)
         reasons = {s["id"]: s["reason"] for s in meta["skipped"]}
         write_jsonl(work / MANIFEST, [
             {**r, "duration": durations.get(r["id"]), "status": "skipped" if r["id"] in reasons else "ok",
@@ -209,8 +211,9 @@ def _say(text: str) -> None:
 @click.option("--device", help="cpu, cuda or auto. [auto]")
 @click.option("--strict", is_flag=True, default=None, help="Fail if any clip is skipped. [off]")
 @data_options()
+@engine_options()
 def command(run, data, tokenizer_path, codebook_size, recipe, epochs, bottleneck, device, strict, hash_content,
-            allow_outside):
+            allow_outside, engine, ray_address, ray_workers):
     """Train the autoencoder and codebook on the train split, then encode every clip into
     RUN (with --tokenizer: encode --data with that tokenizer into RUN).
 
@@ -220,6 +223,7 @@ def command(run, data, tokenizer_path, codebook_size, recipe, epochs, bottleneck
     tokenlm tokenize OUT --tokenizer runs/demo/tokenizer --data NEWDIR
     """
     ctx = RunContext.create(run, recipe, device=device)
+    engine = engine_config(ctx.section("engine"), engine, ray_address, ray_workers)
     data = data or ctx.section("data").get("path")
     split = ctx.config(SplitConfig, "split")
     if tokenizer_path:
@@ -227,29 +231,34 @@ def command(run, data, tokenizer_path, codebook_size, recipe, epochs, bottleneck
             raise TokenlmError("--tokenizer needs --data: the audio to encode")
         flags = data_flags(ctx.section("data"), strict=strict, hash_content=hash_content, allow_outside=allow_outside)
         encode_new_data(Path(tokenizer_path), Path(data), ctx.run.root, split, codebook_size=codebook_size,
-                        device=device, **flags)
+                        device=device, engine=engine, **flags)
         return
-    if data:
-        flags = data_flags(ctx.section("data"), strict=strict, hash_content=hash_content, allow_outside=allow_outside)
-        prepare(data, ctx.run, ctx.config(FeatureConfig, "features"), split, **flags)
-    elif not is_finished(ctx.run.features):
+    if not data and not is_finished(ctx.run.features):
         raise TokenlmError(f"{ctx.run.root} has no features yet: pass --data DIR")
-    tokens = _tokenize(ctx, {"codebook_size": codebook_size, "epochs": epochs, "bottleneck": bottleneck})
+    with engine_session(engine):  # one Ray session for the features and the codes
+        if data:
+            flags = data_flags(ctx.section("data"), strict=strict, hash_content=hash_content,
+                               allow_outside=allow_outside)
+            prepare(data, ctx.run, ctx.config(FeatureConfig, "features"), split, engine=engine, **flags)
+        tokens = _tokenize(ctx, {"codebook_size": codebook_size, "epochs": epochs, "bottleneck": bottleneck}, engine)
     click.echo(f"tokenizer: {ctx.run.tokenizer}\ntokens:    {tokens}")
 
 
 def run(ctx: RunContext) -> None:
     """``tokenlm run``: the tokenizer trained on the pretraining corpus, then every task the
     recipe names encoded with it."""
-    _tokenize(ctx)
-    device = pick_device(ctx.device)
-    for task in ctx.recipe_tasks():
-        encode_task(ctx.run, task, ctx.run.codebook_size, device=device, progress=ctx.progress)
+    engine = engine_config(ctx.section("engine"))
+    with engine_session(engine):
+        _tokenize(ctx, engine=engine)
+        device = pick_device(ctx.device)
+        for task in ctx.recipe_tasks():
+            encode_task(ctx.run, task, ctx.run.codebook_size, device=device, progress=ctx.progress, engine=engine)
 
 
-def _tokenize(ctx: RunContext, overrides: dict | None = None) -> Path:
+def _tokenize(ctx: RunContext, overrides: dict | None = None, engine: EngineConfig = LOCAL) -> Path:
     config = tokenizer_config(ctx.section("tokenizer"), overrides or {}, current=_current_autoencoder(ctx.run))
-    return tokenize(ctx.run, config, ctx.config(CodebookConfig, "codebook"), device=ctx.device, progress=ctx.progress)
+    return tokenize(ctx.run, config, ctx.config(CodebookConfig, "codebook"), device=ctx.device, progress=ctx.progress,
+                    engine=engine)
 
 
 def _current_autoencoder(run: RunDir) -> dict | None:

@@ -1,0 +1,142 @@
+"""``--engine ray``: prepare and tokenize on a local Ray cluster (started once for the module,
+loopback only, 2 CPUs) write the same bytes as local mode, with 1 or 2 workers, and when a
+worker process dies mid-block; without Ray installed, the engine asks for the extra in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import run_cli, write_corpus
+from tokenlm.datasets import SPLITS
+from tokenlm.store import RaggedSplit
+
+BLOCKS = "engine:\n  block_seconds: 3\n"  # the tiny corpus (1 s clips) in several blocks, hence shards
+
+
+def kill_first_writer(directory: Path):
+    """A Ray worker setup hook: once ``directory/armed`` exists, the first worker to write a
+    clip into a store dies on the spot (a real process exit, mid-block), once."""
+    def setup() -> None:
+        from tokenlm.store import RaggedWriter
+
+        add = RaggedWriter.add
+
+        def add_or_die(self, row, array):
+            add(self, row, array)
+            if (directory / "armed").exists():
+                try:
+                    os.close(os.open(directory / "killed", os.O_CREAT | os.O_EXCL))
+                except FileExistsError:
+                    return
+                os._exit(1)
+
+        RaggedWriter.add = add_or_die
+
+    return setup
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    ray = pytest.importorskip("ray")
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the hook travels by value
+    switch = tmp_path_factory.mktemp("kill")
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="WARNING",
+             runtime_env={"worker_process_setup_hook": kill_first_writer(switch)})
+    yield switch
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """The tiny run's kind of corpus, plus a file that cannot be decoded (skipped the same way)."""
+    root = write_corpus(tmp_path_factory.mktemp("engine") / "corpus", labels=3, groups=3, clips=2, seconds=1.0)
+    (root / "class0" / "broken.wav").write_bytes(b"RIFF not really audio")
+    (root.parent / "blocks.yaml").write_text(BLOCKS)
+    return root
+
+
+def store(folder: Path, dtype: str, width: int = 1) -> dict:
+    """What a store holds, layout aside: meta.json, each split's index and arrays."""
+    out = {"meta": json.loads((folder / "meta.json").read_text())}
+    for split in SPLITS:
+        ragged = RaggedSplit(folder, split, dtype, width)
+        out[split] = (ragged.rows, [np.asarray(a).tobytes() for _, a in ragged])
+    return out
+
+
+def tokenize(out: Path, tiny_run: Path, corpus: Path, *engine) -> dict:
+    assert run_cli("tokenize", out, "--tokenizer", tiny_run / "tokenizer", "--data", corpus,
+                   "--config", corpus.parent / "blocks.yaml", *engine) == 0
+    manifest = (out / "manifest.jsonl").read_text()
+    return {"manifest": manifest, **store(out / "tokens" / "k8", "uint16")}
+
+
+@pytest.fixture(scope="module")
+def local_tokens(tmp_path_factory, tiny_run, corpus) -> dict:
+    tokens = tokenize(tmp_path_factory.mktemp("local"), tiny_run, corpus)
+    assert '"status": "skipped"' in tokens["manifest"]
+    return tokens
+
+
+def test_tokenize_on_ray_is_local_bytes(tmp_path, ray_cluster, tiny_run, corpus, local_tokens):
+    two = tokenize(tmp_path, tiny_run, corpus, "--engine", "ray", "--ray-workers", "2")
+    assert len(list((tmp_path / "tokens" / "k8").glob("train-*.bin"))) > 1  # sharded
+    assert two == local_tokens
+
+
+def test_worker_killed_mid_block_is_retried(tmp_path, ray_cluster, tiny_run, corpus, local_tokens):
+    (ray_cluster / "armed").touch()
+    try:  # one worker: the same bytes as two, and as local
+        killed = tokenize(tmp_path, tiny_run, corpus, "--engine", "ray", "--ray-workers", "1")
+    finally:
+        (ray_cluster / "armed").unlink()
+    assert (ray_cluster / "killed").exists()  # a worker did die
+    assert killed == local_tokens
+    assert not list(tmp_path.rglob("*.tmp-*"))  # the dead attempt's partial shard is gone
+
+
+def test_prepare_on_ray_is_local_bytes(tmp_path, ray_cluster, corpus):
+    runs = {}
+    for name, engine in [("local", ()), ("ray", ("--engine", "ray", "--ray-workers", "2"))]:
+        run = tmp_path / name
+        assert run_cli("prepare", run, "--data", corpus, "--config", corpus.parent / "blocks.yaml", *engine) == 0
+        runs[name] = {"manifest": (run / "features" / "manifest.jsonl").read_text(),
+                      **store(run / "features", "float16", width=64)}
+    assert list((tmp_path / "ray" / "features").glob("train-0000*.bin"))
+    assert runs["ray"] == runs["local"]
+
+
+def test_ray_engine_without_ray_says_how_to_install(tmp_path, corpus):
+    script = ("import sys; sys.modules['ray'] = None\n"  # as if Ray were not installed
+              "from tokenlm.cli import main\n"
+              "for engine in ('local', 'ray'):\n"
+              "    try:\n        main(['prepare', sys.argv[1] + engine, '--data', sys.argv[2], '--engine', engine])\n"
+              "    except SystemExit as exit_:\n        print(engine, exit_.code)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    done = subprocess.run([sys.executable, "-c", script, tmp_path / "run-", corpus], env=env,
+                          capture_output=True, text=True)
+    assert done.stdout.split() == ["ray", "1"], done.stderr  # local mode ran without Ray
+    assert done.stderr.strip().splitlines()[-1] == "error: --engine ray needs Ray Data: pip install 'tokenlm[ray]'"
+    assert "Traceback" not in done.stderr
+
+
+def test_engine_recipe_section_and_blocks():
+    from tokenlm.engine import blocks, engine_config
+    from tokenlm.errors import ConfigError
+
+    assert engine_config({"name": "ray", "workers": 4}, None, "auto").address == "auto"
+    assert engine_config({"name": "ray"}, "local").name == "local"  # the command line wins
+    with pytest.raises(ConfigError, match="engine must be one of local, ray"):
+        engine_config({"name": "spark"})
+    with pytest.raises(ConfigError, match="unknown option 'engine.cores'"):
+        engine_config({"cores": 2})
+    # Blocks of at least 3 s of audio, in order, whatever runs them.
+    assert blocks([1, 2, 1, 4, 1, 1], float, 3.0) == [[1, 2], [1, 4], [1, 1]]
+    assert blocks([], float, 3.0) == []
