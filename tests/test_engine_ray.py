@@ -22,7 +22,8 @@ BLOCKS = "engine:\n  block_seconds: 3\n"  # the tiny corpus (1 s clips) in sever
 
 def kill_first_writer(directory: Path):
     """A Ray worker setup hook: once ``directory/armed`` exists, the first worker to write a
-    clip into a store dies on the spot (a real process exit, mid-block), once."""
+    clip into a store dies on the spot (a real process exit, mid-block), once; while
+    ``directory/always`` exists, every worker that writes a clip dies."""
     def setup() -> None:
         from tokenlm.store import RaggedWriter
 
@@ -30,6 +31,8 @@ def kill_first_writer(directory: Path):
 
         def add_or_die(self, row, array):
             add(self, row, array)
+            if (directory / "always").exists():
+                os._exit(1)
             if (directory / "armed").exists():
                 try:
                     os.close(os.open(directory / "killed", os.O_CREAT | os.O_EXCL))
@@ -100,6 +103,20 @@ def test_worker_killed_mid_block_is_retried(tmp_path, ray_cluster, tiny_run, cor
     assert (ray_cluster / "killed").exists()  # a worker did die
     assert killed == local_tokens
     assert not list(tmp_path.rglob("*.tmp-*"))  # the dead attempt's partial shard is gone
+
+
+def test_a_block_that_always_kills_its_worker_fails_in_one_line(tmp_path, ray_cluster, tiny_run, corpus, capsys):
+    (ray_cluster / "always").touch()
+    try:
+        (tmp_path / "once.yaml").write_text("engine:\n  retries: 1\n")
+        code = run_cli("tokenize", tmp_path / "run", "--tokenizer", tiny_run / "tokenizer", "--data", corpus,
+                       "--config", tmp_path / "once.yaml", "--engine", "ray", "--ray-workers", "1")
+    finally:
+        (ray_cluster / "always").unlink()
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "a worker died 2 times on one block" in err.strip().splitlines()[-1]
+    assert not (tmp_path / "run" / "tokens" / "k8" / "stage.json").exists()  # nothing finished
 
 
 def test_prepare_on_ray_is_local_bytes(tmp_path, ray_cluster, corpus):

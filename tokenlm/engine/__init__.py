@@ -12,6 +12,7 @@ Recipe (top level)::
       address: auto        # a Ray cluster to join; default: RAY_ADDRESS, else a local instance
       workers: 8           # Ray workers (one CPU each); default: every CPU of the cluster
       block_seconds: 600   # audio per task
+      retries: 3           # reruns of a block whose worker process died
 
 On the command line: ``--engine``, ``--ray-address``, ``--ray-workers`` (``engine_options``).
 Under Ray every worker writes into the stage's folder: on a cluster, the run folder must be
@@ -34,12 +35,15 @@ class EngineConfig:
     address: str | None = None
     workers: int | None = None
     block_seconds: float = 600.0
+    retries: int = 3
 
     def __post_init__(self):
         if self.name not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.name!r}")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.retries < 0:
+            raise ValueError(f"retries must be at least 0, got {self.retries}")
         if not self.block_seconds > 0:
             raise ValueError(f"block_seconds must be positive, got {self.block_seconds}")
 

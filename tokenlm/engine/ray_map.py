@@ -9,8 +9,8 @@ start new ones per stage. Blocks and results travel pickled, so any picklable cl
 come back in block order, streamed: the driver holds a few at a time.
 
 A worker process that dies (killed, out of memory) is replaced and its block run again, up to
-RETRIES times (Ray Data's default, -1, would rerun forever a clip that crashes its decoder every
-time); workers write shards under temporary names and rename them when complete, so a rerun
+``engine.retries`` times (Ray Data's default, -1, would rerun forever a clip that crashes its
+decoder every time); workers write shards under temporary names and rename them when complete, so a rerun
 block overwrites its shards cleanly.
 """
 
@@ -19,13 +19,12 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
 from tokenlm.engine import EngineConfig
 from tokenlm.errors import ConfigError, TokenlmError
-
-RETRIES = 3  # reruns of a block whose worker process died
 
 
 def import_ray():
@@ -68,14 +67,19 @@ def map_blocks(engine: EngineConfig, worker: type, args: tuple, blocks: list[lis
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # results in block order
         context.enable_progress_bars = False  # the stage has its own bar
-        logging.getLogger("ray.data").setLevel(logging.WARNING)  # no execution plans on stderr
+        # No execution plans or traces on stderr: a failure comes back here as an exception and
+        # is said in one line; Ray Data's own log file (ray_data.log) keeps the traces.
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         workers = max(1, min(engine.workers or cpus, len(blocks)))
         items = [{"number": number, "block": pickle.dumps(block)} for number, block in enumerate(blocks)]
-        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            _run_blocks, fn_args=(worker, args), batch_size=1, batch_format="numpy",
-            compute=ray.data.TaskPoolStrategy(size=workers), num_cpus=1,
-            ray_remote_args={"max_retries": RETRIES})
+        with warnings.catch_warnings():
+            # max_retries has no named parameter in Ray Data 2.60 (the extra pins ray < 2.64,
+            # where the catch-all goes): the catch-all's deprecation warning is known.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+                _run_blocks, fn_args=(worker, args), batch_size=1, batch_format="numpy",
+                compute=ray.data.TaskPoolStrategy(size=workers), num_cpus=1, max_retries=engine.retries)
         expected = 0
         try:
             for row in dataset.iter_rows():
@@ -86,9 +90,13 @@ def map_blocks(engine: EngineConfig, worker: type, args: tuple, blocks: list[lis
                 yield result
         except Exception as err:
             cause = _tokenlm_error(err)
-            if cause is None:
-                raise
-            raise cause from None
+            if cause is not None:
+                raise cause from None
+            if _worker_died(err, ray):  # e.g. a clip that crashes its decoder, every time
+                raise TokenlmError(f"--engine ray: a worker died {engine.retries + 1} times on one block "
+                                   f"(block {expected} or later): see the Ray workers' logs "
+                                   f"(python-core-worker-*.log)") from None
+            raise
 
 
 def _tokenlm_error(err: BaseException | None) -> TokenlmError | None:
@@ -98,6 +106,17 @@ def _tokenlm_error(err: BaseException | None) -> TokenlmError | None:
             return err
         err = getattr(err, "cause", None) or err.__cause__ or err.__context__
     return None
+
+
+def _worker_died(err: BaseException | None, ray) -> bool:
+    """Whether a Ray Data failure is a worker process that died (under Ray's wrappers)."""
+    for _ in range(10):
+        if err is None:
+            return False
+        if isinstance(err, ray.exceptions.WorkerCrashedError):
+            return True
+        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
+    return False
 
 
 _built: dict = {}  # in a worker process: the last Worker built, by (class, args)
