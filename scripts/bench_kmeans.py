@@ -103,6 +103,7 @@ def main() -> None:
 def compare(name: str, vectors: np.ndarray, k: int, args) -> None:
     from tokenlm.faiss_runtime import faiss
     from sklearn.cluster import KMeans, MiniBatchKMeans, kmeans_plusplus
+    from threadpoolctl import threadpool_limits
 
     from tokenlm.codebook import CodebookConfig, fit_codebook
 
@@ -113,7 +114,8 @@ def compare(name: str, vectors: np.ndarray, k: int, args) -> None:
     init_on = vectors
     if args.init_points and args.init_points < n:
         init_on = vectors[np.random.default_rng(args.seed).choice(n, args.init_points, replace=False)]
-    init, _ = kmeans_plusplus(init_on, k, random_state=args.seed)
+    with threadpool_limits(limits=1, user_api="blas"):  # as fit_codebook seeds (tokenlm.codebook)
+        init, _ = kmeans_plusplus(init_on, k, random_state=args.seed)
     init = np.ascontiguousarray(init, dtype=np.float32)
     print(f"k-means++ init on {len(init_on)} points (shared, not timed below): {time.perf_counter() - start:.2f} s")
 
