@@ -14,7 +14,8 @@ squared distance of every point to its nearest centroid, in float64.
 How the work is matched:
   FAISS         faiss.Kmeans, ``niter`` iterations over all points (no subsampling).
   Lloyd         sklearn KMeans(algorithm="lloyd", n_init=1, max_iter=niter, tol=0): the same
-                iterations, run to the end.
+                iterations, run to the end (then one more assignment pass for its labels:
+                niter + 1 passes against FAISS's niter).
   MiniBatch     sklearn MiniBatchKMeans as fairseq's GSLM uses it (batch_size=10000,
                 reassignment_ratio=0, tol=0), with max_iter=niter epochs and early stopping
                 off: niter passes over the data, the same number of point-to-centroid
@@ -25,7 +26,10 @@ How the work is matched:
                 K x 256 points, 25 iterations), timed with its init; for reference.
 
 Wall time is what the targets are about; CPU time (all threads of this process) is printed
-too, because on a busy machine OpenMP's spin-waiting inflates wall time unevenly.
+too, with the load average, because on a busy machine other processes' threads and OpenMP's
+waiting inflate wall time unevenly. Both libraries run ``--threads`` threads with passive
+waiting (tokenlm sets OMP_WAIT_POLICY before either loads OpenMP). FAISS's exhaustive search
+runs in blocks of tokenlm.faiss_runtime.QUERY_BLOCK queries (why: see that module).
 """
 
 from __future__ import annotations
@@ -80,7 +84,10 @@ def main() -> None:
             print(f"BLAS of {owner}: OpenBLAS {lib.get('version')}, core {lib.get('architecture')}")
     record = blas_record()
     print(f"FAISS's core chosen by: {record['chosen_by']} (asked {record['core_requested']}); numeric "
-          f"self-check {record['self_check']} (max relative error {record['self_check_error']:.1g})")
+          f"self-check {record['self_check']} (max relative error {record['self_check_error']:.1g}); "
+          f"search blocks of {faiss.cvar.distance_compute_blas_query_bs} queries x "
+          f"{faiss.cvar.distance_compute_blas_database_bs} centroids; OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY')}")
     with threadpool_limits(limits=args.threads):
         for k in codebook_sizes:
             sets = []
@@ -96,6 +103,7 @@ def main() -> None:
 def compare(name: str, vectors: np.ndarray, k: int, args) -> None:
     from tokenlm.faiss_runtime import faiss
     from sklearn.cluster import KMeans, MiniBatchKMeans, kmeans_plusplus
+    from threadpoolctl import threadpool_limits
 
     from tokenlm.codebook import CodebookConfig, fit_codebook
 
@@ -106,7 +114,8 @@ def compare(name: str, vectors: np.ndarray, k: int, args) -> None:
     init_on = vectors
     if args.init_points and args.init_points < n:
         init_on = vectors[np.random.default_rng(args.seed).choice(n, args.init_points, replace=False)]
-    init, _ = kmeans_plusplus(init_on, k, random_state=args.seed)
+    with threadpool_limits(limits=1, user_api="blas"):  # as fit_codebook seeds (tokenlm.codebook)
+        init, _ = kmeans_plusplus(init_on, k, random_state=args.seed)
     init = np.ascontiguousarray(init, dtype=np.float32)
     print(f"k-means++ init on {len(init_on)} points (shared, not timed below): {time.perf_counter() - start:.2f} s")
 

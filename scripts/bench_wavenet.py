@@ -10,8 +10,11 @@ depend on t.
     python scripts/bench_wavenet.py --vocoder runs/demo/vocoder   # the config of a trained vocoder
     python scripts/bench_wavenet.py --device cuda           # torch paths on a GPU (no fused path)
 
-The demo model is the ``vocoder`` section of recipes/demo.yaml; the default model is
-WaveNetConfig's defaults (2 x 10 layers, 64/128/128 channels).
+The demo model is the ``vocoder`` section of recipes/demo.yaml on the demo tokenizer's codes
+(conditioned on their decoded log-mel, LPC order 32, as the vocoder stage builds it); the
+default model is WaveNetConfig's defaults (2 x 10 layers, 64/128/128 channels, codes only).
+Per clip, the work outside the sample loop (the conditioning network, the LPC synthesis of
+the sampled excitation) is timed apart and printed under each table.
 
 Real-time factor (RTF) = seconds of compute to generate 1 s of audio (< 1: faster than real
 time), per batch and per clip, extrapolated from the measured steps (it is linear in length).
@@ -29,18 +32,21 @@ import math
 import os
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import tokenlm  # noqa: E402,F401  first: sets OpenMP's passive waiting before torch loads it
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
+from tokenlm import lpc  # noqa: E402
+from tokenlm.config import build, recipe_section  # noqa: E402
+from tokenlm.features import FeatureConfig  # noqa: E402
 from tokenlm.models.wavenet import WaveNet, WaveNetConfig  # noqa: E402
 from tokenlm.models.wavenet.fused import fused_available  # noqa: E402
+from tokenlm.stages.vocoder import vocoder_config  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -97,10 +103,42 @@ def time_generation(model: WaveNet, path: str, batch: int, n_timed: int, device:
 
 
 def step_flops(config: WaveNetConfig, batch: int) -> float:
-    """Multiply-adds x 2 of one incremental step for ``batch`` clips (matrix products only)."""
+    """Multiply-adds x 2 of one incremental step for ``batch`` clips (matrix products only).
+    With the decoded log-mel, every step also projects its conditioning column into every
+    layer's gate (C x G per layer); code-only conditioning is a per-code table (not counted)."""
     r, g, s, k = config.residual_channels, config.gate_channels, config.skip_channels, config.kernel_size
     per_layer = k * r * g + (g // 2) * r + (g // 2) * s  # dilated taps, residual, skip
+    if config.mel_conditioned:
+        per_layer += config.cond_channels * g
     return 2.0 * batch * (config.n_layers * per_layer + s * s + s * config.n_classes)
+
+
+def per_clip_extras(model: WaveNet, seconds: float = 2.0) -> dict[str, tuple[float, float]]:
+    """(wall, CPU) seconds per second of audio of the work outside the sample loop, per clip:
+    the conditioning network (codes -> per-sample features; the bench's per-step figures leave
+    it out with the priming) and, with ``lpc_order``, the LPC synthesis the Vocoder runs on
+    the sampled excitation (tokenlm.lpc, after generation, not per step)."""
+    config = model.config
+    n_codes = max(1, round(seconds * config.sample_rate / config.samples_per_code))
+    codes = torch.randint(0, config.codebook_size, (1, n_codes), generator=torch.Generator().manual_seed(0))
+    audio_seconds = n_codes * config.samples_per_code / config.sample_rate
+
+    def per_second(fn) -> tuple[float, float]:
+        fn()  # warm-up
+        cpu, wall = time.process_time(), time.perf_counter()
+        fn()
+        return (time.perf_counter() - wall) / audio_seconds, (time.process_time() - cpu) / audio_seconds
+
+    extras = {"conditioning network": per_second(lambda: model.upsample_conditioning(codes))}
+    if config.lpc_order:
+        # a stable predictor (one pole at 0.9) in every frame: lfilter's cost does not depend on it
+        frames = np.zeros((n_codes * config.frames_per_code, config.lpc_order + 1), np.float32)
+        frames[:, 0], frames[:, -1] = -0.9, 0.01
+        excitation = np.random.default_rng(0).uniform(-1, 1, n_codes * config.samples_per_code).astype(np.float32)
+        hop = config.samples_per_code // config.frames_per_code
+        extras[f"LPC synthesis (order {config.lpc_order})"] = per_second(
+            lambda: lpc.synthesise(excitation, frames, hop))
+    return extras
 
 
 def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 10) -> tuple[float, float]:
@@ -119,10 +157,14 @@ def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 10) -> tu
 
 
 def demo_config() -> WaveNetConfig:
-    """recipes/demo.yaml's vocoder section, its WaveNetConfig keys only."""
-    recipe = yaml.safe_load((REPO / "recipes" / "demo.yaml").read_text())["vocoder"]
-    names = {f.name for f in fields(WaveNetConfig)}
-    return WaveNetConfig(**{k: v for k, v in recipe.items() if k in names})
+    """The demo run's vocoder: recipes/demo.yaml's vocoder section on its tokenizer's codes,
+    with what the vocoder stage derives from them (codebook size, samples per code, the
+    decoded log-mel's bins and frames per code)."""
+    recipe = REPO / "recipes" / "demo.yaml"
+    features = build(FeatureConfig, recipe_section(recipe, "features"))
+    codebook_size = recipe_section(recipe, "tokenizer").get("codebook_size", 256)
+    return vocoder_config(recipe).wavenet(codebook_size, features.samples_per_code, features.sample_rate,
+                                          mel_bins=features.n_mels, frames_per_code=features.patch_step)
 
 
 def load_configs(args) -> dict[str, WaveNetConfig]:
@@ -142,23 +184,32 @@ def load_configs(args) -> dict[str, WaveNetConfig]:
 def bench(name: str, config: WaveNetConfig, args, device: torch.device, peak: tuple[float, float]) -> None:
     torch.manual_seed(args.seed)
     model = WaveNet(config).to(device).eval()
+    if config.mel_conditioned:  # a random decoded log-mel: the cost does not depend on it
+        model.set_code_mel(torch.randn(config.codebook_size, config.frames_per_code * config.mel_bins))
     n_params = sum(p.numel() for p in model.parameters())
+    conditioning = (f"codes + decoded log-mel ({config.mel_bins} bins x {config.frames_per_code} frames per code)"
+                    if config.mel_conditioned else "codes" if config.conditioned else "none")
     print(f"\n== {name} model: {config.cycles}x{config.layers_per_cycle} layers, kernel {config.kernel_size}, "
-          f"R={config.residual_channels} G={config.gate_channels} S={config.skip_channels}, receptive field "
-          f"{config.receptive_field}, {n_params / 1e6:.2f} M parameters, "
-          f"{step_flops(config, 1) / 1e6:.2f} MFLOP per sample, {config.sample_rate} Hz")
+          f"R={config.residual_channels} G={config.gate_channels} S={config.skip_channels} C={config.cond_channels}, "
+          f"receptive field {config.receptive_field}, {n_params / 1e6:.2f} M parameters, "
+          f"{step_flops(config, 1) / 1e6:.2f} MFLOP per sample, {config.sample_rate} Hz, "
+          f"{config.samples_per_code} samples per code; conditioning: {conditioning}; LPC order {config.lpc_order}")
     paths = ["torch"] + (["fused"] if fused_available(device) else [])
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
-    print(f"{'path':6s} {'batch':>5s} {'ms/step':>8s} {'RTF/batch':>9s} {'RTF/clip':>8s} {'CPU RTF/clip':>12s} "
-          f"{'GFLOP/s':>8s} {'of peak':>7s} {'per CPU s':>9s} {'of peak':>7s}  load")
+    print(f"{'path':6s} {'batch':>5s} {'wall ms/step':>12s} {'CPU ms/step':>11s} {'RTF/clip':>8s} "
+          f"{'CPU RTF/clip':>12s} {'GFLOP/s':>8s} {'of peak':>7s} {'per CPU s':>9s} {'of peak':>7s}  load")
     rows = [("naive", 1, args.naive_samples)] + [(p, b, args.samples) for p in paths for b in batch_sizes]
     for path, batch, n_timed in rows:
         wall, cpu = time_generation(model, path, batch, n_timed, device, args.seed)
         rtf, cpu_rtf = wall * config.sample_rate, cpu * config.sample_rate
         flops, cpu_flops = step_flops(config, batch) / wall, step_flops(config, batch) / max(cpu, 1e-12)
-        print(f"{path:6s} {batch:5d} {wall * 1e3:8.3f} {rtf:9.2f} {rtf / batch:8.2f} {cpu_rtf / batch:12.2f} "
+        print(f"{path:6s} {batch:5d} {wall * 1e3:12.3f} {cpu * 1e3:11.3f} {rtf / batch:8.2f} {cpu_rtf / batch:12.2f} "
               f"{flops / 1e9:8.2f} {100 * flops / peak[0]:6.1f}% {cpu_flops / 1e9:9.2f} {100 * cpu_flops / peak[1]:6.1f}%"
               f"  {os.getloadavg()[0]:.1f}", flush=True)
+    if config.conditioned and device.type == "cpu":
+        extras = per_clip_extras(model)
+        print("per clip, outside the sample loop (add to RTF/clip): " + "; ".join(
+            f"{what} {wall:.3f} s wall / {cpu:.3f} s CPU per s of audio" for what, (wall, cpu) in extras.items()))
 
 
 def main() -> None:

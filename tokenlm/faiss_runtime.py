@@ -9,6 +9,13 @@ wrong results with some kernels on some processors, so the choice is then checke
 BLAS distances against numpy's on a small product. If they disagree, FAISS's BLAS path is
 switched off (its own exact SIMD code computes every distance instead: slower, but right).
 
+FAISS's exhaustive search (k-means' assignment step, ``CodeAssigner``) computes the inner
+products of a block of queries x a block of centroids with one sgemm (threaded), then one
+thread scans the block for each query's nearest. Its default block, 4096 x 1024 floats
+(16 MB), leaves the caches, so the scan reads it back from memory while the other threads
+wait; ``QUERY_BLOCK`` queries (4 MB) keep it in cache: the same results, 15-25% less CPU per
+assignment pass at K=1024 (200k x 64, 2 threads; equal at K=256).
+
     from tokenlm.faiss_runtime import faiss, blas_record
 """
 
@@ -29,6 +36,7 @@ CORES_BY_FLAGS = (
     ("Haswell", frozenset({"avx2", "fma"})),
 )
 CHECK_TOLERANCE = 1e-4  # relative, on squared distances of order 100 in float32
+QUERY_BLOCK = 1024  # queries per sgemm in FAISS's exhaustive search (FAISS's default: 4096)
 
 
 def blas_core_for(cpuinfo: str) -> str | None:
@@ -105,6 +113,7 @@ def _faiss_blas_core() -> str | None:
 
 _requested, _chosen_by = _choose_core()
 faiss = _import_faiss(_requested, _chosen_by)
+faiss.cvar.distance_compute_blas_query_bs = QUERY_BLOCK
 _ok, _error = blas_agrees(faiss.pairwise_distances)
 if not _ok:
     # FAISS computes exact distances without BLAS when a search is below this size threshold.

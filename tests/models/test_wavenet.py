@@ -111,14 +111,19 @@ def test_conditioning_changes_the_output():
 # --------------------------------------------------------------------------- incremental == full
 
 
-@pytest.mark.parametrize("conditioned", [True, False], ids=["codes", "no-codes"])
+@pytest.mark.parametrize("conditioning", ["codes", "no-codes", "log-mel"])
 @pytest.mark.parametrize("kernel_size", [2, 3])
 @pytest.mark.parametrize("fused", [False, True], ids=["torch", "fused"])
-def test_incremental_step_matches_forward(conditioned, kernel_size, fused):
-    """The torch decoder and the compiled one (fused.py) both equal the full forward pass."""
+def test_incremental_step_matches_forward(conditioning, kernel_size, fused):
+    """The torch decoders and the compiled ones (fused.py) all equal the full forward pass,
+    with conditioning constant inside a code (codes) and varying every sample (log-mel)."""
     if fused:
         pytest.importorskip("numba")
-    model = small_model(conditioned, kernel_size=kernel_size)
+    if conditioning == "log-mel":  # 2 frames of 4 samples per code
+        model = small_model(kernel_size=kernel_size, mel_bins=5, frames_per_code=2)
+        model.set_code_mel(torch.randn(10, 2 * 5, generator=torch.Generator().manual_seed(2)))
+    else:
+        model = small_model(conditioning == "codes", kernel_size=kernel_size)
     # 6 codes = 48 samples > receptive field (31 or 61 with kernel 3): the rings wrap around.
     audio_q, codes = random_inputs(model, batch=3, n_codes=6 if kernel_size == 2 else 9)
     with torch.no_grad():

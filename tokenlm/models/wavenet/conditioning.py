@@ -33,3 +33,10 @@ class SampleConditionedDecoder(IncrementalDecoder):
             raise IndexError(f"step {t} is past the end of the codes ({self._cond.shape[0]} samples)")
         gates = (self._cond[t] @ self._w_cond).view(self.batch_size, self.n_layers, self._gate_width)
         return gates.transpose(0, 1) + self.b_dilated  # (L, B, G)
+
+    def _gate_bias_block(self, t: int, n: int) -> Tensor:
+        """``_gate_bias`` for times t .. t+n-1 at once, one product for the block: (n, L, B, G)."""
+        if t + n > self._cond.shape[0]:
+            raise IndexError(f"step {t + n - 1} is past the end of the codes ({self._cond.shape[0]} samples)")
+        gates = (self._cond[t:t + n] @ self._w_cond).view(n, self.batch_size, self.n_layers, self._gate_width)
+        return (gates.transpose(1, 2) + self.b_dilated).contiguous()

@@ -3,11 +3,16 @@
 ``IncrementalDecoder.step`` dispatches ~150 tiny torch operations per sample; at a few
 microseconds each, the per-operation overhead, not the arithmetic, sets the speed of
 generation. ``FusedDecoder`` runs the same ring-buffer algorithm (same packed weights, same
-buffers, same conditioning tables) as plain loops compiled once by numba, over preallocated
-arrays: one call per sample (``step``) or, for generation, one call per block of samples with
-the Gumbel-max sampling inside (``run``). The loops are written so the innermost one runs
-over contiguous output channels (SIMD-friendly axpy), layer by layer, so a layer's weights
-stay in cache across the clips of a batch.
+buffers) as plain loops compiled once by numba, over preallocated arrays: one call per sample
+(``step``) or, for generation, one call per block of samples with the Gumbel-max sampling
+inside (``run``). The loops are written so the innermost one runs over contiguous output
+channels (SIMD-friendly axpy), layer by layer, so a layer's weights stay in cache across the
+clips of a batch.
+
+The kernel takes the conditioning as each block's gate biases (n, L, B, G), computed by the
+torch decoder it extends: per-code tables (``FusedDecoder``, codes only) or one product of the
+block's per-sample conditioning with every layer's 1x1 weights
+(``FusedSampleConditionedDecoder``, decoded log-mel), so both conditionings run fused.
 
 numba is optional (``pip install tokenlm[fast]``): without it ``fused_available()`` is False
 and generation uses the torch ``IncrementalDecoder``.
@@ -23,13 +28,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tokenlm.models.wavenet.conditioning import SampleConditionedDecoder
 from tokenlm.models.wavenet.incremental import GumbelSampler, IncrementalDecoder
 
 # numba is imported (and the kernel compiled, or loaded from numba's cache) on first use only:
 # importing it costs about a second that commands which never generate audio should not pay.
 HAS_NUMBA = importlib.util.find_spec("numba") is not None
 
-__all__ = ["FusedDecoder", "fused_available"]
+__all__ = ["FusedDecoder", "FusedSampleConditionedDecoder", "fused_available"]
 
 
 def fused_available(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> bool:
@@ -74,21 +80,11 @@ class FusedDecoder(IncrementalDecoder):
                          np.empty(cfg.gate_channels, np.float32),  # exponentials of one clip
                          exp_bits, exp_bits.view(np.float32))
 
-    def _gate_bias_block(self, t: int, n: int) -> np.ndarray:
-        """``_gate_bias`` for times t .. t+n-1 at once: (n or 1, L, B or 1, G) float32."""
-        if self._code_gate is None:
-            return self._phase_gate[:1].numpy()  # constant in time
-        spc = self.config.samples_per_code
-        if (t + n - 1) // spc >= self._code_gate.shape[0]:
-            raise IndexError(f"step {t + n - 1} is past the end of the codes "
-                             f"({self._code_gate.shape[0]} codes x {spc})")
-        times = torch.arange(t, t + n)
-        return (self._code_gate[times // spc] + self._phase_gate[times % spc]).numpy()
-
     def _steps(self, prev: np.ndarray, n: int, sampling: bool, noise: np.ndarray, temperature: float,
                out: np.ndarray, logits: np.ndarray) -> None:
         """``n`` steps of the kernel from time t (see ``_run_steps``); advances t."""
-        _compiled()(prev, self.t, n, self._gate_bias_block(self.t, n), self._history, self._reads, self._writes,
+        gate_bias = self._gate_bias_block(self.t, n).numpy()  # (n or 1, L, B or 1, G), contiguous
+        _compiled()(prev, self.t, n, gate_bias, self._history, self._reads, self._writes,
                     *self._weights, *self._scratch, sampling, noise, temperature, out, logits)
         self.t += n
 
@@ -114,6 +110,13 @@ class FusedDecoder(IncrementalDecoder):
             noise = sample.take(size).numpy() if sample.temperature > 0 else _NO_NOISE
             self._steps(prev, size, True, noise, max(float(sample.temperature), 0.0), out[start:start + size], logits)
         return torch.from_numpy(out.T.copy())
+
+
+class FusedSampleConditionedDecoder(FusedDecoder, SampleConditionedDecoder):
+    """``FusedDecoder`` for conditioning that varies inside a code (the decoded log-mel): the
+    gate biases of each block of samples come from ``SampleConditionedDecoder`` (one product
+    of the block's conditioning columns with every layer's 1x1 weights), the rest is the
+    same kernel."""
 
 
 _NO_NOISE = np.empty((0, 0, 0), np.float32)

@@ -165,6 +165,18 @@ class IncrementalDecoder:
             raise IndexError(f"step {t} is past the end of the codes ({self._code_gate.shape[0]} codes x {spc})")
         return self._code_gate[code_index] + self._phase_gate[t % spc]
 
+    def _gate_bias_block(self, t: int, n: int) -> Tensor:
+        """``_gate_bias`` for times t .. t+n-1 at once: (n or 1, L, B or 1, G), contiguous
+        (what the fused decoder reads per block of samples)."""
+        if self._code_gate is None:
+            return self._phase_gate[:1]  # constant in time
+        spc = self.config.samples_per_code
+        if (t + n - 1) // spc >= self._code_gate.shape[0]:
+            raise IndexError(f"step {t + n - 1} is past the end of the codes "
+                             f"({self._code_gate.shape[0]} codes x {spc})")
+        times = torch.arange(t, t + n, device=self.device)
+        return self._code_gate[times // spc] + self._phase_gate[times % spc]
+
     # ----------------------------------------------------------------- running
 
     @torch.no_grad()

@@ -58,7 +58,7 @@ from torch import Tensor, nn
 
 from tokenlm.config import build
 from tokenlm.models.wavenet.conditioning import SampleConditionedDecoder
-from tokenlm.models.wavenet.fused import FusedDecoder, fused_available
+from tokenlm.models.wavenet.fused import FusedDecoder, FusedSampleConditionedDecoder, fused_available
 from tokenlm.models.wavenet.incremental import GumbelSampler, IncrementalDecoder
 from tokenlm.models.wavenet.modules import ResidualLayer, mu_law_decode, mu_law_encode
 
@@ -345,10 +345,9 @@ class WaveNet(nn.Module):
 
     def _decoder_class(self, fused: bool) -> type:
         """The incremental decoder for this conditioning: per-code tables when it is constant
-        inside a code (compiled with ``fused``), a per-sample lookup when the log-mel makes it
-        vary (torch ops only: the fused kernel reads per-code tables)."""
+        inside a code, a per-sample product when the log-mel makes it vary; compiled with ``fused``."""
         if self.config.mel_conditioned:
-            return SampleConditionedDecoder
+            return FusedSampleConditionedDecoder if fused else SampleConditionedDecoder
         return FusedDecoder if fused else IncrementalDecoder
 
     @torch.no_grad()
@@ -364,8 +363,7 @@ class WaveNet(nn.Module):
         forward pass, not sample by sample. ``progress`` shows a tqdm bar in samples.
 
         Speed: ``fused`` (default: whenever numba is installed and the model is on the CPU in
-        float32) runs each block of samples in one compiled call (fused.py); a model
-        conditioned on log-mel (per-sample conditioning) always takes the torch decoder. The torch
+        float32) runs each block of samples in one compiled call (fused.py). The torch
         decoder's step is ~150 tiny ops, so its cost is per-op overhead, nearly flat in the
         batch size: generate several clips at once; on CPU ``torch.set_num_threads(1)`` is
         usually fastest for it (intra-op threads only add synchronisation).
