@@ -6,14 +6,15 @@ on Ray (a local cluster of 1 and 2 workers), and whether their outputs are the s
 
 Renders a 1 h corpus with ``tokenlm data corpus`` into ``--corpus`` (default
 data/bench_engine/corpus-1h) unless it is there, trains a small tokenizer on its features
-(not timed), then times each engine: x real time (audio seconds per wall-clock second) and
-CPU seconds of this process and every process under it (Ray's too: a shared machine's load
-shows in wall time, much less in CPU time). Ray's
-start is timed apart, with its workers' first import of tokenlm and torch (a warm-up task per
-worker): a cluster is started once and serves many stages. Last, in a fresh process each, local and Ray (2 workers) on the 1 h corpus and
-on a 4 h manifest listing its files 4 times under other ids: x real time (fixed costs weigh
-less on more audio) and the driver's peak RSS (of the driver process alone: its VmHWM), which
-should not grow with the hours beyond the per-clip bookkeeping (manifest and index rows). Issue 13's target: Ray's overhead at most 20% against local on the same cores.
+(not timed), then times each engine: x real time (audio seconds per wall-clock second) and CPU
+seconds of this process and every process under it (Ray's too: a shared machine's load shows
+in wall time, much less in CPU time). Ray's start is timed apart, with its workers' first
+import of tokenlm and torch (a warm-up task per worker): a cluster is started once and serves
+many stages. Last, in a fresh process each, local and Ray (2 workers) on the 1 h corpus and on
+a 4 h manifest listing its files 4 times under other ids: x real time (fixed costs weigh less
+on more audio) and the driver's peak RSS (of the driver process alone: its VmHWM), which should
+not grow with the hours beyond the per-clip bookkeeping (manifest and index rows). Issue 13's
+target: Ray's overhead at most 20% against local on the same cores.
 """
 
 from __future__ import annotations
