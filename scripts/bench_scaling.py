@@ -1,7 +1,7 @@
 """Where each stage's cost goes as the pretraining corpus grows (docs/scaling.md).
 
     nice -n 10 python scripts/bench_scaling.py                         # 0.25, 0.5, 1, 2 h of data/corpus-2h
-    nice -n 10 python scripts/bench_scaling.py --hours 0.25,0.5,1 --corpus data/corpus --out /tmp/s5-scaling
+    nice -n 10 python scripts/bench_scaling.py --hours 0.25,0.5,1 --corpus data/corpus --out /tmp/scaling
 
 For each size H it writes a manifest of the corpus's first clips adding up to H hours (the
 subsets are nested prefixes; the audio is read where it lies, never copied) and runs, in a
@@ -36,6 +36,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -131,7 +132,7 @@ def main(argv=None) -> int:
     parser.add_argument("--hours", default="0.25,0.5,1,2")
     parser.add_argument("--corpus", type=Path, default=REPO / "data" / "corpus-2h")
     parser.add_argument("--task", type=Path, default=REPO / "data" / "demo", help="the fixed probe task")
-    parser.add_argument("--out", type=Path, default=Path("/tmp/s5-scaling"))
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "tokenlm-bench-scaling")
     parser.add_argument("--epochs", type=int, default=5, help="autoencoder epochs (fixed)")
     parser.add_argument("--lm-steps", type=int, default=15, help="LM steps (fixed)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one size, in a fresh process
@@ -143,8 +144,16 @@ def main(argv=None) -> int:
         (folder / "costs.json").write_text(json.dumps(costs, indent=1))
         return 0
 
+    sizes = [float(h) for h in args.hours.split(",")]
+    if not (args.corpus / "manifest.csv").is_file():  # a fresh clone: render it once (offline)
+        print(f"rendering a {max(sizes):g} h corpus into {args.corpus} (once)", flush=True)
+        subprocess.run([sys.executable, "-m", "tokenlm", "data", "corpus", "--out", str(args.corpus),
+                        "--hours", f"{max(sizes) * 1.1:g}"], check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    if not args.task.is_dir():  # the fixed probe task: the demo's instruments
+        subprocess.run([sys.executable, "-m", "tokenlm", "data", "demo", "--out", str(args.task)], check=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
     results = []
-    for hours in [float(h) for h in args.hours.split(",")]:
+    for hours in sizes:
         folder = args.out / f"h{hours:g}"
         subset = write_subset(args.corpus, hours, folder / "data")
         print(f"{hours:g} h: {subset['clips']} clips, {subset['audio_hours']:.3f} h; load {os.getloadavg()}",
