@@ -7,7 +7,9 @@ decoded log-mel frames -- so the WaveNet only models a whitened, level-normalise
     analysis   (training data, prompts)  y[t] = (x[t] + sum_k a_k x[t-k]) / (HEADROOM * sigma)
     synthesis  (after sampling)          x[t] = HEADROOM * sigma * y[t] - sum_k a_k x[t-k]
 
-with one (a_1..a_p, sigma) per log-mel frame (``hop`` samples). A frame's power spectrum is
+with one (a_1..a_p, sigma) per log-mel frame (``hop`` samples); ``analyse(gain="signal")``
+normalises by each frame's own excitation RMS instead, so the model learns a unit-level shape
+and the codes' sigma alone sets the level at synthesis. A frame's power spectrum is
 read off its log-mel (the mel power over each filter's width, interpolated between filter
 centres), its autocorrelation is the inverse FFT, and Levinson-Durbin gives the predictor and
 its error power sigma^2. Silence decodes to silence (sigma ~ 0) and every frame's noise comes
