@@ -80,3 +80,13 @@ def test_the_signal_gain_turns_digital_silence_into_unit_noise():
     assert np.allclose(np.sqrt(np.mean(excitation**2)), 1 / lpc.HEADROOM, rtol=1e-3)
     assert np.array_equal(excitation, lpc.analyse(silence, frames, HOP, gain="signal"))  # seeded
     assert not lpc.analyse(silence, frames, HOP).any()  # the codes' gain keeps silence silent
+    assert not lpc.analyse(silence, frames, HOP, gain="capped").any()  # and so does the capped one
+
+
+def test_the_capped_gain_never_exceeds_unit_level():
+    audio = 0.05 * sound("chirp", 0.2, SR, 0)[: 16 * HOP]
+    frames = frames_of(audio)
+    frames[:8, -1] *= 0.1  # codes that decode 20 dB too quiet: their excitation is capped, not 10x
+    capped = lpc.analyse(audio, frames, HOP, gain="capped")
+    rms = np.array([np.sqrt(np.mean(np.square(capped[i * HOP:(i + 1) * HOP]))) for i in range(16)])
+    assert (rms <= 1 / lpc.HEADROOM * (1 + 1e-3)).all() and np.allclose(rms[:8], 1 / lpc.HEADROOM, rtol=1e-3)

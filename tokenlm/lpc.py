@@ -30,7 +30,7 @@ HEADROOM = 16.0  # the excitation's scale: sigma maps to 1/16, so pulses of 16 s
 # the demo's instruments, whose harmonic peaks they blur.)
 WHITE_FLOOR = 1e-4
 DITHER = 1e-7  # -140 dB: added to the excitation before the "signal" gain normalises it
-GAINS = ("codes", "signal")  # what sets the excitation's level in ``analyse``
+GAINS = ("codes", "signal", "capped")  # what sets the excitation's level in ``analyse``
 
 
 def lpc_table(tokenizer, order: int, frames_per_code: int) -> np.ndarray:
@@ -88,7 +88,9 @@ def analyse(x: np.ndarray, frames: np.ndarray, hop: int, gain: str = "codes") ->
     excitation RMS, so every frame of y has RMS 1 / HEADROOM and a model of y learns only the
     excitation's shape, while the level at synthesis comes from the codes' sigma alone. (With
     the codes' gain, frames the codes decode too quiet give huge excitation: a model learns
-    that heavy tail and samples frames ~9 dB too loud on average where the codes are right.)"""
+    that heavy tail and samples frames ~9 dB too loud on average where the codes are right.)
+    ``"capped"``: the larger of the two, so y never exceeds unit level (no heavy tail) while
+    frames quieter than the codes say, digital silence among them, stay quiet."""
     if gain not in GAINS:
         raise ValueError(f"gain must be one of {', '.join(GAINS)}, got {gain!r}")
     order = frames.shape[1] - 1
@@ -98,7 +100,9 @@ def analyse(x: np.ndarray, frames: np.ndarray, hop: int, gain: str = "codes") ->
     a = np.repeat(frames[:, :order], hop, axis=0)[: len(x)]
     sigma = np.repeat(frames[:, order], hop)[: len(x)]
     e = x + np.sum(lagged * a, axis=1)
-    if gain == "signal":
+    if gain == "capped":
+        sigma = np.maximum(sigma, _frame_rms(e, hop))
+    elif gain == "signal":
         # Seeded dither far below any audible level: digital silence becomes unit-level noise
         # like every other frame, instead of runs of zeros a model learns never to leave
         # (sampled into one, it fell silent for seconds where the codes said sound).

@@ -101,7 +101,8 @@ class WaveNetConfig:
     # code's decoded log-mel (tokenlm.lpc); the table (``code_lpc``) travels with the weights.
     lpc_order: int = 0
     # What normalises that excitation's level in training (tokenlm.lpc.analyse): "codes", the
-    # codes' predictor error; "signal", each frame's own RMS (the codes then set the level alone).
+    # codes' predictor error; "signal", each frame's own RMS (the codes then set the level alone);
+    # "capped", the larger of the two.
     lpc_gain: str = "codes"
     # The output distribution over the n_classes (distribution.py): 0, a softmax; M > 0, a
     # discretized mixture of M logistics (generated with the torch decoder: the fused step is the softmax's).
@@ -127,8 +128,8 @@ class WaveNetConfig:
             raise ValueError(f"pre_emphasis must be in [0, 1), got {self.pre_emphasis}")
         if self.lpc_order < 0 or (self.lpc_order and not self.conditioned):
             raise ValueError(f"lpc_order must be >= 0, and needs codes (codebook_size > 0), got {self.lpc_order}")
-        if self.lpc_gain not in ("codes", "signal"):
-            raise ValueError(f"lpc_gain must be codes or signal, got {self.lpc_gain!r}")
+        if self.lpc_gain not in ("codes", "signal", "capped"):
+            raise ValueError(f"lpc_gain must be codes, signal or capped, got {self.lpc_gain!r}")
         if self.logistic_components < 0:
             raise ValueError(f"logistic_components must be >= 0 (0: softmax), got {self.logistic_components}")
         if self.mel_bins and not self.conditioned:
