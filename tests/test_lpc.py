@@ -2,6 +2,7 @@
 excitation through the synthesis takes on the log-mel's envelope."""
 
 import numpy as np
+import pytest
 import torch
 
 from tokenlm import lpc
@@ -58,3 +59,34 @@ def test_a_vocoder_with_lpc_round_trips_and_keeps_exact_lengths():
     out = vocoder.resynthesise(codes, prompt=audio[:100])
     assert out.shape == (4 * 2 * HOP,) and np.isfinite(out).all()
     assert [len(a) for a in vocoder.resynthesise_batch([codes, codes[:1]])] == [8 * HOP, 2 * HOP]
+
+
+def test_the_signal_gain_gives_every_frame_the_same_level():
+    audio = 0.05 * sound("chirp", 0.2, SR, 0)[: 16 * HOP]
+    audio[: 4 * HOP] *= 0.01  # a quiet start: the codes' gain would keep it quiet, the signal's does not
+    frames = frames_of(audio)
+    excitation = lpc.analyse(audio[: 15 * HOP + 7], frames, HOP, gain="signal")  # a partial last frame
+    assert excitation.shape == (15 * HOP + 7,)
+    rms = [np.sqrt(np.mean(np.square(excitation[i * HOP:(i + 1) * HOP]))) for i in range(16)]
+    assert np.allclose(rms, 1 / lpc.HEADROOM, rtol=1e-3)
+    with pytest.raises(ValueError, match="gain must be"):
+        lpc.analyse(audio, frames, HOP, gain="loud")
+
+
+def test_the_signal_gain_turns_digital_silence_into_unit_noise():
+    silence = np.zeros(4 * HOP, np.float32)
+    frames = np.tile(np.concatenate([np.zeros(8), [1e-3]]).astype(np.float32), (4, 1))
+    excitation = lpc.analyse(silence, frames, HOP, gain="signal")
+    assert np.allclose(np.sqrt(np.mean(excitation**2)), 1 / lpc.HEADROOM, rtol=1e-3)
+    assert np.array_equal(excitation, lpc.analyse(silence, frames, HOP, gain="signal"))  # seeded
+    assert not lpc.analyse(silence, frames, HOP).any()  # the codes' gain keeps silence silent
+    assert not lpc.analyse(silence, frames, HOP, gain="capped").any()  # and so does the capped one
+
+
+def test_the_capped_gain_never_exceeds_unit_level():
+    audio = 0.05 * sound("chirp", 0.2, SR, 0)[: 16 * HOP]
+    frames = frames_of(audio)
+    frames[:8, -1] *= 0.1  # codes that decode 20 dB too quiet: their excitation is capped, not 10x
+    capped = lpc.analyse(audio, frames, HOP, gain="capped")
+    rms = np.array([np.sqrt(np.mean(np.square(capped[i * HOP:(i + 1) * HOP]))) for i in range(16)])
+    assert (rms <= 1 / lpc.HEADROOM * (1 + 1e-3)).all() and np.allclose(rms[:8], 1 / lpc.HEADROOM, rtol=1e-3)

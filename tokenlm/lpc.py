@@ -7,7 +7,9 @@ decoded log-mel frames -- so the WaveNet only models a whitened, level-normalise
     analysis   (training data, prompts)  y[t] = (x[t] + sum_k a_k x[t-k]) / (HEADROOM * sigma)
     synthesis  (after sampling)          x[t] = HEADROOM * sigma * y[t] - sum_k a_k x[t-k]
 
-with one (a_1..a_p, sigma) per log-mel frame (``hop`` samples). A frame's power spectrum is
+with one (a_1..a_p, sigma) per log-mel frame (``hop`` samples); ``analyse(gain="signal")``
+normalises by each frame's own excitation RMS instead, so the model learns a unit-level shape
+and the codes' sigma alone sets the level at synthesis. A frame's power spectrum is
 read off its log-mel (the mel power over each filter's width, interpolated between filter
 centres), its autocorrelation is the inverse FFT, and Levinson-Durbin gives the predictor and
 its error power sigma^2. Silence decodes to silence (sigma ~ 0) and every frame's noise comes
@@ -27,6 +29,8 @@ HEADROOM = 16.0  # the excitation's scale: sigma maps to 1/16, so pulses of 16 s
 # window and a -30 dB floor, the speech-coding safeguards, cost 1.5-2 dB of log-mel distance on
 # the demo's instruments, whose harmonic peaks they blur.)
 WHITE_FLOOR = 1e-4
+DITHER = 1e-7  # -140 dB: added to the excitation before the "signal" gain normalises it
+GAINS = ("codes", "signal", "capped")  # what sets the excitation's level in ``analyse``
 
 
 def lpc_table(tokenizer, order: int, frames_per_code: int) -> np.ndarray:
@@ -76,8 +80,19 @@ def code_frames(table: np.ndarray, codes: np.ndarray) -> np.ndarray:
     return table[np.asarray(codes)].reshape(-1, table.shape[-1])
 
 
-def analyse(x: np.ndarray, frames: np.ndarray, hop: int) -> np.ndarray:
-    """Float audio (T,) with T = len(frames) * hop -> the normalised excitation y (T,), clipped to [-1, 1]."""
+def analyse(x: np.ndarray, frames: np.ndarray, hop: int, gain: str = "codes") -> np.ndarray:
+    """Float audio (T,) with T <= len(frames) * hop -> the normalised excitation y (T,), clipped to [-1, 1].
+
+    ``gain`` says what sets each frame's level: ``"codes"``, the predictor error sigma the
+    codes' log-mel implies (``synthesise`` inverts exactly); ``"signal"``, the frame's own
+    excitation RMS, so every frame of y has RMS 1 / HEADROOM and a model of y learns only the
+    excitation's shape, while the level at synthesis comes from the codes' sigma alone. (With
+    the codes' gain, frames the codes decode too quiet give huge excitation: a model learns
+    that heavy tail and samples frames ~9 dB too loud on average where the codes are right.)
+    ``"capped"``: the larger of the two, so y never exceeds unit level (no heavy tail) while
+    frames quieter than the codes say, digital silence among them, stay quiet."""
+    if gain not in GAINS:
+        raise ValueError(f"gain must be one of {', '.join(GAINS)}, got {gain!r}")
     order = frames.shape[1] - 1
     x = np.asarray(x, np.float64)
     padded = np.concatenate([np.zeros(order), x])
@@ -85,7 +100,25 @@ def analyse(x: np.ndarray, frames: np.ndarray, hop: int) -> np.ndarray:
     a = np.repeat(frames[:, :order], hop, axis=0)[: len(x)]
     sigma = np.repeat(frames[:, order], hop)[: len(x)]
     e = x + np.sum(lagged * a, axis=1)
+    if gain == "capped":
+        sigma = np.maximum(sigma, _frame_rms(e, hop))
+    elif gain == "signal":
+        # Seeded dither far below any audible level: digital silence becomes unit-level noise
+        # like every other frame, instead of runs of zeros a model learns never to leave
+        # (sampled into one, it fell silent for seconds where the codes said sound).
+        e = e + DITHER * np.random.default_rng(0).standard_normal(len(e))
+        sigma = _frame_rms(e, hop)
     return np.clip(e / (HEADROOM * np.maximum(sigma, 1e-12)), -1.0, 1.0).astype(np.float32)
+
+
+def _frame_rms(e: np.ndarray, hop: int) -> np.ndarray:
+    """RMS of each ``hop``-sample frame of e (the last may be partial), repeated per sample (T,)."""
+    n_frames = -(-len(e) // hop)
+    padded = np.zeros(n_frames * hop)
+    padded[: len(e)] = np.square(e)
+    counts = np.full(n_frames, hop, dtype=np.float64)
+    counts[-1] = len(e) - (n_frames - 1) * hop
+    return np.repeat(np.sqrt(padded.reshape(n_frames, hop).sum(axis=1) / counts), hop)[: len(e)]
 
 
 def synthesise(y: np.ndarray, frames: np.ndarray, hop: int) -> np.ndarray:

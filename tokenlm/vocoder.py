@@ -229,7 +229,7 @@ def network_signal(model: WaveNet, wav: np.ndarray, codes: np.ndarray) -> np.nda
     signal = pre_emphasis(wav, cfg.pre_emphasis)
     if cfg.lpc_order:
         hop = cfg.samples_per_code // cfg.frames_per_code
-        signal = lpc.analyse(signal, lpc.code_frames(model.code_lpc.cpu().numpy(), codes), hop)
+        signal = lpc.analyse(signal, lpc.code_frames(model.code_lpc.cpu().numpy(), codes), hop, cfg.lpc_gain)
     return signal
 
 

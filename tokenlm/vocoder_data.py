@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from tokenlm.audio import load_audio, row_source
 from tokenlm.errors import ArtifactError, AudioError
@@ -29,6 +28,7 @@ from tokenlm.input_files import check_unchanged
 from tokenlm.models.wavenet import mu_law_encode
 from tokenlm.rundir import RunDir, read_run_manifest
 from tokenlm.store import RaggedSplit
+from tokenlm.training.checkpoint import unwrap
 from tokenlm.progress import progress_bar
 
 IGNORE = -100  # target of samples that are not scored
@@ -161,8 +161,8 @@ def spread(n_items: int, n_wanted: int) -> list[int]:
 def wavenet_loss(model, batch) -> tuple[torch.Tensor, int]:
     """Mean cross-entropy (nats per sample) over the scored samples, and their number."""
     audio_q, codes, targets = batch
-    logits = model(audio_q, codes)  # (B, n_classes, T)
-    return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE), count_scored(batch)
+    output = model(audio_q, codes)  # (B, channels, T); model may be DDP-wrapped, its scoring is not
+    return unwrap(model).nll(output, targets, ignore_index=IGNORE), count_scored(batch)
 
 
 def count_scored(batch) -> int:

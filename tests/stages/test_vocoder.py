@@ -262,6 +262,8 @@ def test_distances_and_config():
     assert cfg.wavenet(256, 800, 16000).dilations == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512] * 3
     demo = vocoder_config(Path(__file__).resolve().parents[2] / "recipes" / "demo.yaml")  # the shipped recipe parses
     assert demo.model.cycles * demo.model.layers_per_cycle == 16 and demo.training.steps <= 500
+    longer = vocoder_config(Path(__file__).resolve().parents[2] / "recipes" / "vocoder.yaml")  # the demo's, trained longer
+    assert longer.model.residual_channels == demo.model.residual_channels and longer.training.steps > demo.training.steps
 
 
 def test_the_flat_recipe_section_nests_the_wavenet_config():

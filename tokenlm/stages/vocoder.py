@@ -18,7 +18,9 @@ when pystoi is installed), next to what the codes alone and 8-bit mu-law alone l
 the Griffin-Lim reference decoder (no training); samples/ holds all three to listen to.
 
 Conditioning: the code embedding plus, with ``mel_conditioning`` (default), the codes'
-decoded log-mel (WaveNetConfig.mel_bins; the table comes from the run's tokenizer).
+decoded log-mel (WaveNetConfig.mel_bins; the table comes from the run's tokenizer). The recipe's
+``lpc_order``/``lpc_gain`` make it model a linear predictor's excitation (tokenlm.lpc) and
+``logistic_components`` its output distribution (tokenlm.models.wavenet.distribution).
 
 In ``tokenlm run`` the stage then hears the whole pipeline once (tokenlm.stages.generate).
 """

@@ -2,7 +2,8 @@
 
 An autoregressive model over 8-bit mu-law samples. Each sample is predicted from the
 previous ones through a stack of causal dilated convolutions with gated (tanh * sigmoid)
-units, residual and skip connections, and a 256-way softmax. Local conditioning on the
+units, residual and skip connections, and a 256-way softmax (or a discretized logistic
+mixture over the same classes: distribution.py). Local conditioning on the
 tokenizer's codes tells the model *what* to say; the autoregression supplies the waveform
 detail that the codes threw away.
 
@@ -58,6 +59,9 @@ from torch import Tensor, nn
 
 from tokenlm.config import build
 from tokenlm.models.wavenet.conditioning import SampleConditionedDecoder
+from tokenlm.models.wavenet.distribution import (
+    INITIAL_LOG_SCALE, MixtureOutput, class_logits, negative_log_likelihood, output_channels,
+)
 from tokenlm.models.wavenet.fused import FusedDecoder, FusedSampleConditionedDecoder, fused_available
 from tokenlm.models.wavenet.incremental import GumbelSampler, IncrementalDecoder
 from tokenlm.models.wavenet.modules import ResidualLayer, mu_law_decode, mu_law_encode
@@ -96,6 +100,13 @@ class WaveNetConfig:
     # > 0: the network models the excitation of a linear predictor of this order read off each
     # code's decoded log-mel (tokenlm.lpc); the table (``code_lpc``) travels with the weights.
     lpc_order: int = 0
+    # What normalises that excitation's level in training (tokenlm.lpc.analyse): "codes", the
+    # codes' predictor error; "signal", each frame's own RMS (the codes then set the level alone);
+    # "capped", the larger of the two.
+    lpc_gain: str = "codes"
+    # The output distribution over the n_classes (distribution.py): 0, a softmax; M > 0, a
+    # discretized mixture of M logistics (generated with the torch decoder: the fused step is the softmax's).
+    logistic_components: int = 0
 
     def __post_init__(self) -> None:
         for name in ("layers_per_cycle", "cycles", "residual_channels", "gate_channels",
@@ -117,6 +128,10 @@ class WaveNetConfig:
             raise ValueError(f"pre_emphasis must be in [0, 1), got {self.pre_emphasis}")
         if self.lpc_order < 0 or (self.lpc_order and not self.conditioned):
             raise ValueError(f"lpc_order must be >= 0, and needs codes (codebook_size > 0), got {self.lpc_order}")
+        if self.lpc_gain not in ("codes", "signal", "capped"):
+            raise ValueError(f"lpc_gain must be codes, signal or capped, got {self.lpc_gain!r}")
+        if self.logistic_components < 0:
+            raise ValueError(f"logistic_components must be >= 0 (0: softmax), got {self.logistic_components}")
         if self.mel_bins and not self.conditioned:
             raise ValueError("mel_bins > 0 needs codes (codebook_size > 0): the log-mel is the codes' own")
 
@@ -178,7 +193,10 @@ class WaveNet(nn.Module):
             ResidualLayer(config, d, has_residual=i < len(dilations) - 1) for i, d in enumerate(dilations)
         )
         self.output_hidden = nn.Conv1d(config.skip_channels, config.skip_channels, 1)
-        self.output_logits = nn.Conv1d(config.skip_channels, config.n_classes, 1)
+        self.output_logits = nn.Conv1d(config.skip_channels,
+                                       output_channels(config.n_classes, config.logistic_components), 1)
+        if config.logistic_components:  # start the logistics at the excitation's scale (1/16), not at 1
+            nn.init.constant_(self.output_logits.bias[2 * config.logistic_components:], INITIAL_LOG_SCALE)
         if config.conditioned:
             self.code_embedding = nn.Embedding(config.codebook_size, config.cond_channels)
             # Non-causal over codes (one code of look-ahead): codes are known before decoding.
@@ -274,7 +292,7 @@ class WaveNet(nn.Module):
 
     def _run_stack(self, inputs_q: Tensor, cond: Tensor | None,
                    keep_last: list[int] | None = None) -> tuple[Tensor, list[Tensor]]:
-        """Shifted inputs (B, T) + cond (B, C, T) -> logits (B, n_classes, T).
+        """Shifted inputs (B, T) + cond (B, C, T) -> output layer (B, channels, T) (see ``forward``).
 
         With ``keep_last``, also returns each layer's last ``keep_last[i]`` input frames
         (B, R, k) — what an incremental decoder needs in its buffers after a prompt.
@@ -288,16 +306,18 @@ class WaveNet(nn.Module):
             x, s = layer(x, cond)
             skip = s if skip is None else skip + s
         h = self.output_hidden(F.relu(skip))
-        return self.output_logits(F.relu(h)), tails  # (B, n_classes, T)
+        return self.output_logits(F.relu(h)), tails  # (B, channels, T)
 
     # ----------------------------------------------------------------- training pass
 
     def forward(self, audio_q: Tensor, codes: Tensor | None = None) -> Tensor:
-        """Teacher-forced logits.
+        """Teacher-forced output layer.
 
         audio_q: (B, T) mu-law classes (targets); codes: (B, N) or None.
-        Returns logits (B, n_classes, T); logits[:, :, t] predicts audio_q[:, t] from
-        audio_q[:, :t]. With codes, T must equal N * samples_per_code.
+        Returns (B, channels, T) whose [:, :, t] predicts audio_q[:, t] from audio_q[:, :t]:
+        the class logits (B, n_classes, T) for the softmax, the mixture's parameters otherwise
+        (``class_logits`` turns either into class log-probabilities, ``nll`` scores targets).
+        With codes, T must equal N * samples_per_code.
         """
         if audio_q.dim() != 2:
             raise ValueError(f"audio_q must be (batch, samples), got shape {tuple(audio_q.shape)}")
@@ -313,6 +333,16 @@ class WaveNet(nn.Module):
             cond = self.upsample_conditioning(codes)
         logits, _ = self._run_stack(self.shift_right(audio_q), cond)
         return logits
+
+    def class_logits(self, output: Tensor) -> Tensor:
+        """Output layer (B, channels, ...) -> class log-probabilities (B, n_classes, ...) (distribution.py)."""
+        return class_logits(output, self.config.n_classes, self.config.logistic_components)
+
+    def nll(self, output: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
+        """Mean negative log-likelihood (nats) of target classes (B, T) under ``forward``'s output,
+        targets equal to ``ignore_index`` left out."""
+        return negative_log_likelihood(output, targets, self.config.n_classes, self.config.logistic_components,
+                                       ignore_index)
 
     # ----------------------------------------------------------------- generation
 
@@ -345,7 +375,10 @@ class WaveNet(nn.Module):
 
     def _decoder_class(self, fused: bool) -> type:
         """The incremental decoder for this conditioning: per-code tables when it is constant
-        inside a code, a per-sample product when the log-mel makes it vary; compiled with ``fused``."""
+        inside a code, a per-sample product when the log-mel makes it vary; compiled with
+        ``fused`` for the softmax output (the logistic mixture runs on torch ops)."""
+        if self.config.logistic_components:  # the fused step only knows the softmax
+            return _MixtureSampleDecoder if self.config.mel_conditioned else _MixtureDecoder
         if self.config.mel_conditioned:
             return FusedSampleConditionedDecoder if fused else SampleConditionedDecoder
         return FusedDecoder if fused else IncrementalDecoder
@@ -418,11 +451,19 @@ class WaveNet(nn.Module):
             lo = max(0, t - rf + 1)
             window_cond = cond[:, :, lo:t + 1] if cond is not None else None
             logits, _ = self._run_stack(inputs[:, lo:t + 1], window_cond)  # (B, n_classes, window)
-            q = sample(logits[:, :, -1])
+            q = sample(self.class_logits(logits[:, :, -1]))
             out[:, t] = q
             if t + 1 < n_samples:
                 inputs[:, t + 1] = q
         return mu_law_decode(out, self.config.n_classes)
+
+
+class _MixtureDecoder(MixtureOutput, IncrementalDecoder):
+    """The torch incremental decoder of a mixture-output model."""
+
+
+class _MixtureSampleDecoder(MixtureOutput, SampleConditionedDecoder):
+    """The torch per-sample-conditioning decoder of a mixture-output model."""
 
 
 def _progress_bar(total: int, enabled: bool):
