@@ -29,7 +29,8 @@ Wall time is what the targets are about; CPU time (all threads of this process) 
 too, with the load average, because on a busy machine other processes' threads and OpenMP's
 waiting inflate wall time unevenly. Both libraries run ``--threads`` threads with passive
 waiting (tokenlm sets OMP_WAIT_POLICY before either loads OpenMP). FAISS's exhaustive search
-runs in blocks of tokenlm.faiss_runtime.QUERY_BLOCK queries (why: see that module).
+runs in blocks of tokenlm.faiss_runtime.query_block(K) queries, as tokenize's does (why: see
+that module).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def main() -> None:
     faiss.omp_set_num_threads(args.threads)
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from tokenlm.faiss_runtime import blas_record
+    from tokenlm.faiss_runtime import blas_record, query_block
 
     print(f"K={codebook_sizes}, niter={args.niter}, {args.threads} threads, {os.cpu_count()} CPUs visible, "
           f"load average {os.getloadavg()[0]:.1f} (timings on a shared machine are noisy)")
@@ -85,8 +86,8 @@ def main() -> None:
     record = blas_record()
     print(f"FAISS's core chosen by: {record['chosen_by']} (asked {record['core_requested']}); numeric "
           f"self-check {record['self_check']} (max relative error {record['self_check_error']:.1g}); "
-          f"search blocks of {faiss.cvar.distance_compute_blas_query_bs} queries x "
-          f"{faiss.cvar.distance_compute_blas_database_bs} centroids; OMP_WAIT_POLICY="
+          f"search blocks of {', '.join(f'{query_block(k)} (K={k})' for k in codebook_sizes)} queries x "
+          f"at most {faiss.cvar.distance_compute_blas_database_bs} centroids; OMP_WAIT_POLICY="
           f"{os.environ.get('OMP_WAIT_POLICY')}")
     with threadpool_limits(limits=args.threads):
         for k in codebook_sizes:
@@ -101,7 +102,7 @@ def main() -> None:
 
 
 def compare(name: str, vectors: np.ndarray, k: int, args) -> None:
-    from tokenlm.faiss_runtime import faiss
+    from tokenlm.faiss_runtime import faiss, search_blocks
     from sklearn.cluster import KMeans, MiniBatchKMeans, kmeans_plusplus
     from threadpoolctl import threadpool_limits
 
@@ -126,7 +127,8 @@ def compare(name: str, vectors: np.ndarray, k: int, args) -> None:
     def faiss_fit(iterations=niter):
         km = faiss.Kmeans(d, k, niter=iterations, seed=args.seed, max_points_per_centroid=n // k + 1,
                           min_points_per_centroid=1, verbose=False)
-        km.train(vectors, init_centroids=init.copy())
+        with search_blocks(k):  # as fit_codebook searches
+            km.train(vectors, init_centroids=init.copy())
         objective[:] = np.asarray(km.obj, dtype=np.float64) / n
         return km.centroids, f"{iterations} iterations"
 

@@ -61,3 +61,19 @@ def test_a_users_core_wins_and_is_not_leaked():
     assert record["chosen_by"] == "OPENBLAS_CORETYPE set by the user"
     assert record["core_requested"] == "Haswell" == env_after
     assert record["core"] in (None, "Haswell")  # None where threadpoolctl cannot tell
+
+
+def test_search_blocks_hold_a_few_mb_of_distances_and_change_no_result():
+    from tokenlm.codebook import CodeAssigner
+    from tokenlm.faiss_runtime import faiss, query_block, search_blocks
+
+    assert [query_block(k) for k in (16, 256, 512, 1024, 4096)] == [4096, 4096, 2048, 1024, 1024]
+    before = faiss.cvar.distance_compute_blas_query_bs
+    with search_blocks(256):
+        assert faiss.cvar.distance_compute_blas_query_bs == 4096
+    assert faiss.cvar.distance_compute_blas_query_bs == before  # FAISS's global setting restored
+    rng = np.random.default_rng(0)
+    centroids, points = rng.standard_normal((1024, 8)), rng.standard_normal((5000, 8))
+    codes, _ = CodeAssigner(centroids).assign(points)
+    exact = ((points[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)
+    assert (codes == exact).mean() > 0.999  # float32 near-ties aside, the nearest centroid

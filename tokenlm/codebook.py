@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tokenlm.errors import ArtifactError, ConfigError
-from tokenlm.faiss_runtime import blas_record, faiss
+from tokenlm.faiss_runtime import blas_record, faiss, search_blocks
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,8 @@ def fit_codebook(vectors: np.ndarray, k: int, config: CodebookConfig = CodebookC
                           max_points_per_centroid=config.points_per_centroid + 1,
                           min_points_per_centroid=1, verbose=False)
     init = _kmeans_plus_plus(sample, k, config.seed) if config.init == "kmeans++" else None
-    kmeans.train(sample, init_centroids=init)
+    with search_blocks(k):
+        kmeans.train(sample, init_centroids=init)
     record = {"k": k, "dim": d, "vectors": n, "trained_on": len(sample), "niter": config.niter,
               "init": config.init, "seed": config.seed, "gpu": use_gpu,
               "train_objective": float(kmeans.obj[-1]) if len(kmeans.obj) else None,
@@ -98,10 +99,11 @@ class CodeAssigner:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         codes = np.empty(len(vectors), dtype=np.int64)
         dists = np.empty(len(vectors), dtype=np.float32)
-        for start in range(0, len(vectors), batch_size):
-            d, i = self.index.search(vectors[start : start + batch_size], 1)
-            codes[start : start + len(i)] = i[:, 0]
-            dists[start : start + len(d)] = d[:, 0]
+        with search_blocks(len(self.centroids)):
+            for start in range(0, len(vectors), batch_size):
+                d, i = self.index.search(vectors[start : start + batch_size], 1)
+                codes[start : start + len(i)] = i[:, 0]
+                dists[start : start + len(d)] = d[:, 0]
         return codes, dists
 
 

@@ -10,11 +10,13 @@ BLAS distances against numpy's on a small product. If they disagree, FAISS's BLA
 switched off (its own exact SIMD code computes every distance instead: slower, but right).
 
 FAISS's exhaustive search (k-means' assignment step, ``CodeAssigner``) computes the inner
-products of a block of queries x a block of centroids with one sgemm (threaded), then one
-thread scans the block for each query's nearest. Its default block, 4096 x 1024 floats
-(16 MB), leaves the caches, so the scan reads it back from memory while the other threads
-wait; ``QUERY_BLOCK`` queries (4 MB) keep it in cache: the same results, 15-25% less CPU per
-assignment pass at K=1024 (200k x 64, 2 threads; equal at K=256).
+products of a block of queries x a block of (at most 1024) centroids with one sgemm
+(threaded), then one thread scans the block for each query's nearest. A block too large
+leaves the caches, so the scan reads it back from memory while the other threads wait; one
+too small pays the threads' wake-up per block. ``search_blocks(K)`` sizes the query block so
+a block holds BLOCK_DISTANCES (4 MB of floats): 1024 queries at K=1024 (FAISS's default 4096,
+16 MB, cost 15-25% more CPU per assignment pass), 4096 at K=256 (1024 there cost 26% more
+wall). The results are the same whatever the block.
 
     from tokenlm.faiss_runtime import faiss, blas_record
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextlib import contextmanager
 
 import numpy as np  # first: numpy's own OpenBLAS must load before OPENBLAS_CORETYPE is set
 
@@ -36,7 +39,7 @@ CORES_BY_FLAGS = (
     ("Haswell", frozenset({"avx2", "fma"})),
 )
 CHECK_TOLERANCE = 1e-4  # relative, on squared distances of order 100 in float32
-QUERY_BLOCK = 1024  # queries per sgemm in FAISS's exhaustive search (FAISS's default: 4096)
+BLOCK_DISTANCES = 1 << 20  # query x centroid distances per sgemm block of FAISS's search (4 MB)
 
 
 def blas_core_for(cpuinfo: str) -> str | None:
@@ -113,7 +116,6 @@ def _faiss_blas_core() -> str | None:
 
 _requested, _chosen_by = _choose_core()
 faiss = _import_faiss(_requested, _chosen_by)
-faiss.cvar.distance_compute_blas_query_bs = QUERY_BLOCK
 _ok, _error = blas_agrees(faiss.pairwise_distances)
 if not _ok:
     # FAISS computes exact distances without BLAS when a search is below this size threshold.
@@ -134,3 +136,22 @@ def blas_record() -> dict:
     """How FAISS's BLAS was set up, for a stage record: core asked for and why, the core
     OpenBLAS reports, and the numeric self-check."""
     return dict(_RECORD)
+
+
+def query_block(k: int) -> int:
+    """Queries per block of FAISS's exhaustive search over ``k`` centroids: BLOCK_DISTANCES
+    distances a block, between 1024 queries and FAISS's default 4096 (module docstring)."""
+    per_query = max(1, min(k, faiss.cvar.distance_compute_blas_database_bs))
+    return int(np.clip(BLOCK_DISTANCES // per_query, 1024, 4096))
+
+
+@contextmanager
+def search_blocks(k: int):
+    """FAISS's searches over ``k`` centroids in ``query_block(k)`` queries meanwhile (a global
+    setting of FAISS's, restored after)."""
+    previous = faiss.cvar.distance_compute_blas_query_bs
+    faiss.cvar.distance_compute_blas_query_bs = query_block(k)
+    try:
+        yield
+    finally:
+        faiss.cvar.distance_compute_blas_query_bs = previous
