@@ -5,14 +5,13 @@ with code conditioning and with the decoded log-mel (conditioning that varies ev
 import pytest
 import torch
 
+from tests.models.test_wavenet import SPC, random_inputs
 from tokenlm.models.wavenet import WaveNet, WaveNetConfig
 from tokenlm.models.wavenet.fused import FusedDecoder
 from tokenlm.models.wavenet.incremental import GumbelSampler
 
 pytest.importorskip("numba")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-SPC = 8
 
 
 def small_model(conditioned: bool = True, mel: bool = False, **overrides) -> WaveNet:
@@ -30,15 +29,6 @@ def small_model(conditioned: bool = True, mel: bool = False, **overrides) -> Wav
 
 
 CONDITIONING = pytest.mark.parametrize("mel", [False, True], ids=["codes", "log-mel"])
-
-
-def random_inputs(model: WaveNet, batch: int, n_codes: int, seed: int = 1):
-    gen = torch.Generator().manual_seed(seed)
-    audio_q = torch.randint(0, model.config.n_classes, (batch, n_codes * SPC), generator=gen)
-    codes = None
-    if model.config.conditioned:
-        codes = torch.randint(0, model.config.codebook_size, (batch, n_codes), generator=gen)
-    return audio_q, codes
 
 
 def teacher_forced(decoder, inputs: torch.Tensor, start: int = 0) -> torch.Tensor:

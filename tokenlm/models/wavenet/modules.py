@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 if TYPE_CHECKING:  # annotation only: model.py imports this module
-    from tokenlm.models.wavenet.model import WaveNetConfig
+    from tokenlm.models.wavenet.config import WaveNetConfig
 
 __all__ = ["mu_law_encode", "mu_law_decode", "pre_emphasis", "de_emphasis", "ResidualLayer"]
 
