@@ -48,7 +48,8 @@ def encode_clips(tokenizer: AudioTokenizer, rows: list[dict], out: Path, *, prog
     the engine or the number of workers (FAISS's distances, hence a near tie, may depend on
     which vectors share a search)."""
     skipped = []
-    work = blocks(rows, lambda r: audio_seconds(row_source(r)), engine.block_seconds)
+    seconds = {r["id"]: audio_seconds(row_source(r)) for r in rows}  # each header read once here
+    work = blocks(rows, lambda r: seconds[r["id"]], engine.block_seconds)
 
     def take(block_rows: list[dict], results) -> None:
         for row, (num_samples, reason) in zip(block_rows, results):
@@ -64,7 +65,7 @@ def encode_clips(tokenizer: AudioTokenizer, rows: list[dict], out: Path, *, prog
     else:
         writers = {s: RaggedWriter(out, s, "uint16") for s in SPLITS}
         starts = set(np.cumsum([0] + [len(b) for b in work[:-1]]).tolist())
-        bar = progress_bar(encode_rows(tokenizer, rows, writers, batch_seconds, starts), total=len(rows),
+        bar = progress_bar(encode_rows(tokenizer, rows, writers, batch_seconds, starts, seconds), total=len(rows),
                            desc="encode", unit="clip", enabled=progress)
         take(rows, bar)
         for w in writers.values():
@@ -122,10 +123,11 @@ class EncodeBlocks:
 
 
 def encode_rows(tokenizer: AudioTokenizer, rows: list[dict], writers: dict[str, RaggedWriter],
-                batch_seconds: float, starts: set[int]):
+                batch_seconds: float, starts: set[int], seconds: dict | None = None):
     """Encode ``rows`` into their split's writer, yielding in row order each row's (samples,
     None), or (0, reason) for a clip that cannot be decoded. No batch spans a position in
-    ``starts`` (where a block of the engine begins)."""
+    ``starts`` (where a block of the engine begins). ``seconds``: each row's audio seconds by
+    id, when the caller has read the headers already."""
     features = tokenizer.coder.features
     log_mel = LogMel(features)  # on the CPU, in the decoding threads
     max_frames = max(int(batch_seconds * features.frame_rate), 4 * features.patch_frames)
@@ -137,7 +139,8 @@ def encode_rows(tokenizer: AudioTokenizer, rows: list[dict], writers: dict[str, 
     with kernel_threads(1, faiss=True), ThreadPoolExecutor(max_workers=2) as pool:
         # A clip longer than a batch is left to this thread, which encodes it block by block
         # into its writer (``_encode_streamed``): its frames are never held whole.
-        seconds = {r["id"]: audio_seconds(row_source(r)) for r in rows}
+        if seconds is None:  # a Ray worker's block: its own clips' headers
+            seconds = {r["id"]: audio_seconds(row_source(r)) for r in rows}
         streamed = {i for i, s in seconds.items() if s > batch_seconds}
         loaded = bounded_map(pool, lambda r: _STREAMED if r["id"] in streamed else _clip_frames(row_source(r), log_mel),
                              rows, ahead=BATCH_CLIPS, budget=batch_seconds,
