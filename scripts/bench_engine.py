@@ -89,8 +89,8 @@ def _hours_manifest(corpus: Path, times: int, out: Path) -> Path:
 
 def _snapshot(folder: Path, dtype: str, width: int = 1) -> tuple:
     """What a store holds, layout aside: its JSON files (stage bookkeeping aside), index rows, arrays."""
-    from tokenlm.datasets import SPLITS
-    from tokenlm.store import RaggedSplit
+    from tokenlm.data.clips import SPLITS
+    from tokenlm.data.store import RaggedSplit
 
     meta = json.loads((folder / "meta.json").read_text())
     manifest = (folder / "manifest.jsonl").read_text() if (folder / "manifest.jsonl").is_file() else None
@@ -105,8 +105,8 @@ class _WarmUp:
     """A block that makes a Ray worker import what the stages' workers import."""
 
     def __init__(self):
-        import tokenlm.encoding  # noqa: F401  (torch, FAISS)
-        import tokenlm.stages.prepare  # noqa: F401
+        import tokenlm.tokenizer.encoding  # noqa: F401  (torch, FAISS)
+        import tokenlm.pipeline.prepare  # noqa: F401
 
     def __call__(self, number: int, block: list) -> int:
         time.sleep(1.0)  # long enough for every worker to take one
@@ -128,9 +128,9 @@ def _driver_run(manifest_dir: str, tokenizer: str, out: str, engine_name: str) -
     workers, warmed up first); print each stage's wall time and the driver's peak RSS."""
     from tokenlm.engine import EngineConfig, engine_session
     from tokenlm.engine.ray_map import map_blocks
-    from tokenlm.splits import SplitConfig
-    from tokenlm.stages.prepare import prepare
-    from tokenlm.stages.tokenize import encode_new_data
+    from tokenlm.data.splits import SplitConfig
+    from tokenlm.pipeline.prepare import prepare
+    from tokenlm.pipeline.tokenize import encode_new_data
 
     engine = EngineConfig(engine_name, workers=2 if engine_name == "ray" else None)
     with engine_session(engine):
@@ -155,15 +155,15 @@ def main(argv=None) -> int:
         _driver_run(*args.driver_run)
         return 0
 
-    from tokenlm.audio import audio_seconds
-    from tokenlm.datasets import scan_dataset
+    from tokenlm.data.audio import audio_seconds
+    from tokenlm.data.layouts import scan_dataset
     from tokenlm.engine import EngineConfig
     from tokenlm.engine.ray_map import map_blocks, ray_session
     from tokenlm.models.autoencoder import AutoencoderConfig
-    from tokenlm.splits import SplitConfig
-    from tokenlm.stages.prepare import prepare
-    from tokenlm.stages.tokenize import encode_new_data, tokenize
-    from tokenlm.tokenizer import AutoencoderTraining, TokenizerConfig
+    from tokenlm.data.splits import SplitConfig
+    from tokenlm.pipeline.prepare import prepare
+    from tokenlm.pipeline.tokenize import encode_new_data, tokenize
+    from tokenlm.tokenizer.tokenizer import AutoencoderTraining, TokenizerConfig
 
     corpus = _corpus(args.corpus)
     audio = sum(audio_seconds(c.path) for c in scan_dataset(corpus)[1])

@@ -74,7 +74,7 @@ def synthesise(out: Path, n: int, seconds: float, rate: int, channels: int) -> l
 
 
 def dataset_items(data: str) -> list[tuple[str, str]]:
-    from tokenlm.datasets import scan_dataset
+    from tokenlm.data.layouts import scan_dataset
 
     _, clips = scan_dataset(data)
     return [(str(Path(c.path).resolve()), c.label or "none") for c in clips]
@@ -95,9 +95,9 @@ def write_manifest(path: Path, items: list[tuple[str, str]], n: int) -> None:
 def child(manifest: str, run: str, threads: int) -> None:
     import torch
 
-    from tokenlm.fileio import read_json
-    from tokenlm.rundir import META, RunDir
-    from tokenlm.stages.prepare import prepare
+    from tokenlm.core.fileio import read_json
+    from tokenlm.run.rundir import META, RunDir
+    from tokenlm.pipeline.prepare import prepare
 
     torch.set_num_threads(threads)
     before = resource.getrusage(resource.RUSAGE_SELF)
@@ -136,8 +136,8 @@ def profile(items, n: int) -> dict:
     import soxr
     import torch
 
-    from tokenlm.audio import prepare_waveform
-    from tokenlm.features import FeatureConfig, LogMel
+    from tokenlm.data.audio import prepare_waveform
+    from tokenlm.data.features import FeatureConfig, LogMel
 
     torch.set_num_threads(1)
     config = FeatureConfig()

@@ -4,7 +4,7 @@
     python scripts/bench_kmeans.py                          # synthetic 200k x 64 only, K=256 and 1024
     python scripts/bench_kmeans.py -K 256                   # one K
 
-FAISS is imported through tokenlm.faiss_runtime, which picks its OpenBLAS core from the CPU's
+FAISS is imported through tokenlm.tokenizer.faiss_runtime, which picks its OpenBLAS core from the CPU's
 flags; the first lines say which BLAS core each library runs and how FAISS's was chosen.
 
 All three start from the same k-means++ centroids (computed once, not timed) with the same K
@@ -29,7 +29,7 @@ Wall time is what the targets are about; CPU time (all threads of this process) 
 too, with the load average, because on a busy machine other processes' threads and OpenMP's
 waiting inflate wall time unevenly. Both libraries run ``--threads`` threads with passive
 waiting (tokenlm sets OMP_WAIT_POLICY before either loads OpenMP). FAISS's exhaustive search
-runs in blocks of tokenlm.faiss_runtime.query_block(K) queries, as tokenize's does (why: see
+runs in blocks of tokenlm.tokenizer.faiss_runtime.query_block(K) queries, as tokenize's does (why: see
 that module).
 """
 
@@ -70,12 +70,12 @@ def main() -> None:
     codebook_sizes = args.K or [256, 1024]
 
     torch.set_num_threads(args.threads)
-    from tokenlm.faiss_runtime import faiss
+    from tokenlm.tokenizer.faiss_runtime import faiss
 
     faiss.omp_set_num_threads(args.threads)
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from tokenlm.faiss_runtime import blas_record, query_block
+    from tokenlm.tokenizer.faiss_runtime import blas_record, query_block
 
     print(f"K={codebook_sizes}, niter={args.niter}, {args.threads} threads, {os.cpu_count()} CPUs visible, "
           f"load average {os.getloadavg()[0]:.1f} (timings on a shared machine are noisy)")
@@ -102,11 +102,11 @@ def main() -> None:
 
 
 def compare(name: str, vectors: np.ndarray, k: int, args) -> None:
-    from tokenlm.faiss_runtime import faiss, search_blocks
+    from tokenlm.tokenizer.faiss_runtime import faiss, search_blocks
     from sklearn.cluster import KMeans, MiniBatchKMeans, kmeans_plusplus
     from threadpoolctl import threadpool_limits
 
-    from tokenlm.codebook import CodebookConfig, fit_codebook
+    from tokenlm.tokenizer.codebook import CodebookConfig, fit_codebook
 
     n, d = vectors.shape
     niter = args.niter
@@ -115,7 +115,7 @@ def compare(name: str, vectors: np.ndarray, k: int, args) -> None:
     init_on = vectors
     if args.init_points and args.init_points < n:
         init_on = vectors[np.random.default_rng(args.seed).choice(n, args.init_points, replace=False)]
-    with threadpool_limits(limits=1, user_api="blas"):  # as fit_codebook seeds (tokenlm.codebook)
+    with threadpool_limits(limits=1, user_api="blas"):  # as fit_codebook seeds (tokenlm.tokenizer.codebook)
         init, _ = kmeans_plusplus(init_on, k, random_state=args.seed)
     init = np.ascontiguousarray(init, dtype=np.float32)
     print(f"k-means++ init on {len(init_on)} points (shared, not timed below): {time.perf_counter() - start:.2f} s")
@@ -216,9 +216,9 @@ def gaussian_mixture(n: int, d: int, components: int, seed: int) -> np.ndarray:
 
 def run_vectors(run: Path) -> np.ndarray:
     """The un-quantised bottleneck vectors of the run's train split, as the codebook stage sees them."""
-    from tokenlm.rundir import RunDir
-    from tokenlm.tokenizer_training import PatchSampler, bottlenecks
-    from tokenlm.tokenizer import load_patch_coder
+    from tokenlm.run.rundir import RunDir
+    from tokenlm.tokenizer.fit import PatchSampler, bottlenecks
+    from tokenlm.tokenizer.tokenizer import load_patch_coder
 
     coder = load_patch_coder(RunDir(run).tokenizer)
     return bottlenecks(coder, PatchSampler(RunDir(run).features, "train", coder.features, coder))

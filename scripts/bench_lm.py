@@ -44,11 +44,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tokenlm.lm import IGNORE, CodeLM, count_baselines  # noqa: E402
+from tokenlm.lm.code_lm import IGNORE, CodeLM, count_baselines  # noqa: E402
 from tokenlm.models.gpt import LMConfig, build_gpt2, train_flops_per_token  # noqa: E402
-from tokenlm.rundir import RunDir, is_finished, read_tokens_meta  # noqa: E402
-from tokenlm.runtime import cpu_threads  # noqa: E402
-from tokenlm.stages.pretrain import LM_TRAINING_DEFAULTS, PackedClips, count_targets  # noqa: E402
+from tokenlm.run.rundir import RunDir, is_finished, read_tokens_meta  # noqa: E402
+from tokenlm.core.runtime import cpu_threads  # noqa: E402
+from tokenlm.pipeline.pretrain import LM_TRAINING_DEFAULTS, PackedClips, count_targets  # noqa: E402
 from tokenlm.training import DistContext, TrainConfig, train  # noqa: E402
 
 
@@ -82,7 +82,7 @@ class SyntheticClips:
 
 def training_throughput(model_cfg: LMConfig, k: int, batches, batch_size: int, steps: int, log_every: int) -> dict:
     """Train the model ``steps`` steps through the real loop; tokens/s after the first log interval."""
-    from tokenlm.lm import lm_loss
+    from tokenlm.lm.code_lm import lm_loss
 
     torch.manual_seed(0)
     model = build_gpt2(model_cfg, k, device="cpu")
@@ -113,7 +113,7 @@ def training_throughput(model_cfg: LMConfig, k: int, batches, batch_size: int, s
 
 
 def run_splits(run: Path, k: int | None):
-    from tokenlm.store import RaggedSplit
+    from tokenlm.data.store import RaggedSplit
 
     meta = read_tokens_meta(RunDir(run).tokens(k), k)
     return {s: RaggedSplit(meta.directory, s, "uint16") for s in ("train", "val")}, meta.codebook_size
@@ -133,7 +133,7 @@ def perplexities(run: Path, splits: dict, k: int) -> dict:
 def attention_ab(k: int, batches, batch_size: int, rounds: int, seed: int = 0) -> dict:
     """eager vs sdpa, one training step of each in turn (same batch, same optimiser setup as
     the loop), so both see the same spells of load; best step time of each -> tokens/s."""
-    from tokenlm.lm import lm_loss
+    from tokenlm.lm.code_lm import lm_loss
     from tokenlm.training import make_optimizer
 
     batch = batches(np.random.default_rng(seed), batch_size)

@@ -73,19 +73,19 @@ def run_size(data: Path, run: Path, task: Path, args) -> dict:
     """Every stage on one subset, in this process; {stage: {wall_s, cpu_s}} plus sizes."""
     import torch
 
-    from tokenlm.codebook import CodebookConfig
-    from tokenlm.features import FeatureConfig
+    from tokenlm.tokenizer.codebook import CodebookConfig
+    from tokenlm.data.features import FeatureConfig
     from tokenlm.models.autoencoder import AutoencoderConfig
     from tokenlm.models.gpt import LMConfig
-    from tokenlm.rundir import RunDir
-    from tokenlm.splits import SplitConfig
-    from tokenlm.stages.pretrain import pretrain
-    from tokenlm.stages.probe import probe_tasks
-    from tokenlm.stages.probe_config import ProbeConfig, BaselinesConfig
-    from tokenlm.stages.prepare import prepare
-    from tokenlm.stages.tokenize import encode_run_stage, fit_codebook_stage, train_autoencoder_stage
-    from tokenlm.tasks import task_at
-    from tokenlm.tokenizer import AutoencoderTraining
+    from tokenlm.run.rundir import RunDir
+    from tokenlm.data.splits import SplitConfig
+    from tokenlm.pipeline.pretrain import pretrain
+    from tokenlm.pipeline.probe import probe_tasks
+    from tokenlm.pipeline.probe_config import ProbeConfig, BaselinesConfig
+    from tokenlm.pipeline.prepare import prepare
+    from tokenlm.pipeline.tokenize import encode_run_stage, fit_codebook_stage, train_autoencoder_stage
+    from tokenlm.pipeline.tasks import task_at
+    from tokenlm.tokenizer.tokenizer import AutoencoderTraining
     from tokenlm.training import TrainConfig
 
     torch.set_num_threads(1)

@@ -3,7 +3,7 @@
     python scripts/bench_tokenizer.py --run runs/demo --data data/demo
     python scripts/bench_tokenizer.py                 # no run: synthesize a corpus, train a small tokenizer
 
-End to end is what ``tokenlm tokenize`` does per clip (``tokenlm.encoding.encode_clips``): decode the file,
+End to end is what ``tokenlm tokenize`` does per clip (``tokenlm.tokenizer.encoding.encode_clips``): decode the file,
 mix to mono and resample, log-mel, autoencoder, FAISS nearest centroid, append to the token
 files. The figure is seconds of audio encoded per second of wall time ("x real time"); the
 breakdown times each step on its own, one clip at a time, to show where the time goes.
@@ -29,13 +29,13 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
-from tokenlm.artifacts import read_jsonl  # noqa: E402
-from tokenlm.audio import prepare_waveform  # noqa: E402
-from tokenlm.datasets import scan_dataset  # noqa: E402
-from tokenlm.rundir import AUTOENCODER_WEIGHTS, RunDir  # noqa: E402
-from tokenlm.splits import SplitConfig, assign_splits
-from tokenlm.encoding import encode_clips  # noqa: E402
-from tokenlm.tokenizer import AudioTokenizer  # noqa: E402
+from tokenlm.run.artifacts import read_jsonl  # noqa: E402
+from tokenlm.data.audio import prepare_waveform  # noqa: E402
+from tokenlm.data.layouts import scan_dataset  # noqa: E402
+from tokenlm.run.rundir import AUTOENCODER_WEIGHTS, RunDir  # noqa: E402
+from tokenlm.data.splits import SplitConfig, assign_splits
+from tokenlm.tokenizer.encoding import encode_clips  # noqa: E402
+from tokenlm.tokenizer.tokenizer import AudioTokenizer  # noqa: E402
 
 
 def main() -> None:
@@ -54,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    from tokenlm.faiss_runtime import faiss
+    from tokenlm.tokenizer.faiss_runtime import faiss
 
     faiss.omp_set_num_threads(args.threads)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-tokenizer-"))
@@ -114,7 +114,7 @@ def run(args, work: Path) -> None:
 def breakdown(tokenizer: AudioTokenizer, rows: list[dict], seconds: float) -> None:
     """Each step timed on its own, one clip at a time, with one torch/FAISS thread (as
     ``encode_clips`` runs them) and no decoding threads alongside."""
-    from tokenlm.faiss_runtime import faiss
+    from tokenlm.tokenizer.faiss_runtime import faiss
 
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
@@ -234,10 +234,10 @@ def synthesize(root: Path, clips: int, seconds: float, sample_rate: int = 16000)
 
 
 def train_small_tokenizer(data: Path, run_dir: Path, k: int, epochs: int, threads: int) -> Path:
-    from tokenlm.codebook import CodebookConfig
-    from tokenlm.stages.prepare import prepare
-    from tokenlm.stages.tokenize import fit_codebook_stage, train_autoencoder_stage
-    from tokenlm.tokenizer import AutoencoderTraining, TokenizerConfig
+    from tokenlm.tokenizer.codebook import CodebookConfig
+    from tokenlm.pipeline.prepare import prepare
+    from tokenlm.pipeline.tokenize import fit_codebook_stage, train_autoencoder_stage
+    from tokenlm.tokenizer.tokenizer import AutoencoderTraining, TokenizerConfig
 
     print(f"training a tokenizer (default autoencoder, {epochs} epochs, K={k}) into {run_dir}")
     config = TokenizerConfig(codebook_size=k, training=AutoencoderTraining(epochs=epochs))

@@ -41,12 +41,12 @@ import tokenlm  # noqa: E402,F401  first: sets OpenMP's passive waiting before t
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from tokenlm import lpc  # noqa: E402
-from tokenlm.config import build, recipe_section  # noqa: E402
-from tokenlm.features import FeatureConfig  # noqa: E402
+from tokenlm.vocoder import lpc  # noqa: E402
+from tokenlm.core.config import build, recipe_section  # noqa: E402
+from tokenlm.data.features import FeatureConfig  # noqa: E402
 from tokenlm.models.wavenet import WaveNet, WaveNetConfig  # noqa: E402
 from tokenlm.models.wavenet.fused import fused_available  # noqa: E402
-from tokenlm.stages.vocoder import vocoder_config  # noqa: E402
+from tokenlm.pipeline.vocoder import vocoder_config  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -117,7 +117,7 @@ def per_clip_extras(model: WaveNet, seconds: float = 2.0) -> dict[str, tuple[flo
     """(wall, CPU) seconds per second of audio of the work outside the sample loop, per clip:
     the conditioning network (codes -> per-sample features; the bench's per-step figures leave
     it out with the priming) and, with ``lpc_order``, the LPC synthesis the Vocoder runs on
-    the sampled excitation (tokenlm.lpc, after generation, not per step)."""
+    the sampled excitation (tokenlm.vocoder.lpc, after generation, not per step)."""
     config = model.config
     n_codes = max(1, round(seconds * config.sample_rate / config.samples_per_code))
     codes = torch.randint(0, config.codebook_size, (1, n_codes), generator=torch.Generator().manual_seed(0))

@@ -144,9 +144,9 @@ def tiny_run(tmp_path_factory) -> Path:
     import torch
 
     from tokenlm.models.autoencoder import AutoencoderConfig
-    from tokenlm.stages.prepare import prepare
-    from tokenlm.stages.tokenize import tokenize
-    from tokenlm.tokenizer import AutoencoderTraining, TokenizerConfig
+    from tokenlm.pipeline.prepare import prepare
+    from tokenlm.pipeline.tokenize import tokenize
+    from tokenlm.tokenizer.tokenizer import AutoencoderTraining, TokenizerConfig
 
     root = tmp_path_factory.mktemp("tiny")
     corpus = write_corpus(root / "corpus", labels=3, groups=3, clips=3, seconds=1.0)

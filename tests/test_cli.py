@@ -6,10 +6,10 @@ import click
 import pytest
 
 from tokenlm import cli
-from tokenlm import pipeline
+from tokenlm.pipeline import registry as pipeline
 from tokenlm.cli import main
-from tokenlm.errors import TokenlmError
-from tokenlm.pipeline import BY_NAME, StageSpec
+from tokenlm.core.errors import TokenlmError
+from tokenlm.pipeline.registry import BY_NAME, StageSpec
 
 # Every command, in the order `tokenlm --help` lists them (pipeline order). Written out rather
 # than read from the CLI, so that a command whose module went missing cannot drop out unseen.
@@ -73,7 +73,7 @@ def test_usage_errors_exit_2(capsys):
 
 
 def test_ctrl_c_exits_130_with_a_word_on_resuming(capsys, monkeypatch, tmp_path):
-    import tokenlm.stages.prepare as prepare_module
+    import tokenlm.pipeline.prepare as prepare_module
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

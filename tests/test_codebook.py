@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tokenlm.codebook import CodeAssigner, CodebookConfig, code_statistics, fit_codebook
+from tokenlm.tokenizer.codebook import CodeAssigner, CodebookConfig, code_statistics, fit_codebook
 
 
 def brute_force_nearest(vectors: np.ndarray, centroids: np.ndarray):
@@ -98,7 +98,7 @@ def test_fit_codebook_subsamples_to_the_point_budget():
 def test_fit_codebook_no_worse_than_lloyd_from_the_same_init():
     from sklearn.cluster import KMeans
 
-    from tokenlm.codebook import _kmeans_plus_plus
+    from tokenlm.tokenizer.codebook import _kmeans_plus_plus
 
     points, _, _ = gaussian_mixture(6000, 48, 8, spread=1.5, seed=6)
     k, niter = 32, 15

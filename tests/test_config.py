@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from tokenlm.config import build, load_yaml, recipe_section, to_dict
-from tokenlm.errors import ConfigError
-from tokenlm.features import FeatureConfig
-from tokenlm.splits import SplitConfig
+from tokenlm.core.config import build, load_yaml, recipe_section, to_dict
+from tokenlm.core.errors import ConfigError
+from tokenlm.data.features import FeatureConfig
+from tokenlm.data.splits import SplitConfig
 
 
 @dataclass(frozen=True)

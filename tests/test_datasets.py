@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tokenlm.datasets import Clip, detect_layout, scan_dataset
-from tokenlm.errors import ConfigError
-from tokenlm.splits import SplitConfig, assign_splits
+from tokenlm.data.layouts import detect_layout, scan_dataset
+from tokenlm.data.clips import Clip
+from tokenlm.core.errors import ConfigError
+from tokenlm.data.splits import SplitConfig, assign_splits
 
 
 def touch(path: Path) -> Path:

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from tokenlm.evaluation.audio_quality import clip_distances, decoder_table
-from tokenlm.phase import griffin_lim_from_codes, griffin_lim_missing
+from tokenlm.vocoder.griffin_lim import griffin_lim_from_codes, griffin_lim_missing
 from tokenlm.evaluation.spectral import logmel_distance_db, mr_stft_distance, stoi, stoi_missing
-from tokenlm.features import FeatureConfig
+from tokenlm.data.features import FeatureConfig
 from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
-from tokenlm.tokenizer import AudioTokenizer, PatchCoder
+from tokenlm.tokenizer.tokenizer import AudioTokenizer, PatchCoder
 from tests.conftest import sound
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -122,7 +122,7 @@ def test_changed_parameters_rebuild(tiny, tmp_path):
 
 def test_interrupted_build_never_looks_finished(tmp_path, monkeypatch):
     calls = {"n": 0}
-    real_write = demo._write_wav
+    real_write = demo.write_demo_wav
 
     def failing_write(path, pcm):
         calls["n"] += 1
@@ -130,20 +130,20 @@ def test_interrupted_build_never_looks_finished(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         real_write(path, pcm)
 
-    monkeypatch.setattr(demo, "_write_wav", failing_write)
+    monkeypatch.setattr(demo, "write_demo_wav", failing_write)
     with pytest.raises(KeyboardInterrupt):
         build_demo(tmp_path / "demo", clips_per_group=1, progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_renders_do_not_depend_on_previous_clips():
-    sf_path = demo._soundfont_path(None)
-    used = demo._InstrumentRenderer(sf_path)
+    sf_path = demo.soundfont_path(None)
+    used = demo.InstrumentRenderer(sf_path)
     prog = demo.INSTRUMENT_FAMILIES["strings"][0]
     notes = demo.draw_phrase(np.random.default_rng(3), prog)
     for other in (demo.INSTRUMENT_FAMILIES["organ"][1], demo.INSTRUMENT_FAMILIES["brass"][2]):
         used.clip(other, demo.draw_phrase(np.random.default_rng(4), other))
-    fresh = demo._InstrumentRenderer(sf_path)
+    fresh = demo.InstrumentRenderer(sf_path)
     np.testing.assert_array_equal(used.clip(prog, notes), fresh.clip(prog, notes))
 
 

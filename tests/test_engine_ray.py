@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli, write_corpus
-from tokenlm.datasets import SPLITS
-from tokenlm.store import RaggedSplit
+from tokenlm.data.clips import SPLITS
+from tokenlm.data.store import RaggedSplit
 
 BLOCKS = "engine:\n  block_seconds: 3\n"  # the tiny corpus (1 s clips) in several blocks, hence shards
 
@@ -25,7 +25,7 @@ def kill_first_writer(directory: Path):
     clip into a store dies on the spot (a real process exit, mid-block), once; while
     ``directory/always`` exists, every worker that writes a clip dies."""
     def setup() -> None:
-        from tokenlm.store import RaggedWriter
+        from tokenlm.data.store import RaggedWriter
 
         add = RaggedWriter.add
 
@@ -146,7 +146,7 @@ def test_ray_engine_without_ray_says_how_to_install(tmp_path, corpus):
 
 def test_engine_recipe_section_and_blocks():
     from tokenlm.engine import blocks, engine_config
-    from tokenlm.errors import ConfigError
+    from tokenlm.core.errors import ConfigError
 
     assert engine_config({"name": "ray", "workers": 4}, None, "auto").address == "auto"
     assert engine_config({"name": "ray"}, "local").name == "local"  # the command line wins

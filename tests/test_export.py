@@ -3,18 +3,21 @@ each task's tokens."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
 import pytest
 
 from conftest import run_cli, write_corpus
-from tokenlm.errors import ArtifactError
-from tokenlm.rundir import SPLITS, RunDir
-from tokenlm.splits import SplitConfig
-from tokenlm.stages.export import export, read_export
-from tokenlm.store import RaggedSplit
-from tokenlm.tasks import encode_task, prepare_task, task_at
+from tokenlm.core.errors import ArtifactError
+from tokenlm.run.rundir import SPLITS, RunDir
+from tokenlm.data.splits import SplitConfig
+from tokenlm.pipeline.export import export, read_export
+from tokenlm.data.store import RaggedSplit
+from tokenlm.pipeline.prepare import prepare_task
+from tokenlm.pipeline.tasks import task_at
+from tokenlm.pipeline.tokenize import encode_task
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -64,3 +67,29 @@ def test_default_folder_and_missing_codes(run_with_task):
     assert export(run_with_task, "npy") == run_with_task.root / "export" / "npy" / "k8"
     with pytest.raises(ArtifactError, match="tokenize"):
         export(run_with_task, "npy", codebook_size=16)
+
+
+def test_each_format_reads_back_with_the_consumers_own_tools(run_with_task, tmp_path):
+    """What a user's code sees, read without tokenlm: unit lines split by hand (fairseq/GSLM
+    style), numpy.load of each clip's file, datasets.load_from_disk."""
+    expected = stored(run_with_task.tokens(8))
+    units = export(run_with_task, "units", codebook_size=8, out=tmp_path / "units")
+    for split, clips in expected.items():
+        lines = (units / f"{split}.units").read_text().splitlines()
+        parsed = {line.split("|")[0]: [int(u) for u in line.split("|")[1].split()] for line in lines}
+        assert parsed == {clip_id: codes.tolist() for clip_id, codes in clips.items()}
+    npy = export(run_with_task, "npy", codebook_size=8, out=tmp_path / "npy")
+    rows = [json.loads(line) for line in (npy / "index.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == sorted(i for clips in expected.values() for i in clips)
+    for row in rows:
+        codes = np.load(npy / row["file"])
+        assert codes.dtype == np.uint16 and codes.tolist() == expected[row["split"]][row["id"]].tolist()
+    datasets = pytest.importorskip("datasets")
+    hf = export(run_with_task, "hf", codebook_size=8, out=tmp_path / "hf")
+    loaded = datasets.load_from_disk(str(hf))
+    for split, clips in expected.items():
+        name = {"val": "validation"}.get(split, split)
+        if not clips:
+            assert name not in loaded
+            continue
+        assert {row["id"]: row["codes"] for row in loaded[name]} == {i: c.tolist() for i, c in clips.items()}

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenlm.codebook import CodebookConfig, fit_codebook
-from tokenlm.faiss_runtime import blas_agrees, blas_core_for, blas_record, faiss
+from tokenlm.tokenizer.codebook import CodebookConfig, fit_codebook
+from tokenlm.tokenizer.faiss_runtime import blas_agrees, blas_core_for, blas_record, faiss
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,7 @@ def test_codebook_record_says_how_faiss_blas_was_set_up():
 
 def test_a_users_core_wins_and_is_not_leaked():
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "OPENBLAS_CORETYPE": "Haswell"}
-    code = ("import json, os; from tokenlm.faiss_runtime import blas_record; "
+    code = ("import json, os; from tokenlm.tokenizer.faiss_runtime import blas_record; "
             "print(json.dumps([blas_record(), os.environ['OPENBLAS_CORETYPE']]))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     record, env_after = json.loads(out.stdout)
@@ -64,8 +64,8 @@ def test_a_users_core_wins_and_is_not_leaked():
 
 
 def test_search_blocks_hold_a_few_mb_of_distances_and_change_no_result():
-    from tokenlm.codebook import CodeAssigner
-    from tokenlm.faiss_runtime import faiss, query_block, search_blocks
+    from tokenlm.tokenizer.codebook import CodeAssigner
+    from tokenlm.tokenizer.faiss_runtime import faiss, query_block, search_blocks
 
     assert [query_block(k) for k in (16, 256, 512, 1024, 4096)] == [4096, 4096, 2048, 1024, 1024]
     before = faiss.cvar.distance_compute_blas_query_bs

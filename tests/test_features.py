@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tokenlm.features import (
+from tokenlm.data.features import (
     FeatureConfig,
     LogMel,
     LogMelStream,
@@ -131,7 +131,7 @@ def test_file_log_mel_in_blocks_equals_the_one_shot_path(seconds, write_audio):
     wav = np.stack([test_signal(48000, seconds), test_signal(48000, seconds, seed=1)], axis=1)
     path = write_audio("stereo.wav", data=wav, sample_rate=48000, subtype="FLOAT")
     frames, num_samples = file_log_mel(path, LogMel(config), min_samples=400, block_seconds=0.25)
-    from tokenlm.audio import load_audio
+    from tokenlm.data.audio import load_audio
 
     samples = load_audio(path, config.sample_rate)
     whole = LogMel(config)(torch.from_numpy(samples)).numpy()

@@ -12,16 +12,16 @@ import torch
 
 from conftest import sound
 from tokenlm import hear
-from tokenlm.codebook import CodebookConfig
-from tokenlm.config import build
-from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
-from tokenlm.fileio import read_json
+from tokenlm.tokenizer.codebook import CodebookConfig
+from tokenlm.core.config import build
+from tokenlm.core.errors import ArtifactError, ConfigError, TokenlmError
+from tokenlm.core.fileio import read_json
 from tokenlm.models.gpt import LMConfig
-from tokenlm.rundir import RunDir
-from tokenlm.stages.pretrain import pretrain
-from tokenlm.stages.probe import probe
-from tokenlm.stages.probe_config import ProbeConfig
-from tokenlm.stages.tokenize import fit_codebook_stage
+from tokenlm.run.rundir import RunDir
+from tokenlm.pipeline.pretrain import pretrain
+from tokenlm.pipeline.probe import probe
+from tokenlm.pipeline.probe_config import ProbeConfig
+from tokenlm.pipeline.tokenize import fit_codebook_stage
 from tokenlm.training import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

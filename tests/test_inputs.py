@@ -18,12 +18,13 @@ import pytest
 import soundfile as sf
 
 from conftest import sound, write_corpus
-from tokenlm.audio import Span, audio_blocks, audio_seconds, load_audio
-from tokenlm.datasets import SPLITS, scan_dataset
-from tokenlm.errors import ConfigError
-from tokenlm.fileio import read_json, read_jsonl
-from tokenlm.stages.prepare import prepare
-from tokenlm.store import RaggedSplit
+from tokenlm.data.audio import Span, audio_blocks, audio_seconds, load_audio
+from tokenlm.data.layouts import scan_dataset
+from tokenlm.data.clips import SPLITS
+from tokenlm.core.errors import ConfigError
+from tokenlm.core.fileio import read_json, read_jsonl
+from tokenlm.pipeline.prepare import prepare
+from tokenlm.data.store import RaggedSplit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -200,9 +201,9 @@ def test_segments_are_checked(tmp_path):
 
 def test_vocoder_and_encoder_read_only_the_span(tmp_path, tiny_run):
     """The tokenizer's codes and the vocoder's audio of a segment are those of its piece."""
-    from tokenlm.splits import SplitConfig
-    from tokenlm.stages.tokenize import encode_new_data
-    from tokenlm.vocoder_data import load_aligned
+    from tokenlm.data.splits import SplitConfig
+    from tokenlm.pipeline.tokenize import encode_new_data
+    from tokenlm.vocoder.training_data import load_aligned
 
     wav = np.concatenate([sound("tone", 1.0, seed=1), sound("noise", 1.0, seed=2)])
     (tmp_path / "long").mkdir()

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from tokenlm import lpc
+from tokenlm.vocoder import lpc
 from tokenlm.evaluation.spectral import logmel_distance_db
-from tokenlm.features import FeatureConfig, LogMel
+from tokenlm.data.features import FeatureConfig, LogMel
 from tests.conftest import sound
 
 SR, HOP = 8000, 80
@@ -43,7 +43,7 @@ def test_white_excitation_takes_the_envelope_of_the_log_mel():
 
 def test_a_vocoder_with_lpc_round_trips_and_keeps_exact_lengths():
     from tokenlm.models.wavenet import WaveNet, WaveNetConfig
-    from tokenlm.vocoder import Vocoder, audio_from_network, network_signal
+    from tokenlm.vocoder.vocoder import Vocoder, audio_from_network, network_signal
 
     torch.manual_seed(0)
     model = WaveNet(WaveNetConfig(layers_per_cycle=2, cycles=1, residual_channels=4, gate_channels=4, skip_channels=4,

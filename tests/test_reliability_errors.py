@@ -17,23 +17,23 @@ import pytest
 import torch
 from torch import nn
 
-from tokenlm.artifacts import STAGE_FILE, record_outputs
-from tokenlm.codebook import CodebookConfig, fit_codebook
-from tokenlm.config import build
-from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
-from tokenlm.features import FeatureConfig
-from tokenlm.fileio import read_json, write_json
-from tokenlm.lm import CodeLM
+from tokenlm.run.artifacts import STAGE_FILE, record_outputs
+from tokenlm.tokenizer.codebook import CodebookConfig, fit_codebook
+from tokenlm.core.config import build
+from tokenlm.core.errors import ArtifactError, ConfigError, TokenlmError
+from tokenlm.data.features import FeatureConfig
+from tokenlm.core.fileio import read_json, write_json
+from tokenlm.lm.code_lm import CodeLM
 from tokenlm.models.gpt import LMConfig, build_gpt2
 from tokenlm.models.wavenet import WaveNet, WaveNetConfig
-from tokenlm.rundir import AUTOENCODER_WEIGHTS, CODEBOOK, CONFIG, META, MODEL_WEIGHTS, WAVENET_WEIGHTS
-from tokenlm.stages.generate_codes import read_prompt_codes
-from tokenlm.stages.prepare import prepare
-from tokenlm.stages.probe_config import configs as probe_configs
-from tokenlm.store import RaggedSplit, RaggedWriter
-from tokenlm.tokenizer import AudioTokenizer
+from tokenlm.run.rundir import AUTOENCODER_WEIGHTS, CODEBOOK, CONFIG, META, MODEL_WEIGHTS, WAVENET_WEIGHTS
+from tokenlm.pipeline.generate_codes import read_prompt_codes
+from tokenlm.pipeline.prepare import prepare
+from tokenlm.pipeline.probe_config import configs as probe_configs
+from tokenlm.data.store import RaggedSplit, RaggedWriter
+from tokenlm.tokenizer.tokenizer import AudioTokenizer
 from tokenlm.training import TrainConfig, train
-from tokenlm.vocoder import Vocoder, save_vocoder
+from tokenlm.vocoder.vocoder import Vocoder, save_vocoder
 from tests.conftest import run_cli, write_corpus
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -325,7 +325,7 @@ def test_a_full_disk_while_writing_json_names_the_file(tmp_path):
     were writing, so the CLI's one line still says where."""
     script = (
         "import resource, sys\n"
-        "from tokenlm.fileio import write_json, write_jsonl\n"
+        "from tokenlm.core.fileio import write_json, write_jsonl\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))\n"
         "for write, path in ((write_json, sys.argv[1]), (write_jsonl, sys.argv[2])):\n"
         "    try:\n"

@@ -13,16 +13,16 @@ import pytest
 import soundfile as sf
 
 from conftest import run_cli, tone, write_corpus
-from tokenlm.artifacts import STAGE_FILE
-from tokenlm.datasets import scan_dataset
-from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
-from tokenlm.fileio import read_json, read_jsonl
+from tokenlm.run.artifacts import STAGE_FILE
+from tokenlm.data.layouts import scan_dataset
+from tokenlm.core.errors import ArtifactError, ConfigError, TokenlmError
+from tokenlm.core.fileio import read_json, read_jsonl
 from tokenlm.models.autoencoder import AutoencoderConfig
-from tokenlm.rundir import MANIFEST, RunDir
-from tokenlm.stages.prepare import prepare
-from tokenlm.stages.tokenize import encode_run_stage, tokenize
-from tokenlm.store import RaggedSplit
-from tokenlm.tokenizer import AutoencoderTraining, TokenizerConfig
+from tokenlm.run.rundir import MANIFEST, RunDir
+from tokenlm.pipeline.prepare import prepare
+from tokenlm.pipeline.tokenize import encode_run_stage, tokenize
+from tokenlm.data.store import RaggedSplit
+from tokenlm.tokenizer.tokenizer import AutoencoderTraining, TokenizerConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -139,7 +139,7 @@ def test_a_file_replaced_with_its_size_and_mtime_kept_rebuilds_the_features(tmp_
 
 def test_vocoder_and_tokenize_refuse_audio_changed_since_prepare(tokenized):
     from tokenlm.models.wavenet import WaveNetConfig
-    from tokenlm.stages.vocoder import VocoderConfig, train_vocoder
+    from tokenlm.pipeline.vocoder import VocoderConfig, train_vocoder
     from tokenlm.training import TrainConfig
 
     run = tokenized

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli, write_corpus
-from tokenlm.artifacts import Stage, stage_key, verify
-from tokenlm.fileio import read_json, read_jsonl
+from tokenlm.run.artifacts import Stage, stage_key, verify
+from tokenlm.core.fileio import read_json, read_jsonl
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from tokenlm.errors import TokenlmError
+from tokenlm.core.errors import TokenlmError
 from tokenlm.training import TrainConfig, setup_distributed, train
 
 out = Path(sys.argv[1])

@@ -3,7 +3,7 @@ commands on one run, kill -9 at every rename of a finish, folders tokenlm did no
 fsync before publishing, and finished files that no longer match their stage.json.
 
 Processes that must really run at the same time, or really die, are separate interpreters
-running a few lines of the real Stage (importing only tokenlm.artifacts: a tenth of a second).
+running a few lines of the real Stage (importing only tokenlm.run.artifacts: a tenth of a second).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli
-from tokenlm import artifacts
-from tokenlm.artifacts import STAGE_FILE, Stage, keeping_checkpoints
-from tokenlm.errors import ArtifactError
-from tokenlm.fileio import read_json, write_json
-from tokenlm.rundir import RunDir
+from tokenlm.run import artifacts
+from tokenlm.run.artifacts import STAGE_FILE, Stage, keeping_checkpoints
+from tokenlm.core.errors import ArtifactError
+from tokenlm.core.fileio import read_json, write_json
+from tokenlm.run.rundir import RunDir
 
 # Spelled here rather than imported, so that this module runs (and fails test by test) on the
 # code before the run lock existed.
@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKER = r"""
 import os, signal, sys, time
 from pathlib import Path
-from tokenlm import artifacts
-from tokenlm.artifacts import Stage
+from tokenlm.run import artifacts
+from tokenlm.run.artifacts import Stage
 
 if os.environ.get("FILE_SIZE_LIMIT"):
     import resource
@@ -173,30 +173,25 @@ def test_a_holder_killed_with_sigkill_leaves_no_lock_behind(tmp_path):
 def test_stages_started_inside_a_stage_of_the_same_run_do_not_wait_for_themselves(tmp_path, monkeypatch):
     monkeypatch.setenv("TOKENLM_LOCK_WAIT", "0")
     run = RunDir(tmp_path / "run")
-    outer = Stage(run.sweep, config={"k": [8]})
+    outer = Stage(run.sweep, config={"k": [8]}, lock_root=run.lock_root)
     work = outer.start()
     # the sweep builds codebooks, tokens and per-K LMs of the same run while it holds the lock
     for inner in (run.codebook(8), run.tokens(8), run.sweep_k(8).lm, run.baseline("vgg")):
-        Stage(inner, config={}).build("inner", lambda w: None)
+        Stage(inner, config={}, lock_root=run.sweep_k(8).lock_root).build("inner", lambda w: None)
     (work / "sweep.csv").write_text("k\n8\n")
     outer.finish()
     assert not (run.root / LOCK_FILE).exists()
 
 
 def test_the_lock_of_every_stage_of_a_run_is_the_runs(tmp_path):
-    from tokenlm.rundir import run_root_of
-
+    """A run nested in another (task, sweep K, scale point, lever) is guarded by the outer run's
+    lock, however deep; a run opened on its own is its own."""
     run = RunDir(tmp_path / "run")
-    run.features.mkdir(parents=True)
-    run.scale_point(2).features.mkdir(parents=True)
-    task = run.task("keywords")
-    for folder in (run.features, run.tokenizer, run.codebook(16), run.tokens(16), run.lm, run.vocoder,
-                   run.probe_task("keywords"), run.baseline("simclr"), run.sweep, run.sweep_k(16).lm,
-                   run.sweep_k(16).probe_task("keywords"), task.features, task.tokens(16), task.baseline("vgg"),
-                   run.scale_point(0.5).lm, run.scale_point(2).task("keywords").tokens(16)):
-        assert run_root_of(folder) == run.root.absolute(), folder
-    assert run_root_of(tmp_path / "elsewhere" / "lm") == tmp_path / "elsewhere"
-    assert run_root_of(tmp_path / "probe" / "features") == tmp_path / "probe"  # a run named probe
+    for nested in (run.task("keywords"), run.sweep_k(16), run.scale_point(0.5), run.lever("multi"),
+                   run.scale_point(2).task("keywords"), run.sweep_k(16).task("pitch")):
+        assert nested.lock_root == run.root, nested
+    assert RunDir(tmp_path / "elsewhere").lock_root == tmp_path / "elsewhere"
+    assert Stage(tmp_path / "out" / "lm", config={}).run_root == tmp_path / "out"  # outside any run: its parent
 
 
 def test_two_configs_never_share_a_work_folder(tmp_path):
@@ -326,7 +321,7 @@ def _finished(tmp_path) -> Stage:
 
 
 def test_stage_json_records_the_size_and_hash_of_every_output_file(tmp_path):
-    from tokenlm.artifacts import verify
+    from tokenlm.run.artifacts import verify
 
     stage = _finished(tmp_path)
     files = read_json(stage.out_dir / STAGE_FILE)["files"]
@@ -337,7 +332,7 @@ def test_stage_json_records_the_size_and_hash_of_every_output_file(tmp_path):
 
 
 def test_a_truncated_or_missing_output_is_not_up_to_date_and_fails_to_load(tmp_path, capsys):
-    from tokenlm.artifacts import check_outputs
+    from tokenlm.run.artifacts import check_outputs
 
     stage = _finished(tmp_path)
     weights = stage.out_dir / "model.safetensors"
@@ -353,7 +348,7 @@ def test_a_truncated_or_missing_output_is_not_up_to_date_and_fails_to_load(tmp_p
 
 
 def test_verify_sees_changed_bytes_of_the_same_size(tmp_path):
-    from tokenlm.artifacts import check_outputs
+    from tokenlm.run.artifacts import check_outputs
 
     stage = _finished(tmp_path)
     (stage.out_dir / "model.safetensors").write_bytes(b"x" * 4096)
@@ -375,7 +370,7 @@ def test_a_stage_finished_before_file_records_is_still_trusted(tmp_path):
 def test_loading_a_tokenizer_with_a_truncated_file_names_the_file(tiny_run, tmp_path, name):
     import shutil
 
-    from tokenlm.tokenizer import AudioTokenizer
+    from tokenlm.tokenizer.tokenizer import AudioTokenizer
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run / "tokenizer", run / "tokenizer")
@@ -387,8 +382,8 @@ def test_loading_a_tokenizer_with_a_truncated_file_names_the_file(tiny_run, tmp_
 
 @pytest.mark.parametrize("loader, weights", [("lm", "model.safetensors"), ("vocoder", "wavenet.safetensors")])
 def test_loading_an_lm_or_vocoder_with_a_truncated_file_names_the_file(tmp_path, loader, weights):
-    from tokenlm.lm import CodeLM
-    from tokenlm.vocoder import Vocoder
+    from tokenlm.lm.code_lm import CodeLM
+    from tokenlm.vocoder.vocoder import Vocoder
 
     stage = Stage(tmp_path / loader, {"k": 8})
     work = stage.start()
@@ -405,7 +400,7 @@ def test_loading_an_lm_or_vocoder_with_a_truncated_file_names_the_file(tmp_path,
 def test_reading_features_or_tokens_with_a_truncated_file_names_the_file(tiny_run, tmp_path, store):
     import shutil
 
-    from tokenlm.rundir import read_feature_meta, read_tokens_meta
+    from tokenlm.run.rundir import read_feature_meta, read_tokens_meta
 
     copy = tmp_path / store
     shutil.copytree(tiny_run / store, copy)
@@ -423,7 +418,7 @@ def test_reading_features_or_tokens_with_a_truncated_file_names_the_file(tiny_ru
 HELD_COMMAND = r"""
 import os, sys, time
 from pathlib import Path
-from tokenlm.artifacts import Stage
+from tokenlm.run.artifacts import Stage
 
 gate, real_finish = Path(sys.argv[1]), Stage.finish
 
@@ -440,8 +435,8 @@ main(sys.argv[2:])
 
 
 def test_two_prepares_with_different_configs_on_one_run_never_mix(make_corpus, tmp_path, monkeypatch, capsys):
-    from tokenlm.features import FeatureConfig
-    from tokenlm.stages.prepare import prepare
+    from tokenlm.data.features import FeatureConfig
+    from tokenlm.pipeline.prepare import prepare
 
     corpus, run = make_corpus(labels=2, groups=2, clips=1), tmp_path / "run"
     log = tmp_path / "first.log"

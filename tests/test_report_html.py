@@ -10,9 +10,9 @@ import pytest
 
 from tests.conftest import tone
 from tokenlm.reporting.listening import audio_flags
-from tokenlm.stages.report import loss_references, write_report
-from tokenlm.stages.sweep import reference_curves, reference_lines
-from tokenlm.vocoder import write_wav
+from tokenlm.pipeline.report import loss_references, write_report
+from tokenlm.pipeline.sweep import reference_curves, reference_lines
+from tokenlm.vocoder.vocoder import write_wav
 
 SR = 16000
 NOTE = "on CPU a pipeline check, not a vocoder"

@@ -13,10 +13,10 @@ import pytest
 import torch
 import yaml
 
-from tokenlm.artifacts import STAGE_FILE, Stage, keeping_checkpoints, stage_key
-from tokenlm.errors import ConfigError
-from tokenlm.fileio import read_json
-from tokenlm.overrides import apply_overrides
+from tokenlm.run.artifacts import STAGE_FILE, Stage, keeping_checkpoints, stage_key
+from tokenlm.core.errors import ConfigError
+from tokenlm.core.fileio import read_json
+from tokenlm.core.overrides import apply_overrides
 from tokenlm.training import TrainConfig, load_checkpoint, save_checkpoint, train
 from tokenlm.training.checkpoint import remove_partial_writes
 from tests.conftest import run_cli as tokenlm, write_corpus
@@ -169,20 +169,20 @@ def test_the_public_api_imports_from_the_package(tiny_run):
 
 
 def test_decode_audio_without_a_vocoder_reconstructs_the_phase(tiny_run):
-    from tokenlm import AudioTokenizer
+    from tokenlm import AudioTokenizer, decode_audio
 
     tokenizer = AudioTokenizer.load(tiny_run / "tokenizer")
     codes = torch.tensor([0, 1, 2, 3, 4])
-    audio = tokenizer.decode_audio(codes)
+    audio = decode_audio(tokenizer, codes)
     assert audio.dtype == np.float32 and len(audio) == 5 * tokenizer.samples_per_code
     assert np.isfinite(audio).all() and np.abs(audio).max() > 0
-    assert np.array_equal(audio, tokenizer.decode_audio(codes))  # seeded
+    assert np.array_equal(audio, decode_audio(tokenizer, codes))  # seeded
 
 
 # ---- progress and trackers ------------------------------------------------------------------------
 
 def test_progress_off_a_terminal_prints_plain_lines(monkeypatch):
-    from tokenlm.progress import progress_bar
+    from tokenlm.core.progress import progress_bar
 
     log = io.StringIO()  # not a terminal
     monkeypatch.setattr(sys, "stderr", log)
@@ -194,7 +194,7 @@ def test_progress_off_a_terminal_prints_plain_lines(monkeypatch):
 
 
 def _train_with_trackers(tmp_path, log_to):
-    from tokenlm.tracking import logging_to
+    from tokenlm.core.tracking import logging_to
 
     model = torch.nn.Linear(2, 1)
     cfg = TrainConfig(steps=4, batch_size=4, eval_every=2, log_every=1, warmup_steps=0, device="cpu")
@@ -266,7 +266,7 @@ def test_every_command_takes_the_run_folder_as_its_argument_and_the_old_out_stil
 
 
 def test_help_shows_defaults_one_way_everywhere(capsys):
-    from tokenlm.pipeline import STAGES
+    from tokenlm.pipeline.registry import STAGES
 
     commands = [[spec.name] for spec in STAGES if spec.name != "data"] + [["data", "demo"], ["data", "corpus"]]
     for command in commands:

@@ -12,13 +12,13 @@ import soundfile as sf
 import soxr
 import torch
 
-from tokenlm.codebook import CodebookConfig
-from tokenlm.errors import ArtifactError, AudioError
-from tokenlm.fileio import write_json
+from tokenlm.tokenizer.codebook import CodebookConfig
+from tokenlm.core.errors import ArtifactError, AudioError
+from tokenlm.core.fileio import write_json
 from tokenlm.models.autoencoder import AutoencoderConfig
-from tokenlm.stages.prepare import prepare
-from tokenlm.stages.tokenize import tokenize
-from tokenlm.tokenizer import AudioTokenizer, AutoencoderTraining, TokenizerConfig
+from tokenlm.pipeline.prepare import prepare
+from tokenlm.pipeline.tokenize import tokenize
+from tokenlm.tokenizer.tokenizer import AudioTokenizer, AutoencoderTraining, TokenizerConfig
 from tests.conftest import sound
 
 SR = 16000

@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from tokenlm.config import build
-from tokenlm.errors import ConfigError
+from tokenlm.core.config import build
+from tokenlm.core.errors import ConfigError
 from tokenlm.training import (
     EpochBatches, TrainConfig, batch_rng, load_checkpoint, lr_factor, rng_state, save_checkpoint, set_rng_state,
     train,

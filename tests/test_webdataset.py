@@ -16,16 +16,16 @@ import pytest
 import soundfile as sf
 
 from conftest import run_cli, write_corpus
-from tokenlm.audio import load_audio, row_source
-from tokenlm.datasets import detect_layout, scan_dataset
-from tokenlm.errors import ArtifactError, ConfigError
-from tokenlm.fileio import read_jsonl
-from tokenlm.input_files import check_unchanged, file_stamp
-from tokenlm.rundir import MANIFEST, META
-from tokenlm.stages.prepare import prepare
-from tokenlm.store import RaggedSplit
-from tokenlm.tar_input import TarMember
-from tokenlm.webdataset import expand_braces, read_webdataset
+from tokenlm.data.audio import load_audio, row_source
+from tokenlm.data.layouts import detect_layout, scan_dataset
+from tokenlm.core.errors import ArtifactError, ConfigError
+from tokenlm.core.fileio import read_jsonl
+from tokenlm.data.files import check_unchanged, file_stamp
+from tokenlm.run.rundir import MANIFEST, META
+from tokenlm.pipeline.prepare import prepare
+from tokenlm.data.store import RaggedSplit
+from tokenlm.data.tar_member import TarMember
+from tokenlm.data.webdataset import expand_braces, read_webdataset
 
 
 def pack(folder: Path, out: Path, shards: int = 2, meta: str = "json") -> list[Path]:
@@ -112,9 +112,9 @@ def test_a_manifest_row_names_its_member_and_decodes_again(corpus, tmp_path):
 
 def test_tokenize_encodes_shards_like_folders(corpus, tmp_path, tiny_run):
     """New data through the tokenize path (row_source, stamps checked): the same codes."""
-    from tokenlm.splits import SplitConfig
-    from tokenlm.stages.tokenize import encode_new_data
-    from tokenlm.vocoder_data import load_aligned
+    from tokenlm.data.splits import SplitConfig
+    from tokenlm.pipeline.tokenize import encode_new_data
+    from tokenlm.vocoder.training_data import load_aligned
 
     codes = {}
     for name, data in zip(("folders", "shards"), corpus):
@@ -214,7 +214,7 @@ def test_layout_detection(corpus, tmp_path):
 def test_a_member_streams_in_blocks_as_its_file_does(tmp_path):
     """Long clips are decoded block by block, straight from the tar (and a span of one too)."""
     from conftest import sound
-    from tokenlm.audio import audio_blocks, audio_seconds, audio_source
+    from tokenlm.data.audio import audio_blocks, audio_seconds, audio_source
 
     file = tmp_path / "long.flac"
     sf.write(file, np.concatenate([sound("tone", 1.0, seed=1), sound("chirp", 1.0, seed=2)]), 16000)

@@ -3,10 +3,10 @@
 The public API, imported on first use (so ``import tokenlm`` and ``tokenlm --help`` stay
 fast; torch loads only when a model does):
 
-    from tokenlm import AudioTokenizer, CodeLM, load_audio
+    from tokenlm import AudioTokenizer, CodeLM, decode_audio, load_audio
     tokenizer = AudioTokenizer.load("runs/demo/tokenizer")
     codes = tokenizer.encode(load_audio("clip.wav", tokenizer.sample_rate), tokenizer.sample_rate)
-    audio = tokenizer.decode_audio(codes)           # RUN/vocoder if trained, else Griffin-Lim
+    audio = decode_audio(tokenizer, codes)          # RUN/vocoder if trained, else Griffin-Lim
     ppl = CodeLM.load("runs/demo/lm").perplexity([codes])
 """
 
@@ -23,18 +23,19 @@ __version__ = "0.1.0"
 
 # name -> the module that defines it
 _EXPORTS = {
-    "AudioTokenizer": "tokenlm.tokenizer",
-    "CodeLM": "tokenlm.lm",
-    "Vocoder": "tokenlm.vocoder",
-    "RunDir": "tokenlm.rundir",
-    "load_lm": "tokenlm.trained",
-    "load_vocoder": "tokenlm.trained",
-    "load_lm_tokenizer": "tokenlm.trained",
-    "load_audio": "tokenlm.audio",
-    "encode_clips": "tokenlm.encoding",
-    "griffin_lim": "tokenlm.phase",
-    "run_recipe": "tokenlm.stages.run",
-    "TokenlmError": "tokenlm.errors",
+    "AudioTokenizer": "tokenlm.tokenizer.tokenizer",
+    "CodeLM": "tokenlm.lm.code_lm",
+    "Vocoder": "tokenlm.vocoder.vocoder",
+    "RunDir": "tokenlm.run.rundir",
+    "load_lm": "tokenlm.pipeline.loaders",
+    "load_vocoder": "tokenlm.pipeline.loaders",
+    "load_lm_tokenizer": "tokenlm.pipeline.loaders",
+    "load_audio": "tokenlm.data.audio",
+    "encode_clips": "tokenlm.tokenizer.encoding",
+    "griffin_lim": "tokenlm.vocoder.griffin_lim",
+    "decode_audio": "tokenlm.vocoder.decode",
+    "run_recipe": "tokenlm.pipeline.run",
+    "TokenlmError": "tokenlm.core.errors",
 }
 _SUBMODULES = ("hear",)  # HEAR's API: tokenlm.hear.load_model(...)
 

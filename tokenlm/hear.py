@@ -33,14 +33,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tokenlm.artifacts import read_stage, stage_key
-from tokenlm.errors import ArtifactError, ConfigError
+from tokenlm.run.artifacts import read_stage, stage_key
+from tokenlm.core.errors import ArtifactError, ConfigError
 from tokenlm.evaluation.pooling import POOLINGS, pool, time_statistics
-from tokenlm.fileio import read_json
-from tokenlm.lm import CodeLM
-from tokenlm.rundir import CONFIG, META, RESULTS, RunDir, is_finished
-from tokenlm.runtime import pick_device
-from tokenlm.tokenizer import AudioTokenizer
+from tokenlm.core.fileio import read_json
+from tokenlm.lm.code_lm import CodeLM
+from tokenlm.run.rundir import CONFIG, META, RESULTS, RunDir, is_finished
+from tokenlm.core.runtime import pick_device
+from tokenlm.tokenizer.tokenizer import AudioTokenizer
 
 __all__ = ["TokenlmEmbedding", "load_model", "get_timestamp_embeddings", "get_scene_embeddings"]
 

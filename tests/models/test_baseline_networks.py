@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from tokenlm.baselines.cnn import count_flops, load_model, save_model
 from tokenlm.baselines.networks import build_network, network_config, title
 from tokenlm.baselines.pretrained import load_imagenet_weights
-from tokenlm.errors import ConfigError
+from tokenlm.core.errors import ConfigError
 from tokenlm.models.audio_transformer import multi_rate_pool
 from tokenlm.models.cnn import MODELS
-from tokenlm.stages.probe_config import BaselinesConfig, configs
+from tokenlm.pipeline.probe_config import BaselinesConfig, configs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from tokenlm.config import build
-from tokenlm.errors import ArtifactError, ConfigError
-from tokenlm.lm import CodeLM, count_baselines, plan_windows, scoring_windows
+from tokenlm.core.config import build
+from tokenlm.core.errors import ArtifactError, ConfigError
+from tokenlm.lm.code_lm import CodeLM, count_baselines, plan_windows, scoring_windows
 from tokenlm.models.gpt import LMConfig, build_gpt2, matmul_params, resolve_attn_implementation, train_flops_per_token
 
 K = 16

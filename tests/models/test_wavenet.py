@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tokenlm.errors import ConfigError
+from tokenlm.core.errors import ConfigError
 from tokenlm.models.wavenet import WaveNet, WaveNetConfig, mu_law_decode, mu_law_encode
 
 SPC = 8  # samples per code in the small configs: several codes fit in a short clip

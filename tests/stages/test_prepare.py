@@ -10,16 +10,16 @@ import pytest
 import soundfile as sf
 import torch
 
-from tokenlm.artifacts import STAGE_FILE, Stage
-from tokenlm.audio import load_audio
+from tokenlm.run.artifacts import STAGE_FILE, Stage
+from tokenlm.data.audio import load_audio
 from tokenlm.cli import main
-from tokenlm.datasets import SPLITS
-from tokenlm.errors import TokenlmError
-from tokenlm.features import FeatureConfig, LogMel
-from tokenlm.fileio import read_json, read_jsonl
-from tokenlm.rundir import MANIFEST, RunDir, read_feature_meta
-from tokenlm.stages.prepare import prepare
-from tokenlm.store import RaggedSplit
+from tokenlm.data.clips import SPLITS
+from tokenlm.core.errors import TokenlmError
+from tokenlm.data.features import FeatureConfig, LogMel
+from tokenlm.core.fileio import read_json, read_jsonl
+from tokenlm.run.rundir import MANIFEST, RunDir, read_feature_meta
+from tokenlm.pipeline.prepare import prepare
+from tokenlm.data.store import RaggedSplit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -19,16 +19,16 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from tokenlm.artifacts import Stage, keeping_checkpoints
+from tokenlm.run.artifacts import Stage, keeping_checkpoints
 from tokenlm.cli import cli, main
-from tokenlm.config import load_yaml
-from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
-from tokenlm.fileio import read_json, write_json
-from tokenlm.lm import CodeLM
+from tokenlm.core.config import load_yaml
+from tokenlm.core.errors import ArtifactError, ConfigError, TokenlmError
+from tokenlm.core.fileio import read_json, write_json
+from tokenlm.lm.code_lm import CodeLM
 from tokenlm.models.gpt import LMConfig, build_gpt2
-from tokenlm.stages.generate_codes import generate_codes
-from tokenlm.stages.pretrain import PackedClips, lm_configs, pretrain
-from tokenlm.store import RaggedSplit, RaggedWriter
+from tokenlm.pipeline.generate_codes import generate_codes
+from tokenlm.pipeline.pretrain import PackedClips, lm_configs, pretrain
+from tokenlm.data.store import RaggedSplit, RaggedWriter
 from tokenlm.training import TrainConfig, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -221,10 +221,10 @@ from pathlib import Path
 import torch
 
 from tokenlm.cli import main
-from tokenlm.lm import lm_loss
+from tokenlm.lm.code_lm import lm_loss
 from tokenlm.models.gpt import LMConfig, build_gpt2
-from tokenlm.stages.pretrain import PackedClips, validation_batches
-from tokenlm.store import RaggedSplit
+from tokenlm.pipeline.pretrain import PackedClips, validation_batches
+from tokenlm.data.store import RaggedSplit
 from tokenlm.training import TrainConfig, setup_distributed, train
 
 run, out, recipe = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]

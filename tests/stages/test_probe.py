@@ -9,16 +9,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tokenlm.artifacts import Stage
-from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
+from tokenlm.run.artifacts import Stage
+from tokenlm.core.errors import ArtifactError, ConfigError, TokenlmError
 from tokenlm.evaluation.clips import LabelledClips
 from tokenlm.evaluation.representations import Representation, parse_layers
 from tokenlm.evaluation.rows import representation_row
-from tokenlm.fileio import read_json, write_json, write_jsonl
-from tokenlm.rundir import RunDir
-from tokenlm.stages.probe import command, probe
-from tokenlm.stages.probe_config import ProbeConfig, configs
-from tokenlm.store import RaggedSplit, RaggedWriter
+from tokenlm.core.fileio import read_json, write_json, write_jsonl
+from tokenlm.run.rundir import RunDir
+from tokenlm.pipeline.probe import probe
+from tokenlm.cli.probe import command
+from tokenlm.pipeline.probe_config import ProbeConfig, configs
+from tokenlm.data.store import RaggedSplit, RaggedWriter
 
 # Tiny models: one torch thread (see conftest.py).
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -222,13 +223,13 @@ def _train_tokenizer_and_lm(run: Path) -> None:
     """A real (tiny) tokenizer and code LM on the fabricated run, through their own stages."""
     import torch
 
-    from tokenlm.codebook import CodebookConfig
-    from tokenlm.config import build
+    from tokenlm.tokenizer.codebook import CodebookConfig
+    from tokenlm.core.config import build
     from tokenlm.models.autoencoder import AutoencoderConfig
     from tokenlm.models.gpt import LMConfig
-    from tokenlm.stages.pretrain import pretrain
-    from tokenlm.stages.tokenize import fit_codebook_stage, train_autoencoder_stage
-    from tokenlm.tokenizer import AudioTokenizer, AutoencoderTraining
+    from tokenlm.pipeline.pretrain import pretrain
+    from tokenlm.pipeline.tokenize import fit_codebook_stage, train_autoencoder_stage
+    from tokenlm.tokenizer.tokenizer import AudioTokenizer, AutoencoderTraining
     from tokenlm.training import TrainConfig
 
     cpu = torch.device("cpu")
@@ -255,7 +256,7 @@ def _train_tokenizer_and_lm(run: Path) -> None:
 
 
 def test_autoencoder_and_lm_rows_with_a_real_tokenizer_and_lm(tmp_path):
-    pytest.importorskip("tokenlm.faiss_runtime")
+    pytest.importorskip("tokenlm.tokenizer.faiss_runtime")
     pytest.importorskip("transformers")
     run = make_run(tmp_path, per_split=(4, 2, 2))
     _train_tokenizer_and_lm(run)
@@ -287,7 +288,7 @@ def test_autoencoder_and_lm_rows_with_a_real_tokenizer_and_lm(tmp_path):
 
 
 def test_interrupted_fold_training_resumes_finished_models(tmp_path, monkeypatch):
-    import tokenlm.stages.baselines as baselines_module
+    import tokenlm.pipeline.baselines as baselines_module
 
     run = make_run(tmp_path, folds=True)
     config = configs(dict(baselines=("timbre",), **TINY))

@@ -12,9 +12,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from tokenlm.fileio import read_json, read_jsonl
-from tokenlm.store import RaggedSplit
-from tokenlm.tokenizer import AudioTokenizer, load_patch_coder
+from tokenlm.core.fileio import read_json, read_jsonl
+from tokenlm.data.store import RaggedSplit
+from tokenlm.tokenizer.tokenizer import AudioTokenizer, load_patch_coder
 from tests.conftest import Crash, crash_and_resume, run_cli as tokenlm, sound
 
 SR = 16000
@@ -265,9 +265,9 @@ def test_new_data_never_overwrites_a_training_run(run, corpus, capsys):
 def test_encoding_restores_thread_counts(run, tmp_path):
     """encode_clips runs torch and FAISS single-threaded (clip-sized work) and gives the
     caller's settings back."""
-    from tokenlm.faiss_runtime import faiss
+    from tokenlm.tokenizer.faiss_runtime import faiss
 
-    from tokenlm.encoding import encode_clips
+    from tokenlm.tokenizer.encoding import encode_clips
 
     rows = [r for r in read_jsonl(run / "manifest.jsonl") if r["status"] == "ok"][:3]
     faiss_before = faiss.omp_get_max_threads()
@@ -298,9 +298,9 @@ def test_autoencoder_training_resumes_exactly_after_an_interruption(run, tmp_pat
     """The autoencoder trains on the shared loop: a crash early in epoch 2 and a rerun in the
     same folder end with the weights and metrics of an uninterrupted run."""
     from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
-    from tokenlm.rundir import RunDir, read_feature_meta
-    from tokenlm.tokenizer_training import PatchSampler, fit_autoencoder
-    from tokenlm.tokenizer import AutoencoderTraining, PatchCoder
+    from tokenlm.run.rundir import RunDir, read_feature_meta
+    from tokenlm.tokenizer.fit import PatchSampler, fit_autoencoder
+    from tokenlm.tokenizer.tokenizer import AutoencoderTraining, PatchCoder
 
     meta = read_feature_meta(RunDir(run).features)
     features, norm = meta.config, {"mean": meta.norm_mean, "std": meta.norm_std}

@@ -15,16 +15,16 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
-from tokenlm.audio import load_audio
-from tokenlm.errors import ArtifactError, ConfigError
+from tokenlm.data.audio import load_audio
+from tokenlm.core.errors import ArtifactError, ConfigError
 from tokenlm.evaluation.audio_quality import log_spectral_distance, logmel_distance_db
-from tokenlm.fileio import read_json, write_json
+from tokenlm.core.fileio import read_json, write_json
 from tokenlm.models.wavenet import WaveNetConfig, mu_law_decode, mu_law_encode
-from tokenlm.stages.vocoder import VocoderConfig, train_vocoder, vocoder_config
-from tokenlm.tokenizer import AudioTokenizer
+from tokenlm.pipeline.vocoder import VocoderConfig, train_vocoder, vocoder_config
+from tokenlm.tokenizer.tokenizer import AudioTokenizer
 from tokenlm.training import TrainConfig, load_checkpoint
-from tokenlm.vocoder import Vocoder
-from tokenlm.vocoder_data import IGNORE, AlignedAudio, CropBatches
+from tokenlm.vocoder.vocoder import Vocoder
+from tokenlm.vocoder.training_data import IGNORE, AlignedAudio, CropBatches
 from tests.conftest import run_cli as tokenlm, sound
 
 SR_IN = 16000  # the corpus; the run resamples to 8 kHz
@@ -210,7 +210,7 @@ def test_missing_vocoder_and_lm_are_one_line_errors(run, clip, tmp_path, capsys)
 
 def test_generate_continues_a_prompt(trained, clip, tmp_path):
     from tokenlm.models.gpt import LMConfig
-    from tokenlm.stages.pretrain import pretrain
+    from tokenlm.pipeline.pretrain import pretrain
 
     pretrain(trained, LMConfig(n_layer=1, n_head=1, n_embd=16, context=32, dropout=0.0),
              TrainConfig(steps=3, batch_size=4, eval_every=3, warmup_steps=1, device="cpu"), k=K, progress=False)

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tokenlm.config import build
-from tokenlm.errors import ArtifactError
+from tokenlm.core.config import build
+from tokenlm.core.errors import ArtifactError
 from tokenlm.models.cnn import MODELS
-from tokenlm.rundir import CONFIG, MODEL_WEIGHTS
+from tokenlm.run.rundir import CONFIG, MODEL_WEIGHTS
 from tokenlm.training import DistContext, EpochBatches, TrainConfig, checkpoint_folder
 from tokenlm.training import train as train_loop
 
@@ -50,11 +50,11 @@ def count_parameters(model: nn.Module) -> int:
 
 def count_flops(model: nn.Module, input_shape: tuple[int, ...], method: str = "forward") -> int:
     """FLOPs of one example of ``input_shape`` (no batch axis), e.g. ``(1, n_mels, frames)``,
-    counted by torch's ``FlopCounterMode`` (tokenlm.flops): 2 per multiply-add of the
+    counted by torch's ``FlopCounterMode`` (tokenlm.core.flops): 2 per multiply-add of the
     convolutions and matrix products (linear layers, attention), which dominate; batch norm,
     activations and pooling are left out. ``method`` picks what runs: ``"forward"`` (with the
     head) or ``"embed"``."""
-    from tokenlm.flops import forward_flops
+    from tokenlm.core.flops import forward_flops
 
     was_training = model.training
     model.eval()

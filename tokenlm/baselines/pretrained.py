@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tokenlm.errors import ConfigError
+from tokenlm.core.errors import ConfigError
 
 __all__ = ["load_imagenet_weights", "read_state_dict"]
 

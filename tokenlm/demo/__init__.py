@@ -35,37 +35,37 @@ import numpy as np
 
 from tokenlm.demo.common import SAMPLE_RATE, Clip, DemoError
 from tokenlm.demo.files import (
-    _cached_summary,
-    _check_out_dir,
-    _new_work_folder,
-    _publish,
-    _sha256,
-    _summarise,
-    _version,
-    _write_index,
-    _write_wav,
+    cached_summary,
+    check_out_dir,
+    new_work_folder,
+    publish_folder,
+    file_sha256,
+    summarise,
+    package_version,
+    write_index,
+    write_demo_wav,
 )
 from tokenlm.demo.instruments import (
     INSTRUMENT_CLIP_SECONDS,
     INSTRUMENT_CLIPS_PER_GROUP,
     INSTRUMENT_FAMILIES,
-    _import_tinysoundfont,
-    _instrument_clips,
-    _soundfont_path,
+    import_tinysoundfont,
+    instrument_clips,
+    soundfont_path,
 )
-from tokenlm.demo.pitch import PITCH_CLASSES, PITCH_CLIP_SECONDS, PITCH_CLIPS_PER_GROUP, PITCH_PROGRAMS, _pitch_clips
+from tokenlm.demo.pitch import PITCH_CLASSES, PITCH_CLIP_SECONDS, PITCH_CLIPS_PER_GROUP, PITCH_PROGRAMS, pitch_clips
 from tokenlm.demo.speech import (
     KEYWORDS,
     SPEECH_CLIP_SECONDS,
     SPEECH_CLIPS_PER_GROUP,
     VOICES,
-    _espeak_paths,
-    _speech_clips,
+    espeak_paths,
+    speech_clips,
 )
 
 # Not used here: the tests check these parts of the kinds through this package.
 from tokenlm.demo.common import PEAK_LIMIT, SILENT_PEAK  # noqa: F401
-from tokenlm.demo.instruments import _InstrumentRenderer, draw_phrase  # noqa: F401
+from tokenlm.demo.instruments import InstrumentRenderer, draw_phrase  # noqa: F401
 
 __all__ = ["build_demo", "DemoError", "INSTRUMENT_FAMILIES", "KEYWORDS", "VOICES", "PITCH_CLASSES",
            "PITCH_PROGRAMS", "KINDS"]
@@ -124,20 +124,20 @@ def build_demo(
     out_dir = Path(out_dir)
 
     if kind in ("instruments", "pitch"):
-        sf_path = _soundfont_path(soundfont)
-        _import_tinysoundfont()
+        sf_path = soundfont_path(soundfont)
+        import_tinysoundfont()
         source = {
             "soundfont": sf_path.name,
-            "soundfont_sha256": _sha256(sf_path),
-            "synth": f"tinysoundfont {_version('tinysoundfont')}",
+            "soundfont_sha256": file_sha256(sf_path),
+            "synth": f"tinysoundfont {package_version('tinysoundfont')}",
         }
     else:
         if soundfont is not None:
             raise DemoError("soundfont only applies to kind='instruments' or 'pitch'")
-        lib_path, _ = _espeak_paths()
+        lib_path, _ = espeak_paths()
         source = {
-            "synth": f"eSpeak NG via espeakng-loader {_version('espeakng-loader')}",
-            "library_sha256": _sha256(lib_path),
+            "synth": f"eSpeak NG via espeakng-loader {package_version('espeakng-loader')}",
+            "library_sha256": file_sha256(lib_path),
         }
     params = {
         "kind": kind,
@@ -148,31 +148,31 @@ def build_demo(
         "source": source,
     }
 
-    cached = _cached_summary(out_dir, params)
+    cached = cached_summary(out_dir, params)
     if cached is not None:
         return {**cached, "out_dir": str(out_dir), "cached": True,
                 "build_seconds": round(time.perf_counter() - t0, 3)}
-    _check_out_dir(out_dir)
+    check_out_dir(out_dir)
 
-    tmp = _new_work_folder(out_dir)
+    tmp = new_work_folder(out_dir)
     try:
         if kind == "instruments":
-            clips = _instrument_clips(sf_path, int(seed), per_group)
+            clips = instrument_clips(sf_path, int(seed), per_group)
             total = per_group * sum(len(programs) for programs in INSTRUMENT_FAMILIES.values())
             clip_seconds = INSTRUMENT_CLIP_SECONDS
         elif kind == "pitch":
-            clips = _pitch_clips(sf_path, int(seed), per_group)
+            clips = pitch_clips(sf_path, int(seed), per_group)
             total = per_group * len(PITCH_CLASSES) * len(PITCH_PROGRAMS)
             clip_seconds = PITCH_CLIP_SECONDS
         else:
-            clips = _speech_clips(int(seed), per_group)
+            clips = speech_clips(int(seed), per_group)
             total = per_group * len(KEYWORDS) * len(VOICES)
             clip_seconds = SPEECH_CLIP_SECONDS
         rows, skipped = _write_clips(tmp, clips, total, f"demo {kind}", progress)
         rows.sort()
-        summary = {**_summarise(rows, clip_seconds), "skipped": skipped}
-        _write_index(tmp, rows, {"generator": "tokenlm.demo", "params": params, "summary": summary})
-        _publish(tmp, out_dir)
+        summary = {**summarise(rows, clip_seconds), "skipped": skipped}
+        write_index(tmp, rows, {"generator": "tokenlm.demo", "params": params, "summary": summary})
+        publish_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -181,7 +181,7 @@ def build_demo(
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):
-    from tokenlm.progress import progress_bar
+    from tokenlm.core.progress import progress_bar
 
     return progress_bar(total=total, desc=desc, unit="clip", enabled=enabled)
 
@@ -199,7 +199,7 @@ def _write_clips(tmp: Path, clips: Iterable[Clip], total: int, desc: str, progre
             else:
                 rel = f"{label}/{label}_{group}_{index:03d}.wav"
                 (tmp / label).mkdir(exist_ok=True)
-                _write_wav(tmp / rel, pcm)
+                write_demo_wav(tmp / rel, pcm)
                 rows.append((rel, label, group))
             bar.update(1)
     return rows, skipped

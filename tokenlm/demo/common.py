@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tokenlm.errors import TokenlmError
+from tokenlm.core.errors import TokenlmError
 
 SAMPLE_RATE = 16000
 
@@ -30,7 +30,7 @@ class DemoError(TokenlmError, ValueError):
     """The demo set cannot be built (missing soundfont or library, bad arguments)."""
 
 
-def _to_pcm16(audio: np.ndarray) -> np.ndarray | None:
+def to_pcm16(audio: np.ndarray) -> np.ndarray | None:
     """Quantise to int16 with a limiter at -1 dBFS; None for a silent or broken clip."""
     if not np.all(np.isfinite(audio)):
         return None

@@ -32,7 +32,7 @@ from typing import NamedTuple
 import numpy as np
 
 from tokenlm.demo.common import SAMPLE_RATE, DemoError
-from tokenlm.demo.files import _sha256, _version, _write_wav
+from tokenlm.demo.files import file_sha256, package_version, write_demo_wav
 
 MANIFEST_FILE = "manifest.csv"
 INFO_FILE = "corpus.json"
@@ -103,19 +103,19 @@ def build_corpus(out_dir: str | Path, *, hours: float, seed: int = 0, noise: boo
         raise DemoError(f"seed must be a non-negative integer, got {seed!r}")
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise DemoError(f"workers must be a positive integer, got {workers!r}")
-    from tokenlm.demo.instruments import _import_tinysoundfont, _soundfont_path
-    from tokenlm.demo.speech import _espeak_paths
+    from tokenlm.demo.instruments import import_tinysoundfont, soundfont_path
+    from tokenlm.demo.speech import espeak_paths
 
-    sf_path = _soundfont_path(soundfont)
-    _import_tinysoundfont()
-    lib_path, _ = _espeak_paths()
+    sf_path = soundfont_path(soundfont)
+    import_tinysoundfont()
+    lib_path, _ = espeak_paths()
     file_params = {  # everything a file's bytes depend on
         "seed": int(seed), "noise": bool(noise), "reverb": bool(reverb), "sample_rate": SAMPLE_RATE,
         "format_version": FORMAT_VERSION,
         "source": {
-            "soundfont": sf_path.name, "soundfont_sha256": _sha256(sf_path),
-            "tinysoundfont": _version("tinysoundfont"), "espeakng_loader": _version("espeakng-loader"),
-            "espeak_library_sha256": _sha256(lib_path), "numpy": np.__version__, "soxr": _version("soxr"),
+            "soundfont": sf_path.name, "soundfont_sha256": file_sha256(sf_path),
+            "tinysoundfont": package_version("tinysoundfont"), "espeakng_loader": package_version("espeakng-loader"),
+            "espeak_library_sha256": file_sha256(lib_path), "numpy": np.__version__, "soxr": package_version("soxr"),
         },
     }
     params = {"hours": float(hours), **file_params}
@@ -131,7 +131,7 @@ def build_corpus(out_dir: str | Path, *, hours: float, seed: int = 0, noise: boo
     todo = [p for p in plans if not (out_dir / p.path).is_file()]
     _render_all(out_dir, todo, int(seed), sf_path, workers, progress)
 
-    summary = _summarise(plans)
+    summary = summarise(plans)
     _write_atomic(out_dir / MANIFEST_FILE, _manifest_text(plans))
     info = {"generator": "tokenlm.demo.corpus", "params": params, "summary": summary}
     _write_atomic(out_dir / INFO_FILE, json.dumps(info, indent=2) + "\n")  # last: complete
@@ -198,7 +198,7 @@ def _manifest_text(plans: list[FilePlan]) -> str:
     return buf.getvalue()
 
 
-def _summarise(plans: list[FilePlan]) -> dict:
+def summarise(plans: list[FilePlan]) -> dict:
     per_kind = {kind: {"files": 0, "seconds": 0.0} for kind in KINDS}
     for p in plans:
         per_kind[p.kind]["files"] += 1
@@ -220,7 +220,7 @@ def _default_workers() -> int:
 
 def _render_all(out_dir: Path, todo: list[FilePlan], seed: int, sf_path: Path,
                 workers: int | None, progress: bool) -> None:
-    from tokenlm.progress import progress_bar
+    from tokenlm.core.progress import progress_bar
 
     workers = min(workers or _default_workers(), max(len(todo), 1))
     jobs = [(str(out_dir), plan, seed, str(sf_path)) for plan in todo]
@@ -254,7 +254,7 @@ def _render_job(job: tuple[str, FilePlan, int, str]) -> float:
     pcm = render_file(rng, plan, _RENDERERS[sf_path])
     final = Path(out_dir) / plan.path
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    _write_wav(tmp, pcm)
+    write_demo_wav(tmp, pcm)
     os.replace(tmp, final)
     return plan.seconds
 

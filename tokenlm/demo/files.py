@@ -13,29 +13,29 @@ from pathlib import Path
 import numpy as np
 
 from tokenlm.demo.common import SAMPLE_RATE, DemoError
-from tokenlm.fileio import sha256_file
+from tokenlm.core.fileio import sha256_file
 
 META_FILE = "meta.csv"
 INFO_FILE = "demo.json"
 
 
-def _write_wav(path: Path, pcm: np.ndarray) -> None:
+def write_demo_wav(path: Path, pcm: np.ndarray) -> None:
     import soundfile as sf
 
     sf.write(path, pcm, SAMPLE_RATE, subtype="PCM_16", format="WAV")
 
 
-def _version(dist: str) -> str | None:
+def package_version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return None
 
 
-_sha256 = sha256_file  # the demo records the soundfont and eSpeak library it was built with
+file_sha256 = sha256_file  # the demo records the soundfont and eSpeak library it was built with
 
 
-def _summarise(rows: list[tuple[str, str, str]], seconds_per_clip: float) -> dict:
+def summarise(rows: list[tuple[str, str, str]], seconds_per_clip: float) -> dict:
     per_class: dict[str, int] = {}
     groups: dict[str, set] = {}
     for _, label, group in rows:
@@ -52,7 +52,7 @@ def _summarise(rows: list[tuple[str, str, str]], seconds_per_clip: float) -> dic
     }
 
 
-def _cached_summary(out_dir: Path, params: dict) -> dict | None:
+def cached_summary(out_dir: Path, params: dict) -> dict | None:
     info_path = out_dir / INFO_FILE
     if not (out_dir / META_FILE).is_file() or not info_path.is_file():
         return None
@@ -65,7 +65,7 @@ def _cached_summary(out_dir: Path, params: dict) -> dict | None:
     return info.get("summary")
 
 
-def _check_out_dir(out_dir: Path) -> None:
+def check_out_dir(out_dir: Path) -> None:
     """Refuse a target that is a file, or a non-empty folder that is not a demo build."""
     if out_dir.exists() and not out_dir.is_dir():
         raise DemoError(f"{out_dir} exists and is not a folder; choose another output folder")
@@ -74,7 +74,7 @@ def _check_out_dir(out_dir: Path) -> None:
         raise DemoError(f"{out_dir} exists and is not a demo build; choose another output folder")
 
 
-def _new_work_folder(out_dir: Path) -> Path:
+def new_work_folder(out_dir: Path) -> Path:
     """An empty ``<out_dir>.tmp-<pid>`` to build in, after clearing what dead builds left."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_work_folders(out_dir)
@@ -85,7 +85,7 @@ def _new_work_folder(out_dir: Path) -> Path:
     return tmp
 
 
-def _write_index(tmp: Path, rows: list[tuple[str, str, str]], info: dict) -> None:
+def write_index(tmp: Path, rows: list[tuple[str, str, str]], info: dict) -> None:
     """Write ``meta.csv`` (rows in the given order), then ``demo.json``."""
     with open(tmp / META_FILE, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
@@ -95,7 +95,7 @@ def _write_index(tmp: Path, rows: list[tuple[str, str, str]], info: dict) -> Non
     (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
 
 
-def _publish(tmp: Path, out_dir: Path) -> None:
+def publish_folder(tmp: Path, out_dir: Path) -> None:
     """Rename the complete build ``tmp`` to ``out_dir``, replacing an older build there."""
     if out_dir.exists():  # an outdated or empty build: swap it out, then delete it
         old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")

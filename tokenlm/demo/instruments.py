@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenlm.demo.common import MAX_ATTEMPTS, SAMPLE_RATE, Clip, DemoError, _to_pcm16
+from tokenlm.demo.common import MAX_ATTEMPTS, SAMPLE_RATE, Clip, DemoError, to_pcm16
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ REFERENCE_PEAK = 0.25
 VELOCITY_LEVELS = (48, 72, 96, 116)
 
 
-def _soundfont_path(soundfont: str | Path | None) -> Path:
+def soundfont_path(soundfont: str | Path | None) -> Path:
     if soundfont is not None:
         path = Path(soundfont)
         if not path.is_file():
@@ -132,7 +132,7 @@ def _soundfont_path(soundfont: str | Path | None) -> Path:
     raise DemoError("TimGM6mb.sf2 not found inside the installed pretty_midi package")
 
 
-def _import_tinysoundfont():
+def import_tinysoundfont():
     try:
         import tinysoundfont
     except ImportError:
@@ -177,11 +177,11 @@ def draw_phrase(rng: np.random.Generator, prog: Program, playable: frozenset[int
     return notes
 
 
-class _InstrumentRenderer:
+class InstrumentRenderer:
     """Renders phrases with one tinysoundfont Synth, resetting it between clips."""
 
     def __init__(self, soundfont: Path):
-        tsf = _import_tinysoundfont()
+        tsf = import_tinysoundfont()
         import soxr
 
         self._soxr = soxr
@@ -269,9 +269,9 @@ def _instrument_jobs(clips_per_group: int):
                 yield label, prog, index
 
 
-def _instrument_clips(sf_path: Path, seed: int, per_group: int) -> Iterator[Clip]:
+def instrument_clips(sf_path: Path, seed: int, per_group: int) -> Iterator[Clip]:
     """Every clip of a build, family by family and program by program."""
-    renderer = _InstrumentRenderer(sf_path)
+    renderer = InstrumentRenderer(sf_path)
     for label, prog, index in _instrument_jobs(per_group):
         pcm = None
         for attempt in range(MAX_ATTEMPTS):
@@ -279,7 +279,7 @@ def _instrument_clips(sf_path: Path, seed: int, per_group: int) -> Iterator[Clip
             # others are added, removed or re-drawn.
             rng = np.random.default_rng([seed, 0, prog.program, index, attempt])
             notes = draw_phrase(rng, prog, renderer.playable(prog))
-            pcm = _to_pcm16(renderer.clip(prog, notes))
+            pcm = to_pcm16(renderer.clip(prog, notes))
             if pcm is not None:
                 break
         yield Clip(label, f"gm{prog.program:03d}", index, pcm)

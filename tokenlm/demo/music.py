@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tokenlm.demo.common import SAMPLE_RATE
-from tokenlm.demo.instruments import _import_tinysoundfont
+from tokenlm.demo.instruments import import_tinysoundfont
 
 # 32 kHz, not the demo's 48 kHz: twice as fast, and tinysoundfont's aliasing images that
 # fold below 8 kHz (what survives the resampling to 16 kHz) come from above 24 kHz, where
@@ -200,7 +200,7 @@ class MusicRenderer:
     """Renders tracks with one tinysoundfont Synth, silenced between tracks."""
 
     def __init__(self, soundfont: Path):
-        tsf = _import_tinysoundfont()
+        tsf = import_tinysoundfont()
         self.synth = tsf.Synth(samplerate=RENDER_RATE)
         self.sfid = self.synth.sfload(str(soundfont))
         self._gain: dict[tuple[int, bool], float] = {}

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenlm.demo.common import MAX_ATTEMPTS, SAMPLE_RATE, Clip, _to_pcm16
-from tokenlm.demo.instruments import VELOCITY_LEVELS, Note, Program, _InstrumentRenderer
+from tokenlm.demo.common import MAX_ATTEMPTS, SAMPLE_RATE, Clip, to_pcm16
+from tokenlm.demo.instruments import VELOCITY_LEVELS, Note, Program, InstrumentRenderer
 from tokenlm.demo.music import FAMILY_REGISTERS
 
 PITCH_CLASSES = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")
@@ -38,9 +38,9 @@ def draw_note(rng: np.random.Generator, keys: list[int]) -> Note:
     return Note(key, velocity, float(rng.uniform(0.02, 0.1)), float(rng.uniform(0.5, 0.8)))
 
 
-def _pitch_clips(sf_path: Path, seed: int, per_group: int) -> Iterator[Clip]:
+def pitch_clips(sf_path: Path, seed: int, per_group: int) -> Iterator[Clip]:
     """Every clip of a build, program by program and pitch class by pitch class."""
-    renderer = _InstrumentRenderer(sf_path)
+    renderer = InstrumentRenderer(sf_path)
     n = int(round(PITCH_CLIP_SECONDS * SAMPLE_RATE))
     fade = int(0.03 * SAMPLE_RATE)
     for prog in PITCH_PROGRAMS:
@@ -55,7 +55,7 @@ def _pitch_clips(sf_path: Path, seed: int, per_group: int) -> Iterator[Clip]:
                     audio = renderer._render(prog.program, [draw_note(rng, keys)], PITCH_CLIP_SECONDS)
                     audio = audio[:n] * renderer.gain(prog)
                     audio[-fade:] *= np.linspace(1.0, 0.0, fade)
-                    pcm = _to_pcm16(audio)
+                    pcm = to_pcm16(audio)
                     if pcm is not None:
                         break
                 yield Clip(label, f"gm{prog.program:03d}", index, pcm)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from tokenlm.demo.common import SAMPLE_RATE
-from tokenlm.demo.speech import KEYWORDS, _espeak_render
+from tokenlm.demo.speech import KEYWORDS, espeak_render
 
 NAMES = ("Anna", "Peter", "Maria", "Thomas", "Lucy", "Daniel", "Sarah", "Robert", "Emma",
          "Oliver", "Grace", "Henry", "Clara", "Samuel", "Julia", "Victor")
@@ -104,7 +104,7 @@ def render_speech(rng: np.random.Generator, seconds: float) -> np.ndarray:
             estimate += len(text.split()) / words_per_second * 150 / speaker["rate"] + 0.5
         pauses = rng.uniform(0.15, 0.9, size=len(batch))
         levels = 10 ** (rng.uniform(-4.0, 0.0, size=len(batch)) / 20)
-        for (pcm, rate), pause, level in zip(_espeak_render(batch), pauses, levels):
+        for (pcm, rate), pause, level in zip(espeak_render(batch), pauses, levels):
             audio = _trimmed(pcm, rate)
             if audio is None or pos >= n:
                 continue

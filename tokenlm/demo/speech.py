@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenlm.demo.common import MAX_ATTEMPTS, SAMPLE_RATE, SILENT_PEAK, Clip, DemoError, _to_pcm16
+from tokenlm.demo.common import MAX_ATTEMPTS, SAMPLE_RATE, SILENT_PEAK, Clip, DemoError, to_pcm16
 
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 
@@ -93,7 +93,7 @@ out.flush()
 """
 
 
-def _espeak_paths() -> tuple[str, str]:
+def espeak_paths() -> tuple[str, str]:
     try:
         import espeakng_loader
     except ImportError:
@@ -108,9 +108,9 @@ def _espeak_paths() -> tuple[str, str]:
     return lib_path, data_path
 
 
-def _espeak_render(requests: list[dict]) -> list[tuple[np.ndarray, int]]:
+def espeak_render(requests: list[dict]) -> list[tuple[np.ndarray, int]]:
     """Speak ``requests`` in order in a fresh helper process; returns (int16 pcm, rate) each."""
-    lib_path, data_path = _espeak_paths()
+    lib_path, data_path = espeak_paths()
     proc = subprocess.run(
         [sys.executable, "-I", "-S", "-c", _ESPEAK_WORKER, lib_path, data_path],
         input=json.dumps(requests).encode(), capture_output=True, check=False,
@@ -169,7 +169,7 @@ def _speech_clip(pcm: np.ndarray, rate: int, req: dict) -> np.ndarray | None:
     return clip
 
 
-def _speech_clips(seed: int, per_group: int) -> Iterator[Clip]:
+def speech_clips(seed: int, per_group: int) -> Iterator[Clip]:
     """Every clip of a build, voice by voice; a voice's clips come once all are spoken."""
     for voice in VOICES:
         cells = [(kw, i) for i in range(per_group) for kw in KEYWORDS]
@@ -179,9 +179,9 @@ def _speech_clips(seed: int, per_group: int) -> Iterator[Clip]:
             if not todo:
                 break
             reqs = [_speech_request(kw, voice, i, seed, attempt) for kw, i in todo]
-            for cell, req, (pcm, rate) in zip(todo, reqs, _espeak_render(reqs)):
+            for cell, req, (pcm, rate) in zip(todo, reqs, espeak_render(reqs)):
                 clip = _speech_clip(pcm, rate, req)
-                pcm16 = None if clip is None else _to_pcm16(clip)
+                pcm16 = None if clip is None else to_pcm16(clip)
                 if pcm16 is not None:
                     done[cell] = pcm16
         for kw, i in cells:

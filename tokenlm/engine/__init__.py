@@ -3,7 +3,7 @@ the default) or ``ray`` (Ray Data tasks on a local Ray instance or a cluster,
 ``tokenlm.engine.ray_map``). Either way the clips are cut into the same blocks of about
 ``block_seconds`` of audio (``blocks``), so the outputs are the same bytes whatever the engine
 and however many workers; only the layout of the arrays differs (one file per split locally,
-one shard per block and split under Ray: ``tokenlm.store``).
+one shard per block and split under Ray: ``tokenlm.data.store``).
 
 Recipe (top level)::
 
@@ -58,7 +58,7 @@ LOCAL = EngineConfig()
 def engine_config(section: dict | None, name: str | None = None, address: str | None = None,
                   workers: int | None = None) -> EngineConfig:
     """The recipe's ``engine:`` section under the command-line options (None: not given)."""
-    from tokenlm.config import build
+    from tokenlm.core.config import build
 
     return build(EngineConfig, section, {"name": name, "address": address, "workers": workers}, where="engine")
 

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from tokenlm.engine import EngineConfig
-from tokenlm.errors import ConfigError, TokenlmError
+from tokenlm.core.errors import ConfigError, TokenlmError
 
 
 def import_ray():

@@ -8,7 +8,7 @@ fix the log-mel patch, not the waveform. The figures compare spectra for that re
   log-mel only -- what the codes lose before any decoder (log-mel distance only);
 - ``mulaw_*``: the input through 8-bit mu-law alone, the floor a perfect 256-class vocoder reaches;
 - ``griffinlim_*``: the reference with no training, codes -> decoded log-mel -> Griffin-Lim
-  (tokenlm.phase; left out, with the reason, without librosa);
+  (tokenlm.vocoder.griffin_lim; left out, with the reason, without librosa);
 - ``vocoder_*``: the trained WaveNet from the codes.
 
 Each has ``_logmel_db`` (RMSE in dB of the log-mel of the run's FeatureConfig), ``_lsd_db``
@@ -24,15 +24,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from tokenlm.phase import griffin_lim_from_codes, griffin_lim_missing
+from tokenlm.vocoder.griffin_lim import griffin_lim_from_codes, griffin_lim_missing
 from tokenlm.evaluation.spectral import (  # noqa: F401 (re-exported: the distances' old home)
     log_spectral_distance, logmel_distance_db, mr_stft_distance, stoi, stoi_missing,
 )
 from tokenlm.models.wavenet import mu_law_decode, mu_law_encode
-from tokenlm.vocoder import Vocoder
+from tokenlm.vocoder.vocoder import Vocoder
 
 if TYPE_CHECKING:  # annotation only: loading the tokenizer module pulls in faiss
-    from tokenlm.tokenizer import AudioTokenizer
+    from tokenlm.tokenizer.tokenizer import AudioTokenizer
 
 # (prefix, what it is), in the order tables show them.
 DECODERS = (("codebook", "codes' log-mel (tokenizer decode, no audio)"), ("mulaw", "8-bit mu-law of the input"),

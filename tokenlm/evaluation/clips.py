@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenlm.errors import ArtifactError
-from tokenlm.fileio import read_jsonl
-from tokenlm.rundir import SPLITS, RunDir, as_run, index_file, is_finished, read_feature_meta
-from tokenlm.store import RaggedSplit
+from tokenlm.core.errors import ArtifactError
+from tokenlm.core.fileio import read_jsonl
+from tokenlm.run.rundir import SPLITS, RunDir, as_run, is_finished, read_feature_meta
+from tokenlm.data.store import index_file, RaggedSplit
 
 
 class LabelledClips:

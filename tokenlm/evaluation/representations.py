@@ -29,15 +29,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tokenlm.artifacts import read_stage
-from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
+from tokenlm.run.artifacts import read_stage
+from tokenlm.core.errors import ArtifactError, ConfigError, TokenlmError
 from tokenlm.evaluation.clips import LabelledClips
-from tokenlm.fileio import read_json
+from tokenlm.core.fileio import read_json
 from tokenlm.evaluation.pooling import time_statistics
-from tokenlm.lm import CodeLM
-from tokenlm.rundir import METRICS, SPLITS, RunDir, index_file, is_finished, read_tokens_meta
-from tokenlm.store import RaggedSplit
-from tokenlm.tokenizer import AudioTokenizer
+from tokenlm.lm.code_lm import CodeLM
+from tokenlm.run.rundir import METRICS, SPLITS, RunDir, is_finished, read_tokens_meta
+from tokenlm.data.store import index_file, RaggedSplit
+from tokenlm.tokenizer.tokenizer import AudioTokenizer
 
 
 class Unavailable(Exception):
@@ -183,7 +183,7 @@ def lm_flops_per_second(lm: CodeLM, code_rate: float | None) -> float | None:
         return None
     n = min(int(round(code_rate)) + 1, lm.context)
     ids = torch.zeros(1, n, dtype=torch.long, device=lm.device)
-    from tokenlm.flops import forward_flops
+    from tokenlm.core.flops import forward_flops
 
     # Counted with eager attention: torch's counter does not see inside the fused CPU kernel.
     fast = lm.model.config._attn_implementation
@@ -362,6 +362,6 @@ def chunks_by_length(items: list, max_total: int):
 
 
 def _bar(iterable, desc: str, progress: bool):
-    from tokenlm.progress import progress_bar
+    from tokenlm.core.progress import progress_bar
 
     return progress_bar(iterable, desc=desc, unit="clip" if desc != "LM" else "batch", enabled=progress, leave=False)

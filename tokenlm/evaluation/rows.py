@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from tokenlm.errors import ArtifactError, TokenlmError
+from tokenlm.core.errors import ArtifactError, TokenlmError
 from tokenlm.evaluation.clips import LabelledClips
 from tokenlm.evaluation.linear_probe import cross_validate_folds, fit_linear_probe
 from tokenlm.evaluation.pooling import pool, pooling_candidates
 from tokenlm.evaluation.representations import Representation
-from tokenlm.rundir import SPLITS
+from tokenlm.run.rundir import SPLITS
 
 LINEAR = "linear probe"  # a row's "kind": frozen features read by the linear probe
 SUPERVISED = "supervised end-to-end"  # a row's "kind": a network's own classifier

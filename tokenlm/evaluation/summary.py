@@ -9,8 +9,8 @@ from pathlib import Path
 
 from tokenlm.evaluation.probe_table import pct
 from tokenlm.evaluation.rows import headline
-from tokenlm.fileio import read_json, write_text
-from tokenlm.rundir import RESULTS, SUMMARY
+from tokenlm.core.fileio import read_json, write_text
+from tokenlm.run.rundir import RESULTS, SUMMARY
 
 
 def summary_path(probe_dir: Path, suffix: str = ".md") -> Path:

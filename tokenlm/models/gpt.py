@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 ATTN_IMPLEMENTATIONS = ("auto", "eager", "sdpa")
-# What the LM learns to predict (tokenlm.objectives): the next code (GPT, the reference), the
+# What the LM learns to predict (tokenlm.lm.objectives): the next code (GPT, the reference), the
 # next ``predict_ahead`` codes (one extra light head each), or masked spans (HuBERT/BEATs
 # style, bidirectional attention on the same blocks).
 OBJECTIVES = ("next", "multi", "masked")

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from tokenlm.features import FeatureConfig
-from tokenlm.fileio import read_json
-from tokenlm.rundir import META, SAMPLES, RunDir, figure_file, info_file
+from tokenlm.data.features import FeatureConfig
+from tokenlm.core.fileio import read_json
+from tokenlm.run.rundir import META, SAMPLES, RunDir, figure_file, info_file
 
 # Below this RMS a clip is flagged silent: -60 dBFS is far under any recorded sound kept by the
 # data stage, and what a vocoder that outputs its mu-law midpoint produces.
@@ -126,7 +126,7 @@ def plot_mel(audio: np.ndarray, features: FeatureConfig, path: Path, boundary: f
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tokenlm.features import LogMel
+    from tokenlm.data.features import LogMel
 
     padded = np.pad(audio, (0, max(0, features.n_fft - len(audio))))
     mel = LogMel(features)(torch.from_numpy(np.ascontiguousarray(padded))).numpy().T  # (M, frames)

@@ -1,4 +1,4 @@
-"""The data-scaling study's outputs (tokenlm.stages.scale runs the study): scale.csv,
+"""The data-scaling study's outputs (tokenlm.pipeline.scale runs the study): scale.csv,
 scale.json with a verdict per task, scale.png (probe accuracy against pretraining hours, one
 panel per task, 95% intervals as error bars, the hour-independent rows as lines) and
 report.md, with the levers' table when there are levers."""
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenlm.fileio import write_text
-from tokenlm.rundir import REPORT, SCALE_JSON, SCALE_TABLE, figure_file
+from tokenlm.core.fileio import write_text
+from tokenlm.run.rundir import REPORT, SCALE_JSON, SCALE_TABLE, figure_file
 
 CURVES = {"lm_best": "code LM (best layer)", "simclr": "SimCLR", "autoencoder": "autoencoder bottleneck",
           "bag_of_codes": "bag of codes"}  # drawn against hours

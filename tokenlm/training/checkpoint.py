@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from tokenlm.errors import ArtifactError
-from tokenlm.fileio import fsync_dir, write_json
+from tokenlm.core.errors import ArtifactError
+from tokenlm.core.fileio import fsync_dir, write_json
 
 FORMAT = "tokenlm-checkpoint/1"
 _TENSOR = "__tensor__"  # {"__tensor__": name}: the tensor `name` of the safetensors file

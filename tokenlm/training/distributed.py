@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tokenlm.runtime import cpu_threads, pick_device
+from tokenlm.core.runtime import cpu_threads, pick_device
 
 
 @dataclass(frozen=True)

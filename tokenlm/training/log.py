@@ -118,7 +118,7 @@ def postfix(row: dict, items_name: str, monitor: str) -> dict:
 
 
 def progress_bar(total: int, initial: int, desc: str, enabled: bool):
-    from tokenlm.progress import progress_bar as bar
+    from tokenlm.core.progress import progress_bar as bar
 
     return bar(total=total, initial=initial, desc=desc, unit="step", enabled=enabled)
 

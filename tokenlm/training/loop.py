@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from tokenlm.errors import ArtifactError, ConfigError
-from tokenlm.rundir import BEST_CHECKPOINT, CHECKPOINTS, LAST_CHECKPOINT, TRAIN_LOG
+from tokenlm.core.errors import ArtifactError, ConfigError
+from tokenlm.run.rundir import BEST_CHECKPOINT, CHECKPOINTS, LAST_CHECKPOINT, TRAIN_LOG
 from tokenlm.training import checkpoint
 from tokenlm.training.checkpoint import load_checkpoint, save_checkpoint, unwrap, weights
 from tokenlm.training.config import TrainConfig, TrainResult
@@ -22,7 +22,7 @@ from tokenlm.training.data import Batch, EpochBatches, draw_batch, step_torch_se
 from tokenlm.training.distributed import DistContext, all_reduce_sum, setup_distributed
 from tokenlm.training.log import CsvLog, GracefulInterrupt, Window, log_row, postfix, progress_bar
 from tokenlm.training.optim import autocast, make_optimizer, make_scheduler
-from tokenlm.tracking import close_all, open_trackers
+from tokenlm.core.tracking import close_all, open_trackers
 
 MODES = ("min", "max")
 

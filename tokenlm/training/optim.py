@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from tokenlm.errors import ConfigError
+from tokenlm.core.errors import ConfigError
 from tokenlm.training.config import TrainConfig
 
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from tokenlm.config import build
-from tokenlm.lpc import GAINS
+from tokenlm.core.config import build
+
+GAINS = ("codes", "signal", "capped")  # what sets the LPC excitation's level (tokenlm.vocoder.lpc.analyse)
 
 __all__ = ["WaveNetConfig"]
 
@@ -39,9 +40,9 @@ class WaveNetConfig:
     # The network models pre_emphasis(audio) (modules.py); the Vocoder undoes it after sampling. 0: off.
     pre_emphasis: float = 0.0
     # > 0: the network models the excitation of a linear predictor of this order read off each
-    # code's decoded log-mel (tokenlm.lpc); the table (``code_lpc``) travels with the weights.
+    # code's decoded log-mel (tokenlm.vocoder.lpc); the table (``code_lpc``) travels with the weights.
     lpc_order: int = 0
-    # What normalises that excitation's level in training (tokenlm.lpc.analyse): "codes", the
+    # What normalises that excitation's level in training (tokenlm.vocoder.lpc.analyse): "codes", the
     # codes' predictor error; "signal", each frame's own RMS (the codes then set the level alone);
     # "capped", the larger of the two.
     lpc_gain: str = "codes"

@@ -23,7 +23,7 @@ from torch import Tensor
 
 __all__ = ["INITIAL_LOG_SCALE", "output_channels", "class_logits", "negative_log_likelihood", "MixtureOutput"]
 
-INITIAL_LOG_SCALE = -3.0  # e^-3 ~ 1/20: about the level of a normalised excitation (tokenlm.lpc.HEADROOM)
+INITIAL_LOG_SCALE = -3.0  # e^-3 ~ 1/20: about the level of a normalised excitation (tokenlm.vocoder.lpc.HEADROOM)
 LOG_SCALE_MIN = -7.0  # scales below e^-7 (far narrower than a class) only make the loss unstable
 
 

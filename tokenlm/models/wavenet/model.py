@@ -26,7 +26,7 @@ before the frames are linearly interpolated to exactly N * spc samples::
 Either way the residual layers see one per-sample conditioning tensor (B, C, N * spc)
 (``upsample_conditioning``) through a 1x1 conv each. The log-mel gives the decoder the
 spectral envelope outright instead of leaving it to learn one embedding per code from a few
-minutes of audio (see tokenlm.stages.vocoder for what that bought).
+minutes of audio (see tokenlm.pipeline.vocoder for what that bought).
 
 Why repeat-interleave rather than a transposed convolution: the length is exactly
 ``N * samples_per_code`` by construction (the classic vocoder bug is an upsampler whose
@@ -364,6 +364,6 @@ def _progress_bar(total: int, enabled: bool):
     """A tqdm bar over generated samples, or None (no per-step cost when off)."""
     if not enabled:
         return None
-    from tokenlm.progress import progress_bar
+    from tokenlm.core.progress import progress_bar
 
     return progress_bar(total=total, desc="wavenet", unit="sample", unit_scale=True)

@@ -1,0 +1,296 @@
+"""Variable-length arrays per clip, stored flat: ``{split}.bin`` + ``{split}.index.jsonl``.
+
+One mechanism for log-mel frames (float16, width n_mels) and codes (uint16, width 1): the
+bin file is every clip's rows back to back, readable as a memmap (nanoGPT's token file),
+and each index line says where a clip's rows start and how many there are, with the clip's
+id and label. Memory stays flat whatever the corpus size.
+
+A split may instead be sharded (written by several workers, ``tokenlm.engine``): shards
+``{split}-00000.bin``, ``{split}-00001.bin``, ... named in order, with their lengths, by
+``{split}.shards.json``, and still ONE ``{split}.index.jsonl`` whose offsets run back to back
+across the shards. ``RaggedSplit`` reads either layout the same: its ``.data`` is then a
+read-only view joining the shards' memmaps, without a merged copy.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from tokenlm.core.errors import ArtifactError
+from tokenlm.core.fileio import read_json, read_jsonl, write_json, write_jsonl
+
+
+def bin_file(split: str) -> str:
+    """A split's flat array file in a store folder (features, tokens)."""
+    return f"{split}.bin"
+
+
+def index_file(split: str) -> str:
+    """A split's index (one JSON line per clip: id, label, offset, length) in a store folder."""
+    return f"{split}.index.jsonl"
+
+
+def shard_file(split: str, number: int) -> str:
+    """Shard ``number`` of a sharded split's arrays."""
+    return f"{split}-{number:05d}.bin"
+
+
+def shards_file(split: str) -> str:
+    """A sharded split's list of shards (file and length, in order)."""
+    return f"{split}.shards.json"
+
+
+class RaggedWriter:
+    """Append clips to ``directory/{split}.bin``; ``close()`` writes the index.
+
+    With ``shard`` (a number), the clips go to that shard of a sharded split instead, written
+    under a temporary name and renamed on ``close()`` (a retried worker overwrites a shard
+    cleanly); its index entries (offsets from the shard's start) stay in ``rows`` for
+    ``write_shard_list``, which writes the split's index."""
+
+    def __init__(self, directory: str | Path, split: str, dtype: str, width: int = 1, *, shard: int | None = None):
+        self.directory = Path(directory)
+        self.split = split
+        self.dtype = np.dtype(dtype)
+        self.width = width
+        self.rows: list[dict] = []
+        self.offset = 0
+        self._clip_id, self._length = None, 0  # the clip being appended
+        self.path = self.directory / (bin_file(split) if shard is None else shard_file(split, shard))
+        self._sharded = shard is not None
+        self._file = open(self.path.with_name(f".{self.path.name}.tmp-{uuid.uuid4().hex}") if self._sharded
+                          else self.path, "wb")
+
+    def add(self, row: dict, array: np.ndarray) -> None:
+        """Append one clip's rows; ``row`` (id, label, ...) goes to the index with offset/length."""
+        self.begin(row.get("id"))
+        self.extend(array)
+        self.end(row)
+
+    # A long clip arrives in blocks: begin(), extend() per block, then end(row) once its index
+    # entry is known (or discard() if it turned out unusable). The bytes equal one add().
+
+    def begin(self, clip_id=None) -> None:
+        self._clip_id = clip_id  # named when a value does not fit
+        self._length = 0
+
+    def extend(self, array: np.ndarray) -> None:
+        """Append rows of the clip begun."""
+        if self.dtype.kind in "ui" and np.size(array):  # a cast would wrap out-of-range values silently
+            info = np.iinfo(self.dtype)
+            low, high = np.min(array), np.max(array)
+            if low < info.min or high > info.max:
+                raise ValueError(f"values [{low}, {high}] do not fit {self.dtype} (clip {self._clip_id})")
+        array = np.ascontiguousarray(array, dtype=self.dtype)
+        if self.width > 1 and array.shape[1:] != (self.width,):
+            raise ValueError(f"expected rows of width {self.width}, got shape {array.shape}")
+        with _naming(self._file.name):
+            self._file.write(array.tobytes())
+        self._length += array.shape[0]
+
+    def end(self, row: dict) -> None:
+        """Close the clip begun: ``row`` goes to the index with its offset and length."""
+        self.rows.append({**row, "offset": self.offset, "length": self._length})
+        self.offset += self._length
+
+    def discard(self) -> None:
+        """Drop the rows of the clip begun, as if it had never been."""
+        with _naming(self._file.name):
+            self._file.seek(self.offset * self.width * self.dtype.itemsize)
+            self._file.truncate()
+        self._length = 0
+
+    def close(self) -> None:
+        with _naming(self._file.name):
+            self._file.close()  # flushes: a full disk can show here
+        if self._sharded:
+            os.replace(self._file.name, self.path)
+        else:
+            write_jsonl(self.directory / index_file(self.split), self.rows)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        if exc_type is None:
+            self.close()
+        else:
+            self._file.close()
+            if self._sharded:
+                os.unlink(self._file.name)
+
+
+def close_shards(writers: dict[str, "RaggedWriter"]) -> dict[str, tuple[str, list[dict]]]:
+    """Close one block's shard writers (one per split): each split's (shard file name, index
+    entries) for ``write_shard_list``; a shard that got no clip is removed."""
+    shards = {}
+    for split, writer in writers.items():
+        writer.close()
+        if writer.rows:
+            shards[split] = (writer.path.name, writer.rows)
+        else:
+            writer.path.unlink()
+    return shards
+
+
+def write_shard_list(directory: str | Path, split: str, shards: list[tuple[str, list[dict]]]) -> None:
+    """Make ``directory``'s shards of ``split`` one split: ``shards`` is each shard's file name
+    and index entries (offsets from the shard's start), in order. Writes the split's index
+    (offsets running on across shards) and its shard list."""
+    directory = Path(directory)
+    listing, offset = [], 0
+
+    def entries():
+        nonlocal offset
+        for name, rows in shards:
+            length = sum(r["length"] for r in rows)
+            listing.append({"file": name, "length": length, "clips": len(rows)})
+            for row in rows:
+                yield {**row, "offset": offset + row["offset"]}
+            offset += length
+
+    write_jsonl(directory / index_file(split), entries())
+    write_json(directory / shards_file(split), {"shards": listing, "length": offset})
+    for partial in directory.glob(f".{split}-*.bin.tmp-*"):  # left by a worker that died (its block was rerun)
+        partial.unlink()
+
+
+@contextmanager
+def _naming(path: str):
+    """Give an OSError of a write to an open file (which names no file) the file's path, so the
+    user learns where the disk was full."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from None
+
+
+class RaggedSplit:
+    """Read side: ``split[i]`` is clip i's array, ``split.rows[i]`` its index entry; ``.data``
+    every clip's rows back to back (a memmap, or a view joining a sharded split's memmaps)."""
+
+    def __init__(self, directory: str | Path, split: str, dtype: str, width: int = 1):
+        self.directory = Path(directory)
+        self.split = split
+        self.width = width
+        self.rows = read_jsonl(self.directory / index_file(split))
+        total = _check_index(self.rows, self.directory / index_file(split))
+        shape = (total, width) if width > 1 else (total,)
+        if (self.directory / shards_file(split)).is_file():
+            self.data = _read_shards(self.directory, split, np.dtype(dtype), width, total)
+            return
+        path = self.directory / bin_file(split)
+        expected_bytes = total * width * np.dtype(dtype).itemsize
+        if not path.is_file() or os.path.getsize(path) != expected_bytes:
+            raise ArtifactError(f"{path} is missing or does not match its index (expected {expected_bytes} bytes)")
+        # np.memmap refuses empty files, and an empty split is legitimate (e.g. no val clips).
+        self.data = np.memmap(path, dtype=dtype, mode="r", shape=shape) if total else np.zeros(shape, dtype)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        row = self.rows[i]
+        return self.data[row["offset"] : row["offset"] + row["length"]]
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self.rows[i], self[i]
+
+    @property
+    def labels(self) -> list:
+        return [r.get("label") for r in self.rows]
+
+
+def _read_shards(directory: Path, split: str, dtype: np.dtype, width: int, total: int) -> "JoinedRows":
+    """The memmaps of a sharded split, checked against its shard list and index."""
+    listing_path = directory / shards_file(split)
+    listing = read_json(listing_path)
+    shards = listing.get("shards") if isinstance(listing, dict) else None
+    if not isinstance(shards, list) or not all(isinstance(s, dict) and isinstance(s.get("file"), str)
+                                               and isinstance(s.get("length"), int) for s in shards):
+        raise ArtifactError(f"{listing_path}: not a shard list (shards: file, length): rebuild the stage")
+    if sum(s["length"] for s in shards) != total:
+        raise ArtifactError(f"{listing_path}: its shards hold {sum(s['length'] for s in shards)} rows, "
+                            f"its index {total}: rebuild the stage")
+    parts = []
+    for shard in shards:
+        path = directory / Path(shard["file"]).name
+        expected_bytes = shard["length"] * width * dtype.itemsize
+        if not path.is_file() or os.path.getsize(path) != expected_bytes:
+            raise ArtifactError(f"{path} is missing or does not match {listing_path.name} "
+                                f"(expected {expected_bytes} bytes)")
+        if shard["length"]:
+            parts.append(np.memmap(path, dtype=dtype, mode="r",
+                                   shape=(shard["length"], width) if width > 1 else (shard["length"],)))
+    return JoinedRows(parts, dtype, (total, width) if width > 1 else (total,))
+
+
+class JoinedRows:
+    """Arrays joined end to end, read-only, without a copy: what a flat array's readers use
+    (len, shape, dtype, slices [a:b] even across parts, an int index, max/min, np.asarray)."""
+
+    def __init__(self, parts: list[np.ndarray], dtype: np.dtype, shape: tuple):
+        self.parts = parts
+        self.dtype = np.dtype(dtype)
+        self.shape = shape
+        self.ndim = len(shape)
+        self.starts = np.cumsum([0] + [len(p) for p in parts])  # part i holds rows starts[i]:starts[i+1]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            index = key + len(self) if key < 0 else key
+            if not 0 <= index < len(self):
+                raise IndexError(f"row {key} out of range for {len(self)} rows")
+            part = int(np.searchsorted(self.starts, index, side="right")) - 1
+            return self.parts[part][index - self.starts[part]]
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("joined shards take an int or a contiguous slice [a:b]")
+        start, stop, _ = key.indices(len(self))
+        stop = max(start, stop)
+        first = int(np.searchsorted(self.starts, start, side="right")) - 1
+        pieces = []
+        for part in range(max(first, 0), len(self.parts)):
+            low, high = self.starts[part], self.starts[part + 1]
+            if low >= stop:
+                break
+            pieces.append(self.parts[part][max(start, low) - low:min(stop, high) - low])
+        if len(pieces) == 1:  # within one shard: a view of its memmap
+            return pieces[0]
+        return np.concatenate(pieces) if pieces else np.zeros((0, *self.shape[1:]), self.dtype)
+
+    def max(self):
+        if not len(self):
+            raise ValueError("max of no rows")
+        return max(p.max() for p in self.parts)
+
+    def min(self):
+        if not len(self):
+            raise ValueError("min of no rows")
+        return min(p.min() for p in self.parts)
+
+    def __array__(self, dtype=None, copy=None):
+        joined = np.concatenate(self.parts) if self.parts else np.zeros(self.shape, self.dtype)
+        return joined if dtype is None else joined.astype(dtype, copy=False)
+
+
+def _check_index(rows: list[dict], path: Path) -> int:
+    """The number of rows an index describes; its clips must lie back to back from offset 0."""
+    offset = 0
+    for number, row in enumerate(rows, 1):
+        start, length = (row.get("offset"), row.get("length")) if isinstance(row, dict) else (None, None)
+        if not (isinstance(start, int) and isinstance(length, int)) or start != offset or length < 0:
+            raise ArtifactError(f"{path}, entry {number}: offset {start!r} / length {length!r} where offset "
+                                f"{offset} and a length >= 0 belong: the index is damaged; rebuild it")
+        offset += length
+    return offset
