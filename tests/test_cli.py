@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+import types
+
 import click
 import pytest
 
-from tokenlm import cli
 from tokenlm.pipeline import registry as pipeline
 from tokenlm.cli import main
 from tokenlm.core.errors import TokenlmError
@@ -89,8 +91,10 @@ def test_a_tokenlm_error_raised_anywhere_in_a_command_is_one_line(capsys, monkey
     def boom():
         raise TokenlmError("it broke: because")
 
-    monkeypatch.setitem(BY_NAME, "boom", StageSpec("boom", "tokenlm.cli", "test command", pipeline=False))
-    monkeypatch.setattr(cli, "command", boom, raising=False)
+    module = types.ModuleType("tokenlm.cli.boom")
+    module.command = boom
+    monkeypatch.setitem(sys.modules, "tokenlm.cli.boom", module)  # the command module load_command imports
+    monkeypatch.setitem(BY_NAME, "boom", StageSpec("boom", "tokenlm.pipeline.boom", "test command", pipeline=False))
     code, _, err = run(["boom"], capsys)
     assert code == 1 and err == "error: it broke: because\n"
 

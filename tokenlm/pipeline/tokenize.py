@@ -171,7 +171,7 @@ def encode_new_data(tokenizer_path: Path, data: Path, out: Path, split: SplitCon
                   inputs={"tokenizer": tokenizer.info.get("tokenizer_hash") or str(Path(tokenizer_path).resolve()),
                           "data": fingerprint([(r["id"], r["path"], r["label"], r["split"], r["file"], *c.span().values())
                                               for r, c in zip(rows, clips)])},
-                  lock_root=target.lock_root)
+                  lock_root=out.lock_root)
 
     def make(work: Path) -> dict:
         durations: dict = {}
