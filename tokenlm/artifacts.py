@@ -209,7 +209,7 @@ def _key_of_work(folder: Path) -> str | None:
 class Stage:
     """One stage's output folder.
 
-    >>> stage = Stage(run.tokenizer, config={...}, inputs={"features": key})
+    >>> stage = Stage(run.tokenizer, config={...}, inputs={"features": run.features})
     >>> stage.build("autoencoder", make)   # make(work) builds inside `work`, returns extra
     ...                                    # stage.json fields; skipped when up to date
 
@@ -219,17 +219,28 @@ class Stage:
     stopped with an error).
     """
 
-    def __init__(self, out_dir: str | Path, config: dict, inputs: dict[str, str] | None = None):
+    def __init__(self, out_dir: str | Path, config: dict, inputs: dict[str, str | Path] | None = None):
         from tokenlm.rundir import run_root_of  # rundir builds on this module
 
         self.out_dir = Path(out_dir)
         self.config = config
-        self.inputs = dict(inputs or {})
-        self.key = fingerprint({"config": config, "inputs": self.inputs})
-        self.work_dir = self.out_dir.parent / f".{self.out_dir.name}.partial-{self.key[:8]}"
+        # An input given as a folder (a Path) is a finished stage whose key is read here, for
+        # the up-to-date check, and read again once the run's lock is held (``hold``): another
+        # command may rebuild it while this one waits. A string is a key as it is.
+        self._input_sources = dict(inputs or {})
+        self._set_inputs(self._read_inputs())
         self.run_root = run_root_of(self.out_dir)
         self._started = None
         self._release = None  # while the run's lock is held: gives it back
+
+    def _read_inputs(self) -> dict[str, str]:
+        return {name: stage_key(source) if isinstance(source, os.PathLike) else source
+                for name, source in self._input_sources.items()}
+
+    def _set_inputs(self, inputs: dict[str, str]) -> None:
+        self.inputs = inputs
+        self.key = fingerprint({"config": self.config, "inputs": self.inputs})
+        self.work_dir = self.out_dir.parent / f".{self.out_dir.name}.partial-{self.key[:8]}"
 
     @property
     def done(self) -> bool:
@@ -281,6 +292,21 @@ class Stage:
         if self._release is None:
             root = runlock.acquire(self.run_root)
             self._release = weakref.finalize(self, runlock.release, root)
+            try:
+                self._reread_inputs()
+            except BaseException:
+                self.release()
+                raise
+
+    def _reread_inputs(self) -> None:
+        """The input keys as they are now that the lock is held: the stage is built on, and
+        records, the inputs it will read, even if one was rebuilt while this command waited."""
+        fresh = self._read_inputs()
+        changed = [name for name in fresh if fresh[name] != self.inputs.get(name)]
+        if changed:
+            print(f"{self.out_dir.name}: {', '.join(changed)} changed while this command waited for the run: "
+                  f"building on the new version", file=sys.stderr, flush=True)
+            self._set_inputs(fresh)
 
     def release(self) -> None:
         """Give the run's lock back (``finish`` does; so does an error in ``build``)."""

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from tokenlm.artifacts import Stage, stage_key
+from tokenlm.artifacts import Stage
 from tokenlm.config import to_dict
 from tokenlm.errors import TokenlmError
 from tokenlm.fileio import write_json
@@ -178,7 +178,7 @@ def rawlm(run: str | Path | RunDir, config: RawLMConfig = RawLMConfig(), *, devi
     """Train and score every model of ``config.models`` on the run's tokenized audio; RUN/rawlm."""
     run = as_run(run)
     tokens = read_tokens_meta(run.tokens()).require("sample_rate", "samples_per_code")
-    stage = Stage(run.root / FOLDER, config=to_dict(config), inputs={"tokens": stage_key(tokens.directory)})
+    stage = Stage(run.root / FOLDER, config=to_dict(config), inputs={"tokens": tokens.directory})
 
     def make(work: Path) -> dict:
         torch_device = pick_device(device)

@@ -21,7 +21,7 @@ import click
 import numpy as np
 import torch
 
-from tokenlm.artifacts import Stage, stage_key
+from tokenlm.artifacts import Stage
 from tokenlm.codebook import CodebookConfig, fit_codebook
 from tokenlm.config import build, to_dict
 from tokenlm.datasets import scan_dataset
@@ -68,7 +68,7 @@ def train_autoencoder_stage(run: str | Path | RunDir, ae: AutoencoderConfig, tra
     """RUN/tokenizer: autoencoder trained on the train split's patches, early-stopped on val."""
     run = as_run(run)
     stage = Stage(run.tokenizer, config={"autoencoder": to_dict(ae), "training": to_dict(training)},
-                  inputs={"features": stage_key(run.features)})
+                  inputs={"features": run.features})
     return stage.build("autoencoder", lambda work: _train_autoencoder(run, work, ae, training, device, progress))
 
 
@@ -100,7 +100,7 @@ def fit_codebook_stage(run: str | Path | RunDir, k: int, config: CodebookConfig,
     """RUN/tokenizer/k{K}: k-means on the train split's bottleneck vectors + code metrics."""
     run = as_run(run)
     stage = Stage(run.codebook(k), config={"k": k, "codebook": to_dict(config)},
-                  inputs={"autoencoder": stage_key(run.tokenizer)})
+                  inputs={"autoencoder": run.tokenizer})
     return stage.build(f"codebook K={k}", lambda work: _fit_codebook(run, work, k, config, device))
 
 
@@ -132,7 +132,7 @@ def encode_run_stage(run: str | Path | RunDir, k: int, *, tokenizer_run: RunDir 
     run = as_run(run)
     models = tokenizer_run or run
     stage = Stage(run.tokens(k), config={"k": k},
-                  inputs={"codebook": stage_key(models.codebook(k)), "features": stage_key(run.features)})
+                  inputs={"codebook": models.codebook(k), "features": run.features})
 
     def make(work: Path) -> dict:
         tokenizer = AudioTokenizer.load(models.tokenizer, codebook_size=k, device=device)
