@@ -127,10 +127,25 @@ def record_outputs(directory: str | Path) -> dict[str, dict]:
     return files
 
 
-def output_damage(directory: str | Path, record: dict, hashes: bool = False) -> str | None:
+# (resolved path, size, mtime_ns, ctime_ns) -> short sha256: each file is hashed once per
+# process while it stays the same file, so checking a model on every load costs one reading.
+# (ctime too: a write that keeps the size and puts the mtime back still changes it.)
+_HASHES: dict[tuple[str, int, int, int], str] = {}
+
+
+def cached_file_hash(path: Path) -> str:
+    """``file_hash`` of ``path``, remembered for this process by (path, size, mtime, ctime)."""
+    st = path.stat()
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = file_hash(path)
+    return _HASHES[key]
+
+
+def output_damage(directory: str | Path, record: dict, hashes: bool = True) -> str | None:
     """What is wrong with a finished stage's files, compared with its stage.json ``record``:
-    a missing file or another size (and, with ``hashes``, other bytes); None when all is
-    well, or when the record predates file records."""
+    a missing file, another size or other bytes (``hashes=False``: sizes only); None when all
+    is well, or when the record predates file records."""
     directory = Path(directory)
     files = record.get("files")
     if not isinstance(files, dict):
@@ -143,15 +158,16 @@ def output_damage(directory: str | Path, record: dict, hashes: bool = False) -> 
             return f"{path} is missing"
         if size != expected.get("size"):
             return f"{path} is {size} bytes, not the {expected.get('size')} it had when its stage finished"
-        if hashes and file_hash(path) != expected.get("sha256"):
-            return f"{path} has changed since its stage finished (its hash differs)"
+        if hashes and cached_file_hash(path) != expected.get("sha256"):
+            return f"{path} has changed since its stage finished (its sha256 differs from {directory / STAGE_FILE})"
     return None
 
 
-def check_outputs(directory: str | Path, hashes: bool = False) -> None:
-    """Fail in one line when a finished stage's files are missing, truncated or (with
-    ``hashes``) altered. Loaders call it before reading a model; a folder without stage.json
-    (a model copied on its own) has no record to check against, and passes."""
+def check_outputs(directory: str | Path, hashes: bool = True) -> None:
+    """Fail in one line when a finished stage's files are missing, truncated or altered (their
+    sha256 against stage.json, once per process per file: ``cached_file_hash``). Loaders call
+    it before reading a model or a store; a folder without stage.json (a model copied on its
+    own) has no record to check against, and passes."""
     directory = Path(directory)
     if not (directory / STAGE_FILE).is_file():
         return
@@ -161,7 +177,7 @@ def check_outputs(directory: str | Path, hashes: bool = False) -> None:
 
 
 def verify(directory: str | Path) -> None:
-    """``check_outputs`` with every file's hash: reads all the bytes, so for a deliberate check."""
+    """``check_outputs``, every file's hash included (what loaders check)."""
     check_outputs(directory, hashes=True)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -137,15 +136,3 @@ def read_jsonl(path: str | Path) -> list[dict]:
                                     f"rebuild it") from None
     return rows
 
-
-def publish_copy(source: str | Path, dest: str | Path) -> None:
-    """``dest`` := a copy of ``source`` (a finished stage's file published outside it), unless
-    it already is one; atomic, so a reader sees the old copy or the new one."""
-    source, dest = Path(source), Path(dest)
-    if dest.is_file() and dest.read_bytes() == source.read_bytes():
-        return
-    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
-    with _naming(dest):
-        shutil.copyfile(source, tmp)
-        fsync_file(tmp)
-    _publish(tmp, dest)

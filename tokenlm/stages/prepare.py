@@ -11,12 +11,14 @@ stages that read the manifest read the features' own copy (``rundir.read_manifes
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import click
 
+from tokenlm import runlock
 from tokenlm.artifacts import Stage
 from tokenlm.audio import audio_seconds, audio_source
 from tokenlm.config import build, to_dict
@@ -24,8 +26,9 @@ from tokenlm.datasets import SPLITS, Clip, scan_sources, source_text
 from tokenlm.engine import LOCAL, EngineConfig, blocks, engine_config, engine_session
 from tokenlm.errors import AudioError, TokenlmError
 from tokenlm.features import FeatureConfig, LogMel, RunningStats, file_log_mel, log_mel_blocks
-from tokenlm.fileio import fingerprint, publish_copy, read_jsonl, write_json, write_jsonl
+from tokenlm.fileio import fingerprint, read_jsonl, write_json, write_jsonl
 from tokenlm.input_files import file_stamp
+from tokenlm.outputs import publish_copy
 from tokenlm.pipeline import RunContext
 from tokenlm.rundir import MANIFEST, META, RunDir
 from tokenlm.runtime import bounded_map, cpu_threads, kernel_threads
@@ -91,15 +94,31 @@ def prepare(
             check_strict(work / MANIFEST)
         return {"clips_ok": meta["clips_ok"], "clips_skipped": meta["clips_skipped"]}
 
-    if stage.up_to_date("features"):
-        if strict:
-            check_strict(stage.out_dir / MANIFEST)
-        publish_copy(run.features / MANIFEST, run.manifest)
-    else:  # build()'s own up-to-date check would read stage.json and stat every file again
-        stage.finish(make(stage.start()))
-        publish_copy(run.features / MANIFEST, run.manifest)
-        _say(f"features: {stage.out_dir}\nmanifest: {run.manifest}")
+    with runlock.holding(stage.run_root):  # the copy in RUN is published under the lock, as the stage is
+        if stage.up_to_date("features"):
+            if strict:
+                check_strict(stage.out_dir / MANIFEST)
+            publish_run_manifest(run.features / MANIFEST, run.manifest)
+        else:  # build()'s own up-to-date check would read stage.json and stat every file again
+            stage.finish(make(stage.start()))
+            publish_run_manifest(run.features / MANIFEST, run.manifest)
+            _say(f"features: {stage.out_dir}\nmanifest: {run.manifest}")
     return stage.out_dir
+
+
+def publish_run_manifest(source: Path, dest: Path) -> None:
+    """RUN/manifest.jsonl := a finished stage's manifest (never over a file that is not a
+    manifest tokenlm wrote: one from before outputs were recorded has a status on every row)."""
+    publish_copy(source, dest, legacy=_is_run_manifest)
+
+
+def _is_run_manifest(path: Path) -> bool:
+    try:
+        with open(path) as f:
+            first = json.loads(f.readline())
+    except (OSError, ValueError):
+        return False
+    return isinstance(first, dict) and {"id", "path", "status", "reason"} <= first.keys()
 
 
 def _report_duplicates(clips: list[Clip], duplicates: list[list[str]]) -> None:

@@ -17,15 +17,18 @@ from pathlib import Path
 import click
 import yaml
 
+from tokenlm import runlock
+from tokenlm.artifacts import STAGE_FILE, made_by_tokenlm
 from tokenlm.config import load_yaml
-from tokenlm.errors import ConfigError
-from tokenlm.fileio import write_text
+from tokenlm.errors import ArtifactError, ConfigError
+from tokenlm.outputs import publish_text
 from tokenlm.overrides import apply_overrides
 from tokenlm.pipeline import BY_NAME, PIPELINE, RunContext
 from tokenlm.rundir import RunDir
 from tokenlm.stages.options import artifact_settings
 
 SAVED_RECIPE = "recipe.yaml"  # in RUN: the recipe as run
+RECIPE_HEADER = "# The recipe as run (overrides applied): `tokenlm run` this file to reproduce the run.\n"
 
 
 def resolve_recipe(recipe: str | Path, overrides: tuple[str, ...] = (), out: str | Path | None = None) -> dict:
@@ -56,7 +59,12 @@ def run_recipe(recipe: str | Path, *, stages: tuple[str, ...] | None = None, dev
     unknown = [s for s in wanted if s not in PIPELINE]
     if unknown:
         raise ConfigError(f"unknown stage(s) {', '.join(unknown)} (stages: {', '.join(PIPELINE)})")
-    with artifact_settings(keep_checkpoints, log_to, run_section):
+    from tokenlm.stages.report import write_report  # its plots load matplotlib: not for --help
+
+    # The whole run holds the lock: a second `tokenlm run` is refused before it writes anything,
+    # and recipe.yaml describes the run that is being built, once it is sure to be built.
+    with artifact_settings(keep_checkpoints, log_to, run_section), runlock.holding(ctx.run.root):
+        refuse_folders_tokenlm_did_not_make(ctx.run)
         save_recipe(ctx.run.root, sections)
         for name in PIPELINE:
             if name not in wanted:
@@ -65,17 +73,25 @@ def run_recipe(recipe: str | Path, *, stages: tuple[str, ...] | None = None, dev
             start = time.time()
             BY_NAME[name].load().run(ctx)
             click.echo(f"   {name} done in {time.time() - start:.1f} s", err=True)
-    from tokenlm.stages.report import write_report  # its plots load matplotlib: not for --help
+        return write_report(ctx.run.root)
 
-    return write_report(ctx.run.root)
+
+def refuse_folders_tokenlm_did_not_make(run: RunDir) -> None:
+    """Before anything is written: a folder where a stage goes that tokenlm did not make is
+    refused by that stage; say so now, not after recipe.yaml and the stages before it."""
+    stages = [run.features, run.tokenizer, run.lm, run.vocoder, run.sweep, run.scale, run.root / "rawlm"]
+    stages += sorted(run.tokens_root.glob("k*")) if run.tokens_root.is_dir() else []
+    for folder in stages:
+        if not made_by_tokenlm(folder):
+            raise ArtifactError(f"{folder} was not made by tokenlm (no {STAGE_FILE} in it): it would not be replaced; "
+                                f"move it out of the way, or choose another run folder")
 
 
 def save_recipe(root: Path, sections: dict) -> Path:
     """Write the resolved recipe to RUN/recipe.yaml (atomically)."""
     path = Path(root) / SAVED_RECIPE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = "# The recipe as run (overrides applied): `tokenlm run` this file to reproduce the run.\n"
-    write_text(path, header + yaml.safe_dump(sections, sort_keys=False, default_flow_style=None))
+    publish_text(path, RECIPE_HEADER + yaml.safe_dump(sections, sort_keys=False, default_flow_style=None),
+                 legacy=lambda old: old.read_text(errors="replace").startswith(RECIPE_HEADER))
     return path
 
 

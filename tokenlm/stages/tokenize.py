@@ -21,6 +21,7 @@ import click
 import numpy as np
 import torch
 
+from tokenlm import runlock
 from tokenlm.artifacts import Stage
 from tokenlm.codebook import CodebookConfig, fit_codebook
 from tokenlm.config import build, to_dict
@@ -29,7 +30,7 @@ from tokenlm.encoding import encode_clips
 from tokenlm.engine import LOCAL, EngineConfig, engine_config, engine_session
 from tokenlm.errors import ArtifactError, TokenlmError
 from tokenlm.features import FeatureConfig
-from tokenlm.fileio import fingerprint, publish_copy, read_json, write_json, write_jsonl
+from tokenlm.fileio import fingerprint, read_json, write_json, write_jsonl
 from tokenlm.input_files import check_unchanged, file_stamp
 from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
 from tokenlm.pipeline import RunContext
@@ -40,7 +41,7 @@ from tokenlm.rundir import (
 from tokenlm.runtime import pick_device, seed_everything
 from tokenlm.splits import SplitConfig, assign_splits, link_duplicates
 from tokenlm.stages.options import data_options, engine_options, run_argument
-from tokenlm.stages.prepare import check_strict, data_flags, prepare
+from tokenlm.stages.prepare import check_strict, data_flags, prepare, publish_run_manifest
 from tokenlm.tasks import encode_task
 from tokenlm.tokenizer import (
     AudioTokenizer, AutoencoderTraining, PatchCoder, TokenizerConfig, load_patch_coder, save_patch_coder,
@@ -187,10 +188,11 @@ def encode_new_data(tokenizer_path: Path, data: Path, out: Path, split: SplitCon
         _say(f"{sum(meta['clips'].values())} clips encoded, {len(meta['skipped'])} skipped -> {target}")
         return {"tokens": meta["tokens"], "skipped": len(meta["skipped"])}
 
-    stage.build(f"tokens K={tokenizer.codebook_size}", make)
-    if strict:  # a stage finished earlier without --strict may hold skipped clips
-        check_strict(target / MANIFEST)
-    publish_copy(target / MANIFEST, out.manifest)
+    with runlock.holding(stage.run_root):  # the copy in RUN is published under the lock, as the stage is
+        stage.build(f"tokens K={tokenizer.codebook_size}", make)
+        if strict:  # a stage finished earlier without --strict may hold skipped clips
+            check_strict(target / MANIFEST)
+        publish_run_manifest(target / MANIFEST, out.manifest)
     return target
 
 
