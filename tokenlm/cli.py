@@ -17,6 +17,7 @@ import sys
 import click
 
 from tokenlm.errors import TokenlmError
+from tokenlm.fileio import os_error_of
 from tokenlm.pipeline import BY_NAME, STAGES
 
 
@@ -82,6 +83,12 @@ def main(argv=None):
         sys.exit(err.exit_code)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)
+    except Exception as err:  # a library's own error for a failed write (safetensors: a full disk)
+        cause = os_error_of(err)
+        if not isinstance(cause, OSError) or cause.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        click.echo(f"error: {os_error_line(cause)}", err=True)
+        sys.exit(1)
 
 
 def os_error_line(err: OSError) -> str:

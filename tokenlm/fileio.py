@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -136,3 +137,16 @@ def read_jsonl(path: str | Path) -> list[dict]:
                                     f"rebuild it") from None
     return rows
 
+
+
+def os_error_of(err: Exception, path: str | Path | None = None) -> Exception:
+    """safetensors reports a failed write (a full disk, a file size limit) as a SafetensorError
+    ending "(os error 28)": the OSError it stands for (naming ``path``), so the command says
+    it in one line (tokenlm.cli); any other error as it is."""
+    if isinstance(err, OSError):
+        return err
+    code = re.search(r"\(os error (\d+)\)", str(err))
+    if code is None:
+        return err
+    number = int(code[1])
+    return OSError(number, os.strerror(number), None if path is None else str(path))

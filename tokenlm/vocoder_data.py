@@ -22,8 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tokenlm import runlock
 from tokenlm.audio import load_audio, row_source
 from tokenlm.errors import ArtifactError, AudioError
+from tokenlm.input_content import InputHashes
 from tokenlm.input_files import check_unchanged
 from tokenlm.models.wavenet import mu_law_encode
 from tokenlm.rundir import RunDir, read_run_manifest
@@ -35,8 +37,17 @@ IGNORE = -100  # target of samples that are not scored
 
 
 def clip_rows(run: RunDir) -> dict[str, dict]:
-    """Clip id -> its row in the run's manifest (path, file stamp, ...)."""
-    return {row["id"]: row for row in read_run_manifest(run) if row.get("id") is not None}
+    """Clip id -> its row in the run's manifest (path, file stamp, ...), each clip's file
+    checked against its stamp (a change of ctime or inode alone settled by the run's content
+    hashes, recorded when this command holds the run)."""
+    rows = {row["id"]: row for row in read_run_manifest(run) if row.get("id") is not None}
+    hashes = InputHashes(run.root)
+    for row in rows.values():
+        if row.get("status") == "ok":
+            check_unchanged(row, hashes)
+    if runlock.holds(run.root):
+        hashes.save()
+    return rows
 
 
 def load_aligned(clip: dict, n_codes: int, sample_rate: int, samples_per_code: int) -> np.ndarray:

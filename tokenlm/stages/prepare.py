@@ -27,10 +27,11 @@ from tokenlm.engine import LOCAL, EngineConfig, blocks, engine_config, engine_se
 from tokenlm.errors import AudioError, TokenlmError
 from tokenlm.features import FeatureConfig, LogMel, RunningStats, file_log_mel, log_mel_blocks
 from tokenlm.fileio import fingerprint, read_jsonl, write_json, write_jsonl
+from tokenlm.input_content import InputHashes, settled_stamps
 from tokenlm.input_files import file_stamp
 from tokenlm.outputs import publish_copy
 from tokenlm.pipeline import RunContext
-from tokenlm.rundir import MANIFEST, META, RunDir
+from tokenlm.rundir import MANIFEST, META, STAGE_FILE, RunDir
 from tokenlm.runtime import bounded_map, cpu_threads, kernel_threads
 from tokenlm.splits import SplitConfig, assign_splits, link_duplicates
 from tokenlm.stages.options import data_options, engine_options, run_argument
@@ -69,7 +70,9 @@ def prepare(
     run = RunDir(run)
     scan_skipped: list[dict] = []
     layout, clips = scan_sources(data, allow_outside=allow_outside, skipped=scan_skipped)
-    files = {c.id: file_stamp(c.path, hash_content) for c in clips}
+    hashes, paths = InputHashes(run.root), {c.id: c.path for c in clips}
+    previous = {i: row for i, row in _previous_rows(run).items() if row["path"] == paths.get(i)}
+    files = settled_stamps({c.id: file_stamp(c.path, hash_content) for c in clips}, previous, hashes)
     clips, duplicates = link_duplicates(clips, {i: f["sha256"] for i, f in files.items() if f and "sha256" in f})
     clips = assign_splits(clips, split)
     stage = Stage(
@@ -95,6 +98,7 @@ def prepare(
         return {"clips_ok": meta["clips_ok"], "clips_skipped": meta["clips_skipped"]}
 
     with runlock.holding(stage.run_root):  # the copy in RUN is published under the lock, as the stage is
+        hashes.save()
         if stage.up_to_date("features"):
             if strict:
                 check_strict(stage.out_dir / MANIFEST)
@@ -104,6 +108,13 @@ def prepare(
             publish_run_manifest(run.features / MANIFEST, run.manifest)
             _say(f"features: {stage.out_dir}\nmanifest: {run.manifest}")
     return stage.out_dir
+
+
+def _previous_rows(run: RunDir) -> dict[str, dict]:
+    """Clip id -> row of the finished features' manifest (none when there are no features)."""
+    if not (run.features / STAGE_FILE).is_file() or not (run.features / MANIFEST).is_file():
+        return {}
+    return {row["id"]: row for row in read_jsonl(run.features / MANIFEST) if row.get("id") is not None}
 
 
 def publish_run_manifest(source: Path, dest: Path) -> None:

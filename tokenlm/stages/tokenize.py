@@ -31,6 +31,7 @@ from tokenlm.engine import LOCAL, EngineConfig, engine_config, engine_session
 from tokenlm.errors import ArtifactError, TokenlmError
 from tokenlm.features import FeatureConfig
 from tokenlm.fileio import fingerprint, read_json, write_json, write_jsonl
+from tokenlm.input_content import InputHashes
 from tokenlm.input_files import check_unchanged, file_stamp
 from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
 from tokenlm.pipeline import RunContext
@@ -138,8 +139,10 @@ def encode_run_stage(run: str | Path | RunDir, k: int, *, tokenizer_run: RunDir 
     def make(work: Path) -> dict:
         tokenizer = AudioTokenizer.load(models.tokenizer, codebook_size=k, device=device)
         rows = [r for r in read_run_manifest(run) if r["status"] == "ok"]
+        hashes = InputHashes(run.root)
         for row in rows:  # before hours of encoding, not after
-            check_unchanged(row)
+            check_unchanged(row, hashes)
+        hashes.save()
         meta = encode_clips(tokenizer, rows, work, progress=progress, engine=engine)
         if meta["skipped"]:
             first = meta["skipped"][0]
