@@ -62,9 +62,36 @@ def publish_text(path: str | Path, text: str, legacy: Callable[[Path], bool] | N
     return publish_bytes(path, text.encode(), legacy)
 
 
+def publish_json(path: str | Path, obj, legacy: Callable[[Path], bool] | None = None) -> bool:
+    """JSON as fileio.write_json formats it, published by the rule."""
+    return publish_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", legacy)
+
+
+def publish_npy(path: str | Path, array, legacy: Callable[[Path], bool] | None = None) -> bool:
+    """An array as ``np.save`` writes it, published by the rule."""
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return publish_bytes(path, buffer.getvalue(), legacy)
+
+
 def publish_copy(source: str | Path, dest: str | Path, legacy: Callable[[Path], bool] | None = None) -> bool:
     """``dest`` := a copy of ``source`` (a finished stage's file published outside it)."""
     return publish_bytes(dest, Path(source).read_bytes(), legacy)
+
+
+def has_generation_record(path: str | Path) -> bool:
+    """Whether ``path`` (a generated file or its record) has the JSON record tokenlm writes
+    beside what it generates (same name, .json, with the codebook size): a generated file from
+    before outputs were recorded."""
+    try:
+        record = json.loads(Path(path).with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and "codebook_size" in record
 
 
 def _current_hash_if_ours(path: Path, new: str, legacy) -> str | None:

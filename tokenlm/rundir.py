@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tokenlm import runlock
 from tokenlm.artifacts import STAGE_FILE, check_outputs
 from tokenlm.datasets import SPLITS  # noqa: F401  (re-exported: every split-wise store folder uses them)
 from tokenlm.errors import ArtifactError
@@ -251,7 +252,8 @@ class RunDir:
             return None
 
     def set_codebook_size(self, codebook_size: int) -> None:
-        write_json(self.tokenizer / CURRENT, {"codebook_size": int(codebook_size)})
+        with runlock.holding(run_root_of(self.tokenizer)):  # a publication: one writer at a time
+            write_json(self.tokenizer / CURRENT, {"codebook_size": int(codebook_size)})
 
 
 # ---- inside a tokenizer folder (RUN/tokenizer, or one copied anywhere) -----------------

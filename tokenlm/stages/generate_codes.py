@@ -17,7 +17,7 @@ import numpy as np
 
 from tokenlm.audio import load_audio
 from tokenlm.errors import ConfigError
-from tokenlm.fileio import write_json
+from tokenlm.outputs import has_generation_record, publish_json, publish_npy
 from tokenlm.lm import CodeLM
 from tokenlm.rundir import RunDir, as_run, generated_codes_file, info_file
 from tokenlm.trained import load_lm, load_lm_tokenizer
@@ -69,10 +69,9 @@ def generate_codes(run: str | RunDir, *, prompt_codes: str | Path | None = None,
     codes = np.concatenate([prompt, new]) if include_prompt else new
     source = prompt_codes or prompt_audio
     out = Path(out) if out else run.generated / generated_codes_file(source, seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, codes.astype(np.int64))
+    publish_npy(out, codes.astype(np.int64), legacy=has_generation_record)
     rate = lm.code_rate
-    write_json(info_file(out), {
+    publish_json(info_file(out), legacy=has_generation_record, obj={
         "lm": str(run.lm), "prompt": str(source) if source else None,
         "prompt_length": int(len(prompt)) if include_prompt else 0, "generated": int(n),
         "temperature": temperature, "top_k": top_k, "seed": seed,
