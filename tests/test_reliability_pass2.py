@@ -13,7 +13,6 @@ import sys
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import tokenlm
@@ -309,7 +308,6 @@ def test_a_full_disk_while_writing_the_report_keeps_the_old_complete_one(run_cop
 
 EXPORT_KILLED = r"""
 import os, signal, sys
-import numpy as np
 from tokenlm.stages import export
 
 calls, real = [], np.save

@@ -7,13 +7,14 @@ finished and two configs never share a work folder. The work folder survives an
 interruption, so a stage with checkpoints (LM, vocoder) resumes from it. ``stage.json``
 records the config, the hashes of the inputs, library versions, wall time and the size and
 hash of every output file; a rerun whose config and inputs hash to the same key, and whose
-files are all there at their recorded sizes, skips the stage; anything else rebuilds it.
+files are all there at their recorded sizes and hashes, skips the stage; anything else rebuilds it.
 
 A stage holds its run's lock (tokenlm.runlock) from start to finish, so one command at a
 time writes a run; the keys of its input stages are read again once it holds the lock, so a
 command that waited while another rebuilt an input builds on, and records, what is there.
-Loading checks every file's sha256 against stage.json (hashed once per process per file). Files are fsynced before the renames that publish them, so a power cut
-never leaves a "finished" stage with empty files. A folder that tokenlm did not make is
+Loading checks every file's sha256 against stage.json (hashed once per process per file).
+Files are fsynced before the renames that publish them, so a power cut never leaves a
+"finished" stage with empty files. A folder that tokenlm did not make is
 never deleted or replaced.
 """
 
