@@ -308,6 +308,7 @@ def test_a_full_disk_while_writing_the_report_keeps_the_old_complete_one(run_cop
 
 EXPORT_KILLED = r"""
 import os, signal, sys
+import numpy as np
 from tokenlm.stages import export
 
 calls, real = [], np.save
