@@ -41,7 +41,7 @@ import tokenlm  # noqa: E402,F401  first: sets OpenMP's passive waiting before t
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from tokenlm.vocoder import lpc  # noqa: E402
+from tokenlm.vocoder.vocoder import lpc  # noqa: E402
 from tokenlm.core.config import build, recipe_section  # noqa: E402
 from tokenlm.data.features import FeatureConfig  # noqa: E402
 from tokenlm.models.wavenet import WaveNet, WaveNetConfig  # noqa: E402

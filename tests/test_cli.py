@@ -94,7 +94,7 @@ def test_a_tokenlm_error_raised_anywhere_in_a_command_is_one_line(capsys, monkey
     module = types.ModuleType("tokenlm.cli.boom")
     module.command = boom
     monkeypatch.setitem(sys.modules, "tokenlm.cli.boom", module)  # the command module load_command imports
-    monkeypatch.setitem(BY_NAME, "boom", StageSpec("boom", "tokenlm.pipeline.boom", "test command", pipeline=False))
+    monkeypatch.setitem(BY_NAME, "boom", StageSpec("boom", "tokenlm.pipeline.registry.boom", "test command", pipeline=False))
     code, _, err = run(["boom"], capsys)
     assert code == 1 and err == "error: it broke: because\n"
 

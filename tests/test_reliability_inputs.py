@@ -99,7 +99,13 @@ def test_an_up_to_date_prepare_restores_a_missing_or_edited_run_manifest(tmp_pat
     prepare(data, run, progress=False)
     assert "up to date" in capsys.readouterr().err
     assert run.manifest.read_bytes() == (run.features / MANIFEST).read_bytes()
+    # An edited copy is no longer tokenlm's file: it is kept and named (issue 23: never over a
+    # file tokenlm did not write), and restored once it is moved away.
     run.manifest.write_text('{"id": "edited"}\n')
+    with pytest.raises(ArtifactError, match="manifest.jsonl was not written by tokenlm"):
+        prepare(data, run, progress=False)
+    assert run.manifest.read_text() == '{"id": "edited"}\n'
+    run.manifest.unlink()
     prepare(data, run, progress=False)
     assert run.manifest.read_bytes() == (run.features / MANIFEST).read_bytes()
 

@@ -352,7 +352,8 @@ def test_verify_sees_changed_bytes_of_the_same_size(tmp_path):
 
     stage = _finished(tmp_path)
     (stage.out_dir / "model.safetensors").write_bytes(b"x" * 4096)
-    check_outputs(stage.out_dir)  # the cheap check only sees sizes
+    with pytest.raises(ArtifactError, match="model.safetensors has changed"):
+        check_outputs(stage.out_dir)  # what loaders call (issue 23.5: it used to see sizes only)
     with pytest.raises(ArtifactError, match="model.safetensors has changed"):
         stage.verify()
 

@@ -19,6 +19,7 @@ from tokenlm.data.audio import load_audio
 from tokenlm.core.errors import ArtifactError, ConfigError
 from tokenlm.evaluation.audio_quality import log_spectral_distance, logmel_distance_db
 from tokenlm.core.fileio import read_json, write_json
+from tokenlm.core.fileio import file_hash
 from tokenlm.models.wavenet import WaveNetConfig, mu_law_decode, mu_law_encode
 from tokenlm.pipeline.vocoder import VocoderConfig, train_vocoder, vocoder_config
 from tokenlm.tokenizer.tokenizer import AudioTokenizer
@@ -183,13 +184,19 @@ def test_mismatching_tokenizer_fails_clearly(trained, clip, tmp_path, capsys):
 
     # The same K from a retrained tokenizer (another hash): refused as well.
     config = read_json(trained / "vocoder" / "config.json")
+    stage = read_json(trained / "vocoder" / "stage.json")
     write_json(trained / "vocoder" / "config.json", {**config, "tokenizer_hash": "0123456789abcdef"})
+    # a vocoder that was trained so, its stage.json recording the file (loading checks its hash)
+    write_json(trained / "vocoder" / "stage.json", {**stage, "files": {**stage["files"], "config.json": {
+        "size": (trained / "vocoder" / "config.json").stat().st_size,
+        "sha256": file_hash(trained / "vocoder" / "config.json")}}})
     try:
         assert tokenlm("decode", trained, clip, tmp_path / "x.wav", "--no-progress") == 1
         err = capsys.readouterr().err
         assert "0123456789abcdef" in err and "retrain" in err and err.count("\n") == 1
     finally:
         write_json(trained / "vocoder" / "config.json", config)
+        write_json(trained / "vocoder" / "stage.json", stage)
     assert not (tmp_path / "x.wav").exists()
 
     class Other:  # samples per code differ

@@ -18,6 +18,7 @@ import click
 
 from tokenlm.core.errors import TokenlmError
 from tokenlm.pipeline.registry import BY_NAME, STAGES
+from tokenlm.core.fileio import os_error_of
 
 
 class LazyGroup(click.Group):
@@ -82,6 +83,12 @@ def main(argv=None):
         sys.exit(err.exit_code)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)
+    except Exception as err:  # a library's own error for a failed write (safetensors: a full disk)
+        cause = os_error_of(err)
+        if not isinstance(cause, OSError) or cause.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        click.echo(f"error: {os_error_line(cause)}", err=True)
+        sys.exit(1)
 
 
 def os_error_line(err: OSError) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -138,14 +138,15 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return rows
 
 
-def publish_copy(source: str | Path, dest: str | Path) -> None:
-    """``dest`` := a copy of ``source`` (a finished stage's file published outside it), unless
-    it already is one; atomic, so a reader sees the old copy or the new one."""
-    source, dest = Path(source), Path(dest)
-    if dest.is_file() and dest.read_bytes() == source.read_bytes():
-        return
-    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
-    with _naming(dest):
-        shutil.copyfile(source, tmp)
-        fsync_file(tmp)
-    _publish(tmp, dest)
+
+def os_error_of(err: Exception, path: str | Path | None = None) -> Exception:
+    """safetensors reports a failed write (a full disk, a file size limit) as a SafetensorError
+    ending "(os error 28)": the OSError it stands for (naming ``path``), so the command says
+    it in one line (tokenlm.cli); any other error as it is."""
+    if isinstance(err, OSError):
+        return err
+    code = re.search(r"\(os error (\d+)\)", str(err))
+    if code is None:
+        return err
+    number = int(code[1])
+    return OSError(number, os.strerror(number), None if path is None else str(path))

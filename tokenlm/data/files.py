@@ -14,6 +14,7 @@ from typing import Iterator
 from tokenlm.core.errors import ArtifactError
 from tokenlm.core.fileio import sha256_file
 from tokenlm.data.tar_member import TarMember
+from tokenlm.data.input_content import METADATA_ONLY, InputHashes
 
 
 def find_audio_files(root: Path, extensions, skipped: list[dict]) -> Iterator[Path]:
@@ -70,10 +71,12 @@ def file_stamp(path: str | Path, hash_content: bool = False) -> dict | None:
     return stamp
 
 
-def check_unchanged(row: dict) -> None:
+def check_unchanged(row: dict, hashes: InputHashes | None = None) -> None:
     """Fail in one line when the file of a manifest row is not the one ``prepare`` read: a
     stage that re-reads audio must not mix it with features made from another version.
-    Rows written before files were stamped are not checked."""
+    A change of ctime or inode alone (a hard link, chmod, a backup tool) is not a change of
+    the bytes: then the content decides (``input_content.InputHashes``). Rows written before
+    files were stamped are not checked."""
     recorded = row.get("file")
     if not recorded:
         return
@@ -82,6 +85,10 @@ def check_unchanged(row: dict) -> None:
         raise ArtifactError(f"{row['path']} (clip {row['id']}) was read by `tokenlm prepare` but cannot be "
                             f"found now: restore it, or rerun prepare")
     changed = [key for key in recorded if now.get(key) != recorded[key]]
+    if changed and set(changed) <= METADATA_ONLY:
+        if (hashes or InputHashes()).same_content(row, now):
+            return
+        changed = ["ctime (and the bytes are not shown to be the same)"]
     if changed:
         raise ArtifactError(f"{row['path']} (clip {row['id']}) changed since `tokenlm prepare` read it "
                             f"({', '.join(changed)} differ): rerun prepare")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -133,11 +134,14 @@ def _check_unique_ids(root: Path, clips: list[Clip]) -> None:
 
 def _check_inside(folder: Path, clips: list[Clip]) -> None:
     """A listed path outside the dataset's folder is refused: a manifest should not be able to
-    read /etc/passwd or another dataset by accident. The test is on the path as written
-    (``../`` collapsed), so symlinks inside the folder may still point anywhere."""
+    read /etc/passwd or another dataset by accident. The test is on the resolved path of the
+    file that would be opened (for a tar member, its tar: the member's name is never a path),
+    so neither ``../`` in any part of the string nor a symlink leads out."""
+    folder = Path(os.path.realpath(folder))
     for clip in clips:
-        path = os.path.normpath(os.path.join(folder, clip.path))
-        if os.path.commonpath([folder, path]) != str(folder):
+        member = TarMember.parse(clip.path)
+        opened = os.path.realpath(os.path.join(folder, member.tar if member else clip.path))
+        if os.path.commonpath([folder, opened]) != str(folder):
             raise ConfigError(f"{clip.path} (clip {clip.id}) is outside the dataset folder {folder}: move it in, "
                               f"or allow it with --allow-outside (recipe: data.allow_outside: true)")
 
@@ -251,6 +255,9 @@ def _span(rec: dict, path: Path, n: int) -> tuple[float | None, float | None]:
                           f"{rec.get('start')!r} and {rec.get('end')!r}") from None
     if (start is not None and not start >= 0) or (end is not None and not end > (start or 0.0)):
         raise ConfigError(f"{path}: entry {n}: a segment needs 0 <= start < end, got start={start} end={end}")
+    if not all(math.isfinite(t) for t in (start, end) if t is not None):  # inf would overflow a sample count
+        raise ConfigError(f"{path}: entry {n}: start and end must be finite seconds (leave end empty for the "
+                          f"file's end), got start={start} end={end}")
     return start, end
 
 

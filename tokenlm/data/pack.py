@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import sys
 import tarfile
 from pathlib import Path, PurePosixPath
 
@@ -28,6 +30,7 @@ def pack_shards(data: str | Path, out: str | Path, clips_per_shard: int = 1000, 
         raise ConfigError(f"{out} is not empty: pack into a new folder")
     skipped: list[dict] = []
     _, clips = scan_dataset(data, allow_outside=allow_outside, skipped=skipped)
+    refuse_unsafe_member_names(clips)
     for clip in clips:
         if clip.start is not None or clip.end is not None:
             raise ConfigError(f"clip {clip.id} is a segment of {clip.path}: only whole files can be packed")
@@ -43,6 +46,31 @@ def pack_shards(data: str | Path, out: str | Path, clips_per_shard: int = 1000, 
                 _add_clip(tar, clip)
         partial.replace(out / f"shard-{n:06d}.tar")
     return {"clips": len(clips), "shards": len(shards), "skipped": skipped}
+
+
+def unsafe_member_name(name: str) -> str | None:
+    """Why a clip id cannot name a tar member (a tool that extracts the shard would write
+    outside its folder, or not where the name says), or None when it is safe."""
+    path = PurePosixPath(name)
+    if not name or "\x00" in name or "\\" in name:
+        return "it is empty or holds a NUL or a backslash"
+    if path.is_absolute() or re.match(r"[A-Za-z]:", name):
+        return "it is an absolute path"
+    if ".." in path.parts or any(part in ("", ".") for part in name.split("/")):
+        return "it holds '..', '.' or an empty folder name"
+    return None
+
+
+def refuse_unsafe_member_names(clips: list[Clip]) -> None:
+    """Refuse to pack clips whose ids would be unsafe member names (tar-slip): one line on
+    stderr per such id, then one error. They are refused rather than rewritten, since a
+    rewritten id would no longer match the labels or splits that name it."""
+    unsafe = [(clip, why) for clip in clips if (why := unsafe_member_name(clip.id)) is not None]
+    for clip, why in unsafe:
+        print(f"unsafe member name {clip.id!r} (clip of {clip.path}): {why}", file=sys.stderr, flush=True)
+    if unsafe:
+        raise ConfigError(f"{len(unsafe)} clip id(s) would be unsafe tar member names (e.g. {unsafe[0][0].id!r}: "
+                          f"{unsafe[0][1]}): nothing packed; give them plain relative ids in a manifest")
 
 
 def _add_clip(tar: tarfile.TarFile, clip: Clip) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from sklearn.metrics import f1_score
 
-from tokenlm.run.artifacts import Stage, stage_key
+from tokenlm.run.artifacts import Stage
 from tokenlm.baselines.cnn import (
     ClassifierTraining, count_flops, count_parameters, load_model, predict_clips, save_model,
     train_classifier,
@@ -102,7 +102,7 @@ def supervised_baseline(name: str, clips: LabelledClips, probe: ProbeConfig, con
     stage = Stage(clips.run.baseline(name),
                   config={"model": to_dict(model_config), "train": to_dict(train_config), "folds": use_folds,
                           "classes": clips.classes},
-                  inputs={"features": stage_key(clips.run.features)}, lock_root=clips.run.lock_root)
+                  inputs={"features": clips.run.features}, lock_root=clips.run.lock_root)
 
     def make(work: Path) -> dict:
         say(f"baseline {name}: training")
@@ -183,7 +183,7 @@ def pretrain_simclr(run: RunDir, probe: ProbeConfig, config: BaselinesConfig, de
     stage = Stage(run.baseline("simclr"),
                   config={"trunk": to_dict(trunk_config), "simclr": to_dict(simclr_config),
                           "augment": to_dict(augment_config)},
-                  inputs={"features": stage_key(run.features)}, lock_root=run.lock_root)
+                  inputs={"features": run.features}, lock_root=run.lock_root)
 
     def make(work: Path) -> dict:
         train_clips = [frames for _, frames in RaggedSplit(run.features, "train", "float16", width=meta.config.n_mels)]

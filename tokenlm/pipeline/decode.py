@@ -15,7 +15,7 @@ from pathlib import Path
 from tokenlm.data.audio import load_audio
 from tokenlm.run.rundir import RunDir
 from tokenlm.pipeline.loaders import load_vocoder
-from tokenlm.vocoder.vocoder import write_wav
+from tokenlm.vocoder.vocoder import publish_wav
 
 
 def decode_file(run: str | RunDir, in_path: str | Path, out_path: str | Path, *, codebook_size: int | None = None,
@@ -28,7 +28,7 @@ def decode_file(run: str | RunDir, in_path: str | Path, out_path: str | Path, *,
     start = time.perf_counter()
     audio = vocoder.resynthesise(codes, temperature=temperature, seed=seed, progress=progress)
     seconds = time.perf_counter() - start
-    write_wav(out_path, audio, vocoder.sample_rate)
+    publish_wav(out_path, audio, vocoder.sample_rate)
     duration = len(audio) / vocoder.sample_rate
     return {"codes": int(len(codes)), "samples": int(len(audio)), "seconds": duration,
             "synthesis_seconds": seconds, "rtf": seconds / duration if duration else None, "out": str(out_path)}

@@ -28,6 +28,9 @@ from tokenlm.core.fileio import read_jsonl, write_jsonl
 from tokenlm.run.rundir import SPLITS, RunDir, is_finished, read_tokens_meta, as_run
 from tokenlm.data.store import RaggedSplit
 
+from tokenlm.run import lock as runlock
+from tokenlm.core.errors import ConfigError
+from tokenlm.core.outputs import publish_folder
 
 FORMATS = ("units", "hf", "npy")
 
@@ -39,14 +42,30 @@ def export(run: str | Path | RunDir, fmt: str, codebook_size: int | None = None,
     """Write the run's codes at K = ``codebook_size`` (default: the run's current K), and each
     encoded task's, to ``out`` in format ``fmt``. Returns ``out``."""
     run = as_run(run)
-    k = codebook_size or run.codebook_size
-    out = Path(out) if out else run.export(fmt, k)
-    stores = [(out, run.tokens(k))] + [(out / "tasks" / name, run.task(name).tokens(k))
-                                        for name in run.task_names() if is_finished(run.task(name).tokens(k))]
-    for target, tokens in stores:
-        read_tokens_meta(tokens, k)  # finished, complete, and of this K
-        WRITERS[fmt](_clips(tokens), target)
+    if codebook_size is not None and codebook_size < 1:
+        raise ConfigError(f"-K must be a codebook size of at least 1, got {codebook_size} (leave it out for the "
+                          f"run's current K)")
+    with runlock.holding(run.lock_root):  # the tokens cannot be rebuilt under the export
+        k = codebook_size or run.codebook_size
+        out = Path(out) if out else run.export(fmt, k)
+        stores = [(Path(), run.tokens(k))] + [(Path("tasks") / name, run.task(name).tokens(k))
+                                              for name in run.task_names() if is_finished(run.task(name).tokens(k))]
+        for _, tokens in stores:
+            read_tokens_meta(tokens, k)  # finished, complete, and of this K
+
+        def write(work: Path) -> None:
+            for where, tokens in stores:
+                WRITERS[fmt](_clips(tokens), work / where)
+
+        # Built beside OUT and swapped in whole: a kill leaves the previous export (or none),
+        # no stale file of an earlier export stays, and a folder of the user's is refused.
+        publish_folder(out, write, legacy=_is_unmarked_export)
     return out
+
+
+def _is_unmarked_export(folder: Path) -> bool:
+    """An export written before exports were marked: in RUN/export/<format>/k<K>, nothing else."""
+    return folder.parent.parent.name == "export" and folder.parent.name in FORMATS and folder.name[1:].isdigit()
 
 
 def _clips(tokens: Path):

@@ -19,10 +19,11 @@ import numpy as np
 from tokenlm.run.artifacts import STAGE_FILE
 from tokenlm.data.audio import load_audio
 from tokenlm.core.errors import ConfigError
-from tokenlm.core.fileio import read_jsonl, write_json
+from tokenlm.core.fileio import read_jsonl
 from tokenlm.run.rundir import RunDir, as_run, continuation_file, info_file, is_finished
 from tokenlm.pipeline.loaders import check_same_codes, load_lm, load_vocoder
-from tokenlm.vocoder.vocoder import write_wav
+from tokenlm.core.outputs import has_generation_record, publish_json
+from tokenlm.vocoder.vocoder import publish_wav
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def generate_file(run: str | RunDir, out_path: str | Path, how: Continuation = C
     audio = vocoder.resynthesise(codes, prompt=wav if primed else None, temperature=how.vocoder_temperature,
                                  seed=how.seed, progress=progress)
     synthesis = time.perf_counter() - start
-    write_wav(out_path, audio, vocoder.sample_rate)
+    publish_wav(out_path, audio, vocoder.sample_rate, legacy=has_generation_record)
     settings = {k: v for k, v in asdict(how).items() if k not in ("seconds", "prime")}
     summary = {
         "prompt": str(prompt) if prompt else None, "prompt_codes": int(len(prompt_codes)),
@@ -75,7 +76,7 @@ def generate_file(run: str | RunDir, out_path: str | Path, how: Continuation = C
         "synthesis_seconds": round(synthesis, 3), "codebook_size": vocoder.codebook_size,
         "code_rate": vocoder.code_rate, "codes": codes.tolist(), "out": str(out_path),
     }
-    write_json(info_file(out_path), summary)
+    publish_json(info_file(out_path), summary, legacy=has_generation_record)
     return summary
 
 

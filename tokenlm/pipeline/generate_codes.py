@@ -16,10 +16,10 @@ import numpy as np
 
 from tokenlm.data.audio import load_audio
 from tokenlm.core.errors import ConfigError
-from tokenlm.core.fileio import write_json
 from tokenlm.lm.code_lm import CodeLM
 from tokenlm.run.rundir import RunDir, as_run, generated_codes_file, info_file
 from tokenlm.pipeline.loaders import load_lm, load_lm_tokenizer
+from tokenlm.core.outputs import has_generation_record, publish_json, publish_npy
 
 
 def read_prompt_codes(path: str | Path) -> np.ndarray:
@@ -68,10 +68,9 @@ def generate_codes(run: str | RunDir, *, prompt_codes: str | Path | None = None,
     codes = np.concatenate([prompt, new]) if include_prompt else new
     source = prompt_codes or prompt_audio
     out = Path(out) if out else run.generated / generated_codes_file(source, seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, codes.astype(np.int64))
+    publish_npy(out, codes.astype(np.int64), legacy=has_generation_record)
     rate = lm.code_rate
-    write_json(info_file(out), {
+    publish_json(info_file(out), legacy=has_generation_record, obj={
         "lm": str(run.lm), "prompt": str(source) if source else None,
         "prompt_length": int(len(prompt)) if include_prompt else 0, "generated": int(n),
         "temperature": temperature, "top_k": top_k, "seed": seed,

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import json
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import click
 
+from tokenlm.run import lock as runlock
 from tokenlm.run.artifacts import Stage
 from tokenlm.data.audio import audio_seconds, audio_source
 from tokenlm.core.config import build, to_dict
@@ -27,9 +29,12 @@ from tokenlm.data.clips import SPLITS, Clip
 from tokenlm.engine import LOCAL, EngineConfig, blocks, engine_config, engine_session
 from tokenlm.core.errors import AudioError, ConfigError, TokenlmError
 from tokenlm.data.features import FeatureConfig, LogMel, RunningStats, file_log_mel, log_mel_blocks
-from tokenlm.core.fileio import fingerprint, publish_copy, read_jsonl, write_json, write_jsonl
+from tokenlm.core.fileio import fingerprint, read_jsonl, write_json, write_jsonl
+from tokenlm.data.input_content import settled_stamps
+from tokenlm.run.input_check import run_input_hashes
 from tokenlm.data.files import file_stamp
-from tokenlm.run.rundir import MANIFEST, META, RunDir, as_run, is_finished, read_feature_meta
+from tokenlm.core.outputs import publish_copy
+from tokenlm.run.rundir import MANIFEST, META, STAGE_FILE, RunDir, as_run, is_finished, read_feature_meta
 from tokenlm.core.runtime import bounded_map, cpu_threads, kernel_threads
 from tokenlm.data.splits import SplitConfig, assign_splits, link_duplicates
 from tokenlm.pipeline.tasks import Task
@@ -38,7 +43,6 @@ from tokenlm.core.progress import progress_bar
 
 if TYPE_CHECKING:  # the context imports the tasks, which import this module
     from tokenlm.pipeline.registry import RunContext
-
 
 # Clips longer than this are featurised block by block in the writing thread, each block's
 # frames written as they come, so memory does not grow with a recording's length. Shorter ones
@@ -73,7 +77,9 @@ def prepare(
     run = as_run(run)
     scan_skipped: list[dict] = []
     layout, clips = scan_sources(data, allow_outside=allow_outside, skipped=scan_skipped)
-    files = {c.id: file_stamp(c.path, hash_content) for c in clips}
+    hashes, paths = run_input_hashes(run), {c.id: c.path for c in clips}
+    previous = {i: row for i, row in _previous_rows(run).items() if row["path"] == paths.get(i)}
+    files = settled_stamps({c.id: file_stamp(c.path, hash_content) for c in clips}, previous, hashes)
     clips, duplicates = link_duplicates(clips, {i: f["sha256"] for i, f in files.items() if f and "sha256" in f})
     clips = assign_splits(clips, split)
     stage = Stage(
@@ -99,15 +105,39 @@ def prepare(
             check_strict(work / MANIFEST)
         return {"clips_ok": meta["clips_ok"], "clips_skipped": meta["clips_skipped"]}
 
-    if stage.up_to_date("features"):
-        if strict:
-            check_strict(stage.out_dir / MANIFEST)
-        publish_copy(run.features / MANIFEST, run.manifest)
-    else:  # build()'s own up-to-date check would read stage.json and stat every file again
-        stage.finish(make(stage.start()))
-        publish_copy(run.features / MANIFEST, run.manifest)
-        _say(f"features: {stage.out_dir}\nmanifest: {run.manifest}")
+    with runlock.holding(stage.run_root):  # the copy in RUN is published under the lock, as the stage is
+        hashes.save()
+        if stage.up_to_date("features"):
+            if strict:
+                check_strict(stage.out_dir / MANIFEST)
+            publish_run_manifest(run.features / MANIFEST, run.manifest)
+        else:  # build()'s own up-to-date check would read stage.json and stat every file again
+            stage.finish(make(stage.start()))
+            publish_run_manifest(run.features / MANIFEST, run.manifest)
+            _say(f"features: {stage.out_dir}\nmanifest: {run.manifest}")
     return stage.out_dir
+
+
+def _previous_rows(run: RunDir) -> dict[str, dict]:
+    """Clip id -> row of the finished features' manifest (none when there are no features)."""
+    if not (run.features / STAGE_FILE).is_file() or not (run.features / MANIFEST).is_file():
+        return {}
+    return {row["id"]: row for row in read_jsonl(run.features / MANIFEST) if row.get("id") is not None}
+
+
+def publish_run_manifest(source: Path, dest: Path) -> None:
+    """RUN/manifest.jsonl := a finished stage's manifest (never over a file that is not a
+    manifest tokenlm wrote: one from before outputs were recorded has a status on every row)."""
+    publish_copy(source, dest, legacy=_is_run_manifest)
+
+
+def _is_run_manifest(path: Path) -> bool:
+    try:
+        with open(path) as f:
+            first = json.loads(f.readline())
+    except (OSError, ValueError):
+        return False
+    return isinstance(first, dict) and {"id", "path", "status", "reason"} <= first.keys()
 
 
 def _report_duplicates(clips: list[Clip], duplicates: list[list[str]]) -> None:

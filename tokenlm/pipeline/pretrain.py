@@ -157,11 +157,11 @@ def pretrain(run: str | Path, model: LMConfig = LMConfig(), training: TrainConfi
     key_training = {name: value for name, value in to_dict(training).items() if name != "device"}
     stage = Stage(Path(out_dir) if out_dir is not None else run.lm,
                   config={"model": model.key(), "training": key_training, "codebook_size": tokens.codebook_size},
-                  inputs={"tokens": stage_key(tokens.directory)}, lock_root=run.lock_root)
+                  inputs={"tokens": tokens.directory}, lock_root=run.lock_root)
     if stage.up_to_date("lm"):
         return stage.out_dir
     with distributed_stage(stage, training.device) as (work, dist):
-        job = _LMJob(tokens, model, training)
+        job = _LMJob(read_tokens_meta(tokens.directory, k), model, training)  # as they are under the lock
         job.train(work, dist, progress, callbacks)
         if dist.is_main:
             stage.finish(extra={"metrics": job.metrics})

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import click
 
-from tokenlm.run.artifacts import Stage, stage_key
+from tokenlm.run.artifacts import Stage
 from tokenlm.core.config import to_dict
 from tokenlm.core.errors import ArtifactError
 from tokenlm.evaluation.clips import LabelledClips
@@ -91,10 +91,10 @@ def probe(run: str | Path | RunDir, config: ProbeConfig = ProbeConfig(),
 
     lm_dir = Path(lm_dir) if lm_dir is not None else run.lm
     codebook_size = config.codebook_size or run.codebook_size_or_none()
-    inputs = {"features": stage_key(task.data.features), "tokenizer": _optional_key(run.tokenizer),
+    inputs = {"features": task.data.features, "tokenizer": _optional_key(run.tokenizer),
               "lm": _optional_key(lm_dir), "tokens": _optional_key(tokens_folder_or_none(task.data, codebook_size)),
               "simclr": _optional_key(simclr_dir),
-              **{f"baseline_{name}": stage_key(task.data.baseline(name)) for name in supervised}}
+              **{f"baseline_{name}": task.data.baseline(name) for name in supervised}}
     settings = {**to_dict(config), **to_dict(baseline_config)}  # the probe: section as one record
     stage = Stage(Path(out_dir) if out_dir is not None else run.probe_task(task.name), config=settings,
                   inputs=inputs, lock_root=run.lock_root)
@@ -180,9 +180,9 @@ def representation_rows(clips: LabelledClips, run: RunDir, codebook_size: int | 
                    for rep in layers if rep.name == "lm_concat"]
 
 
-def _optional_key(directory: Path | None) -> str | None:
-    """The key of a finished stage the probe can do without; None when it is missing."""
-    return stage_key(directory) if directory is not None and is_finished(directory) else None
+def _optional_key(directory: Path | None) -> Path | None:
+    """A finished stage the probe can do without (its key is read by the Stage); None when it is missing."""
+    return Path(directory) if directory is not None and is_finished(directory) else None
 
 
 def run(ctx: RunContext) -> None:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from tokenlm.run.artifacts import Stage, stage_key
+from tokenlm.run.artifacts import Stage
 from tokenlm.core.config import to_dict
 from tokenlm.core.errors import TokenlmError
 from tokenlm.core.fileio import write_json
@@ -180,8 +180,7 @@ def rawlm(run: str | Path | RunDir, config: RawLMConfig = RawLMConfig(), *, devi
     """Train and score every model of ``config.models`` on the run's tokenized audio; RUN/rawlm."""
     run = as_run(run)
     tokens = read_tokens_meta(run.tokens()).require("sample_rate", "samples_per_code")
-    stage = Stage(run.rawlm, config=to_dict(config), inputs={"tokens": stage_key(tokens.directory)},
-                  lock_root=run.lock_root)
+    stage = Stage(run.rawlm, config=to_dict(config), inputs={"tokens": tokens.directory}, lock_root=run.lock_root)
 
     def make(work: Path) -> dict:
         torch_device = pick_device(device)

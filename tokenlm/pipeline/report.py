@@ -9,13 +9,16 @@ figures (report_files/, sweep/, scale/) and wavs by paths relative to RUN.
 from __future__ import annotations
 
 import csv
+import html
 import math
 from collections import Counter
 from pathlib import Path
 
 
+from tokenlm.run import lock as runlock
 from tokenlm.evaluation.audio_quality import decoder_table
 from tokenlm.core.fileio import read_json, read_jsonl
+from tokenlm.core.outputs import publish_text
 from tokenlm.reporting.html import write_html
 from tokenlm.reporting.listening import listening_section
 from tokenlm.run.rundir import (
@@ -27,15 +30,24 @@ def write_report(run: str | Path) -> Path:
     """Write RUN/report.md, its figures under RUN/report_files/ and RUN/report.html; return
     report.md's path."""
     run = as_run(run)
-    sections = [f"# tokenlm run: {run.root.name}\n"]
-    for section in (dataset_section, tokenizer_section, lm_section, probe_section, vocoder_section, rawlm_section,
-                    sweep_section, scale_section):
-        text = section(run)
-        if text:
-            sections.append(text)
-    run.report.write_text("\n".join(sections))
-    write_html(run.report, f"tokenlm run: {run.root.name}")
+    title = f"tokenlm run: {run.root.name}"
+    with runlock.holding(run.lock_root):  # read finished stages and publish, one command at a time
+        sections = [f"# {title}\n"]
+        for section in (dataset_section, tokenizer_section, lm_section, probe_section, vocoder_section,
+                        rawlm_section, sweep_section, scale_section):
+            text = section(run)
+            if text:
+                sections.append(text)
+        publish_text(run.report, "\n".join(sections), legacy=lambda path: _starts_with(path, f"# {title}\n"))
+        html_title = f"<title>{html.escape(title)}</title>"
+        write_html(run.report, title, legacy=lambda path: html_title in path.read_text(errors="replace"))
     return run.report
+
+
+def _starts_with(path: Path, text: str) -> bool:
+    """Whether ``path`` is a report of tokenlm from before outputs were recorded (its title line)."""
+    with open(path, errors="replace") as f:
+        return f.read(len(text)) == text
 
 
 def dataset_section(run: RunDir) -> str | None:

@@ -17,15 +17,16 @@ from pathlib import Path
 import click
 import yaml
 
+from tokenlm.run import lock as runlock
+from tokenlm.run.artifacts import STAGE_FILE, made_by_tokenlm
 from tokenlm.core.config import load_yaml
-from tokenlm.core.errors import ConfigError
-from tokenlm.core.fileio import write_text
+from tokenlm.core.errors import ArtifactError, ConfigError
+from tokenlm.core.outputs import publish_text
 from tokenlm.core.overrides import apply_overrides
-from tokenlm.pipeline.registry import BY_NAME, PIPELINE, RunContext
+from tokenlm.pipeline.registry import BY_NAME, PIPELINE, RunContext, artifact_settings
 from tokenlm.run.rundir import RunDir
-from tokenlm.pipeline.registry import artifact_settings
 
-
+RECIPE_HEADER = "# The recipe as run (overrides applied): `tokenlm run` this file to reproduce the run.\n"
 
 
 def resolve_recipe(recipe: str | Path, overrides: tuple[str, ...] = (), out: str | Path | None = None) -> dict:
@@ -56,7 +57,12 @@ def run_recipe(recipe: str | Path, *, stages: tuple[str, ...] | None = None, dev
     unknown = [s for s in wanted if s not in PIPELINE]
     if unknown:
         raise ConfigError(f"unknown stage(s) {', '.join(unknown)} (stages: {', '.join(PIPELINE)})")
-    with artifact_settings(keep_checkpoints, log_to, run_section):
+    from tokenlm.pipeline.report import write_report  # its plots load matplotlib: not for --help
+
+    # The whole run holds the lock: a second `tokenlm run` is refused before it writes anything,
+    # and recipe.yaml describes the run that is being built, once it is sure to be built.
+    with artifact_settings(keep_checkpoints, log_to, run_section), runlock.holding(ctx.run.lock_root):
+        refuse_folders_tokenlm_did_not_make(ctx.run)
         save_recipe(ctx.run.root, sections)
         for name in PIPELINE:
             if name not in wanted:
@@ -65,15 +71,23 @@ def run_recipe(recipe: str | Path, *, stages: tuple[str, ...] | None = None, dev
             start = time.time()
             BY_NAME[name].load().run(ctx)
             click.echo(f"   {name} done in {time.time() - start:.1f} s", err=True)
-    from tokenlm.pipeline.report import write_report  # its plots load matplotlib: not for --help
+        return write_report(ctx.run.root)
 
-    return write_report(ctx.run.root)
+
+def refuse_folders_tokenlm_did_not_make(run: RunDir) -> None:
+    """Before anything is written: a folder where a stage goes that tokenlm did not make is
+    refused by that stage; say so now, not after recipe.yaml and the stages before it."""
+    stages = [run.features, run.tokenizer, run.lm, run.vocoder, run.sweep, run.scale, run.root / "rawlm"]
+    stages += sorted(run.tokens_root.glob("k*")) if run.tokens_root.is_dir() else []
+    for folder in stages:
+        if not made_by_tokenlm(folder):
+            raise ArtifactError(f"{folder} was not made by tokenlm (no {STAGE_FILE} in it): it would not be replaced; "
+                                f"move it out of the way, or choose another run folder")
 
 
 def save_recipe(root: Path, sections: dict) -> Path:
     """Write the resolved recipe to RUN/recipe.yaml (atomically)."""
     path = RunDir(root).saved_recipe
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = "# The recipe as run (overrides applied): `tokenlm run` this file to reproduce the run.\n"
-    write_text(path, header + yaml.safe_dump(sections, sort_keys=False, default_flow_style=None))
+    publish_text(path, RECIPE_HEADER + yaml.safe_dump(sections, sort_keys=False, default_flow_style=None),
+                 legacy=lambda old: old.read_text(errors="replace").startswith(RECIPE_HEADER))
     return path

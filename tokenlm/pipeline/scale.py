@@ -28,7 +28,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from tokenlm.run.artifacts import Stage, stage_key
+from tokenlm.run.artifacts import Stage
 from tokenlm.tokenizer.codebook import CodebookConfig
 from tokenlm.core.config import to_dict
 from tokenlm.core.errors import ConfigError
@@ -95,8 +95,8 @@ def scale(ctx: RunContext, config: ScaleConfig) -> Path:
     largest = run.scale_point(config.hours[-1])
     levers = lever_sections(ctx) if config.with_levers else {}
     lever_rows = train_levers(ctx, largest, levers, tasks, probe_config, baseline_config)
-    inputs = {f"h{h:g}/{t.name}": stage_key(run.scale_point(h).probe_task(t.name)) for h in config.hours for t in tasks}
-    inputs.update({f"{name}/{t.name}": stage_key(largest.lever(name).probe_task(t.name)) for name in levers
+    inputs = {f"h{h:g}/{t.name}": run.scale_point(h).probe_task(t.name) for h in config.hours for t in tasks}
+    inputs.update({f"{name}/{t.name}": largest.lever(name).probe_task(t.name) for name in levers
                    for t in tasks})
     stage = Stage(run.scale, config=to_dict(config), inputs=inputs, lock_root=run.lock_root)
     work = stage.start()

@@ -23,7 +23,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from tokenlm.run.artifacts import Stage, stage_key
+from tokenlm.run.artifacts import Stage
 from tokenlm.tokenizer.codebook import CodebookConfig, label_code_agreement
 from tokenlm.core.config import load_yaml, to_dict
 from tokenlm.core.errors import TokenlmError
@@ -104,7 +104,7 @@ def _sweep(ctx: RunContext, config: SweepConfig, codebook: CodebookConfig) -> Pa
         _progress(k, f"done ({i}/{len(sizes)})", started)
         rows.append(row)
 
-    inputs = {f"k{k}": stage_key(run.tokens(k)) for k in config.codebook_sizes}
+    inputs = {f"k{k}": run.tokens(k) for k in config.codebook_sizes}
     stage = Stage(run.sweep, config=to_dict(config), inputs=inputs, lock_root=run.lock_root)
     work = stage.start()
     write_sweep_outputs(rows, config, work)

@@ -23,15 +23,17 @@ import click
 import numpy as np
 import torch
 
-from tokenlm.run.artifacts import Stage, stage_key
+from tokenlm.run.artifacts import Stage
 from tokenlm.tokenizer.codebook import CodebookConfig, fit_codebook
 from tokenlm.core.config import build, to_dict
 from tokenlm.data.layouts import scan_dataset
 from tokenlm.tokenizer.encoding import encode_clips
 from tokenlm.engine import LOCAL, EngineConfig, engine_config, engine_session
 from tokenlm.core.errors import ArtifactError, TokenlmError
-from tokenlm.core.fileio import fingerprint, publish_copy, read_json, write_json, write_jsonl
+from tokenlm.core.fileio import fingerprint, read_json, write_json, write_jsonl
 from tokenlm.data.files import check_unchanged, file_stamp
+from tokenlm.run import lock as runlock
+from tokenlm.run.input_check import run_input_hashes
 from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
 from tokenlm.run.rundir import (
     CODEBOOK, CONFIG, MANIFEST, METRICS, STAGE_FILE, TRAINING, RunDir, as_run, is_finished, read_feature_meta,
@@ -39,7 +41,7 @@ from tokenlm.run.rundir import (
 )
 from tokenlm.core.runtime import pick_device, seed_everything
 from tokenlm.data.splits import SplitConfig, assign_splits, link_duplicates
-from tokenlm.pipeline.prepare import check_strict
+from tokenlm.pipeline.prepare import check_strict, publish_run_manifest
 from tokenlm.pipeline.tasks import Task
 from tokenlm.tokenizer.tokenizer import (
     AudioTokenizer, AutoencoderTraining, PatchCoder, TokenizerConfig, load_patch_coder, save_patch_coder,
@@ -68,7 +70,7 @@ def train_autoencoder_stage(run: str | Path | RunDir, ae: AutoencoderConfig, tra
     """RUN/tokenizer: autoencoder trained on the train split's patches, early-stopped on val."""
     run = as_run(run)
     stage = Stage(run.tokenizer, config={"autoencoder": to_dict(ae), "training": to_dict(training)},
-                  inputs={"features": stage_key(run.features)}, lock_root=run.lock_root)
+                  inputs={"features": run.features}, lock_root=run.lock_root)
     return stage.build("autoencoder", lambda work: _train_autoencoder(run, work, ae, training, device, progress))
 
 
@@ -98,7 +100,7 @@ def fit_codebook_stage(run: str | Path | RunDir, k: int, config: CodebookConfig,
     """RUN/tokenizer/k{K}: k-means on the train split's bottleneck vectors + code metrics."""
     run = as_run(run)
     stage = Stage(run.codebook(k), config={"k": k, "codebook": to_dict(config)},
-                  inputs={"autoencoder": stage_key(run.tokenizer)}, lock_root=run.lock_root)
+                  inputs={"autoencoder": run.tokenizer}, lock_root=run.lock_root)
     return stage.build(f"codebook K={k}", lambda work: _fit_codebook(run, work, k, config, device))
 
 
@@ -128,14 +130,15 @@ def encode_run_stage(run: str | Path | RunDir, k: int, *, tokenizer_run: RunDir 
     run = as_run(run)
     models = tokenizer_run or run
     stage = Stage(run.tokens(k), config={"k": k},
-                  inputs={"codebook": stage_key(models.codebook(k)), "features": stage_key(run.features)},
-                  lock_root=run.lock_root)
+                  inputs={"codebook": models.codebook(k), "features": run.features}, lock_root=run.lock_root)
 
     def make(work: Path) -> dict:
         tokenizer = AudioTokenizer.load(models.tokenizer, codebook_size=k, device=device)
         rows = [r for r in read_run_manifest(run) if r["status"] == "ok"]
+        hashes = run_input_hashes(run)
         for row in rows:  # before hours of encoding, not after
-            check_unchanged(row)
+            check_unchanged(row, hashes)
+        hashes.save()
         meta = encode_clips(tokenizer, rows, work, progress=progress, engine=engine)
         if meta["skipped"]:
             first = meta["skipped"][0]
@@ -185,10 +188,11 @@ def encode_new_data(tokenizer_path: Path, data: Path, out: Path, split: SplitCon
         _say(f"{sum(meta['clips'].values())} clips encoded, {len(meta['skipped'])} skipped -> {target}")
         return {"tokens": meta["tokens"], "skipped": len(meta["skipped"])}
 
-    stage.build(f"tokens K={tokenizer.codebook_size}", make)
-    if strict:  # a stage finished earlier without --strict may hold skipped clips
-        check_strict(target / MANIFEST)
-    publish_copy(target / MANIFEST, out.manifest)
+    with runlock.holding(stage.run_root):  # the copy in RUN is published under the lock, as the stage is
+        stage.build(f"tokens K={tokenizer.codebook_size}", make)
+        if strict:  # a stage finished earlier without --strict may hold skipped clips
+            check_strict(target / MANIFEST)
+        publish_run_manifest(target / MANIFEST, out.manifest)
     return target
 
 

@@ -206,12 +206,13 @@ def train_vocoder(run: str | Path | RunDir, cfg: VocoderConfig = VocoderConfig()
     config["training"].pop("device")  # where it trains is not what it learns: switching resumes
     config.pop("note")  # words about the model, not the model
     stage = Stage(Path(out_dir) if out_dir else run.vocoder, config={**config, "codebook_size": tokens.codebook_size},
-                  inputs={"tokens": stage_key(tokens.directory), "codebook": codebook_key},
-                  lock_root=run.lock_root)
+                  inputs={"tokens": tokens.directory, "codebook": codebook}, lock_root=run.lock_root)
     if stage.up_to_date("vocoder"):
         return stage.out_dir
-    job = _Job(run, cfg, training, tokens, codebook_key, progress, tuple(callbacks))
     with distributed_stage(stage, training.device) as (work, dist):
+        # Read again under the run's lock: the tokens may have been rebuilt while this waited.
+        tokens = read_tokens_meta(tokens.directory, tokens.codebook_size).require("sample_rate", "samples_per_code")
+        job = _Job(run, cfg, training, tokens, stage.inputs["codebook"], progress, tuple(callbacks))
         return _train_stage(job, stage, work, dist)
 
 

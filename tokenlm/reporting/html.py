@@ -43,8 +43,11 @@ def markdown_to_html(text: str, title: str) -> str:
             f"{md.render(text)}</body>\n</html>\n")
 
 
-def write_html(markdown_path: Path, title: str) -> Path:
-    """report.html beside ``markdown_path`` (same folder, so every relative link still holds)."""
+def write_html(markdown_path: Path, title: str, legacy=None) -> Path:
+    """report.html beside ``markdown_path`` (same folder, so every relative link still holds),
+    published by tokenlm.core.outputs' rule (atomic, never over a file tokenlm did not write)."""
+    from tokenlm.core.outputs import publish_text
+
     out = markdown_path.with_suffix(".html")
-    out.write_text(markdown_to_html(markdown_path.read_text(), title))
+    publish_text(out, markdown_to_html(markdown_path.read_text(), title), legacy)
     return out

@@ -7,11 +7,14 @@ finished and two configs never share a work folder. The work folder survives an
 interruption, so a stage with checkpoints (LM, vocoder) resumes from it. ``stage.json``
 records the config, the hashes of the inputs, library versions, wall time and the size and
 hash of every output file; a rerun whose config and inputs hash to the same key, and whose
-files are all there at their recorded sizes, skips the stage; anything else rebuilds it.
+files are all there at their recorded sizes and hashes, skips the stage; anything else rebuilds it.
 
 A stage holds its run's lock (tokenlm.run.lock) from start to finish, so one command at a
-time writes a run. Files are fsynced before the renames that publish them, so a power cut
-never leaves a "finished" stage with empty files. A folder that tokenlm did not make is
+time writes a run; the keys of its input stages are read again once it holds the lock, so a
+command that waited while another rebuilt an input builds on, and records, what is there.
+Loading checks every file's sha256 against stage.json (hashed once per process per file).
+Files are fsynced before the renames that publish them, so a power cut never leaves a
+"finished" stage with empty files. A folder that tokenlm did not make is
 never deleted or replaced.
 """
 
@@ -128,10 +131,25 @@ def record_outputs(directory: str | Path) -> dict[str, dict]:
     return files
 
 
-def output_damage(directory: str | Path, record: dict, hashes: bool = False) -> str | None:
+# (resolved path, size, mtime_ns, ctime_ns) -> short sha256: each file is hashed once per
+# process while it stays the same file, so checking a model on every load costs one reading.
+# (ctime too: a write that keeps the size and puts the mtime back still changes it.)
+_HASHES: dict[tuple[str, int, int, int], str] = {}
+
+
+def cached_file_hash(path: Path) -> str:
+    """``file_hash`` of ``path``, remembered for this process by (path, size, mtime, ctime)."""
+    st = path.stat()
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = file_hash(path)
+    return _HASHES[key]
+
+
+def output_damage(directory: str | Path, record: dict, hashes: bool = True) -> str | None:
     """What is wrong with a finished stage's files, compared with its stage.json ``record``:
-    a missing file or another size (and, with ``hashes``, other bytes); None when all is
-    well, or when the record predates file records."""
+    a missing file, another size or other bytes (``hashes=False``: sizes only); None when all
+    is well, or when the record predates file records."""
     directory = Path(directory)
     files = record.get("files")
     if not isinstance(files, dict):
@@ -144,15 +162,16 @@ def output_damage(directory: str | Path, record: dict, hashes: bool = False) -> 
             return f"{path} is missing"
         if size != expected.get("size"):
             return f"{path} is {size} bytes, not the {expected.get('size')} it had when its stage finished"
-        if hashes and file_hash(path) != expected.get("sha256"):
-            return f"{path} has changed since its stage finished (its hash differs)"
+        if hashes and cached_file_hash(path) != expected.get("sha256"):
+            return f"{path} has changed since its stage finished (its sha256 differs from {directory / STAGE_FILE})"
     return None
 
 
-def check_outputs(directory: str | Path, hashes: bool = False) -> None:
-    """Fail in one line when a finished stage's files are missing, truncated or (with
-    ``hashes``) altered. Loaders call it before reading a model; a folder without stage.json
-    (a model copied on its own) has no record to check against, and passes."""
+def check_outputs(directory: str | Path, hashes: bool = True) -> None:
+    """Fail in one line when a finished stage's files are missing, truncated or altered (their
+    sha256 against stage.json, once per process per file: ``cached_file_hash``). Loaders call
+    it before reading a model or a store; a folder without stage.json (a model copied on its
+    own) has no record to check against, and passes."""
     directory = Path(directory)
     if not (directory / STAGE_FILE).is_file():
         return
@@ -162,7 +181,7 @@ def check_outputs(directory: str | Path, hashes: bool = False) -> None:
 
 
 def verify(directory: str | Path) -> None:
-    """``check_outputs`` with every file's hash: reads all the bytes, so for a deliberate check."""
+    """``check_outputs``, every file's hash included (what loaders check)."""
     check_outputs(directory, hashes=True)
 
 
@@ -210,7 +229,7 @@ def _key_of_work(folder: Path) -> str | None:
 class Stage:
     """One stage's output folder.
 
-    >>> stage = Stage(run.tokenizer, config={...}, inputs={"features": key})
+    >>> stage = Stage(run.tokenizer, config={...}, inputs={"features": run.features})
     >>> stage.build("autoencoder", make)   # make(work) builds inside `work`, returns extra
     ...                                    # stage.json fields; skipped when up to date
 
@@ -220,18 +239,29 @@ class Stage:
     stopped with an error).
     """
 
-    def __init__(self, out_dir: str | Path, config: dict, inputs: dict[str, str] | None = None, *,
+    def __init__(self, out_dir: str | Path, config: dict, inputs: dict[str, str | Path] | None = None, *,
                  lock_root: str | Path | None = None):
         self.out_dir = Path(out_dir)
         self.config = config
-        self.inputs = dict(inputs or {})
-        self.key = fingerprint({"config": config, "inputs": self.inputs})
-        self.work_dir = self.out_dir.parent / f".{self.out_dir.name}.partial-{self.key[:8]}"
+        # An input given as a folder (a Path) is a finished stage whose key is read here, for
+        # the up-to-date check, and read again once the run's lock is held (``hold``): another
+        # command may rebuild it while this one waits. A string is a key as it is.
+        self._input_sources = dict(inputs or {})
+        self._set_inputs(self._read_inputs())
         # the run whose lock guards this stage (RunDir.lock_root); a folder outside any run is
         # guarded by its parent's
         self.run_root = Path(lock_root) if lock_root is not None else self.out_dir.absolute().parent
         self._started = None
         self._release = None  # while the run's lock is held: gives it back
+
+    def _read_inputs(self) -> dict[str, str]:
+        return {name: stage_key(source) if isinstance(source, os.PathLike) else source
+                for name, source in self._input_sources.items()}
+
+    def _set_inputs(self, inputs: dict[str, str]) -> None:
+        self.inputs = inputs
+        self.key = fingerprint({"config": self.config, "inputs": self.inputs})
+        self.work_dir = self.out_dir.parent / f".{self.out_dir.name}.partial-{self.key[:8]}"
 
     @property
     def done(self) -> bool:
@@ -283,6 +313,21 @@ class Stage:
         if self._release is None:
             root = runlock.acquire(self.run_root)
             self._release = weakref.finalize(self, runlock.release, root)
+            try:
+                self._reread_inputs()
+            except BaseException:
+                self.release()
+                raise
+
+    def _reread_inputs(self) -> None:
+        """The input keys as they are now that the lock is held: the stage is built on, and
+        records, the inputs it will read, even if one was rebuilt while this command waited."""
+        fresh = self._read_inputs()
+        changed = [name for name in fresh if fresh[name] != self.inputs.get(name)]
+        if changed:
+            print(f"{self.out_dir.name}: {', '.join(changed)} changed while this command waited for the run: "
+                  f"building on the new version", file=sys.stderr, flush=True)
+            self._set_inputs(fresh)
 
     def release(self) -> None:
         """Give the run's lock back (``finish`` does; so does an error in ``build``)."""

@@ -19,9 +19,11 @@ import os
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from tokenlm.core.errors import ArtifactError
+from tokenlm.core.safe_paths import refuse_unsafe_run_folder
 
 LOCK_FILE = ".tokenlm.lock"
 WAIT_ENV = "TOKENLM_LOCK_WAIT"
@@ -42,6 +44,7 @@ def acquire(root: str | Path) -> Path:
         if root in _held:
             _held[root][1] += 1
             return root
+        refuse_unsafe_run_folder(root)  # before the folder is made or anything written into it
         _held[root] = [_lock(root), 1]
     return root
 
@@ -66,6 +69,16 @@ def release(root: str | Path) -> None:
         (root / LOCK_FILE).unlink(missing_ok=True)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def holding(root: str | Path):
+    """Hold ``root``'s lock for a block (a command's publications, a whole ``tokenlm run``)."""
+    root = acquire(root)
+    try:
+        yield root
+    finally:
+        release(root)
 
 
 def holds(root: str | Path) -> bool:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tokenlm.run import lock as runlock
 from tokenlm.run.artifacts import CHECKPOINTS, STAGE_FILE, check_outputs  # noqa: F401  (CHECKPOINTS: re-exported)
 from tokenlm.data.clips import SPLITS  # noqa: F401  (re-exported: every split-wise store folder uses them)
 from tokenlm.core.errors import ArtifactError
@@ -224,6 +225,11 @@ class RunDir:
         return self.root / REPORT
 
     @property
+    def input_hashes(self) -> Path:
+        """Input files' sha256 pinned when only their ctime or inode changed: {path: {size, mtime_ns, sha256}}."""
+        return self.root / "input_hashes.json"
+
+    @property
     def saved_recipe(self) -> Path:
         """The recipe as `tokenlm run` ran it (overrides applied): `tokenlm run` it to reproduce the run."""
         return self.root / "recipe.yaml"
@@ -262,7 +268,8 @@ class RunDir:
             return None
 
     def set_codebook_size(self, codebook_size: int) -> None:
-        write_json(self.tokenizer / CURRENT, {"codebook_size": int(codebook_size)})
+        with runlock.holding(self.lock_root):  # a publication: one writer at a time
+            write_json(self.tokenizer / CURRENT, {"codebook_size": int(codebook_size)})
 
 
 # ---- inside a tokenizer folder (RUN/tokenizer, or one copied anywhere) -----------------

@@ -25,6 +25,7 @@ from torch import nn
 
 from tokenlm.core.errors import ArtifactError
 from tokenlm.core.fileio import fsync_dir, write_json
+from tokenlm.core.fileio import os_error_of
 
 FORMAT = "tokenlm-checkpoint/1"
 _TENSOR = "__tensor__"  # {"__tensor__": name}: the tensor `name` of the safetensors file
@@ -41,7 +42,11 @@ def save_checkpoint(obj: dict, path: str | Path) -> None:
     state = _split(obj, tensors, "")
     tensor_file = path.with_name(f"{path.stem}-{uuid.uuid4().hex[:12]}.safetensors")
     tmp = tensor_file.with_name(f".{tensor_file.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp))
+    try:
+        save_file(tensors, str(tmp))
+    except Exception as err:  # safetensors' own error type, even for a full disk
+        tmp.unlink(missing_ok=True)
+        raise os_error_of(err, tensor_file) from None
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, tensor_file)

@@ -25,6 +25,8 @@ import torch
 from tokenlm.data.audio import load_audio, row_source
 from tokenlm.core.errors import ArtifactError, AudioError
 from tokenlm.data.files import check_unchanged
+from tokenlm.run import lock as runlock
+from tokenlm.run.input_check import run_input_hashes
 from tokenlm.models.wavenet import mu_law_encode
 from tokenlm.run.rundir import RunDir, read_run_manifest
 from tokenlm.data.store import RaggedSplit
@@ -35,8 +37,17 @@ IGNORE = -100  # target of samples that are not scored
 
 
 def clip_rows(run: RunDir) -> dict[str, dict]:
-    """Clip id -> its row in the run's manifest (path, file stamp, ...)."""
-    return {row["id"]: row for row in read_run_manifest(run) if row.get("id") is not None}
+    """Clip id -> its row in the run's manifest (path, file stamp, ...), each clip's file
+    checked against its stamp (a change of ctime or inode alone settled by the run's content
+    hashes, recorded when this command holds the run)."""
+    rows = {row["id"]: row for row in read_run_manifest(run) if row.get("id") is not None}
+    hashes = run_input_hashes(run)
+    for row in rows.values():
+        if row.get("status") == "ok":
+            check_unchanged(row, hashes)
+    if runlock.holds(run.root):
+        hashes.save()
+    return rows
 
 
 def load_aligned(clip: dict, n_codes: int, sample_rate: int, samples_per_code: int) -> np.ndarray:

@@ -250,6 +250,20 @@ def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
     return path
 
 
+def publish_wav(path: str | Path, audio: np.ndarray, sample_rate: int, legacy=None) -> Path:
+    """``write_wav``'s file at a path of the user's (``--out``), by tokenlm.core.outputs' rule:
+    atomic, and never over a file tokenlm did not write."""
+    import io
+
+    from tokenlm.core.outputs import publish_bytes
+
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0), sample_rate, subtype="PCM_16",
+             format="WAV")
+    publish_bytes(path, buffer.getvalue(), legacy)
+    return Path(path)
+
+
 def _as_codes(codes) -> np.ndarray:
     if isinstance(codes, torch.Tensor):
         codes = codes.detach().cpu().numpy()
