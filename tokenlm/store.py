@@ -250,6 +250,25 @@ class RaggedSplit:
         for i in range(len(self)):
             yield self.rows[i], self[i]
 
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of ``.data``, copied by file reads rather than through the memory
+        map: pages a memmap touches stay in the process's resident set until it is closed, so
+        a pass over a large store through it grows the RSS with the store."""
+        parts, starts = (self.data.parts, self.data.starts) if isinstance(self.data, JoinedRows) \
+            else ([self.data], [0, len(self.data)])
+        pieces = []
+        for part, low, high in zip(parts, starts[:-1], starts[1:]):
+            a, b = max(start, int(low)), min(stop, int(high))
+            if a >= b:
+                continue
+            row_values = int(np.prod(part.shape[1:], dtype=np.int64))
+            with open(part.filename, "rb") as f:
+                f.seek(part.offset + (a - int(low)) * row_values * part.dtype.itemsize)
+                pieces.append(np.fromfile(f, dtype=part.dtype, count=(b - a) * row_values).reshape(b - a, *part.shape[1:]))
+        if not pieces:
+            return np.zeros((0, *self.data.shape[1:]), self.data.dtype)
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
     @property
     def labels(self) -> list:
         return [r.get("label") for r in self.rows]
