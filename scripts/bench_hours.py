@@ -262,6 +262,8 @@ def main(argv=None) -> int:
     parser.add_argument("--lm-steps", type=int, default=20)
     parser.add_argument("--vocoder-steps", type=int, default=20)
     parser.add_argument("--keep", action="store_true", help="keep each size's run folder")
+    parser.add_argument("--reuse", action="store_true",
+                        help="measure --stages on the run folders a --keep run left (e.g. one stage again)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and models: seconds")
     args = parser.parse_args(argv)
     if args.stage:
@@ -289,7 +291,7 @@ def main(argv=None) -> int:
     for hours in sizes:
         copies = max(1, round(hours / source_h))
         work = args.out / f"h{hours:g}"
-        if work.exists():
+        if work.exists() and not args.reuse:
             shutil.rmtree(work)
         _repeated_manifest(corpus, copies, work / "data")
         for name in stages:
