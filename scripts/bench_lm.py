@@ -78,6 +78,7 @@ class SyntheticClips:
     def __init__(self, length: int, codebook_size: int, count: int = 400, seed: int = 0):
         self.data = np.random.default_rng(seed).integers(0, codebook_size, length * count).astype(np.uint16)
         self.rows = [{"offset": i * length, "length": length} for i in range(count)]
+        self.offsets, self.lengths = np.arange(count) * length, np.full(count, length)
 
 
 def training_throughput(model_cfg: LMConfig, k: int, batches, batch_size: int, steps: int, log_every: int) -> dict:

@@ -157,3 +157,60 @@ def test_engine_recipe_section_and_blocks():
     # Blocks of at least 3 s of audio, in order, whatever runs them.
     assert blocks([1, 2, 1, 4, 1, 1], float, 3.0) == [[1, 2], [1, 4], [1, 1]]
     assert blocks([], float, 3.0) == []
+
+
+class _ReportGpus:
+    """A block's worker that says which GPUs Ray gave its process and the device it encodes on."""
+
+    def __init__(self):
+        import ray
+
+        from tokenlm.core.runtime import pick_device
+
+        self.gpus, self.device = [str(g) for g in ray.get_gpu_ids()], str(pick_device("auto"))
+
+    def __call__(self, number: int, block: list) -> dict:
+        return {"gpus": self.gpus, "device": self.device, "visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+def test_gpus_per_worker_setting_reaches_ray_and_the_workers(tmp_path, ray_cluster, tiny_run, corpus, local_tokens):
+    """engine.gpus_per_worker / --ray-gpus-per-worker: on a cluster with no GPU a one-line error
+    (Ray Data would otherwise wait forever); 0 keeps the CPU path. Only the plumbing: no GPU here,
+    the GPU path itself is untested."""
+    from tokenlm.engine import EngineConfig, engine_config
+    from tokenlm.engine.ray_map import map_blocks
+    from tokenlm.core.errors import ConfigError
+
+    assert engine_config({"gpus_per_worker": 0.5}).gpus_per_worker == 0.5
+    assert engine_config({"gpus_per_worker": 0.5}, gpus_per_worker=1).gpus_per_worker == 1  # the command line wins
+    assert engine_config(None).gpus_per_worker == 0
+    with pytest.raises(ConfigError, match="gpus_per_worker must be at least 0"):
+        engine_config({"gpus_per_worker": -1})
+    with pytest.raises(ConfigError, match="the Ray cluster has 0 GPUs"):
+        list(map_blocks(EngineConfig("ray", workers=1), _ReportGpus, (), [[1]], progress=False, gpus=1))
+    code = run_cli("tokenize", tmp_path / "run", "--tokenizer", tiny_run / "tokenizer", "--data", corpus,
+                   "--engine", "ray", "--ray-workers", "1", "--ray-gpus-per-worker", "1")
+    assert code == 1 and not (tmp_path / "run" / "tokens" / "k8" / "stage.json").exists()
+    reports = list(map_blocks(EngineConfig("ray", workers=1), _ReportGpus, (), [[1], [2]], progress=False))
+    assert [r["gpus"] for r in reports] == [[], []] and {r["device"] for r in reports} == {"cpu"}
+
+
+def test_a_gpu_worker_is_given_its_gpu_by_ray(tmp_path):
+    """On a Ray instance that declares one (logical) GPU, a worker asking for 1 is handed GPU 0
+    (CUDA_VISIBLE_DEVICES) and, torch seeing no CUDA here, encodes on the CPU."""
+    pytest.importorskip("ray")
+    script = ("import json, sys, ray\n"
+              "sys.path.insert(0, sys.argv[1])\n"
+              "ray.init(num_cpus=1, num_gpus=1, include_dashboard=False, _node_ip_address='127.0.0.1',"
+              " logging_level='WARNING')\n"
+              "from tests.test_engine_ray import _ReportGpus\n"
+              "from tokenlm.engine import EngineConfig\n"
+              "from tokenlm.engine.ray_map import map_blocks\n"
+              "print(json.dumps(list(map_blocks(EngineConfig('ray', workers=1), _ReportGpus, (), [[1]],"
+              " progress=False, gpus=1))))\n")
+    root = Path(__file__).parents[1]
+    done = subprocess.run([sys.executable, "-c", script, str(root)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(root)}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (report,) = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["gpus"] == ["0"] and report["visible"] == "0" and report["device"] == "cpu"

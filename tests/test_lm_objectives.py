@@ -113,6 +113,7 @@ def test_multi_targets_stop_at_the_end_of_a_clip():
 
 class _EmptySplit:
     data, rows = np.zeros(0, dtype=np.uint16), []
+    offsets = lengths = np.zeros(0, dtype=np.int64)
 
 
 def test_masking_spans_codes_and_never_bos():

@@ -93,3 +93,46 @@ def test_failed_shard_writer_leaves_nothing(tmp_path):
             writer.add({"id": "a"}, np.arange(4))
             raise RuntimeError("worker failed")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("layout", ["single", "sharded"])
+def test_index_arrays_equal_the_json_index(tmp_path, layout):
+    """{split}.index.npy holds the JSON lines' offsets and lengths, in their order, for one file
+    and for shards; a reader takes them from the arrays without reading the JSON."""
+    arrays, *_ = write_both(tmp_path, 1, "uint16")
+    folder = tmp_path / layout
+    rows = [json.loads(line) for line in (folder / "train.index.jsonl").read_text().splitlines()]
+    index = np.load(folder / "train.index.npy")
+    assert index.dtype == np.int64 and index.shape == (2, len(arrays))
+    assert index[0].tolist() == [r["offset"] for r in rows]
+    assert index[1].tolist() == [r["length"] for r in rows] == [len(a) for a in arrays]
+    split = RaggedSplit(folder, "train", "uint16")
+    assert split._rows is None  # opened on the arrays alone: the JSON is read when rows are asked for
+    for i, array in enumerate(arrays):
+        np.testing.assert_array_equal(split[i], array)
+    assert split._rows is None and split.ids == [f"c{i}" for i in range(len(arrays))]
+
+
+@pytest.mark.parametrize("layout", ["single", "sharded"])
+def test_a_store_without_index_arrays_still_reads(tmp_path, layout):
+    """A store written before the arrays existed (JSON lines only) reads as before."""
+    arrays, *_ = write_both(tmp_path, 3, "float16")
+    (tmp_path / layout / "train.index.npy").unlink()
+    split = RaggedSplit(tmp_path / layout, "train", "float16", 3)
+    assert len(split) == len(arrays) and split.labels == [i % 2 for i in range(len(arrays))]
+    assert split.lengths.tolist() == [len(a) for a in arrays]
+    for i, array in enumerate(arrays):
+        np.testing.assert_array_equal(split[i], array)
+
+
+def test_damaged_index_arrays_are_said_in_one_line(tmp_path):
+    write_both(tmp_path, 1, "uint16")
+    folder = tmp_path / "single"
+    index = np.load(folder / "train.index.npy")
+    index[0, 2] += 1  # a clip that no longer starts where the one before ends
+    np.save(folder / "train.index.npy", index)
+    with pytest.raises(ArtifactError, match="back to back"):
+        RaggedSplit(folder, "train", "uint16")
+    np.save(folder / "train.index.npy", index[:, :3].copy())  # fewer clips than the JSON lines
+    with pytest.raises(ArtifactError):
+        RaggedSplit(folder, "train", "uint16")

@@ -326,3 +326,30 @@ def test_autoencoder_training_resumes_exactly_after_an_interruption(run, tmp_pat
     assert f"resuming from step {first_epoch[0]}" in err
     assert metrics == ref_metrics and metrics["epochs_run"] == 3
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+
+
+@pytest.mark.parametrize("points_per_centroid", [1000, 20])
+def test_codebook_encodes_only_its_k_means_sample(run, points_per_centroid):
+    """The codebook stage reads and encodes only the patches of its k-means sample: exactly
+    the patches fit_codebook would draw from every train bottleneck (all of them when the
+    budget covers the split), and the centroids equal those of fitting on every bottleneck."""
+    from tokenlm.tokenizer.codebook import CodebookConfig, fit_codebook
+    from tokenlm.run.rundir import RunDir
+    from tokenlm.tokenizer.fit import PatchSampler, bottlenecks
+
+    coder = load_patch_coder(RunDir(run).tokenizer)
+    config, k = CodebookConfig(niter=5, points_per_centroid=points_per_centroid, gpu="never"), 4
+    full = PatchSampler(run / "features", "train", coder.features, coder)  # every patch, as before
+    everything = bottlenecks(coder, full)
+    sampled = PatchSampler(run / "features", "train", coder.features, coder, k * points_per_centroid, config.seed)
+    vectors = bottlenecks(coder, sampled)
+    budget = k * points_per_centroid
+    expected = (np.arange(len(everything)) if len(everything) <= budget
+                else np.sort(np.random.default_rng(config.seed).choice(len(everything), budget, replace=False)))
+    assert sampled.population == len(everything) and (budget < len(everything)) == (points_per_centroid == 20)
+    np.testing.assert_array_equal(sampled.numbers, expected)
+    np.testing.assert_allclose(vectors, everything[expected], rtol=0, atol=1e-6)  # exactly the sampled patches'
+    today, record_today = fit_codebook(everything, k, config)
+    ours, record = fit_codebook(vectors, k, config, population=sampled.population)
+    np.testing.assert_allclose(ours, today, rtol=0, atol=1e-5)
+    assert record["vectors"] == record_today["vectors"] and record["trained_on"] == record_today["trained_on"]

@@ -285,3 +285,32 @@ def test_the_flat_recipe_section_nests_the_wavenet_config():
     with pytest.raises(ConfigError, match=r"unknown option 'vocoder.codebook_size' \(known: .*residual_channels"):
         VocoderConfig.from_section({"codebook_size": 4})
 
+
+
+@pytest.mark.parametrize("cache_mb", [0.0, 1.0])
+def test_streamed_crops_equal_the_in_memory_crops(run, cache_mb):
+    """The training crops read through the bounded cache (a cache too small for one clip, and
+    one that holds them all) are the in-memory loading's crops for the same seed."""
+    from tokenlm.models.wavenet import WaveNet
+    from tokenlm.run.rundir import RunDir, read_tokens_meta
+    from tokenlm.data.store import RaggedSplit
+    from tokenlm.vocoder.vocoder import network_signal
+    from tokenlm.vocoder.training_data import StreamedAudio
+
+    tokens = read_tokens_meta(RunDir(run).tokens(K))
+    split = RaggedSplit(tokens.directory, "train", "uint16")
+    model = WaveNet(VocoderConfig.from_section({"lpc_order": 0}).wavenet(K, tokens.samples_per_code, tokens.sample_rate))
+    usable = np.flatnonzero(split.lengths >= 2)
+    signal = lambda wav, codes: network_signal(model, wav, codes)  # noqa: E731
+    loaded = AlignedAudio.load(RunDir(run), split, usable, tokens.sample_rate, tokens.samples_per_code, 256, False,
+                               signal=signal)
+    streamed = StreamedAudio(RunDir(run), split, usable, tokens.sample_rate, tokens.samples_per_code, 256, cache_mb,
+                             signal=signal)
+    assert streamed.ids == loaded.ids and streamed.lengths.tolist() == loaded.lengths.tolist()
+    for seed in (0, 1):
+        a = CropBatches(loaded, crop_codes=2, receptive_field=5)(np.random.default_rng(seed), 16)
+        b = CropBatches(streamed, crop_codes=2, receptive_field=5)(np.random.default_rng(seed), 16)
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert streamed.cached_bytes <= cache_mb * 1e6 or len(streamed.cache) == 1  # bounded: one clip over it at most
+    if cache_mb == 0.0:
+        assert streamed.decoded > len(streamed.cache) == 1  # clips read again once evicted: the same crops

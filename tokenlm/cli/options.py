@@ -140,7 +140,7 @@ def data_options() -> Callable:
 
 
 def engine_options() -> Callable:
-    """Add --engine, --ray-address and --ray-workers: where a command featurises and encodes
+    """Add --engine, --ray-address, --ray-workers and --ray-gpus-per-worker: where a command featurises and encodes
     clips (``tokenlm.engine``). Each defaults to None ("not given"), so the recipe's
     ``engine:`` section applies, then local."""
     from tokenlm.engine import ENGINES
@@ -151,6 +151,8 @@ def engine_options() -> Callable:
                           "(pip install 'tokenlm[ray]'); the same bytes either way. [local]"),
         click.option("--ray-address", help="The Ray cluster to join. [RAY_ADDRESS, else a local Ray instance]"),
         click.option("--ray-workers", type=int, help="Ray workers, one CPU each. [every CPU of the cluster]"),
+        click.option("--ray-gpus-per-worker", type=float,
+                     help="GPUs each encoding worker asks Ray for (e.g. 0.25); untested on GPUs. [0: CPU]"),
     ])
 
 

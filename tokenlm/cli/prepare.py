@@ -19,10 +19,11 @@ from tokenlm.pipeline.prepare import prepare_from_context
 @click.option("--strict", is_flag=True, default=None, help="Fail if any clip is skipped. [off]")
 @data_options()
 @engine_options()
-def command(data, run, recipe, strict, hash_content, allow_outside, engine, ray_address, ray_workers):
+def command(data, run, recipe, strict, hash_content, allow_outside, engine, ray_address, ray_workers,
+            ray_gpus_per_worker):
     """Scan a dataset, split it and compute log-mel features into RUN/features."""
     if not recipe and not (data and run):
         raise TokenlmError("need RUN and --data (or a recipe with data.path and run.dir)")
     ctx = RunContext.create(run, recipe)
     prepare_from_context(ctx, data=data, strict=strict, hash_content=hash_content, allow_outside=allow_outside,
-             engine=engine_config(ctx.section("engine"), engine, ray_address, ray_workers))
+             engine=engine_config(ctx.section("engine"), engine, ray_address, ray_workers, ray_gpus_per_worker))

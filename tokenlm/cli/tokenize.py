@@ -36,7 +36,7 @@ from tokenlm.pipeline.tokenize import tokenize_from_context, encode_new_data
 @data_options()
 @engine_options()
 def command(run, data, tokenizer_path, codebook_size, recipe, epochs, bottleneck, device, strict, hash_content,
-            allow_outside, engine, ray_address, ray_workers):
+            allow_outside, engine, ray_address, ray_workers, ray_gpus_per_worker):
     """Train the autoencoder and codebook on the train split, then encode every clip into
     RUN (with --tokenizer: encode --data with that tokenizer into RUN).
 
@@ -46,7 +46,7 @@ def command(run, data, tokenizer_path, codebook_size, recipe, epochs, bottleneck
     tokenlm tokenize OUT --tokenizer runs/demo/tokenizer --data NEWDIR
     """
     ctx = RunContext.create(run, recipe, device=device)
-    engine = engine_config(ctx.section("engine"), engine, ray_address, ray_workers)
+    engine = engine_config(ctx.section("engine"), engine, ray_address, ray_workers, ray_gpus_per_worker)
     data = data or ctx.section("data").get("path")
     split = ctx.config(SplitConfig, "split")
     if tokenizer_path:

@@ -10,6 +10,11 @@ A split may instead be sharded (written by several workers, ``tokenlm.engine``):
 ``{split}.shards.json``, and still ONE ``{split}.index.jsonl`` whose offsets run back to back
 across the shards. ``RaggedSplit`` reads either layout the same: its ``.data`` is then a
 read-only view joining the shards' memmaps, without a merged copy.
+
+Beside the JSON lines, ``{split}.index.npy`` holds the same offsets and lengths as arrays
+(int64, shape (2, clips)): a reader memory-maps it and reads the JSON (ids, labels) only when
+asked (``.rows``), so opening a 100k-hour store costs megabytes, not a dict per clip. A store
+written before the arrays existed has none: its offsets and lengths come from the JSON.
 """
 
 from __future__ import annotations
@@ -33,6 +38,12 @@ def bin_file(split: str) -> str:
 def index_file(split: str) -> str:
     """A split's index (one JSON line per clip: id, label, offset, length) in a store folder."""
     return f"{split}.index.jsonl"
+
+
+def index_array_file(split: str) -> str:
+    """A split's index as arrays (int64 (2, clips): offsets, lengths; ``np.load``-able,
+    memory-mapped by readers) beside its JSON lines, which stay for people and tools."""
+    return f"{split}.index.npy"
 
 
 def shard_file(split: str, number: int) -> str:
@@ -111,7 +122,7 @@ class RaggedWriter:
         if self._sharded:
             os.replace(self._file.name, self.path)
         else:
-            write_jsonl(self.directory / index_file(self.split), self.rows)
+            write_index(self.directory, self.split, self.rows)
 
     def __enter__(self):
         return self
@@ -154,10 +165,23 @@ def write_shard_list(directory: str | Path, split: str, shards: list[tuple[str, 
                 yield {**row, "offset": offset + row["offset"]}
             offset += length
 
-    write_jsonl(directory / index_file(split), entries())
+    write_index(directory, split, entries())
     write_json(directory / shards_file(split), {"shards": listing, "length": offset})
     for partial in directory.glob(f".{split}-*.bin.tmp-*"):  # left by a worker that died (its block was rerun)
         partial.unlink()
+
+
+def write_index(directory: Path, split: str, rows) -> None:
+    """A split's index, ``rows`` (entries with offset and length): the arrays first, then the
+    JSON lines, so that where the JSON is complete, so are the arrays."""
+    rows = list(rows)
+    arrays = np.array([[r["offset"] for r in rows], [r["length"] for r in rows]], dtype=np.int64).reshape(2, len(rows))
+    array_path = directory / index_array_file(split)
+    tmp = array_path.with_name(f".{array_path.name}.tmp-{os.getpid()}")
+    with _naming(str(array_path)), open(tmp, "wb") as f:
+        np.save(f, arrays)
+    os.replace(tmp, array_path)
+    write_jsonl(directory / index_file(split), rows)
 
 
 @contextmanager
@@ -173,15 +197,18 @@ def _naming(path: str):
 
 
 class RaggedSplit:
-    """Read side: ``split[i]`` is clip i's array, ``split.rows[i]`` its index entry; ``.data``
-    every clip's rows back to back (a memmap, or a view joining a sharded split's memmaps)."""
+    """Read side: ``split[i]`` is clip i's array; ``split.offsets`` / ``split.lengths`` every
+    clip's place (int64 arrays, memory-mapped from ``{split}.index.npy``); ``split.rows[i]`` its
+    index entry (id, label, ...: the JSON lines, read on first use); ``.data`` every clip's
+    rows back to back (a memmap, or a view joining a sharded split's memmaps)."""
 
     def __init__(self, directory: str | Path, split: str, dtype: str, width: int = 1):
         self.directory = Path(directory)
         self.split = split
         self.width = width
-        self.rows = read_jsonl(self.directory / index_file(split))
-        total = _check_index(self.rows, self.directory / index_file(split))
+        self._rows = None
+        self.offsets, self.lengths = self._index()
+        total = int(self.lengths.sum())
         shape = (total, width) if width > 1 else (total,)
         if (self.directory / shards_file(split)).is_file():
             self.data = _read_shards(self.directory, split, np.dtype(dtype), width, total)
@@ -193,20 +220,77 @@ class RaggedSplit:
         # np.memmap refuses empty files, and an empty split is legitimate (e.g. no val clips).
         self.data = np.memmap(path, dtype=dtype, mode="r", shape=shape) if total else np.zeros(shape, dtype)
 
+    def _index(self) -> tuple[np.ndarray, np.ndarray]:
+        """Offsets and lengths: memory-mapped from the arrays, or (a store from before them)
+        taken from the JSON lines, which are then kept as ``rows``."""
+        arrays_path = self.directory / index_array_file(self.split)
+        if not arrays_path.is_file():
+            self._rows = read_jsonl(self.directory / index_file(self.split))
+            _check_index(self._rows, self.directory / index_file(self.split))
+            return (np.array([r["offset"] for r in self._rows], dtype=np.int64),
+                    np.array([r["length"] for r in self._rows], dtype=np.int64))
+        try:
+            arrays = np.load(arrays_path, mmap_mode="r")
+        except (OSError, ValueError) as err:
+            raise ArtifactError(f"{arrays_path} cannot be read ({err}): rebuild the stage") from None
+        if arrays.dtype != np.int64 or arrays.ndim != 2 or arrays.shape[0] != 2:
+            raise ArtifactError(f"{arrays_path}: not an index (int64 offsets and lengths): rebuild the stage")
+        offsets, lengths = arrays[0], arrays[1]
+        ends = np.cumsum(lengths)
+        if len(lengths) and (lengths.min() < 0 or offsets[0] != 0 or (offsets[1:] != ends[:-1]).any()):
+            raise ArtifactError(f"{arrays_path}: its clips do not lie back to back from offset 0: "
+                                f"the index is damaged; rebuild the stage")
+        return offsets, lengths
+
+    @property
+    def rows(self) -> list[dict]:
+        """Every clip's index entry (the JSON lines), read once, when first asked for."""
+        if self._rows is None:
+            path = self.directory / index_file(self.split)
+            rows = read_jsonl(path)
+            if len(rows) != len(self.offsets):
+                raise ArtifactError(f"{path} lists {len(rows)} clips, {index_array_file(self.split)} "
+                                    f"{len(self.offsets)}: rebuild the stage")
+            self._rows = rows
+        return self._rows
+
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.offsets)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        row = self.rows[i]
-        return self.data[row["offset"] : row["offset"] + row["length"]]
+        start = int(self.offsets[i])
+        return self.data[start : start + int(self.lengths[i])]
 
     def __iter__(self):
         for i in range(len(self)):
             yield self.rows[i], self[i]
 
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of ``.data``, copied by file reads rather than through the memory
+        map: pages a memmap touches stay in the process's resident set until it is closed, so
+        a pass over a large store through it grows the RSS with the store."""
+        parts, starts = (self.data.parts, self.data.starts) if isinstance(self.data, JoinedRows) \
+            else ([self.data], [0, len(self.data)])
+        pieces = []
+        for part, low, high in zip(parts, starts[:-1], starts[1:]):
+            a, b = max(start, int(low)), min(stop, int(high))
+            if a >= b:
+                continue
+            row_values = int(np.prod(part.shape[1:], dtype=np.int64))
+            with open(part.filename, "rb") as f:
+                f.seek(part.offset + (a - int(low)) * row_values * part.dtype.itemsize)
+                pieces.append(np.fromfile(f, dtype=part.dtype, count=(b - a) * row_values).reshape(b - a, *part.shape[1:]))
+        if not pieces:
+            return np.zeros((0, *self.data.shape[1:]), self.data.dtype)
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
     @property
     def labels(self) -> list:
         return [r.get("label") for r in self.rows]
+
+    @property
+    def ids(self) -> list:
+        return [r.get("id") for r in self.rows]
 
 
 def _read_shards(directory: Path, split: str, dtype: np.dtype, width: int, total: int) -> "JoinedRows":
@@ -294,3 +378,15 @@ def _check_index(rows: list[dict], path: Path) -> int:
                                 f"{offset} and a length >= 0 belong: the index is damaged; rebuild it")
         offset += length
     return offset
+
+
+def sample_clips(lengths: np.ndarray, max_rows: int, seed: int = 0) -> np.ndarray:
+    """Clip numbers (sorted) of a seeded sample of a split's clips holding at most ``max_rows``
+    rows (codes, frames) in all: every clip when they fit, else clips in a seeded random order
+    until the next would pass the cap (at least one). What a bounded evaluation reads."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if int(lengths.sum()) <= max_rows:
+        return np.arange(len(lengths))
+    order = np.random.default_rng(seed).permutation(len(lengths))
+    kept = order[np.cumsum(lengths[order]) <= max_rows]
+    return np.sort(kept if len(kept) else order[:1])

@@ -13,8 +13,13 @@ Recipe (top level)::
       workers: 8           # Ray workers (one CPU each); default: every CPU of the cluster
       block_seconds: 600   # audio per task
       retries: 3           # reruns of a block whose worker process died
+      gpus_per_worker: 0   # GPUs (or a fraction of one) each encoding worker asks Ray for
 
-On the command line: ``--engine``, ``--ray-address``, ``--ray-workers`` (``engine_options``).
+On the command line: ``--engine``, ``--ray-address``, ``--ray-workers``, ``--ray-gpus-per-worker``
+(``engine_options``). With ``gpus_per_worker`` > 0 the workers that encode (``tokenize``) run
+the tokenizer on the GPU Ray gives them (CUDA_VISIBLE_DEVICES), on the CPU where torch sees
+none; ``prepare``'s workers stay on CPUs (log-mel features are cheap and their bytes are
+the CPU's). Untested on a real GPU: only the plumbing is tested, on CPUs.
 Under Ray every worker writes into the stage's folder: on a cluster, the run folder must be
 on a file system every node mounts at the same path.
 """
@@ -36,6 +41,7 @@ class EngineConfig:
     workers: int | None = None
     block_seconds: float = 600.0
     retries: int = 3
+    gpus_per_worker: float = 0.0
 
     def __post_init__(self):
         if self.name not in ENGINES:
@@ -44,6 +50,8 @@ class EngineConfig:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
         if self.retries < 0:
             raise ValueError(f"retries must be at least 0, got {self.retries}")
+        if self.gpus_per_worker < 0:
+            raise ValueError(f"gpus_per_worker must be at least 0, got {self.gpus_per_worker}")
         if not self.block_seconds > 0:
             raise ValueError(f"block_seconds must be positive, got {self.block_seconds}")
 
@@ -56,11 +64,12 @@ LOCAL = EngineConfig()
 
 
 def engine_config(section: dict | None, name: str | None = None, address: str | None = None,
-                  workers: int | None = None) -> EngineConfig:
+                  workers: int | None = None, gpus_per_worker: float | None = None) -> EngineConfig:
     """The recipe's ``engine:`` section under the command-line options (None: not given)."""
     from tokenlm.core.config import build
 
-    return build(EngineConfig, section, {"name": name, "address": address, "workers": workers}, where="engine")
+    return build(EngineConfig, section, {"name": name, "address": address, "workers": workers,
+                                         "gpus_per_worker": gpus_per_worker}, where="engine")
 
 
 def engine_session(engine: EngineConfig):

@@ -58,9 +58,10 @@ def ray_session(engine: EngineConfig):
 
 
 def map_blocks(engine: EngineConfig, worker: type, args: tuple, blocks: list[list], *,
-               progress: bool = True) -> Iterator:
+               progress: bool = True, gpus: float = 0.0) -> Iterator:
     """``worker(*args)(number, block)`` for every block on Ray Data tasks, the results yielded
-    in block order. A TokenlmError raised by a worker is raised here as itself (one line)."""
+    in block order; each task asks Ray for ``gpus`` GPUs too. A TokenlmError raised by a worker
+    is raised here as itself (one line)."""
     if not blocks:
         return
     with ray_session(engine) as ray:
@@ -71,6 +72,9 @@ def map_blocks(engine: EngineConfig, worker: type, args: tuple, blocks: list[lis
         # is said in one line; Ray Data's own log file (ray_data.log) keeps the traces.
         logging.getLogger("ray.data").setLevel(logging.CRITICAL)
         cpus = int(ray.cluster_resources().get("CPU", 1))
+        if gpus > ray.cluster_resources().get("GPU", 0):  # else Ray Data would wait for them forever
+            raise ConfigError(f"engine.gpus_per_worker is {gpus:g}, but the Ray cluster has "
+                              f"{ray.cluster_resources().get('GPU', 0):g} GPUs: set it to 0 (CPU workers)")
         workers = max(1, min(engine.workers or cpus, len(blocks)))
         items = [{"number": number, "block": pickle.dumps(block)} for number, block in enumerate(blocks)]
         with warnings.catch_warnings():
@@ -79,7 +83,8 @@ def map_blocks(engine: EngineConfig, worker: type, args: tuple, blocks: list[lis
             warnings.simplefilter("ignore", DeprecationWarning)
             dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
                 _run_blocks, fn_args=(worker, args), batch_size=1, batch_format="numpy",
-                compute=ray.data.TaskPoolStrategy(size=workers), num_cpus=1, max_retries=engine.retries)
+                compute=ray.data.TaskPoolStrategy(size=workers), num_cpus=1, max_retries=engine.retries,
+                **({"num_gpus": gpus} if gpus else {}))
         expected = 0
         try:
             for row in dataset.iter_rows():

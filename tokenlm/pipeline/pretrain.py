@@ -54,12 +54,18 @@ from tokenlm.lm.objectives import AheadHeads, MaskedSpans, masked_loss, masked_s
 from tokenlm.pipeline.registry import RunContext
 from tokenlm.run.rundir import METRICS, SPLITS, STAGE_FILE, TRAIN_LOG, RunDir, TokensMeta, read_tokens_meta, as_run
 from tokenlm.data.store import bin_file, RaggedSplit
+from tokenlm.data.store import sample_clips
 from tokenlm.training import TrainConfig, distributed_stage, train
 
 
 # The LM's training defaults where they differ from TrainConfig's generic ones.
 LM_TRAINING_DEFAULTS = {"steps": 2000, "batch_size": 8, "lr": 1e-3, "warmup_steps": 100, "eval_every": 100,
                         "patience": 5, "log_every": 10}
+
+# Validation, the final val/test scores and the count references read a seeded sample of
+# their split's clips of at most this many codes (every clip below it: 14 h at 20 codes/s),
+# so their cost and memory stop growing with the corpus; metrics.json records the sizes.
+EVAL_CODES = 1_000_000
 
 
 def lm_configs(section: dict | None = None, overrides: dict | None = None) -> tuple[LMConfig, TrainConfig]:
@@ -84,8 +90,8 @@ class PackedClips:
         self.data = split.data
         self.bos = bos
         self.context = context
-        self.offsets = np.array([r["offset"] for r in split.rows], dtype=np.int64)
-        self.lengths = np.array([r["length"] for r in split.rows], dtype=np.int64)
+        self.offsets = np.asarray(split.offsets)
+        self.lengths = np.asarray(split.lengths)
         self.ends = np.cumsum(self.lengths)
         self.total = int(self.ends[-1]) if len(self.ends) else 0
 
@@ -124,10 +130,11 @@ def count_targets(batch) -> int:
 
 
 def validation_batches(split: RaggedSplit, bos: int, context: int, batch_size: int) -> list:
-    """Fixed batches that score every code of every clip once. Windows of similar length
+    """Fixed batches that score every code of a seeded sample of the split's clips (all of
+    them up to EVAL_CODES codes) once. Windows of similar length
     share a batch (little padding); the batches come in a fixed shuffled order, so that
     ``eval_batches`` (a cap on batches per evaluation) takes a fair sample, not the longest."""
-    windows = [w for _, clip in split for w in scoring_windows(clip, bos, context)]
+    windows = [w for i in sample_clips(split.lengths, EVAL_CODES) for w in scoring_windows(split[i], bos, context)]
     windows.sort(key=lambda w: len(w[0]), reverse=True)
     batches = [pad_batch([w[0] for w in chunk], [w[1] for w in chunk], bos)
                for chunk in (windows[i:i + batch_size] for i in range(0, len(windows), batch_size))]
@@ -242,7 +249,7 @@ def _objective(model, cfg: LMConfig, splits: dict, bos: int, batch_size: int):
         masking = {"mask_id": model.config.tokenlm["mask_token_id"], "bos": bos, "prob": cfg.mask_prob,
                    "span": cfg.mask_span}
         return (model, functools.partial(masked_loss, bos=bos), MaskedSpans(packed, **masking),
-                lambda split: masked_validation_batches((c for _, c in split), cfg.context, batch_size, **masking))
+                lambda split: masked_validation_batches(_sampled(split), cfg.context, batch_size, **masking))
     batches = lambda split: validation_batches(split, bos, cfg.context, batch_size)  # noqa: E731
     if cfg.objective == "multi":
         return AheadHeads(model, cfg.predict_ahead), functools.partial(multi_loss, bos=bos), packed, batches
@@ -271,9 +278,11 @@ def _final_metrics(model, result, splits, bos, job: _LMJob, work: Path, dist, va
             metrics[f"{name}_ppl"] = math.exp(loss)
             metrics[f"{name}_bits_per_s"] = loss / math.log(2) * code_rate
     ref_split = splits["val"] if len(splits["val"].data) else splits["test"]
-    refs = count_baselines((c for _, c in splits["train"]), (c for _, c in ref_split), job.tokens.codebook_size)
+    refs = count_baselines(_sampled(splits["train"]), _sampled(ref_split), job.tokens.codebook_size)
     metrics["unigram_ppl"], metrics["bigram_ppl"] = refs["unigram_ppl"], refs["bigram_ppl"]
     metrics["reference_split"] = ref_split.split
+    metrics["eval_sample"] = {name: int(split.lengths[sample_clips(split.lengths, EVAL_CODES)].sum())
+                              for name, split in splits.items()}  # codes scored (val, test) or counted (train)
     metrics["tokens_per_s"] = _mean_rate(work / TRAIN_LOG)
     return metrics
 
@@ -287,6 +296,11 @@ def _split_loss(model, split, bos, context, batch_size, device) -> float:
         total += float(loss) * n
         count += n
     return total / count
+
+
+def _sampled(split: RaggedSplit):
+    """The clips of the split's bounded evaluation sample (``sample_clips``), in order."""
+    return (split[i] for i in sample_clips(split.lengths, EVAL_CODES))
 
 
 def _summary(metrics: dict) -> str:

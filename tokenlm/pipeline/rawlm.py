@@ -228,9 +228,9 @@ def rawlm(run: str | Path | RunDir, config: RawLMConfig = RawLMConfig(), *, devi
 
 def _windows(run: RunDir, tokens, split: str, length: int, config: RawLMConfig, progress: bool) -> Windows:
     ragged = RaggedSplit(tokens.directory, split, "uint16")
-    if not len(ragged.rows):
+    if not len(ragged):
         raise TokenlmError(f"the run's {split} split has no clip: rawlm needs train, val and test audio")
-    data = AlignedAudio.load(run, ragged, range(len(ragged.rows)), tokens.sample_rate, tokens.samples_per_code,
+    data = AlignedAudio.load(run, ragged, range(len(ragged)), tokens.sample_rate, tokens.samples_per_code,
                              256, progress)
     return Windows(data, length, config.prefix_codes, pad=tokens.codebook_size)
 

@@ -46,7 +46,8 @@ from tokenlm.pipeline.tasks import Task
 from tokenlm.tokenizer.tokenizer import (
     AudioTokenizer, AutoencoderTraining, PatchCoder, TokenizerConfig, load_patch_coder, save_patch_coder,
 )
-from tokenlm.tokenizer.fit import PatchSampler, bottlenecks, codebook_metrics, fit_autoencoder, reconstruction_metrics
+from tokenlm.tokenizer.fit import (RECON_PATCHES, PatchSampler, bottlenecks, codebook_metrics, fit_autoencoder,
+                                   reconstruction_metrics)
 
 if TYPE_CHECKING:  # the context imports the tasks, which import this module
     from tokenlm.pipeline.registry import RunContext
@@ -69,7 +70,8 @@ def train_autoencoder_stage(run: str | Path | RunDir, ae: AutoencoderConfig, tra
                             device: torch.device, progress: bool = True) -> Path:
     """RUN/tokenizer: autoencoder trained on the train split's patches, early-stopped on val."""
     run = as_run(run)
-    stage = Stage(run.tokenizer, config={"autoencoder": to_dict(ae), "training": to_dict(training)},
+    training_key = {k: v for k, v in to_dict(training).items() if not (k == "max_patches" and v is None)}  # keys of older runs
+    stage = Stage(run.tokenizer, config={"autoencoder": to_dict(ae), "training": training_key},
                   inputs={"features": run.features}, lock_root=run.lock_root)
     return stage.build("autoencoder", lambda work: _train_autoencoder(run, work, ae, training, device, progress))
 
@@ -81,8 +83,8 @@ def _train_autoencoder(run: RunDir, work: Path, ae: AutoencoderConfig, training:
     features = meta.config
     seed_everything(training.seed)
     coder = PatchCoder(features, meta.norm_mean, meta.norm_std, PatchAutoencoder(features.patch_dim, ae)).to(device)
-    train_patches = PatchSampler(feats, "train", features, coder)
-    val_patches = PatchSampler(feats, "val", features, coder)
+    train_patches = PatchSampler(feats, "train", features, coder, training.max_patches, training.seed)
+    val_patches = PatchSampler(feats, "val", features, coder, training.max_val_patches, training.seed)
     if len(train_patches) == 0:
         raise TokenlmError("the train split has no clip as long as a patch: nothing to train the autoencoder on")
     history = fit_autoencoder(coder, train_patches, val_patches, training, device, progress, work / TRAINING)
@@ -107,13 +109,17 @@ def fit_codebook_stage(run: str | Path | RunDir, k: int, config: CodebookConfig,
 def _fit_codebook(run: RunDir, work: Path, k: int, config: CodebookConfig, device: torch.device) -> dict:
     coder = load_patch_coder(run.tokenizer).to(device)
     feats = run.features
-    train = PatchSampler(feats, "train", coder.features, coder)
+    # The k-means sample is drawn first and only its patches are read and encoded: the same
+    # sample fit_codebook would draw from every train bottleneck (tokenlm.tokenizer.codebook), and the
+    # code-usage metrics are counted on it.
+    train = PatchSampler(feats, "train", coder.features, coder, k * config.points_per_centroid, config.seed)
     vectors = bottlenecks(coder, train)
     start = time.time()
-    centroids, record = fit_codebook(vectors, k, config)
+    centroids, record = fit_codebook(vectors, k, config, population=train.population)
     record["fit_seconds"] = round(time.time() - start, 3)
     np.save(work / CODEBOOK, centroids)
-    metrics = codebook_metrics(coder, centroids, vectors, train, PatchSampler(feats, "val", coder.features, coder))
+    metrics = codebook_metrics(coder, centroids, vectors, train, PatchSampler(feats, "val", coder.features, coder,
+                                                                             RECON_PATCHES, 0))
     write_json(work / CONFIG, {**record, "bottleneck_variance": float(vectors.var(axis=0).sum())})
     write_json(work / METRICS, metrics)
     _say(f"codebook K={k}: {metrics['used_codes']} codes used, perplexity {metrics['perplexity']:.1f}, "

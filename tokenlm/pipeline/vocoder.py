@@ -54,7 +54,7 @@ from tokenlm.tokenizer.tokenizer import AudioTokenizer
 from tokenlm.training import TrainConfig, distributed_stage, train
 from tokenlm.vocoder.vocoder import Vocoder, network_signal, save_vocoder, write_wav
 from tokenlm.vocoder.training_data import (
-    AlignedAudio, CropBatches, clip_rows, count_scored, load_aligned, spread, validation_crops, wavenet_loss,
+    AlignedAudio, CropBatches, StreamedAudio, clip_rows, count_scored, load_aligned, spread, validation_crops, wavenet_loss,
 )
 
 
@@ -95,6 +95,10 @@ class VocoderConfig:
     mel_conditioning: bool = True
     # data
     crop_codes: int = 8  # training window in codes (x samples_per_code samples), code-aligned
+    # Train clips are decoded when a crop first needs them and kept in a cache of this many MB
+    # per process (an hour of audio is 58 MB as mu-law): the same crops whatever its size;
+    # 1024 holds ~17 h, a fraction of this 2-core, 23 GB machine shared by several jobs.
+    cache_mb: float = 1024.0
     val_crops: int = 64  # fixed validation windows, one per val clip where there are enough
     # quality figures and samples
     metrics_clips: int = 4  # val clips resynthesised for metrics.json and samples/
@@ -205,6 +209,7 @@ def train_vocoder(run: str | Path | RunDir, cfg: VocoderConfig = VocoderConfig()
     config = cfg.to_section()
     config["training"].pop("device")  # where it trains is not what it learns: switching resumes
     config.pop("note")  # words about the model, not the model
+    config.pop("cache_mb")  # how the same crops are served, not what is learned
     stage = Stage(Path(out_dir) if out_dir else run.vocoder, config={**config, "codebook_size": tokens.codebook_size},
                   inputs={"tokens": tokens.directory, "codebook": codebook}, lock_root=run.lock_root)
     if stage.up_to_date("vocoder"):
@@ -223,13 +228,13 @@ def _train_stage(job: _Job, stage: Stage, work: Path, dist) -> Path:
     torch.manual_seed(training.seed)  # the initial weights
     model = WaveNet(wn_cfg)
     _fill_code_tables(job, model)
-    train_audio = _train_audio(job, model, splits["train"], show)
+    train_audio = _train_audio(job, model, splits["train"])
     val = _val_batches(job, model, splits["val"], show)
     if dist.is_main:
         rf, sample_rate = wn_cfg.receptive_field, wn_cfg.sample_rate
         _say(f"vocoder: {_parameters(model) / 1e6:.2f} M parameters, {wn_cfg.cycles}x{wn_cfg.layers_per_cycle} "
              f"layers, receptive field {rf} samples ({rf / sample_rate * 1e3:.0f} ms), {len(train_audio.ids)} "
-             f"train clips ({len(train_audio.audio) / sample_rate / 60:.1f} min), crops of {cfg.crop_codes} codes "
+             f"train clips ({train_audio.n_samples / sample_rate / 60:.1f} min), crops of {cfg.crop_codes} codes "
              f"({cfg.crop_codes * wn_cfg.samples_per_code} samples), K={wn_cfg.codebook_size}, {dist.world_size} "
              f"process(es) on {dist.device}")
     result = train(
@@ -281,21 +286,23 @@ def _token_splits(tokens: TokensMeta) -> dict[str, RaggedSplit]:
     return splits
 
 
-def _train_audio(job: _Job, model: WaveNet, split: RaggedSplit, progress: bool) -> AlignedAudio:
-    """The train clips long enough for a crop, with their audio."""
+def _train_audio(job: _Job, model: WaveNet, split: RaggedSplit) -> StreamedAudio:
+    """The train clips long enough for a crop, their audio read as crops need it."""
     crop = job.cfg.crop_codes
-    usable = [i for i, row in enumerate(split.rows) if row["length"] >= crop]
-    if not usable:
-        longest = max((row["length"] for row in split.rows), default=0)
+    usable = np.flatnonzero(np.asarray(split.lengths) >= crop)
+    if not len(usable):
+        longest = int(split.lengths.max()) if len(split) else 0
         raise TokenlmError(f"no train clip has crop_codes={crop} codes (longest: {longest}): "
                            f"lower vocoder.crop_codes")
-    return _aligned(job, model, split, usable, progress)
+    wn_cfg = model.config
+    return StreamedAudio(job.run, split, usable, wn_cfg.sample_rate, wn_cfg.samples_per_code, wn_cfg.n_classes,
+                         job.cfg.cache_mb, signal=lambda wav, codes: network_signal(model, wav, codes))
 
 
 def _val_batches(job: _Job, model: WaveNet, split: RaggedSplit, progress: bool) -> list | None:
     """Fixed windows of val clips (loaded alone, not the whole split); None without any."""
     cfg, batch_size = job.cfg, job.training.batch_size
-    usable = [i for i, row in enumerate(split.rows) if row["length"] >= cfg.crop_codes]
+    usable = np.flatnonzero(np.asarray(split.lengths) >= cfg.crop_codes).tolist()
     if not usable:
         return None
     audio = _aligned(job, model, split, [usable[i] for i in spread(len(usable), cfg.val_crops)], progress)
@@ -310,7 +317,7 @@ def _aligned(job: _Job, model: WaveNet, split: RaggedSplit, indices: list[int], 
                              wn_cfg.n_classes, progress, signal=lambda wav, codes: network_signal(model, wav, codes))
 
 
-def _save(job: _Job, stage: Stage, work: Path, model: WaveNet, result, splits, train_audio: AlignedAudio,
+def _save(job: _Job, stage: Stage, work: Path, model: WaveNet, result, splits, train_audio: StreamedAudio,
           world_size: int) -> None:
     """The weights, config.json, metrics.json and samples into ``work``, then finish the stage."""
     wn_cfg, spc, sample_rate = job.wavenet, job.tokens.samples_per_code, job.tokens.sample_rate
@@ -324,7 +331,7 @@ def _save(job: _Job, stage: Stage, work: Path, model: WaveNet, result, splits, t
     metrics = {"steps": result.step, "best_step": result.best_step, "val_loss": best,
                "val_bits_per_sample": (best / math.log(2)) if best else None,
                "parameters": _parameters(model), "receptive_field": rf,
-               "train_clips": len(train_audio.ids), "train_seconds": len(train_audio.audio) / sample_rate,
+               "train_clips": len(train_audio.ids), "train_seconds": train_audio.n_samples / sample_rate,
                "trained_samples": result.step * job.training.batch_size * job.cfg.crop_codes * spc * world_size}
     if job.cfg.note:
         metrics["note"] = job.cfg.note

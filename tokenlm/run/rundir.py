@@ -8,10 +8,10 @@ record, so a consumer never re-checks a key by hand.
 
     RUN/
       manifest.jsonl          MANIFEST: one line per input clip (prepare)
-      features/               {split}.bin + {split}.index.jsonl, meta.json (prepare)
+      features/               {split}.bin + {split}.index.jsonl (+ .index.npy), meta.json (prepare)
       tokenizer/              config.json, autoencoder.safetensors, metrics.json, current.json
       tokenizer/k{K}/         codebook.npy, config.json, metrics.json (one codebook per K)
-      tokens/k{K}/            {split}.bin + {split}.index.jsonl, meta.json
+      tokens/k{K}/            {split}.bin + {split}.index.jsonl (+ .index.npy), meta.json
       lm/                     config.json, model.safetensors, train_log.csv, metrics.json
       baselines/<name>/       one supervised or self-supervised baseline each (results.json,
                               model.safetensors, folds/fold{N}/; simclr: embeddings.npy)

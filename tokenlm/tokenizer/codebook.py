@@ -41,11 +41,23 @@ class CodebookConfig:
             raise ValueError(f"init must be 'kmeans++' or 'faiss', got {self.init!r}")
 
 
-def fit_codebook(vectors: np.ndarray, k: int, config: CodebookConfig = CodebookConfig()) -> tuple[np.ndarray, dict]:
-    """K-means centroids (k, d) float32 of ``vectors`` (n, d), and a record of how they were fit."""
+def fit_codebook(vectors: np.ndarray, k: int, config: CodebookConfig = CodebookConfig(),
+                 population: int | None = None) -> tuple[np.ndarray, dict]:
+    """K-means centroids (k, d) float32 of ``vectors`` (n, d), and a record of how they were fit.
+    ``population``: ``vectors`` are already the seeded sample of that many (drawn as below,
+    ``np.sort(default_rng(seed).choice(population, budget))``), taken as they are."""
     check_codebook_size(k)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = vectors.shape
+    if population is not None and population > n:
+        if n != min(population, k * config.points_per_centroid):
+            raise ValueError(f"a sample of {n} vectors of {population} is not the k-means budget")
+        return _fit(vectors, vectors, population, k, config)
+    return _fit(vectors, None, n, k, config)
+
+
+def _fit(vectors: np.ndarray, sample: np.ndarray | None, n: int, k: int, config: CodebookConfig):
+    d = vectors.shape[1]
     if n < k:
         raise CodebookSizeError(f"cannot fit {k} codes on {n} vectors (the train split's patches): "
                                 f"use a K of at most {n}, or more training audio")
@@ -54,7 +66,8 @@ def fit_codebook(vectors: np.ndarray, k: int, config: CodebookConfig = CodebookC
                             "features or the autoencoder are broken; rebuild them")
     rng = np.random.default_rng(config.seed)
     budget = k * config.points_per_centroid
-    sample = vectors if n <= budget else vectors[np.sort(rng.choice(n, budget, replace=False))]
+    if sample is None:
+        sample = vectors if n <= budget else vectors[np.sort(rng.choice(n, budget, replace=False))]
     if len(sample) < n:
         log.info("k-means on a subsample of %d of %d vectors (%d per centroid)", len(sample), n, config.points_per_centroid)
     if n < 39 * k:  # FAISS's own threshold for a warning, said once here in words

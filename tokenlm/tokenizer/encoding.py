@@ -25,6 +25,7 @@ from tokenlm.core.runtime import bounded_map, kernel_threads
 from tokenlm.data.store import RaggedWriter, close_shards, write_shard_list
 from tokenlm.tokenizer.tokenizer import AudioTokenizer
 from tokenlm.core.progress import progress_bar
+from tokenlm.core.runtime import pick_device
 
 # encode_clips' passes: seconds of audio decoded ahead and encoded at once (10 minutes of
 # log-mel is 15 MB), and at most this many clips in one pass (short clips).
@@ -96,8 +97,9 @@ def _encode_on_ray(tokenizer: AudioTokenizer, work: list[list[dict]], out: Path,
     from tokenlm.engine.ray_map import map_blocks
 
     shards: dict[str, list] = {s: [] for s in SPLITS}
-    results = map_blocks(engine, EncodeBlocks, (tokenizer.info["codebook_dir"], out, batch_seconds), work,
-                         progress=progress)
+    device = "auto" if engine.gpus_per_worker else "cpu"
+    results = map_blocks(engine, EncodeBlocks, (tokenizer.info["codebook_dir"], out, batch_seconds, device), work,
+                         progress=progress, gpus=engine.gpus_per_worker)
     for block_rows, result in zip(work, progress_bar(results, total=len(work), desc="encode", unit="block",
                                                      enabled=progress)):
         take(block_rows, result["clips"])
@@ -110,10 +112,11 @@ def _encode_on_ray(tokenizer: AudioTokenizer, work: list[list[dict]], out: Path,
 
 class EncodeBlocks:
     """A Ray worker of ``encode_clips``: the tokenizer loaded once, from its folder; then one
-    block of rows -> its shards in ``out``, and each row's (samples, reason)."""
+    block of rows -> its shards in ``out``, and each row's (samples, reason). ``device``:
+    "cpu", or "auto" (the GPU Ray gave this worker, where torch sees one)."""
 
-    def __init__(self, codebook_dir: str, out: Path, batch_seconds: float):
-        self.tokenizer = AudioTokenizer.load(codebook_dir, device="cpu")
+    def __init__(self, codebook_dir: str, out: Path, batch_seconds: float, device: str = "cpu"):
+        self.tokenizer = AudioTokenizer.load(codebook_dir, device=pick_device(device))
         self.out, self.batch_seconds = Path(out), batch_seconds
 
     def __call__(self, number: int, rows: list[dict]) -> dict:

@@ -19,23 +19,46 @@ from tokenlm.training import DistContext, EpochBatches, TrainConfig
 from tokenlm.training import train as train_loop
 
 
-class PatchSampler:
-    """Normalised patches of one split, gathered by patch start index.
+RECON_PATCHES = 20000  # patches the codebook's reconstruction figures are measured on
 
-    The split's frames are held in memory as float16 (2 bytes a value: an 8-hour train split
-    of 64-bin frames is ~370 MB), since random patch gathers from a memmap cost more than the
-    training step itself. Patches never cross a clip boundary; clips shorter than a patch
-    are left out of training.
+
+class PatchSampler:
+    """Normalised patches of one split, gathered by patch number.
+
+    Patches are numbered in the store's order (clip by clip, start by start); ``population``
+    is how many the split has. Without a ``limit`` (or when the split has no more patches than
+    it), the split's frames are held in memory as float16 (2 bytes a value: an 8-hour train
+    split of 64-bin frames is ~370 MB), since random patch gathers from a memmap cost more
+    than the training step itself. With a ``limit``, a seeded sample of that many patches
+    (``numbers``: sorted, drawn as ``np.sort(default_rng(seed).choice(population, limit))``, as
+    the codebook's and the metrics' subsamples are drawn) is read from the store alone, so
+    memory is the sample's whatever the split's size. Patches never cross a clip boundary;
+    clips shorter than a patch are left out.
     """
 
-    def __init__(self, feats_dir: Path, split: str, features: FeatureConfig, coder: PatchCoder):
+    def __init__(self, feats_dir: Path, split: str, features: FeatureConfig, coder: PatchCoder,
+                 limit: int | None = None, seed: int = 0):
         store = RaggedSplit(feats_dir, split, "float16", width=features.n_mels)
-        self.frames = torch.from_numpy(np.array(store.data, dtype=np.float16))  # (total frames, M)
         self.coder = coder
         self.patch_frames = features.patch_frames
-        starts = [row["offset"] + np.arange(0, row["length"] - features.patch_frames + 1, features.patch_step)
-                  for row in store.rows if row["length"] >= features.patch_frames]
-        self.starts = torch.from_numpy(np.concatenate(starts)) if starts else torch.zeros(0, dtype=torch.long)
+        lengths = np.asarray(store.lengths)
+        counts = np.where(lengths >= self.patch_frames, (lengths - self.patch_frames) // features.patch_step + 1, 0)
+        ends = np.cumsum(counts)
+        self.population = int(ends[-1]) if len(ends) else 0
+
+        def frame_starts(numbers: np.ndarray) -> np.ndarray:
+            clip = np.searchsorted(ends, numbers, side="right")
+            return np.asarray(store.offsets)[clip] + (numbers - (ends[clip] - counts[clip])) * features.patch_step
+
+        if limit is None or self.population <= limit:
+            self.numbers = np.arange(self.population)
+            self.frames = torch.from_numpy(np.array(store.data, dtype=np.float16))  # (total frames, M)
+            self.starts = torch.from_numpy(frame_starts(self.numbers).astype(np.int64))
+        else:
+            self.numbers = np.sort(np.random.default_rng(seed).choice(self.population, limit, replace=False))
+            patches = gather_patches(store, frame_starts(self.numbers), self.patch_frames)  # (n, P, M)
+            self.frames = torch.from_numpy(patches.reshape(-1, features.n_mels))
+            self.starts = torch.arange(limit, dtype=torch.long) * self.patch_frames
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -46,6 +69,22 @@ class PatchSampler:
         frames = self.frames[frame_idx].to(self.coder.mean.device, torch.float32)  # (B, P, M)
         normalised = (frames - self.coder.mean) / self.coder.std
         return normalised.reshape(len(frame_idx), -1)
+
+
+def gather_patches(store: RaggedSplit, frame_starts: np.ndarray, patch_frames: int,
+                   window: int = 1 << 16) -> np.ndarray:
+    """The patches starting at ``frame_starts`` (sorted), (n, patch_frames, width), read from
+    the store a window of frames at a time by file reads (``RaggedSplit.read``): memory is the
+    patches' and one window's, whatever the store's size."""
+    out = np.empty((len(frame_starts), patch_frames, store.width), dtype=np.float16)
+    i = 0
+    while i < len(frame_starts):
+        low = int(frame_starts[i])
+        j = int(np.searchsorted(frame_starts, low + window, side="left"))
+        block = store.read(low, int(frame_starts[j - 1]) + patch_frames)
+        out[i:j] = block[(frame_starts[i:j] - low)[:, None] + np.arange(patch_frames)]
+        i = j
+    return out
 
 
 def fit_autoencoder(coder: PatchCoder, train: PatchSampler, val: PatchSampler, cfg: AutoencoderTraining,
@@ -128,13 +167,14 @@ def codebook_metrics(coder: PatchCoder, centroids: np.ndarray, train_vectors: np
     variance = float(train_vectors.var(axis=0).sum())
     usage = code_statistics(codes, len(centroids), coder.features.code_rate)
     eval_split = val if len(val) else train
-    quantised = reconstruction_metrics(coder, eval_split, 20000, 0, centroids)
-    unquantised = reconstruction_metrics(coder, eval_split, 20000, 0)
+    quantised = reconstruction_metrics(coder, eval_split, RECON_PATCHES, 0, centroids)
+    unquantised = reconstruction_metrics(coder, eval_split, RECON_PATCHES, 0)
     return {
         "k": len(centroids),
         "inertia": float(dists.mean()),  # mean squared distance to the nearest centroid (train)
         "relative_quantisation_error": float(dists.mean()) / max(variance, 1e-12),
-        **usage,
+        **usage,  # on the k-means sample (usage_sample of the split's population_patches)
+        "usage_sample": int(len(train_vectors)), "population_patches": int(train.population),
         "recon_rmse_db": quantised["recon_rmse_db"],
         "recon_relative_mse": quantised["recon_relative_mse"],
         "autoencoder_recon_rmse_db": unquantised["recon_rmse_db"],

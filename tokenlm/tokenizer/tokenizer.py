@@ -44,6 +44,11 @@ class AutoencoderTraining:
     patience: int = 4  # epochs without val improvement before stopping
     max_val_patches: int = 20000
     seed: int = 0
+    # Train on a seeded sample of at most this many train patches, read from the store alone
+    # (None: every patch, the split's frames in memory): what keeps the fit's memory and
+    # epoch time flat as the corpus grows (docs/scaling.md). 20 patches a second of audio
+    # at the demo's features: 72,000 is an hour.
+    max_patches: int | None = None
 
 
 @dataclass(frozen=True)

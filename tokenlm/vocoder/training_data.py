@@ -12,10 +12,16 @@ codes and their audio, drawn uniformly over every (clip, start) pair; only a gen
 by (seed, rank, step) decides it (tokenlm.training). A crop that starts inside a clip leaves its
 first ``receptive_field`` samples unscored: their true past lies before the crop and the model
 would only see silence there.
+
+``AlignedAudio`` holds every clip it is given (the validation clips, rawlm's splits);
+``StreamedAudio`` serves the training crops the same way but decodes a clip when a crop first
+needs it and keeps the clips most recently used in a cache of ``cache_mb`` (the recipe's
+``vocoder.cache_mb``): the same crops, memory bounded whatever the split's size.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -116,6 +122,58 @@ class AlignedAudio:
         first = int(self.offsets[clip]) + start
         return (self.audio[first * self.spc:(first + n_codes) * self.spc],
                 self.codes[first:first + n_codes])
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.audio)
+
+
+class StreamedAudio:
+    """Clips ``indices`` of a split as ``AlignedAudio`` gives them (``lengths``, ``ids``,
+    ``crop``), each clip read and turned into mu-law classes when first cropped, then kept in
+    a least-recently-used cache of at most ``cache_mb`` megabytes (a clip larger than the cache
+    is kept alone): a crop is the same array whatever the cache holds."""
+
+    def __init__(self, run: RunDir, split: RaggedSplit, indices, sample_rate: int, spc: int, n_classes: int,
+                 cache_mb: float, signal=None):
+        manifest = clip_rows(run)
+        ids = [split.rows[i]["id"] for i in indices]
+        missing = [clip_id for clip_id in ids if clip_id not in manifest]
+        if missing:
+            raise ArtifactError(f"{run.manifest} does not list clip {missing[0]} of the tokens: "
+                                f"the tokens are from another run")
+        self.clips = [manifest[clip_id] for clip_id in ids]  # only these rows are kept
+        self.ids, self.split, self.indices = ids, split, np.asarray(indices, dtype=np.int64)
+        self.lengths = np.asarray(split.lengths)[self.indices]
+        self.sample_rate, self.spc, self.n_classes, self.signal = sample_rate, spc, n_classes, signal
+        self.cache_bytes = int(cache_mb * 1e6)
+        self.cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self.cached_bytes = 0
+        self.decoded = 0  # clips read so far (a clip evicted and needed again counts twice)
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.lengths.sum()) * self.spc
+
+    def clip(self, clip: int) -> tuple[np.ndarray, np.ndarray]:
+        """(mu-law audio, codes int64) of clip number ``clip`` (of ``indices``)."""
+        if clip in self.cache:
+            self.cache.move_to_end(clip)
+            return self.cache[clip]
+        codes = np.asarray(self.split[int(self.indices[clip])], dtype=np.int64)
+        wav = load_aligned(self.clips[clip], len(codes), self.sample_rate, self.spc)
+        audio = to_mu_law(self.signal(wav, codes) if self.signal else wav, self.n_classes)
+        self.decoded += 1
+        self.cache[clip] = (audio, codes)
+        self.cached_bytes += audio.nbytes + codes.nbytes
+        while self.cached_bytes > self.cache_bytes and len(self.cache) > 1:
+            _, (old_audio, old_codes) = self.cache.popitem(last=False)
+            self.cached_bytes -= old_audio.nbytes + old_codes.nbytes
+        return audio, codes
+
+    def crop(self, clip: int, start: int, n_codes: int) -> tuple[np.ndarray, np.ndarray]:
+        audio, codes = self.clip(clip)
+        return audio[start * self.spc:(start + n_codes) * self.spc], codes[start:start + n_codes]
 
 
 class CropBatches:
