@@ -22,6 +22,7 @@ from tokenlm.errors import ConfigError
 from tokenlm.fileio import write_text
 from tokenlm.overrides import apply_overrides
 from tokenlm.pipeline import BY_NAME, PIPELINE, RunContext
+from tokenlm.recipe_check import check_recipe
 from tokenlm.rundir import RunDir
 from tokenlm.stages.options import artifact_settings
 
@@ -49,6 +50,7 @@ def run_recipe(recipe: str | Path, *, stages: tuple[str, ...] | None = None, dev
                keep_checkpoints: bool | None = None, log_to: str | None = None) -> Path:
     """Run the recipe's stages in pipeline order; return the path of the run's report."""
     sections = resolve_recipe(recipe, overrides, out)
+    check_recipe(sections, str(recipe))  # a typo in the last stage's section stops here, not hours in
     run_section = sections["run"]
     ctx = RunContext(RunDir(run_section["dir"]), sections, Path(recipe),
                      device=device or run_section.get("device"))

@@ -40,7 +40,7 @@ import torch
 
 from tokenlm import lpc
 from tokenlm.artifacts import Stage, stage_key
-from tokenlm.config import build, recipe_section, to_dict
+from tokenlm.config import build, recipe_section, to_dict, unknown_option
 from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
 from tokenlm.evaluation.audio_quality import quality_metrics
 from tokenlm.fileio import read_json, write_json
@@ -129,7 +129,7 @@ class VocoderConfig:
         known = {*MODEL_KEYS, *own, "training"}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"unknown option 'vocoder.{unknown[0]}' (known: {', '.join(sorted(known))})")
+            raise unknown_option("vocoder", unknown[0], known)
 
         def only(mapping: dict, names) -> dict:
             return {key: value for key, value in mapping.items() if key in names}
