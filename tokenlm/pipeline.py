@@ -54,6 +54,8 @@ STAGES = (
     StageSpec("sweep", "tokenlm.stages.sweep", "Information loss against codebook size."),
     StageSpec("scale", "tokenlm.stages.scale", "Probe accuracy against pretraining hours."),
     StageSpec("export", "tokenlm.stages.export", "Codes as GSLM unit files, an HF dataset or .npy.", pipeline=False),
+    StageSpec("publish", "tokenlm.stages.publish", "A run's tokenizer, LM and vocoder as one shareable folder.",
+              pipeline=False),
     StageSpec("report", "tokenlm.stages.report", "Rebuild RUN/report.md.", pipeline=False),
     StageSpec("run", "tokenlm.stages.run", "Every stage of a recipe, cached, then the report.", pipeline=False),
 )

@@ -38,6 +38,10 @@ from typing import TYPE_CHECKING, Any
 
 from tokenlm.artifacts import STAGE_FILE, check_outputs
 from tokenlm.datasets import SPLITS  # noqa: F401  (re-exported: every split-wise store folder uses them)
+
+# Encode-only codes of an unlabelled, unsplit folder (tokenize --tokenizer) are one stream: stored
+# as the train split (its stage.json config says "stream": true), exported under STREAM_NAME.
+STREAM_SPLIT, STREAM_NAME = "train", "all"
 from tokenlm.errors import ArtifactError
 from tokenlm.fileio import read_json, read_jsonl, write_json
 
@@ -240,6 +244,8 @@ class RunDir:
     @property
     def codebook_size(self) -> int:
         """The K that ``tokenlm tokenize`` was last asked for: every consumer's default."""
+        if not self.root.is_dir():
+            raise ArtifactError(f"{self.root}: no such run folder")
         if not self.codebooks() and not (self.tokenizer / CURRENT).is_file():
             raise ArtifactError(f"{self.root} has no tokenizer yet: run `tokenlm tokenize {self.root}` first")
         return current_codebook_size(self.tokenizer)

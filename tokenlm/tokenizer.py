@@ -205,8 +205,13 @@ class AudioTokenizer:
     # -- files ---------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path, codebook_size: int | None = None, device=None) -> "AudioTokenizer":
-        """Load ``RUN/tokenizer`` (its current codebook, or ``codebook_size``) or ``RUN/tokenizer/k{K}``."""
+        """Load ``RUN/tokenizer`` (its current codebook, or ``codebook_size``) or ``RUN/tokenizer/k{K}``,
+        or the tokenizer of a pretrained folder (``tokenlm publish``; tokenlm.pretrained)."""
         path = Path(path)
+        if (path / "tokenlm.json").is_file() or (path / "codebook.safetensors").is_file():
+            from tokenlm.pretrained import load_pretrained_tokenizer
+
+            return load_pretrained_tokenizer(path, codebook_size, device)
         if (path / CODEBOOK).is_file() and not (path / AUTOENCODER_WEIGHTS).is_file():
             codebook, path = path, path.parent
             coder = load_patch_coder(path)
@@ -222,6 +227,14 @@ class AudioTokenizer:
                 "tokenizer_hash": _key_or_none(codebook)}
         tokenizer = cls(coder, centroids, info)
         return tokenizer.to(device) if device is not None else tokenizer
+
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, device=None) -> "AudioTokenizer":
+        """The tokenizer of a pretrained folder or Hub id (tokenlm.pretrained; ``tokenlm publish``)."""
+        from tokenlm.pretrained import PretrainedModel
+
+        return PretrainedModel.from_pretrained(name_or_path, device=device, parts=("tokenizer",)).tokenizer
 
 
 def save_patch_coder(coder: PatchCoder, directory: Path, extra: dict | None = None) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -34,8 +35,8 @@ from tokenlm.input_files import check_unchanged, file_stamp
 from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
 from tokenlm.pipeline import RunContext
 from tokenlm.rundir import (
-    CODEBOOK, CONFIG, MANIFEST, METRICS, STAGE_FILE, TRAINING, RunDir, as_run, is_finished, read_feature_meta,
-    read_run_manifest,
+    CODEBOOK, CONFIG, MANIFEST, METRICS, STAGE_FILE, STREAM_SPLIT, TRAINING, RunDir, as_run, is_finished,
+    read_feature_meta, read_run_manifest,
 )
 from tokenlm.runtime import pick_device, seed_everything
 from tokenlm.splits import SplitConfig, assign_splits, link_duplicates
@@ -166,11 +167,13 @@ def encode_new_data(tokenizer_path: Path, data: Path, out: Path, split: SplitCon
     layout, clips = scan_dataset(data, allow_outside=allow_outside)
     files = {c.id: file_stamp(c.path, hash_content) for c in clips}
     clips, _ = link_duplicates(clips, {i: f["sha256"] for i, f in files.items() if f and "sha256" in f})
-    clips = assign_splits(clips, split)
+    stream = is_one_stream(clips)
+    clips = [replace(c, split=STREAM_SPLIT) for c in clips] if stream else assign_splits(clips, split)
     rows = [{"id": c.id, "path": c.path, **c.span(), "label": c.label, "split": c.split, "group": c.group,
              "fold": c.fold, "file": files[c.id]} for c in clips]
     target = out.tokens(tokenizer.codebook_size)
-    stage = Stage(target, config={"data": str(Path(data).resolve()), "split": to_dict(split)},
+    stage = Stage(target, config={"data": str(Path(data).resolve()),
+                                  **({"stream": True} if stream else {"split": to_dict(split)})},
                   inputs={"tokenizer": tokenizer.info.get("tokenizer_hash") or str(Path(tokenizer_path).resolve()),
                           "data": fingerprint([(r["id"], r["path"], r["label"], r["split"], r["file"], *c.span().values())
                                               for r, c in zip(rows, clips)])})
@@ -192,6 +195,12 @@ def encode_new_data(tokenizer_path: Path, data: Path, out: Path, split: SplitCon
         check_strict(target / MANIFEST)
     publish_copy(target / MANIFEST, out.manifest)
     return target
+
+
+def is_one_stream(clips) -> bool:
+    """Unlabelled clips with no official split or fold (a folder of audio to encode): one
+    stream, nothing held out; stored as the train split, exported as ``all`` (stages/export.py)."""
+    return all(c.label is None and c.split is None and c.fold is None for c in clips)
 
 
 def _say(text: str) -> None:
