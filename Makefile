@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tokenlm-installed
 RECIPE ?= recipes/demo.yaml
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo-renderer demo test bench clean
 
 setup: $(STAMP)
 
@@ -14,9 +14,16 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,fast,ray]"
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps tinysoundfont
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,fast,ray,demo,report]"
+	$(MAKE) --no-print-directory demo-renderer
+	$(PY) -m pip check
 	touch $(STAMP)
+
+# tinysoundfont requires pyaudio (live playback only; no Linux wheel): installed without its
+# dependencies, plus a metadata-only pyaudio placeholder so that `pip check` is clean (pyproject.toml).
+demo-renderer:
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps tinysoundfont
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps ./packaging/pyaudio-placeholder
 
 demo: setup
 	$(VENV)/bin/tokenlm run $(RECIPE)

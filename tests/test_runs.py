@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from tokenlm.artifacts import STAGE_FILE, Stage, keeping_checkpoints, stage_key
-from tokenlm.errors import ConfigError
+from tokenlm.errors import ConfigError, TokenlmError
 from tokenlm.fileio import read_json
 from tokenlm.overrides import apply_overrides
 from tokenlm.training import TrainConfig, load_checkpoint, save_checkpoint, train
@@ -304,3 +304,18 @@ def test_help_shows_defaults_one_way_everywhere(capsys):
         assert tokenlm(*command, "--help") == 0
         out = " ".join(capsys.readouterr().out.split())
         assert "(default" not in out and "[default:" not in out, command
+
+
+def test_a_missing_extra_is_one_line_naming_it_before_any_stage(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if tokenlm[report] were not installed
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({"run": {"device": "cpu"}, "data": {"path": str(tmp_path / "none")}, **TINY}))
+    assert tokenlm("run", recipe, "--out", tmp_path / "run") == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("needs matplotlib: pip install 'tokenlm[report]'") and "\n" not in err
+    assert not (tmp_path / "run").exists()
+    from tokenlm.demo.instruments import _import_tinysoundfont
+
+    monkeypatch.setitem(sys.modules, "tinysoundfont", None)
+    with pytest.raises(TokenlmError, match="make demo-renderer"):
+        _import_tinysoundfont()

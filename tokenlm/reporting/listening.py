@@ -120,11 +120,11 @@ def _cell(run: RunDir, path: Path, features: FeatureConfig, flagged: list[str], 
 
 def plot_mel(audio: np.ndarray, features: FeatureConfig, path: Path, boundary: float | None = None) -> Path:
     """A log-mel spectrogram PNG against seconds; ``boundary`` (s) drawn as a dashed line."""
-    import matplotlib
     import torch
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from tokenlm.extras import pyplot
+
+    plt = pyplot()  # matplotlib (tokenlm[report]) on Agg
 
     from tokenlm.features import LogMel
 

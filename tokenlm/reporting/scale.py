@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tokenlm.extras import pyplot
 from tokenlm.fileio import write_text
 from tokenlm.rundir import REPORT, SCALE_JSON, SCALE_TABLE, figure_file
 
@@ -68,10 +69,7 @@ def plot_scale(curves: list[dict], lines: dict, tasks: list[str], path: Path) ->
     shaded)."""
     if not curves:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()  # matplotlib (tokenlm[report]) on Agg
 
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.8), squeeze=False)
     for ax, task in zip(axes[0], tasks):

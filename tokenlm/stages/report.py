@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from tokenlm.evaluation.audio_quality import decoder_table
+from tokenlm.extras import pyplot
 from tokenlm.fileio import read_json, read_jsonl
 from tokenlm.reporting.html import write_html
 from tokenlm.reporting.listening import listening_section
@@ -224,10 +225,7 @@ def _plot_curves(rows: list[dict], references: dict, path: Path) -> Path | None:
     steps = [int(r["step"]) for r in rows if r.get("loss") not in (None, "")]
     if len(steps) < 2:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()  # matplotlib (tokenlm[report]) on Agg
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, [float(r["loss"]) for r in rows if r.get("loss") not in (None, "")], label="train")

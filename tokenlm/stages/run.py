@@ -19,6 +19,7 @@ import yaml
 
 from tokenlm.config import load_yaml
 from tokenlm.errors import ConfigError
+from tokenlm.extras import require
 from tokenlm.fileio import write_text
 from tokenlm.overrides import apply_overrides
 from tokenlm.pipeline import BY_NAME, PIPELINE, RunContext
@@ -51,6 +52,7 @@ def run_recipe(recipe: str | Path, *, stages: tuple[str, ...] | None = None, dev
     """Run the recipe's stages in pipeline order; return the path of the run's report."""
     sections = resolve_recipe(recipe, overrides, out)
     check_recipe(sections, str(recipe))  # a typo in the last stage's section stops here, not hours in
+    require("matplotlib", "report", "tokenlm run's report (its figures)")
     run_section = sections["run"]
     ctx = RunContext(RunDir(run_section["dir"]), sections, Path(recipe),
                      device=device or run_section.get("device"))

@@ -34,6 +34,7 @@ from tokenlm.config import to_dict
 from tokenlm.errors import ConfigError
 from tokenlm.evaluation.clips import LabelledClips
 from tokenlm.evaluation.summary import cell
+from tokenlm.extras import require
 from tokenlm.fileio import read_json, write_text
 from tokenlm.pipeline import RunContext
 from tokenlm.reporting.scale import CURVES, LINES, write_scale_outputs
@@ -71,6 +72,7 @@ class ScaleConfig:
 def scale(ctx: RunContext, config: ScaleConfig) -> Path:
     """Train the self-supervised stages on nested subsets of the corpus, probe each on every
     task; returns RUN/scale."""
+    require("matplotlib", "report", "the scale study's plot")  # before the hours of work, not after
     run, device = ctx.run, pick_device(ctx.device)
     probe_config, baseline_config = configs(ctx.section("probe"))
     data_stage.run(ctx)  # offline data the recipe asks for and lacks (the demo corpus and tasks)

@@ -27,6 +27,7 @@ from tokenlm.artifacts import Stage, stage_key
 from tokenlm.codebook import CodebookConfig, label_code_agreement
 from tokenlm.config import load_yaml, to_dict
 from tokenlm.errors import TokenlmError
+from tokenlm.extras import pyplot, require
 from tokenlm.fileio import read_json, write_json
 from tokenlm.pipeline import RunContext
 from tokenlm.rundir import METRICS, REPORT, RESULTS, SWEEP_JSON, SWEEP_TABLE, RunDir, figure_file, is_finished
@@ -83,6 +84,7 @@ def sweep(run: str | Path, config: SweepConfig = SweepConfig(), codebook: Codebo
 
 def _sweep(ctx: RunContext, config: SweepConfig, codebook: CodebookConfig) -> Path:
     run = ctx.run
+    require("matplotlib", "report", "the sweep's plots")  # before the hours of work, not after
     if not is_finished(run.tokenizer):
         raise TokenlmError(f"{run.root} has no trained autoencoder: run `tokenlm tokenize {run.root} --data DIR` first")
     torch_device = pick_device(ctx.device)
@@ -253,10 +255,7 @@ def _plot_group(rows: list[dict], group: list[tuple], path: Path) -> bool:
     metrics = [(c, label) for c, label, _ in group if all(c in r for r in rows)]
     if not metrics:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()  # matplotlib (tokenlm[report]) on Agg
 
     ks = [r["k"] for r in rows]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
