@@ -12,7 +12,8 @@ from pathlib import Path
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 80em; margin: 2em auto; padding: 0 1em; line-height: 1.45; }
-table { border-collapse: collapse; margin: 1em 0; }
+table { border-collapse: collapse; margin: 0; }
+.table-scroll { overflow-x: auto; max-width: 100%; margin: 1em 0; }  /* a wide table scrolls in its own box */
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; vertical-align: top; }
 td img { max-width: 28em; }
 img { max-width: 100%; }
@@ -38,9 +39,11 @@ def markdown_to_html(text: str, title: str) -> str:
         return player + rendered
 
     md.add_render_rule("link_open", link_open)
+    body = md.render(text).replace("<table>", '<div class="table-scroll"><table>').replace("</table>", "</table></div>")
     return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
             f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
-            f"{md.render(text)}</body>\n</html>\n")
+            f"{body}</body>\n</html>\n")
 
 
 def write_html(markdown_path: Path, title: str) -> Path:

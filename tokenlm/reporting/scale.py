@@ -14,6 +14,7 @@ import numpy as np
 
 from tokenlm.extras import pyplot
 from tokenlm.fileio import write_text
+from tokenlm.reporting.figures import panel_grid
 from tokenlm.rundir import REPORT, SCALE_JSON, SCALE_TABLE, figure_file
 
 CURVES = {"lm_best": "code LM (best layer)", "simclr": "SimCLR", "autoencoder": "autoencoder bottleneck",
@@ -71,8 +72,8 @@ def plot_scale(curves: list[dict], lines: dict, tasks: list[str], path: Path) ->
         return None
     plt = pyplot()  # matplotlib (tokenlm[report]) on Agg
 
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.8), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    fig, axes = panel_grid(plt, len(tasks), 4.2, 3.8)
+    for ax, task in zip(axes, tasks):
         for name in CURVES:
             points = sorted((r for r in curves if r["task"] == task and r["representation"] == name),
                             key=lambda r: r["train_hours"])
