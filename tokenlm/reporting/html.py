@@ -14,7 +14,7 @@ STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 80em; margin: 2em auto; padding: 0 1em; line-height: 1.45; }
 table { border-collapse: collapse; margin: 0; }
 .table-scroll { overflow-x: auto; max-width: 100%; margin: 1em 0; }  /* a wide table scrolls in its own box */
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; vertical-align: top; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; vertical-align: top; white-space: nowrap; }  /* "62.5% [57.1, 67.9]" on one line */
 td img { max-width: 28em; }
 img { max-width: 100%; }
 audio { display: block; width: 22em; margin: 0.2em 0; }
