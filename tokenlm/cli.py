@@ -27,8 +27,10 @@ class LazyGroup(click.Group):
         return [spec.name for spec in STAGES]
 
     def get_command(self, ctx, name):
+        from tokenlm.stages.options import with_common_options
+
         spec = BY_NAME.get(name)
-        return spec.load().command if spec else None
+        return with_common_options(spec.load().command) if spec else None
 
     def format_commands(self, ctx, formatter):
         with formatter.section("Commands"):
