@@ -113,6 +113,8 @@ class PretrainedModel:
             write_text(directory / RECIPE, self.card["recipe_text"])
         write_text(directory / CARD, render_card(self.card, self))
         files = sorted(p for p in directory.rglob("*") if p.is_file())
+        for file in files:  # a folder to share: readable by others (atomic writes make 0600 temp files)
+            file.chmod(0o644)
         write_json(directory / MANIFEST, {
             "format": FORMAT, "format_version": FORMAT_VERSION, "codebook_size": self.codebook_size,
             "tokenizer_hash": self.tokenizer.info.get("tokenizer_hash"),
