@@ -41,7 +41,7 @@ import torch
 from tokenlm import lpc
 from tokenlm.artifacts import Stage, stage_key
 from tokenlm.config import build, recipe_section, to_dict, unknown_option
-from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
+from tokenlm.errors import ArtifactError, TokenlmError
 from tokenlm.evaluation.audio_quality import quality_metrics
 from tokenlm.fileio import read_json, write_json
 from tokenlm.models.wavenet import WaveNet, WaveNetConfig
