@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tokenlm-installed
 RECIPE ?= recipes/demo.yaml
 
-.PHONY: setup demo-renderer demo test bench clean
+.PHONY: setup demo-renderer demo pretrained test bench clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,12 @@ demo-renderer:
 demo: setup
 	$(VENV)/bin/tokenlm run $(RECIPE)
 
+# A tiny pretrained folder (tokenizer K=64 + small LM on 6 min of the offline corpus): for trying
+# the API and the formats, not for measuring anything (recipes/tiny.yaml says why).
+pretrained: setup
+	$(VENV)/bin/tokenlm run recipes/tiny.yaml
+	$(VENV)/bin/tokenlm publish runs/tiny --out models/tokenlm-tiny
+
 test: setup
 	$(PY) -m pytest
 
@@ -35,4 +41,4 @@ bench: setup
 	for script in scripts/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
 clean:
-	rm -rf runs data/demo .pytest_cache
+	rm -rf runs data/demo data/tiny_corpus models/tokenlm-tiny .pytest_cache
