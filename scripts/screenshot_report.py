@@ -52,7 +52,7 @@ def _content_height(image) -> int:
     gray = image.convert("L")
     width, height = gray.size
     pixels = gray.load()
-    for y in range(height - 1, -1, -8):
+    for y in range(height - 24, -1, -8):  # above the window's own horizontal scrollbar
         if any(pixels[x, y] < 250 for x in range(0, width, 4)):
             return min(height, y + 40)
     return min(height, TILE)

@@ -15,7 +15,8 @@ body { font-family: system-ui, sans-serif; max-width: 80em; margin: 2em auto; pa
 table { border-collapse: collapse; margin: 0; }
 .table-scroll { overflow-x: auto; max-width: 100%; margin: 1em 0; }  /* a wide table scrolls in its own box */
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; vertical-align: top; white-space: nowrap; }  /* "62.5% [57.1, 67.9]" on one line */
-td img { max-width: 28em; }
+td:has(img) { white-space: normal; }  /* a player + spectrogram cell wraps its caption instead */
+td img { max-width: 22em; }
 img { max-width: 100%; }
 audio { display: block; width: 22em; margin: 0.2em 0; }
 blockquote { border-left: 4px solid #e0a000; margin-left: 0; padding-left: 1em; background: #fff8e0; }

@@ -238,7 +238,7 @@ def rawlm_section(run: RunDir) -> str | None:
         return None
     samples = sorted((run.root / "rawlm" / SAMPLES).glob("*.wav"))
     players = " · ".join(f"[{p.name}]({p.relative_to(run.root).as_posix()})" for p in samples)
-    return text.replace("`samples/`", "`rawlm/samples/`") + (f"\nSamples: {players}\n" if players else "")
+    return text.replace("`samples/`", "`rawlm/samples/`") + (f"\nListen: {players}\n" if players else "")
 
 
 def _include(path: Path, heading: str) -> str | None:
