@@ -34,6 +34,7 @@ _EXPORTS = {
     "encode_clips": "tokenlm.encoding",
     "griffin_lim": "tokenlm.phase",
     "run_recipe": "tokenlm.stages.run",
+    "PretrainedModel": "tokenlm.pretrained",
     "TokenlmError": "tokenlm.errors",
 }
 _SUBMODULES = ("hear",)  # HEAR's API: tokenlm.hear.load_model(...)
