@@ -8,7 +8,8 @@ Exports RUN/tokens/k{K} into OUT (default RUN/export/<format>/k{K}) and each tas
 (RUN/tasks/<task>/tokens/k{K}, where encoded) into OUT/tasks/<task>:
 
 - units: {split}.units, one line per clip, ``id|u1 u2 ...`` as fairseq's GSLM speech2unit
-  (quantize_with_kmeans) writes them, then a labels file {split}.labels.jsonl ({id, label}).
+  (quantize_with_kmeans) writes them, then a labels file {split}.labels.jsonl ({id, label};
+  none for an unlabelled stream).
 - hf: a DatasetDict saved with ``save_to_disk``, one Dataset per split with columns id, label
   (a ClassLabel of the sorted label names when every clip has one, else text), split, codes
   (uint16); needs the hf extra.
@@ -97,7 +98,8 @@ def _write_units(clips, out: Path, names: dict[str, str]) -> None:
         labels[split].append({"id": row["id"], "label": row.get("label")})
     for split, name in names.items():
         (out / f"{name}.units").write_text("".join(lines[split]))
-        write_jsonl(out / f"{name}.labels.jsonl", labels[split])
+        if name != STREAM_NAME or any(row["label"] is not None for row in labels[split]):  # an unlabelled stream has none
+            write_jsonl(out / f"{name}.labels.jsonl", labels[split])
 
 
 def _write_npy(clips, out: Path, names: dict[str, str]) -> None:
