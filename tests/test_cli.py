@@ -16,7 +16,7 @@ from tokenlm.pipeline.registry import BY_NAME, StageSpec
 # Every command, in the order `tokenlm --help` lists them (pipeline order). Written out rather
 # than read from the CLI, so that a command whose module went missing cannot drop out unseen.
 EXPECTED_COMMANDS = ("data", "prepare", "tokenize", "pretrain", "generate-codes", "baselines", "probe", "vocoder",
-                     "rawlm", "decode", "generate", "sweep", "scale", "export", "report", "run")
+                     "rawlm", "decode", "generate", "sweep", "scale", "export", "publish", "report", "run")
 
 
 def run(argv, capsys):

@@ -410,3 +410,24 @@ def test_folds_win_over_groups():
     split = assign_splits(clips, SplitConfig())
     assert {c.fold: c.split for c in split} == {1: "train", 2: "train", 3: "train", 4: "val", 5: "test"}
     assert replace(clips[0], split="train") == split[0]
+
+
+def test_official_train_and_test_without_val_get_val_carved_from_train():
+    """A DatasetDict (or audiofolder) of train and test only: val comes out of train, group-aware,
+    as an unsplit dataset's does; the official test split is untouched."""
+    train = [Clip(id=f"tr{i}", path=f"/d/tr{i}.wav", label=f"c{i % 2}", group=f"g{i // 2}", split="train")
+             for i in range(40)]
+    test = [Clip(id=f"te{i}", path=f"/d/te{i}.wav", label=f"c{i % 2}", split="test") for i in range(10)]
+    out = assign_splits(train + test, SplitConfig(val_fraction=0.2, seed=0))
+    split_of = {c.id: c.split for c in out}
+    assert all(split_of[c.id] == "test" for c in test)
+    val = [c for c in out if c.split == "val"]
+    assert 4 <= len(val) <= 12 and all(c.id.startswith("tr") for c in val)
+    groups = defaultdict(set)
+    for c in out[:40]:
+        groups[c.group].add(c.split)
+    assert all(len(s) == 1 for s in groups.values())  # a group stays on one side
+    assert {c.label for c in val} == {"c0", "c1"}
+    assert assign_splits(train + test, SplitConfig(val_fraction=0.2, seed=0)) == out  # deterministic
+    with_val = [replace(c, split="val") if c.id == "tr0" else c for c in train + test]
+    assert assign_splits(with_val, SplitConfig()) == with_val  # an official val is kept as it is

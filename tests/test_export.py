@@ -18,6 +18,7 @@ from tokenlm.data.store import RaggedSplit
 from tokenlm.pipeline.prepare import prepare_task
 from tokenlm.pipeline.tasks import task_at
 from tokenlm.pipeline.tokenize import encode_task
+from tokenlm.core.fileio import read_jsonl
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -28,6 +29,8 @@ def stored(tokens) -> dict:
 
 
 def assert_same(found: dict, expected: dict) -> None:
+    expected = {s: c for s, c in expected.items() if c}  # an empty split has no file in npy or hf
+    found = {s: c for s, c in found.items() if c}
     assert {s: sorted(c) for s, c in found.items()} == {s: sorted(c) for s, c in expected.items()}
     for split, clips in expected.items():
         for clip_id, codes in clips.items():
@@ -65,7 +68,7 @@ def test_units_file_is_gslm_style(run_with_task, tmp_path):
 
 def test_default_folder_and_missing_codes(run_with_task):
     assert export(run_with_task, "npy") == run_with_task.root / "export" / "npy" / "k8"
-    with pytest.raises(ArtifactError, match="tokenize"):
+    with pytest.raises(ArtifactError, match=r"no codes at K=16 \(it has: K=8\)"):
         export(run_with_task, "npy", codebook_size=16)
 
 
@@ -88,8 +91,47 @@ def test_each_format_reads_back_with_the_consumers_own_tools(run_with_task, tmp_
     hf = export(run_with_task, "hf", codebook_size=8, out=tmp_path / "hf")
     loaded = datasets.load_from_disk(str(hf))
     for split, clips in expected.items():
-        name = {"val": "validation"}.get(split, split)
+        name = split  # one split vocabulary: train, val, test
         if not clips:
             assert name not in loaded
             continue
         assert {row["id"]: row["codes"] for row in loaded[name]} == {i: c.tolist() for i, c in clips.items()}
+    with pytest.raises(ArtifactError, match="no such run folder"):
+        export(run_with_task.root.parent / "nope", "units")
+
+
+def test_one_split_vocabulary_and_class_labels_in_hf(run_with_task, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    out = export(run_with_task, "hf", out=tmp_path / "hf")
+    saved = datasets.load_from_disk(str(out))
+    assert set(saved) <= {"train", "val", "test"} and "val" in saved  # tokenlm's names, as units and npy
+    label = saved["train"].features["label"]
+    assert isinstance(label, datasets.ClassLabel) and label.names == sorted(label.names)
+    expected = {row["id"]: row["label"] for row in RaggedSplit(run_with_task.tokens(8), "train", "uint16").rows}
+    assert {row["id"]: label.int2str(row["label"]) for row in saved["train"]} == expected
+    units = export(run_with_task, "units", out=tmp_path / "u")
+    assert sorted(p.name for p in units.glob("*.units")) == ["test.units", "train.units", "val.units"]
+
+
+def test_encode_only_output_exports_without_k_as_one_stream(tiny_run, tmp_path, capsys):
+    folder = tmp_path / "my_audio"  # an unlabelled folder of audio, no splits
+    write_corpus(tmp_path / "src", labels=1, groups=1, clips=3)
+    folder.mkdir()
+    for n, path in enumerate(sorted((tmp_path / "src").rglob("*.wav"))):
+        shutil.copy(path, folder / f"clip{n}.wav")
+    out = tmp_path / "units_out"
+    assert run_cli("tokenize", out, "--tokenizer", tiny_run / "tokenizer", "--data", folder) == 0
+    assert run_cli("export", out, "--format", "units") == 0  # no -K: the only K there is
+    target = out / "export" / "units" / "k8"
+    assert sorted(p.name for p in target.iterdir() if not p.name.startswith(".")) == ["all.units"]  # no labels file
+    found = read_export(target, "units")
+    assert sorted(found["all"]) == [f"clip{n}" for n in range(3)]
+    stored_codes = stored(RunDir(out).tokens(8))
+    assert_same({"train": found["all"]}, stored_codes)
+    npy = export(out, "npy", out=tmp_path / "npy")
+    assert {row["split"] for row in read_jsonl(npy / "index.jsonl")} == {"all"}
+    capsys.readouterr()
+    assert run_cli("export", out, "--format", "units", "-K", 16) == 1
+    assert "has no codes at K=16 (it has: K=8)" in capsys.readouterr().err
+    assert run_cli("export", tmp_path / "not_made", "--format", "units") == 1
+    assert "no such run folder" in capsys.readouterr().err

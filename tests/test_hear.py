@@ -106,6 +106,16 @@ def test_a_sound_does_not_depend_on_its_batch(model, monkeypatch):
     assert torch.allclose(one_per_call, hear.get_scene_embeddings(batch(long, short), model), atol=1e-5)
 
 
+def test_multichannel_sounds_are_their_channel_mean(model):
+    left, right = sound("tone", 1.0, seed=1), sound("chirp", 1.0, seed=2)
+    mono = hear.get_scene_embeddings(batch(np.float32(0.5) * (left + right)), model)
+    channels_first = torch.from_numpy(np.stack([left, right]))[None]  # (1, 2, T)
+    assert torch.allclose(hear.get_scene_embeddings(channels_first, model), mono, atol=1e-5)
+    assert torch.allclose(hear.get_scene_embeddings(channels_first.transpose(1, 2), model), mono, atol=1e-5)
+    with pytest.raises(ConfigError, match="ambiguous"):
+        hear.get_scene_embeddings(torch.zeros(1, 4, 8), model)
+
+
 def test_deterministic(model):
     audio = batch(sound("chirp", 1.0, seed=6), sound("noise", 1.0, seed=7))
     assert torch.equal(hear.get_scene_embeddings(audio, model), hear.get_scene_embeddings(audio, model))

@@ -31,7 +31,12 @@ def heard_run(tiny_run, tmp_path):
         write_wav(samples / name, audio, SR)
     (run / "vocoder" / "metrics.json").write_text(json.dumps({
         "parameters": 1000, "receptive_field": 31, "steps": 2, "note": NOTE, "vocoder_logmel_db": 9.0,
-        "resynthesis": {"clips": 2, "seconds_per_clip": 2.0, "rtf_per_clip": 1.0}}))
+        "resynthesis": {"clips": 2, "seconds_per_clip": 2.0, "generation_seconds": 1.8, "batch_size": 2,
+                        "timed_after_warmup": True, "device": "cpu"}}))
+    write_wav(samples / "griffinlim" / "00_a_griffinlim.wav", good, SR)
+    write_wav(samples / "griffinlim" / "01_b_griffinlim.wav", good, SR)
+    write_wav(run / "rawlm" / "samples" / "prompt.wav", good, SR)
+    write_wav(run / "sweep_k" / "k4" / "vocoder" / "samples" / "00_a_resynth.wav", good, SR)
     write_wav(run / "generated" / "p_continued.wav", tone(330, 3.0, SR, amplitude=0.3), SR)
     (run / "generated" / "p_continued.json").write_text(json.dumps({
         "prompt": "p.wav", "prompt_seconds": 1.0, "generated_codes": 40, "code_rate": 20.0, "primed": True}))
@@ -41,12 +46,50 @@ def heard_run(tiny_run, tmp_path):
 
 def test_html_plays_and_draws_every_sample(heard_run):
     page = (heard_run / "report.html").read_text()
-    wavs = sorted(heard_run.glob("vocoder/samples/*.wav")) + sorted(heard_run.glob("generated/*.wav"))
-    assert len(wavs) == 5
+    wavs = (sorted(heard_run.glob("vocoder/samples/*.wav")) + sorted(heard_run.glob("vocoder/samples/griffinlim/*.wav"))
+            + sorted(heard_run.glob("generated/*.wav")))
+    assert len(wavs) == 7
     for wav in wavs:
         assert f'<audio controls preload="none" src="{wav.relative_to(heard_run)}">' in page
         assert (heard_run / "report_files" / f"mel_{wav.stem}.png").is_file()
     assert NOTE in page and "left of the dashed line" in page
+
+
+def test_every_audio_file_of_the_run_has_a_player(heard_run):
+    page = (heard_run / "report.html").read_text()
+    every = sorted(heard_run.rglob("*.wav"))
+    assert len(every) == 9
+    for wav in every:
+        assert page.count(f'<audio controls preload="none" src="{wav.relative_to(heard_run)}">') == 1, wav
+
+
+def test_generation_speed_says_batch_and_warm_up(heard_run):
+    text = (heard_run / "report.md").read_text()
+    # 1.8 s of wall time for 2 clips x 2.0 s of audio: 0.45 s per second of audio made
+    assert ("generation ran at 0.45 s per second of audio made (2 clips generated together in batches of 2 on "
+            "cpu, 1.8 s in all, after a warm-up call (excluded") in text
+
+
+def test_wide_tables_scroll_in_their_own_box():
+    from tokenlm.reporting.html import markdown_to_html
+
+    wide = "| " + " | ".join(f"column {i}" for i in range(14)) + " |\n|" + "---|" * 14 + "\n| " + " | ".join(
+        "1" for _ in range(14)) + " |\n"
+    page = markdown_to_html(wide, "t")
+    assert '<div class="table-scroll"><table>' in page and "</table></div>" in page
+    assert ".table-scroll { overflow-x: auto" in page
+
+
+def test_multi_panel_figures_are_a_grid_that_fits_1280_px(tmp_path):
+    from PIL import Image
+
+    from tokenlm.pipeline.sweep import draw_figures
+
+    rows = [{"k": k, **{f"probe_lm_accuracy_t{i}": 0.1 * i + k / 1000 for i in range(3)},
+             **{f"probe_bag_accuracy_t{i}": 0.2 for i in range(3)}} for k in (16, 64, 256)]
+    assert "probe" in draw_figures(rows, tmp_path, prefix="sweep_")
+    width, height = Image.open(tmp_path / "sweep_probe.png").size
+    assert width <= 1280 and height > 340  # six panels: 3 a row, 2 rows (was one 2520 x 340 strip)
 
 
 def test_silent_and_clipped_resyntheses_are_flagged(heard_run):

@@ -17,6 +17,7 @@ from tokenlm.run.artifacts import STAGE_FILE, Stage, keeping_checkpoints, stage_
 from tokenlm.core.errors import ConfigError
 from tokenlm.core.fileio import read_json
 from tokenlm.core.overrides import apply_overrides
+from tokenlm.core.errors import TokenlmError
 from tokenlm.training import TrainConfig, load_checkpoint, save_checkpoint, train
 from tokenlm.training.checkpoint import remove_partial_writes
 from tests.conftest import run_cli as tokenlm, write_corpus
@@ -66,6 +67,37 @@ def short_run(tmp_path_factory):
                                       "data": {"path": str(corpus)}, **TINY}))
     assert tokenlm("run", recipe, "lm.training.steps=2", "lm.training.eval_every=1", "--out", root / "run") == 0
     return recipe, root / "run"
+
+
+@pytest.mark.parametrize("extra, words", [
+    (("sweep.lm_stpes=5",), "unknown option 'sweep.lm_stpes' in section 'sweep' (did you mean 'lm_steps'?"),
+    (("lm.n_layr=2",), "unknown option 'lm.n_layr' in section 'lm' (did you mean 'n_layer'?"),
+    (("vocoder.training.setps=5",), "unknown option 'vocoder.training.setps' in section 'vocoder.training' "
+                                    "(did you mean 'steps'?"),
+    (("probe.baseline=[vgg]",), "did you mean 'baselines'?"),
+    (("data.strickt=true",), "unknown option 'data.strickt' in section 'data' (did you mean 'strict'?"),
+    (("sweep.lm_steps=many",), "option 'sweep.lm_steps' takes a number"),
+])
+def test_a_typo_in_the_last_stages_section_stops_run_before_the_first_stage(tmp_path, capsys, extra, words):
+    corpus = write_corpus(tmp_path / "corpus", labels=2, groups=2, clips=2, seconds=0.5, sample_rate=8000)
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({"run": {"device": "cpu"}, "data": {"path": str(corpus)},
+                                      **{**TINY, "stages": ["prepare", "tokenize", "pretrain", "sweep"]}}))
+    assert tokenlm("run", recipe, *extra, "--out", tmp_path / "run") == 1
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()  # nothing prepared, nothing saved
+
+
+def test_a_misspelt_section_in_the_recipe_names_the_nearest(tmp_path):
+    from tokenlm.pipeline.recipe_check import check_recipe
+
+    with pytest.raises(ConfigError, match="unknown section 'vocodr' \\(did you mean 'vocoder'\\?"):
+        check_recipe({"vocodr": {"steps": 3}})
+    with pytest.raises(ConfigError, match="tasks.pitch.*did you mean 'path'"):
+        check_recipe({"tasks": {"pitch": {"pth": "data/pitch"}}})
+    with pytest.raises(ConfigError, match="unknown option 'lm.n_heads'.*did you mean 'n_head'"):
+        check_recipe({"lm": {"n_layer": 2}, "levers": {"wide": {"n_heads": 8}}})
 
 
 def test_run_takes_overrides_and_out_and_saves_the_recipe_as_run(short_run):
@@ -273,3 +305,18 @@ def test_help_shows_defaults_one_way_everywhere(capsys):
         assert tokenlm(*command, "--help") == 0
         out = " ".join(capsys.readouterr().out.split())
         assert "(default" not in out and "[default:" not in out, command
+
+
+def test_a_missing_extra_is_one_line_naming_it_before_any_stage(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if tokenlm[report] were not installed
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({"run": {"device": "cpu"}, "data": {"path": str(tmp_path / "none")}, **TINY}))
+    assert tokenlm("run", recipe, "--out", tmp_path / "run") == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("needs matplotlib: pip install 'tokenlm[report]'") and "\n" not in err
+    assert not (tmp_path / "run").exists()
+    from tokenlm.demo.instruments import import_tinysoundfont
+
+    monkeypatch.setitem(sys.modules, "tinysoundfont", None)
+    with pytest.raises(TokenlmError, match="make demo-renderer"):
+        import_tinysoundfont()

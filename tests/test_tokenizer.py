@@ -143,6 +143,45 @@ def test_any_sample_rate_and_channel_count(tok):
     assert (other == codes).float().mean() >= 0.8
 
 
+def test_channels_first_and_last_numpy_and_torch_give_the_mono_result(tok):
+    left, right = sound("tone", 1.0, seed=1), sound("chirp", 1.0, seed=2)
+    mono = (left + right) / 2
+    expected = tok.encode(mono, SR)
+    stereo_ct = np.stack([left, right])  # (2, T): torchaudio.load's layout
+    for wav in (mono[None], stereo_ct, stereo_ct.T, torch.from_numpy(mono)[None], torch.from_numpy(stereo_ct),
+                torch.from_numpy(np.ascontiguousarray(stereo_ct.T))):
+        assert torch.equal(tok.encode(wav, SR), expected), wav.shape
+    assert [torch.equal(c, expected) for c in tok.encode_batch([stereo_ct, stereo_ct.T], SR)] == [True, True]
+    # (1, T) used to give 1 code (T channels of one sample each): it must give T's codes
+    assert len(tok.encode(mono[None], SR)) == 20
+
+
+def test_ambiguous_shape_is_refused_and_layout_resolves_it(tok):
+    from tokenlm.core.errors import ConfigError
+
+    short = np.stack([sound("tone", 1.0, seed=1)[:12], sound("chirp", 1.0, seed=2)[:12]])  # (2, 12): both small
+    with pytest.raises(ConfigError, match="ambiguous.*layout='channels_first'"):
+        tok.encode(short, SR)
+    with pytest.raises(ConfigError, match="ambiguous"):
+        tok.encode(np.ones((400, 300), np.float32), SR)  # both large
+    stated = tok.encode(short, SR, layout="channels_first")
+    assert torch.equal(stated, tok.encode(short.mean(0), SR))
+    assert torch.equal(tok.encode(short.T, SR, layout="channels_last"), stated)
+    with pytest.raises(ConfigError, match="layout must be one of"):
+        tok.encode(short, SR, layout="CT")
+    with pytest.raises(ConfigError, match="got shape"):
+        tok.encode(np.ones((2, 2, 100), np.float32), SR)
+
+
+def test_as_mono_the_vocoder_prompt_reader_takes_the_same_layouts():
+    from tokenlm.data.audio_layout import as_mono
+
+    left, right = sound("tone", 0.5, seed=1), sound("chirp", 0.5, seed=2)
+    expected = np.float32(0.5) * (left + right)
+    for wav in (np.stack([left, right]), np.stack([left, right], 1), torch.from_numpy(np.stack([left, right]))):
+        np.testing.assert_allclose(as_mono(wav), expected, rtol=1e-6)
+
+
 def test_silence_raises_an_audio_error(tok):
     with pytest.raises(AudioError, match="silent"):
         tok.encode(np.zeros(SR, np.float32), SR)

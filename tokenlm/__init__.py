@@ -35,6 +35,7 @@ _EXPORTS = {
     "griffin_lim": "tokenlm.vocoder.griffin_lim",
     "decode_audio": "tokenlm.vocoder.decode",
     "run_recipe": "tokenlm.pipeline.run",
+    "PretrainedModel": "tokenlm.pipeline.pretrained",
     "TokenlmError": "tokenlm.core.errors",
 }
 _SUBMODULES = ("hear",)  # HEAR's API: tokenlm.hear.load_model(...)

@@ -35,6 +35,7 @@ import torch
 
 from tokenlm.run.artifacts import read_stage, stage_key
 from tokenlm.core.errors import ArtifactError, ConfigError
+from tokenlm.data.audio_layout import as_mono
 from tokenlm.evaluation.pooling import POOLINGS, pool, time_statistics
 from tokenlm.core.fileio import read_json
 from tokenlm.lm.code_lm import CodeLM
@@ -139,13 +140,18 @@ def _layer_states(audio: torch.Tensor, model: TokenlmEmbedding) -> list[torch.Te
 
 
 def _check_audio(audio, sample_rate: int) -> torch.Tensor:
-    """A (n_sounds, n_samples) float tensor of finite samples, as float32."""
+    """A (n_sounds, n_samples) float tensor of finite samples, as float32. The HEAR API's layout is
+    (n_sounds, n_samples), mono; a 3-D batch of multichannel sounds is mixed to mono, each
+    sound's layout read as ``AudioTokenizer.encode`` reads it (tokenlm.data.audio_layout)."""
     if not isinstance(audio, torch.Tensor):
         raise ConfigError(f"audio must be a torch.Tensor (n_sounds, n_samples), got {type(audio).__name__}")
-    if audio.dim() != 2 or audio.shape[0] == 0 or audio.shape[1] == 0:
-        raise ConfigError(f"audio must have shape (n_sounds, n_samples) with both > 0, got {tuple(audio.shape)}")
     if not audio.is_floating_point():
         raise ConfigError(f"audio must be float samples at {sample_rate} Hz, got dtype {audio.dtype}")
+    if audio.dim() == 3 and audio.shape[0] > 0:  # multichannel sounds: each one's channel mean
+        audio = torch.stack([torch.from_numpy(as_mono(sound, what=f"sound {i}")) for i, sound in enumerate(audio)]).to(audio.device)
+    if audio.dim() != 2 or audio.shape[0] == 0 or audio.shape[1] == 0:
+        raise ConfigError(f"audio must have shape (n_sounds, n_samples) (or (n_sounds, channels, n_samples)) "
+                          f"with both > 0, got {tuple(audio.shape)}")
     if not torch.isfinite(audio).all():
         raise ConfigError("audio has samples that are not finite (NaN or inf)")
     return audio.float()

@@ -28,8 +28,10 @@ class LazyGroup(click.Group):
         return [spec.name for spec in STAGES]
 
     def get_command(self, ctx, name):
+        from tokenlm.cli.options import with_common_options
+
         spec = BY_NAME.get(name)
-        return spec.load_command() if spec else None
+        return with_common_options(spec.load_command()) if spec else None
 
     def format_commands(self, ctx, formatter):
         with formatter.section("Commands"):

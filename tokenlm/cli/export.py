@@ -12,7 +12,7 @@ from tokenlm.pipeline.export import FORMATS, export
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("--format", "fmt", type=click.Choice(FORMATS), required=True,
               help="units: GSLM unit files; hf: a datasets DatasetDict (hf extra); npy: one .npy per clip.")
-@click.option("-K", "--codebook-size", type=int, help="Codebook size. [the run's current K]")
+@click.option("-K", "--codebook-size", type=int, help="Codebook size. [the run's current K, else the only one]")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder. [RUN/export/FORMAT/kK]")
 def command(run, fmt, codebook_size, out):
     """Write RUN's codes (and each task's) as unit files, an HF dataset or .npy files.

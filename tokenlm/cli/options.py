@@ -184,3 +184,30 @@ def run_argument(command: Callable) -> Callable:
     wrapper = click.option("--out", "old_out", type=click.Path(file_okay=False), metavar="RUN",
                            help="The older spelling of the RUN argument (still works). [none]")(wrapper)
     return click.argument("run", required=False, type=click.Path(file_okay=False))(wrapper)
+
+
+def with_common_options(command: click.Command) -> click.Command:
+    """Give ``command`` the options every command has, in one place (tokenlm.cli applies it to
+    each): ``--no-progress`` turns off every progress bar of the command (tokenlm.core.progress).
+    A command that reads the flag itself keeps receiving it."""
+    if getattr(command, "_tokenlm_common", False):
+        return command
+    own = any(param.name == "no_progress" for param in command.params)
+    if not own:
+        command.params.append(click.Option(["--no-progress"], is_flag=True, help="No progress bars. [off]"))
+    callback = command.callback
+
+    @functools.wraps(callback)
+    def run_with_common(*args, **kwargs):
+        from tokenlm.core.progress import set_progress
+
+        no_progress = kwargs.get("no_progress") if own else kwargs.pop("no_progress", False)
+        set_progress(not no_progress)
+        try:
+            return callback(*args, **kwargs)
+        finally:
+            set_progress(True)
+
+    command.callback = run_with_common
+    command._tokenlm_common = True
+    return command

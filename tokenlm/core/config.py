@@ -9,6 +9,7 @@ names the known ones), YAML loading and layering of overrides.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
@@ -46,14 +47,24 @@ def build(cls: type[T], *layers: Mapping[str, Any] | None, where: str = "") -> T
         for key, value in (layer or {}).items():
             key = key.replace("-", "_")
             if key not in names:
-                known = ", ".join(sorted(names))
-                raise ConfigError(f"unknown option '{where + '.' if where else ''}{key}' (known: {known})")
+                raise unknown_option(where, key, names)
             if value is not None:
                 values[key] = _coerce(value, hints[key], f"{where}.{key}" if where else key)
     try:
         return cls(**values)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where or cls.__name__}: {err}") from None
+
+
+def unknown_option(section: str, key: str, known) -> ConfigError:
+    """The one-line error for a key no config of ``section`` has: the key, its section, the
+    nearest known key (difflib) and the known ones."""
+    known = sorted(known)
+    nearest = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    hint = f"did you mean '{nearest[0]}'? " if nearest else ""
+    where = f"in section '{section}' " if section else ""
+    return ConfigError(f"unknown option '{section + '.' if section else ''}{key}' {where}"
+                       f"({hint}known: {', '.join(known)})")
 
 
 def to_dict(config: Any) -> dict:

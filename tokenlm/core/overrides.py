@@ -17,7 +17,7 @@ from tokenlm.core.errors import ConfigError
 
 # Every top-level section a recipe may hold (tokenlm.pipeline.registry's stages read them).
 SECTIONS = ("run", "stages", "data", "pretrain", "tasks", "features", "split", "tokenizer", "codebook", "lm",
-            "probe", "baselines", "vocoder", "sweep", "scale", "engine")
+            "probe", "baselines", "vocoder", "rawlm", "sweep", "scale", "levers", "engine")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

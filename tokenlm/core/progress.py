@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 
 PLAIN_INTERVAL_S = 30.0
+# Off for the whole command with `--no-progress` (every command has it: stages/options.py).
+_SWITCH = {"on": True}
 # No bar graphic in a log: the count, the times and the live figures are what a reader wants.
 PLAIN_FORMAT = "{desc}: {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 
@@ -18,7 +20,7 @@ def progress_bar(iterable=None, *, total: int | None = None, desc: str = "", uni
                  enabled: bool = True, **options):
     """A tqdm bar (over ``iterable`` when given); ``options`` go to tqdm (initial, leave, ...)."""
     stream = sys.stderr
-    if not enabled:
+    if not enabled or not _SWITCH["on"]:
         options["disable"] = True
     if stream.isatty():
         from tqdm.auto import tqdm
@@ -44,3 +46,8 @@ class PlainLines:
 
     def flush(self) -> None:
         self.stream.flush()
+
+
+def set_progress(enabled: bool) -> None:
+    """Every later bar of this process shown (True) or not (False): ``--no-progress``."""
+    _SWITCH["on"] = bool(enabled)

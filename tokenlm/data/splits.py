@@ -73,12 +73,26 @@ def _group_key(clip: Clip) -> str:
 def assign_splits(clips: list[Clip], config: SplitConfig) -> list[Clip]:
     """Give every clip a split: official ones kept, folds mapped, else a group-aware split."""
     if all(c.split for c in clips):
-        return clips
+        return _carve_val(clips, config)
     _check_all_or_none(clips, "split", [c.split for c in clips])
     if all(c.fold is not None for c in clips):
         return _split_by_fold(clips, config)
     _check_all_or_none(clips, "fold", [c.fold for c in clips])
     return _split_by_group(clips, config)
+
+
+def _carve_val(clips: list[Clip], config: SplitConfig) -> list[Clip]:
+    """Official train and test but no val (a DatasetDict or audiofolder of train/test): val is
+    ``val_fraction`` of the train clips, carved group-aware as an unsplit dataset's is; the
+    official test split is left alone."""
+    if any(c.split == "val" for c in clips) or config.val_fraction == 0:
+        return clips
+    train = [c for c in clips if c.split == "train"]
+    if len(train) < 2:
+        return clips
+    carved = _split_by_group(train, SplitConfig(val_fraction=config.val_fraction, test_fraction=0.0, seed=config.seed))
+    by_id = {c.id: c for c in carved}
+    return [by_id.get(c.id, c) if c.split == "train" else c for c in clips]
 
 
 def _check_all_or_none(clips: list[Clip], name: str, values: list) -> None:

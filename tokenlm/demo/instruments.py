@@ -123,8 +123,8 @@ def soundfont_path(soundfont: str | Path | None) -> Path:
         return path
     spec = importlib.util.find_spec("pretty_midi")
     if spec is None or not spec.submodule_search_locations:
-        raise DemoError("the pretty_midi package (which ships TimGM6mb.sf2) is not installed: "
-                        "pip install pretty_midi")
+        raise DemoError("the demo's GM soundfont comes with pretty_midi, which is not installed: "
+                        "pip install 'tokenlm[demo]'")
     for folder in spec.submodule_search_locations:
         path = Path(folder) / "TimGM6mb.sf2"
         if path.is_file():
@@ -136,7 +136,8 @@ def import_tinysoundfont():
     try:
         import tinysoundfont
     except ImportError:
-        raise DemoError("tinysoundfont is not installed: pip install --no-deps tinysoundfont") from None
+        raise DemoError("the demo's GM renderer tinysoundfont is not installed: make demo-renderer "
+                        "(pip install --no-deps tinysoundfont; its pyaudio requirement is for playback only)") from None
     return tinysoundfont
 
 

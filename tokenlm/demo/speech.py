@@ -97,7 +97,7 @@ def espeak_paths() -> tuple[str, str]:
     try:
         import espeakng_loader
     except ImportError:
-        raise DemoError("espeakng-loader is not installed: pip install espeakng-loader") from None
+        raise DemoError("the demo's speech needs espeakng-loader, which is not installed: pip install 'tokenlm[demo]'") from None
     lib_path = espeakng_loader.get_library_path()
     try:
         data_path = espeakng_loader.get_data_path()

@@ -51,6 +51,8 @@ def quality_metrics(vocoder: Vocoder, tokenizer: AudioTokenizer, clips: list[tup
     Griffin-Lim reference's per clip (None each without librosa)): the
     figures averaged over the clips, ``resynthesis`` (how it was made, how fast), ``skipped``
     (measures left out and why) and ``per_clip``."""
+    if clips and len(clips[0][2]):  # warm-up, untimed: the fused step compiles on its first call
+        vocoder.resynthesise(clips[0][2][:1], temperature=temperature, seed=seed)
     start = time.perf_counter()
     resynth = vocoder.resynthesise_batch([c for _, _, c in clips], temperature=temperature, seed=seed,
                                          batch_size=max(1, len(clips)), progress=progress)
@@ -67,6 +69,7 @@ def quality_metrics(vocoder: Vocoder, tokenizer: AudioTokenizer, clips: list[tup
         "rtf_per_clip": (seconds / audio_seconds * len(clips)) if audio_seconds else None,
         "rtf_batch": (seconds / (audio_seconds / len(clips))) if audio_seconds else None,
         "device": str(vocoder.device), "lsd_floor": tokenizer.coder.features.log_floor,
+        "batch_size": max(1, len(clips)), "timed_after_warmup": True,
     }
     metrics["skipped"] = skipped_measures()
     metrics["per_clip"] = per_clip

@@ -8,11 +8,18 @@ Exports RUN/tokens/k{K} into OUT (default RUN/export/<format>/k{K}) and each tas
 (RUN/tasks/<task>/tokens/k{K}, where encoded) into OUT/tasks/<task>:
 
 - units: {split}.units, one line per clip, ``id|u1 u2 ...`` as fairseq's GSLM speech2unit
-  (quantize_with_kmeans) writes them, then a labels file {split}.labels.jsonl ({id, label}).
-- hf: a DatasetDict saved with ``save_to_disk``, one Dataset per split (train, validation,
-  test) with columns id, label, split, codes (uint16); needs the hf extra.
+  (quantize_with_kmeans) writes them, then a labels file {split}.labels.jsonl ({id, label};
+  none for an unlabelled stream).
+- hf: a DatasetDict saved with ``save_to_disk``, one Dataset per split with columns id, label
+  (a ClassLabel of the sorted label names when every clip has one, else text), split, codes
+  (uint16); needs the hf extra.
 - npy: {split}/{n:06d}.npy per clip (uint16, in the store's order) and index.jsonl
   ({id, label, split, file}).
+
+Splits have one name in every format, tokenlm's own: ``train``, ``val``, ``test`` (as in the
+run's manifest; HF takes any split name). Encode-only codes of an unlabelled folder with no
+splits (``tokenlm tokenize OUT --tokenizer ...``) are one stream, ``all``. Without ``-K`` the
+K is the run's current one, else the only one tokenized (an encode-only OUT has no tokenizer).
 
 Each format reads back to exactly the stored codes (``read_export``).
 """
@@ -23,30 +30,28 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenlm.core.errors import ArtifactError
+from tokenlm.core.errors import ArtifactError, ConfigError
 from tokenlm.core.fileio import read_jsonl, write_jsonl
-from tokenlm.run.rundir import SPLITS, RunDir, is_finished, read_tokens_meta, as_run
-from tokenlm.data.store import RaggedSplit
-
-from tokenlm.run import lock as runlock
-from tokenlm.core.errors import ConfigError
 from tokenlm.core.outputs import publish_folder
+from tokenlm.data.store import RaggedSplit
+from tokenlm.run import lock as runlock
+from tokenlm.run.artifacts import read_stage
+from tokenlm.run.rundir import SPLITS, STREAM_NAME, STREAM_SPLIT, RunDir, as_run, is_finished, read_tokens_meta
 
 FORMATS = ("units", "hf", "npy")
 
 
-HF_SPLITS = {"train": "train", "val": "validation", "test": "test"}  # HF's split names
-
-
 def export(run: str | Path | RunDir, fmt: str, codebook_size: int | None = None, out: str | Path | None = None) -> Path:
-    """Write the run's codes at K = ``codebook_size`` (default: the run's current K), and each
-    encoded task's, to ``out`` in format ``fmt``. Returns ``out``."""
+    """Write the run's codes at K = ``codebook_size`` (module docstring), and each encoded
+    task's, to ``out`` in format ``fmt``. Returns ``out``."""
     run = as_run(run)
     if codebook_size is not None and codebook_size < 1:
         raise ConfigError(f"-K must be a codebook size of at least 1, got {codebook_size} (leave it out for the "
                           f"run's current K)")
+    if not run.root.is_dir():
+        raise ArtifactError(f"{run.root}: no such run folder")
     with runlock.holding(run.lock_root):  # the tokens cannot be rebuilt under the export
-        k = codebook_size or run.codebook_size
+        k = export_size(run, codebook_size)
         out = Path(out) if out else run.export(fmt, k)
         stores = [(Path(), run.tokens(k))] + [(Path("tasks") / name, run.task(name).tokens(k))
                                               for name in run.task_names() if is_finished(run.task(name).tokens(k))]
@@ -55,7 +60,7 @@ def export(run: str | Path | RunDir, fmt: str, codebook_size: int | None = None,
 
         def write(work: Path) -> None:
             for where, tokens in stores:
-                WRITERS[fmt](_clips(tokens), work / where)
+                WRITERS[fmt](_clips(tokens), work / where, _names(tokens))
 
         # Built beside OUT and swapped in whole: a kill leaves the previous export (or none),
         # no stale file of an earlier export stays, and a folder of the user's is refused.
@@ -68,6 +73,32 @@ def _is_unmarked_export(folder: Path) -> bool:
     return folder.parent.parent.name == "export" and folder.parent.name in FORMATS and folder.name[1:].isdigit()
 
 
+def export_size(run: RunDir, codebook_size: int | None) -> int:
+    """The K to export: the one asked for (which must be tokenized), else the run's current K,
+    else the only K tokenized (an encode-only OUT); a missing one lists those there are."""
+    if not run.root.is_dir():
+        raise ArtifactError(f"{run.root}: no such run folder")
+    have = run.tokenized_sizes()
+    listed = ", ".join(f"K={k}" for k in have) or "none: run `tokenlm tokenize` first"
+    if codebook_size is not None:
+        if codebook_size not in have:
+            raise ArtifactError(f"{run.root} has no codes at K={codebook_size} (it has: {listed})")
+        return codebook_size
+    current = run.codebook_size_or_none()
+    if current is not None:
+        return current
+    if len(have) == 1:
+        return have[0]
+    raise ArtifactError(f"{run.root}: which codebook? pass -K (it has: {listed})")
+
+
+def _names(tokens: Path) -> dict[str, str]:
+    """Stored split -> its exported name: itself, or the one stream's name (module docstring)."""
+    if read_stage(tokens).get("config", {}).get("stream"):
+        return {STREAM_SPLIT: STREAM_NAME}
+    return {split: split for split in SPLITS}
+
+
 def _clips(tokens: Path):
     """(split, index row, codes) of every stored clip, split by split."""
     for split in SPLITS:
@@ -75,44 +106,52 @@ def _clips(tokens: Path):
             yield split, row, np.asarray(codes, dtype=np.uint16)
 
 
-def _write_units(clips, out: Path) -> None:
+def _write_units(clips, out: Path, names: dict[str, str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    lines = {split: [] for split in SPLITS}
-    labels = {split: [] for split in SPLITS}
+    lines = {split: [] for split in names}
+    labels = {split: [] for split in names}
     for split, row, codes in clips:
         if "|" in row["id"] or "\n" in row["id"]:
             raise ArtifactError(f"clip id {row['id']!r} holds '|' or a line break: it cannot be a unit file's name")
         lines[split].append(f"{row['id']}|{' '.join(map(str, codes.tolist()))}\n")
         labels[split].append({"id": row["id"], "label": row.get("label")})
-    for split in SPLITS:
-        (out / f"{split}.units").write_text("".join(lines[split]))
-        write_jsonl(out / f"{split}.labels.jsonl", labels[split])
+    for split, name in names.items():
+        (out / f"{name}.units").write_text("".join(lines[split]))
+        if name != STREAM_NAME or any(row["label"] is not None for row in labels[split]):  # an unlabelled stream has none
+            write_jsonl(out / f"{name}.labels.jsonl", labels[split])
 
 
-def _write_npy(clips, out: Path) -> None:
+def _write_npy(clips, out: Path, names: dict[str, str]) -> None:
     index = []
     for n, (split, row, codes) in enumerate(clips):
-        file = Path(split) / f"{n:06d}.npy"  # numbered: a clip id may hold any character
-        (out / split).mkdir(parents=True, exist_ok=True)
+        file = Path(names[split]) / f"{n:06d}.npy"  # numbered: a clip id may hold any character
+        (out / names[split]).mkdir(parents=True, exist_ok=True)
         np.save(out / file, codes)
-        index.append({"id": row["id"], "label": row.get("label"), "split": split, "file": file.as_posix()})
+        index.append({"id": row["id"], "label": row.get("label"), "split": names[split], "file": file.as_posix()})
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "index.jsonl", index)
 
 
-def _write_hf(clips, out: Path) -> None:
+def _write_hf(clips, out: Path, names: dict[str, str]) -> None:
     from tokenlm.data.hf_datasets import require_datasets
 
     datasets = require_datasets()
-    columns = {split: {"id": [], "label": [], "split": [], "codes": []} for split in SPLITS}
+    columns = {split: {"id": [], "label": [], "split": [], "codes": []} for split in names}
     for split, row, codes in clips:
-        for name, value in (("id", row["id"]), ("label", row.get("label")), ("split", HF_SPLITS[split]),
+        for name, value in (("id", row["id"]), ("label", row.get("label")), ("split", names[split]),
                             ("codes", codes)):
             columns[split][name].append(value)
-    features = datasets.Features({"id": datasets.Value("string"), "label": datasets.Value("string"),
+    labels = [label for c in columns.values() for label in c["label"]]
+    if labels and all(label is not None for label in labels):  # class names, as datasets' audiofolder gives
+        label_feature = datasets.ClassLabel(names=sorted(set(labels)))
+        for c in columns.values():
+            c["label"] = [label_feature.str2int(label) for label in c["label"]]
+    else:
+        label_feature = datasets.Value("string")
+    features = datasets.Features({"id": datasets.Value("string"), "label": label_feature,
                                   "split": datasets.Value("string"),
                                   "codes": datasets.Sequence(datasets.Value("uint16"))})
-    parts = {HF_SPLITS[s]: datasets.Dataset.from_dict(c, features=features) for s, c in columns.items() if c["id"]}
+    parts = {names[s]: datasets.Dataset.from_dict(c, features=features) for s, c in columns.items() if c["id"]}
     datasets.DatasetDict(parts).save_to_disk(str(out))
 
 
@@ -120,22 +159,22 @@ WRITERS = {"units": _write_units, "npy": _write_npy, "hf": _write_hf}
 
 
 def read_export(out: str | Path, fmt: str) -> dict[str, dict[str, np.ndarray]]:
-    """split -> clip id -> codes, read back from an export (what a user of the format sees)."""
+    """split -> clip id -> codes, read back from an export (what a user of the format sees;
+    a split with no clips is absent, except in units, which writes every split's file)."""
     out = Path(out)
-    found: dict[str, dict[str, np.ndarray]] = {split: {} for split in SPLITS}
+    found: dict[str, dict[str, np.ndarray]] = {}
     if fmt == "units":
-        for split in SPLITS:
-            for line in (out / f"{split}.units").read_text().splitlines():
+        for path in sorted(out.glob("*.units")):
+            found[path.stem] = {}
+            for line in path.read_text().splitlines():
                 clip_id, units = line.rsplit("|", 1)
-                found[split][clip_id] = np.array(units.split(), dtype=np.uint16)
+                found[path.stem][clip_id] = np.array(units.split(), dtype=np.uint16)
     elif fmt == "npy":
         for row in read_jsonl(out / "index.jsonl"):
-            found[row["split"]][row["id"]] = np.load(out / row["file"])
+            found.setdefault(row["split"], {})[row["id"]] = np.load(out / row["file"])
     else:
         from tokenlm.data.hf_datasets import require_datasets
 
-        tokenlm_split = {hf: split for split, hf in HF_SPLITS.items()}
         for name, part in require_datasets().load_from_disk(str(out)).items():
-            for row in part:
-                found[tokenlm_split[name]][row["id"]] = np.asarray(row["codes"], dtype=np.uint16)
+            found[name] = {row["id"]: np.asarray(row["codes"], dtype=np.uint16) for row in part}
     return found

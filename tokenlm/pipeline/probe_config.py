@@ -13,6 +13,7 @@ from typing import Mapping
 
 from tokenlm.core.config import build
 from tokenlm.core.errors import ConfigError
+from tokenlm.core.config import unknown_option
 from tokenlm.evaluation.linear_probe import DEFAULT_CS
 from tokenlm.evaluation.pooling import AUTO, check_pooling
 
@@ -122,8 +123,7 @@ def configs(*layers: Mapping | None) -> tuple[ProbeConfig, BaselinesConfig]:
     for layer in layers:
         for key in layer or {}:
             if key.replace("-", "_") not in owners:
-                raise ConfigError(f"unknown option '{SECTION}.{key.replace('-', '_')}' "
-                                  f"(known: {', '.join(sorted(owners))})")
+                raise unknown_option(SECTION, key.replace("-", "_"), owners)
 
     def part(cls, layer):
         return {k: v for k, v in (layer or {}).items() if owners[k.replace("-", "_")] is cls}

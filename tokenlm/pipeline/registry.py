@@ -63,6 +63,8 @@ STAGES = (
     StageSpec("sweep", "tokenlm.pipeline.sweep", "Information loss against codebook size."),
     StageSpec("scale", "tokenlm.pipeline.scale", "Probe accuracy against pretraining hours."),
     StageSpec("export", "tokenlm.pipeline.export", "Codes as GSLM unit files, an HF dataset or .npy.", pipeline=False),
+    StageSpec("publish", "tokenlm.pipeline.publish", "A run's tokenizer, LM and vocoder as one shareable folder.",
+              pipeline=False),
     StageSpec("report", "tokenlm.pipeline.report", "Rebuild RUN/report.md.", pipeline=False),
     StageSpec("run", "tokenlm.pipeline.run", "Every stage of a recipe, cached, then the report.", pipeline=False),
 )

@@ -17,12 +17,14 @@ from pathlib import Path
 
 from tokenlm.run import lock as runlock
 from tokenlm.evaluation.audio_quality import decoder_table
+from tokenlm.core.extras import pyplot
 from tokenlm.core.fileio import read_json, read_jsonl
 from tokenlm.core.outputs import publish_text
 from tokenlm.reporting.html import write_html
-from tokenlm.reporting.listening import listening_section
+from tokenlm.reporting.listening import listening_section, other_audio_section
 from tokenlm.run.rundir import (
-    CONFIG, MANIFEST, META, METRICS, REPORT, RESULTS, SPLITS, SUMMARY, TRAIN_LOG, RunDir, as_run, figure_file,
+    CONFIG, MANIFEST, META, METRICS, REPORT, RESULTS, SAMPLES, SPLITS, SUMMARY, SWEEP_JSON, TRAIN_LOG, RunDir, as_run,
+    figure_file,
 )
 
 
@@ -38,6 +40,9 @@ def write_report(run: str | Path) -> Path:
             text = section(run)
             if text:
                 sections.append(text)
+        rest = other_audio_section(run, "\n".join(sections))  # every audio file the run made gets a player
+        if rest:
+            sections.append(rest)
         publish_text(run.report, "\n".join(sections), legacy=lambda path: _starts_with(path, f"# {title}\n"))
         html_title = f"<title>{html.escape(title)}</title>"
         write_html(run.report, title, legacy=lambda path: html_title in path.read_text(errors="replace"))
@@ -168,8 +173,7 @@ def vocoder_section(run: RunDir) -> str | None:
     lines = ["## WaveNet decoder\n",
              f"{m['parameters'] / 1e6:.2f} M parameters, receptive field {m['receptive_field']} samples, "
              f"{m['steps']} steps. Measured on {synthesis.get('clips', '?')} val clips, "
-             f"{synthesis.get('seconds_per_clip', '?')} s each; generation ran at "
-             f"{synthesis.get('rtf_per_clip', float('nan')):.1f} s per second of audio per clip.\n",
+             f"{synthesis.get('seconds_per_clip', '?')} s each; {generation_speed(synthesis)}.\n",
              f"Val loss {m.get('val_bits_per_sample') or float('nan'):.3f} bits per sample. Each decoder against "
              f"the input:\n", *decoder_table(m)]
     names = {"stoi": "STOI", "griffinlim": "The Griffin-Lim reference"}
@@ -182,8 +186,32 @@ def vocoder_section(run: RunDir) -> str | None:
     return "\n".join(lines) + "\n"
 
 
+def generation_speed(synthesis: dict) -> str:
+    """How fast the WaveNet generated, saying what the figure is: wall seconds per second of
+    audio made, the batch it was made in, and whether the time includes warm-up (the fused
+    step's first-call compile)."""
+    seconds, clips = synthesis.get("generation_seconds"), synthesis.get("clips")
+    per_clip = synthesis.get("seconds_per_clip")
+    if not (seconds and clips and per_clip):
+        return "generation speed not recorded"
+    batch = synthesis.get("batch_size", clips)
+    warm = ("after a warm-up call (excluded: it compiles the fused step on first use)"
+            if synthesis.get("timed_after_warmup") else "including warm-up (the fused step's first-call compile)")
+    return (f"generation ran at {seconds / (clips * per_clip):.2f} s per second of audio made "
+            f"({clips} clips generated together in batches of {batch} on {synthesis.get('device', '?')}, "
+            f"{seconds:.1f} s in all, {warm})")
+
+
 def sweep_section(run: RunDir) -> str | None:
-    return _include_with_figures(run.sweep, "## Codebook-size sweep\n" + _sweep_models_note(run))
+    text = _include_with_figures(run.sweep, "## Codebook-size sweep\n" + _sweep_models_note(run))
+    if text is None or not (run.sweep / SWEEP_JSON).is_file():
+        return text
+    from tokenlm.pipeline.sweep import draw_figures  # the sweep's figures, redrawn in the report's grid layout
+
+    for name in draw_figures(read_json(run.sweep / SWEEP_JSON)["rows"], run.report_files, prefix="sweep_"):
+        redrawn = (run.report_files / figure_file(f"sweep_{name}")).relative_to(run.root).as_posix()
+        text = text.replace(f"]({run.sweep.name}/{figure_file(name)})", f"]({redrawn})")
+    return text
 
 
 def _sweep_models_note(run: RunDir) -> str:
@@ -216,7 +244,11 @@ def _include_with_figures(folder: Path, heading: str) -> str | None:
 def rawlm_section(run: RunDir) -> str | None:
     """RUN/rawlm/report.md (tokenlm rawlm), its sample links made relative to RUN."""
     text = _include(run.rawlm / REPORT, "## Raw-audio next-sample prediction\n")
-    return None if text is None else text.replace("`samples/`", "`rawlm/samples/`")
+    if text is None:
+        return None
+    samples = sorted((run.rawlm / SAMPLES).glob("*.wav"))
+    players = " · ".join(f"[{p.name}]({p.relative_to(run.root).as_posix()})" for p in samples)
+    return text.replace("`samples/`", "`rawlm/samples/`") + (f"\nListen: {players}\n" if players else "")
 
 
 def _include(path: Path, heading: str) -> str | None:
@@ -233,10 +265,7 @@ def _plot_curves(rows: list[dict], references: dict, path: Path) -> Path | None:
     steps = [int(r["step"]) for r in rows if r.get("loss") not in (None, "")]
     if len(steps) < 2:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()  # matplotlib (tokenlm[report]) on Agg
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, [float(r["loss"]) for r in rows if r.get("loss") not in (None, "")], label="train")

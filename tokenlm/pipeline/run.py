@@ -25,6 +25,8 @@ from tokenlm.core.outputs import publish_text
 from tokenlm.core.overrides import apply_overrides
 from tokenlm.pipeline.registry import BY_NAME, PIPELINE, RunContext, artifact_settings
 from tokenlm.run.rundir import RunDir
+from tokenlm.core.extras import require
+from tokenlm.pipeline.recipe_check import check_recipe
 
 RECIPE_HEADER = "# The recipe as run (overrides applied): `tokenlm run` this file to reproduce the run.\n"
 
@@ -50,6 +52,8 @@ def run_recipe(recipe: str | Path, *, stages: tuple[str, ...] | None = None, dev
                keep_checkpoints: bool | None = None, log_to: str | None = None) -> Path:
     """Run the recipe's stages in pipeline order; return the path of the run's report."""
     sections = resolve_recipe(recipe, overrides, out)
+    check_recipe(sections, str(recipe))  # a typo in the last stage's section stops here, not hours in
+    require("matplotlib", "report", "tokenlm run's report (its figures)")
     run_section = sections["run"]
     ctx = RunContext(RunDir(run_section["dir"]), sections, Path(recipe),
                      device=device or run_section.get("device"))

@@ -36,6 +36,7 @@ from tokenlm.evaluation.clips import LabelledClips
 from tokenlm.evaluation.summary import cell
 from tokenlm.core.fileio import read_json, write_text
 from tokenlm.pipeline.registry import RunContext
+from tokenlm.core.extras import require
 from tokenlm.reporting.scale import CURVES, LINES, write_scale_outputs
 from tokenlm.run.rundir import METRICS, REPORT, RESULTS, RunDir, read_feature_meta, read_run_manifest
 from tokenlm.core.runtime import pick_device
@@ -75,6 +76,7 @@ class ScaleConfig:
 def scale(ctx: RunContext, config: ScaleConfig) -> Path:
     """Train the self-supervised stages on nested subsets of the corpus, probe each on every
     task; returns RUN/scale."""
+    require("matplotlib", "report", "the scale study's plot")  # before the hours of work, not after
     run, device = ctx.run, pick_device(ctx.device)
     probe_config, baseline_config = configs(ctx.section("probe"))
     data_stage.run(ctx)  # offline data the recipe asks for and lacks (the demo corpus and tasks)

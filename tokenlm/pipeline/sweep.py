@@ -38,6 +38,8 @@ from tokenlm.pipeline.tokenize import encode_run_stage, fit_codebook_stage
 from tokenlm.pipeline.vocoder import VocoderConfig, train_vocoder
 from tokenlm.data.store import RaggedSplit
 from tokenlm.pipeline.tokenize import encode_task
+from tokenlm.core.extras import pyplot, require
+from tokenlm.reporting.figures import panel_grid
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ def sweep(run: str | Path, config: SweepConfig = SweepConfig(), codebook: Codebo
 
 def _sweep(ctx: RunContext, config: SweepConfig, codebook: CodebookConfig) -> Path:
     run = ctx.run
+    require("matplotlib", "report", "the sweep's plots")  # before the hours of work, not after
     if not is_finished(run.tokenizer):
         raise TokenlmError(f"{run.root} has no trained autoencoder: run `tokenlm tokenize {run.root} --data DIR` first")
     torch_device = pick_device(ctx.device)
@@ -219,6 +222,14 @@ def write_sweep_outputs(rows: list[dict], config: SweepConfig, out: Path) -> Non
     (out / REPORT).write_text(_report(rows, groups, flat, figures, config.flat_fraction))
 
 
+def draw_figures(rows: list[dict], out: Path, prefix: str = "") -> list[str]:
+    """Each metric group's figure as ``out/{prefix}{group}.png``; the names of those drawn. The
+    report redraws them from sweep.json, so a run swept before the grid layout reads at 1280 px too."""
+    out.mkdir(parents=True, exist_ok=True)
+    return [name for name, group in metric_groups(rows).items()
+            if _plot_group(rows, group, out / figure_file(prefix + name))]
+
+
 def metric_groups(rows: list[dict]) -> dict:
     """METRIC_GROUPS, the probe's group widened to one column per task in a run of several."""
     per_task = [c for c in rows[0] if c.startswith(("probe_lm_accuracy_", "probe_bag_accuracy_"))
@@ -255,14 +266,11 @@ def _plot_group(rows: list[dict], group: list[tuple], path: Path) -> bool:
     metrics = [(c, label) for c, label, _ in group if all(c in r for r in rows)]
     if not metrics:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()  # matplotlib (tokenlm[report]) on Agg
 
     ks = [r["k"] for r in rows]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
-    for ax, (column, label) in zip(axes[0], metrics):
+    fig, axes = panel_grid(plt, len(metrics), 4.2, 3.4)
+    for ax, (column, label) in zip(axes, metrics):
         values = np.array([np.nan if r[column] is None else r[column] for r in rows], dtype=float)
         errors = _error_bars(rows, column, values)
         if errors is None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -36,13 +37,14 @@ from tokenlm.run import lock as runlock
 from tokenlm.run.input_check import run_input_hashes
 from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
 from tokenlm.run.rundir import (
-    CODEBOOK, CONFIG, MANIFEST, METRICS, STAGE_FILE, TRAINING, RunDir, as_run, is_finished, read_feature_meta,
-    read_run_manifest,
+    CODEBOOK, CONFIG, MANIFEST, METRICS, STAGE_FILE, STREAM_SPLIT, TRAINING, RunDir, as_run, is_finished,
+    read_feature_meta, read_run_manifest,
 )
 from tokenlm.core.runtime import pick_device, seed_everything
 from tokenlm.data.splits import SplitConfig, assign_splits, link_duplicates
 from tokenlm.pipeline.prepare import check_strict, publish_run_manifest
 from tokenlm.pipeline.tasks import Task
+from tokenlm.tokenizer.published import load_tokenizer
 from tokenlm.tokenizer.tokenizer import (
     AudioTokenizer, AutoencoderTraining, PatchCoder, TokenizerConfig, load_patch_coder, save_patch_coder,
 )
@@ -168,15 +170,17 @@ def encode_new_data(tokenizer_path: Path, data: Path, out: Path, split: SplitCon
     out = RunDir(out)
     if is_finished(out.features):  # its tokens and manifest would be overwritten
         raise TokenlmError(f"{out.root} is a training run: write the new data's codes to another RUN")
-    tokenizer = AudioTokenizer.load(tokenizer_path, codebook_size=codebook_size, device=pick_device(device))
+    tokenizer = load_tokenizer(tokenizer_path, codebook_size=codebook_size, device=pick_device(device))
     layout, clips = scan_dataset(data, allow_outside=allow_outside)
     files = {c.id: file_stamp(c.path, hash_content) for c in clips}
     clips, _ = link_duplicates(clips, {i: f["sha256"] for i, f in files.items() if f and "sha256" in f})
-    clips = assign_splits(clips, split)
+    stream = is_one_stream(clips)
+    clips = [replace(c, split=STREAM_SPLIT) for c in clips] if stream else assign_splits(clips, split)
     rows = [{"id": c.id, "path": c.path, **c.span(), "label": c.label, "split": c.split, "group": c.group,
              "fold": c.fold, "file": files[c.id]} for c in clips]
     target = out.tokens(tokenizer.codebook_size)
-    stage = Stage(target, config={"data": str(Path(data).resolve()), "split": to_dict(split)},
+    stage = Stage(target, config={"data": str(Path(data).resolve()),
+                                  **({"stream": True} if stream else {"split": to_dict(split)})},
                   inputs={"tokenizer": tokenizer.info.get("tokenizer_hash") or str(Path(tokenizer_path).resolve()),
                           "data": fingerprint([(r["id"], r["path"], r["label"], r["split"], r["file"], *c.span().values())
                                               for r, c in zip(rows, clips)])},
@@ -200,6 +204,12 @@ def encode_new_data(tokenizer_path: Path, data: Path, out: Path, split: SplitCon
             check_strict(target / MANIFEST)
         publish_run_manifest(target / MANIFEST, out.manifest)
     return target
+
+
+def is_one_stream(clips) -> bool:
+    """Unlabelled clips with no official split or fold (a folder of audio to encode): one
+    stream, nothing held out; stored as the train split, exported as ``all`` (stages/export.py)."""
+    return all(c.label is None and c.split is None and c.fold is None for c in clips)
 
 
 def _say(text: str) -> None:

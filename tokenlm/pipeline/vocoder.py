@@ -40,7 +40,8 @@ import torch
 from tokenlm.vocoder import lpc
 from tokenlm.run.artifacts import Stage, stage_key
 from tokenlm.core.config import build, recipe_section, to_dict
-from tokenlm.core.errors import ArtifactError, ConfigError, TokenlmError
+from tokenlm.core.errors import ArtifactError, TokenlmError
+from tokenlm.core.config import unknown_option
 from tokenlm.evaluation.audio_quality import quality_metrics
 from tokenlm.core.fileio import read_json, write_json
 from tokenlm.models.wavenet import WaveNet, WaveNetConfig
@@ -138,7 +139,7 @@ class VocoderConfig:
         known = {*MODEL_KEYS, *own, "training"}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"unknown option 'vocoder.{unknown[0]}' (known: {', '.join(sorted(known))})")
+            raise unknown_option("vocoder", unknown[0], known)
 
         def only(mapping: dict, names) -> dict:
             return {key: value for key, value in mapping.items() if key in names}

@@ -12,9 +12,11 @@ from pathlib import Path
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 80em; margin: 2em auto; padding: 0 1em; line-height: 1.45; }
-table { border-collapse: collapse; margin: 1em 0; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; vertical-align: top; }
-td img { max-width: 28em; }
+table { border-collapse: collapse; margin: 0; }
+.table-scroll { overflow-x: auto; max-width: 100%; margin: 1em 0; }  /* a wide table scrolls in its own box */
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; vertical-align: top; white-space: nowrap; }  /* "62.5% [57.1, 67.9]" on one line */
+td:has(img) { white-space: normal; }  /* a player + spectrogram cell wraps its caption instead */
+td img { max-width: 22em; }
 img { max-width: 100%; }
 audio { display: block; width: 22em; margin: 0.2em 0; }
 blockquote { border-left: 4px solid #e0a000; margin-left: 0; padding-left: 1em; background: #fff8e0; }
@@ -38,9 +40,11 @@ def markdown_to_html(text: str, title: str) -> str:
         return player + rendered
 
     md.add_render_rule("link_open", link_open)
+    body = md.render(text).replace("<table>", '<div class="table-scroll"><table>').replace("</table>", "</table></div>")
     return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
             f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
-            f"{md.render(text)}</body>\n</html>\n")
+            f"{body}</body>\n</html>\n")
 
 
 def write_html(markdown_path: Path, title: str, legacy=None) -> Path:

@@ -69,13 +69,18 @@ def listening_section(run: RunDir) -> str | None:
     flagged: list[str] = []
     lines = ["### Listening\n"]
     if originals:
-        lines += ["Val excerpts, each from its start: the input, then the WaveNet's resynthesis from its codes "
-                  "(log-mel spectrograms; brighter is louder).\n",
-                  "| excerpt | original | resynthesis |", "|---|---|---|"]
-        for original in originals:
+        griffin_lim = [_griffin_lim_file(run, original) for original in originals]
+        with_gl = any(path.is_file() for path in griffin_lim)
+        lines += ["Val excerpts, each from its start: the input, then the WaveNet's resynthesis from its codes"
+                  + (", then the Griffin-Lim reference from the same codes (no training)" if with_gl else "")
+                  + " (log-mel spectrograms; brighter is louder).\n",
+                  "| excerpt | original | resynthesis |" + (" Griffin-Lim |" if with_gl else ""),
+                  "|---|---|---|" + ("---|" if with_gl else "")]
+        for original, reference in zip(originals, griffin_lim):
             resynth = original.with_name(original.name.replace("_original.wav", "_resynth.wav"))
             stem = original.name[: -len("_original.wav")]
-            cells = [_cell(run, path, features, flagged) for path in (original, resynth)]
+            paths = (original, resynth, reference) if with_gl else (original, resynth)
+            cells = [_cell(run, path, features, flagged) for path in paths]
             lines.append(f"| {stem} | " + " | ".join(cells) + " |")
         lines.append("")
     for path in continued:
@@ -87,6 +92,26 @@ def listening_section(run: RunDir) -> str | None:
         lines += ["Other generated audio:\n"] + [f"- [{p.name}]({_target(run, p)})" for p in others] + [""]
     if flagged:
         lines.insert(1, "**Flagged:** " + "; ".join(flagged) + ".\n")
+    return "\n".join(lines)
+
+
+def _griffin_lim_file(run: RunDir, original: Path) -> Path:
+    """The Griffin-Lim reference's excerpt beside an original (stages/vocoder.py writes it)."""
+    return run.vocoder / SAMPLES / "griffinlim" / original.name.replace("_original.wav", "_griffinlim.wav")
+
+
+def other_audio_section(run: RunDir, linked: str) -> str | None:
+    """Every wav in the run that the report has not linked yet (rawlm samples, the sweep's
+    per-K decoders, files added by hand), grouped by folder: report.html gives each a player."""
+    found = sorted(p for p in run.root.rglob("*.wav")
+                   if not any(part.startswith(".") for part in p.relative_to(run.root).parts))
+    missing = [p for p in found if f"]({_target(run, p)})" not in linked]
+    if not missing:
+        return None
+    lines = ["## Every other audio file\n", "The run's other audio, each with a player in report.html:\n"]
+    for folder in sorted({p.parent for p in missing}):
+        lines.append(f"`{folder.relative_to(run.root).as_posix()}/`: " + " · ".join(
+            f"[{p.name}]({_target(run, p)})" for p in missing if p.parent == folder) + "\n")
     return "\n".join(lines)
 
 
@@ -120,11 +145,11 @@ def _cell(run: RunDir, path: Path, features: FeatureConfig, flagged: list[str], 
 
 def plot_mel(audio: np.ndarray, features: FeatureConfig, path: Path, boundary: float | None = None) -> Path:
     """A log-mel spectrogram PNG against seconds; ``boundary`` (s) drawn as a dashed line."""
-    import matplotlib
     import torch
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from tokenlm.core.extras import pyplot
+
+    plt = pyplot()  # matplotlib (tokenlm[report]) on Agg
 
     from tokenlm.data.features import LogMel
 

@@ -14,6 +14,8 @@ import numpy as np
 
 from tokenlm.core.fileio import write_text
 from tokenlm.run.rundir import REPORT, SCALE_JSON, SCALE_TABLE, figure_file
+from tokenlm.core.extras import pyplot
+from tokenlm.reporting.figures import panel_grid
 
 CURVES = {"lm_best": "code LM (best layer)", "simclr": "SimCLR", "autoencoder": "autoencoder bottleneck",
           "bag_of_codes": "bag of codes"}  # drawn against hours
@@ -68,13 +70,10 @@ def plot_scale(curves: list[dict], lines: dict, tasks: list[str], path: Path) ->
     shaded)."""
     if not curves:
         return None
-    import matplotlib
+    plt = pyplot()  # matplotlib (tokenlm[report]) on Agg
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.8), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    fig, axes = panel_grid(plt, len(tasks), 4.2, 3.8)
+    for ax, task in zip(axes, tasks):
         for name in CURVES:
             points = sorted((r for r in curves if r["task"] == task and r["representation"] == name),
                             key=lambda r: r["train_hours"])

@@ -42,6 +42,10 @@ from tokenlm.data.clips import SPLITS  # noqa: F401  (re-exported: every split-w
 from tokenlm.core.errors import ArtifactError
 from tokenlm.core.fileio import read_json, read_jsonl, write_json
 
+# Encode-only codes of an unlabelled, unsplit folder (tokenize --tokenizer) are one stream: stored
+# as the train split (its stage.json config says "stream": true), exported under STREAM_NAME.
+STREAM_SPLIT, STREAM_NAME = "train", "all"
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -257,6 +261,8 @@ class RunDir:
     @property
     def codebook_size(self) -> int:
         """The K that ``tokenlm tokenize`` was last asked for: every consumer's default."""
+        if not self.root.is_dir():
+            raise ArtifactError(f"{self.root}: no such run folder")
         if not self.codebooks() and not (self.tokenizer / CURRENT).is_file():
             raise ArtifactError(f"{self.root} has no tokenizer yet: run `tokenlm tokenize {self.root}` first")
         return current_codebook_size(self.tokenizer)

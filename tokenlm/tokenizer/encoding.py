@@ -23,6 +23,7 @@ from tokenlm.core.fileio import write_json
 from tokenlm.run.rundir import META
 from tokenlm.core.runtime import bounded_map, kernel_threads
 from tokenlm.data.store import RaggedWriter, close_shards, write_shard_list
+from tokenlm.tokenizer.published import load_tokenizer
 from tokenlm.tokenizer.tokenizer import AudioTokenizer
 from tokenlm.core.progress import progress_bar
 from tokenlm.core.runtime import pick_device
@@ -98,7 +99,8 @@ def _encode_on_ray(tokenizer: AudioTokenizer, work: list[list[dict]], out: Path,
 
     shards: dict[str, list] = {s: [] for s in SPLITS}
     device = "auto" if engine.gpus_per_worker else "cpu"
-    results = map_blocks(engine, EncodeBlocks, (tokenizer.info["codebook_dir"], out, batch_seconds, device), work,
+    folder = tokenizer.info.get("codebook_dir") or tokenizer.info["pretrained_dir"]  # a run's or a published one
+    results = map_blocks(engine, EncodeBlocks, (folder, out, batch_seconds, device), work,
                          progress=progress, gpus=engine.gpus_per_worker)
     for block_rows, result in zip(work, progress_bar(results, total=len(work), desc="encode", unit="block",
                                                      enabled=progress)):
@@ -116,7 +118,7 @@ class EncodeBlocks:
     "cpu", or "auto" (the GPU Ray gave this worker, where torch sees one)."""
 
     def __init__(self, codebook_dir: str, out: Path, batch_seconds: float, device: str = "cpu"):
-        self.tokenizer = AudioTokenizer.load(codebook_dir, device=pick_device(device))
+        self.tokenizer = load_tokenizer(codebook_dir, device=pick_device(device))
         self.out, self.batch_seconds = Path(out), batch_seconds
 
     def __call__(self, number: int, rows: list[dict]) -> dict:

@@ -25,6 +25,7 @@ from tokenlm.core.config import build, to_dict
 from tokenlm.core.errors import ArtifactError, ConfigError
 from tokenlm.data.features import FeatureConfig, LogMel, patchify
 from tokenlm.core.fileio import read_json, write_json
+from tokenlm.data.audio_layout import as_samples_by_channels
 from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
 from tokenlm.run.rundir import (
     AUTOENCODER_WEIGHTS, CODEBOOK, CONFIG, META, STAGE_FILE, RunDir, codebook_dir, codebook_sizes,
@@ -132,17 +133,21 @@ class AudioTokenizer:
         return self
 
     @torch.inference_mode()
-    def encode(self, wav, sample_rate: int) -> torch.LongTensor:
-        """Waveform (T,) or (T, C) at any sample rate -> codes (N,)."""
-        wav = prepare_waveform(np.asarray(wav), sample_rate, self.sample_rate)
-        frames = self.coder.log_mel(torch.from_numpy(wav).to(self.device))  # (frames, M)
-        return self.encode_frames(frames)
+    def encode(self, wav, sample_rate: int, *, layout: str | None = None) -> torch.LongTensor:
+        """Waveform (T,), (C, T) or (T, C), numpy or torch, at any sample rate -> codes (N,) of
+        its channel mean. A 2-D shape whose layout cannot be told (both axes small) is refused
+        in one line: say ``layout="channels_first"`` or ``"channels_last"``."""
+        return self.encode_frames(self._log_mel(wav, sample_rate, layout))
 
     @torch.inference_mode()
-    def encode_batch(self, wavs: list, sample_rate: int) -> list[torch.LongTensor]:
+    def encode_batch(self, wavs: list, sample_rate: int, *, layout: str | None = None) -> list[torch.LongTensor]:
         """Several clips at once: one autoencoder pass and one FAISS search for all patches."""
-        frames = [self.coder.log_mel(torch.from_numpy(prepare_waveform(np.asarray(w), sample_rate, self.sample_rate)).to(self.device)) for w in wavs]
-        return self.encode_frames_batch(frames)
+        return self.encode_frames_batch([self._log_mel(w, sample_rate, layout) for w in wavs])
+
+    def _log_mel(self, wav, sample_rate: int, layout: str | None) -> torch.Tensor:
+        """Any in-memory layout -> mono at ``sample_rate`` -> log-mel frames (frames, M)."""
+        mono = prepare_waveform(as_samples_by_channels(wav, layout), sample_rate, self.sample_rate)
+        return self.coder.log_mel(torch.from_numpy(mono).to(self.device))
 
     @torch.inference_mode()
     def encode_frames(self, frames: torch.Tensor) -> torch.LongTensor:
@@ -173,7 +178,8 @@ class AudioTokenizer:
     # -- files ---------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path, codebook_size: int | None = None, device=None) -> "AudioTokenizer":
-        """Load ``RUN/tokenizer`` (its current codebook, or ``codebook_size``) or ``RUN/tokenizer/k{K}``."""
+        """Load ``RUN/tokenizer`` (its current codebook, or ``codebook_size``) or ``RUN/tokenizer/k{K}``
+        (a pretrained folder: tokenlm.tokenizer.published.load_tokenizer)."""
         path = Path(path)
         if (path / CODEBOOK).is_file() and not (path / AUTOENCODER_WEIGHTS).is_file():
             codebook, path = path, path.parent

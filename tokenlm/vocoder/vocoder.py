@@ -26,6 +26,7 @@ from tokenlm.vocoder import lpc
 from tokenlm.run.artifacts import check_outputs
 from tokenlm.core.errors import ArtifactError, ConfigError
 from tokenlm.core.fileio import read_json, write_json
+from tokenlm.data.audio_layout import as_mono
 from tokenlm.models.wavenet import WaveNet, WaveNetConfig, de_emphasis, mu_law_encode, pre_emphasis
 from tokenlm.run.rundir import CONFIG, WAVENET_WEIGHTS
 from tokenlm.core.runtime import kernel_threads, pick_device
@@ -153,19 +154,20 @@ class Vocoder:
                                 f"0..{self.codebook_size - 1}")
 
     # -- synthesis ------------------------------------------------------------------------
-    def resynthesise(self, codes, *, prompt: np.ndarray | None = None, temperature: float = 1.0, seed: int = 0,
-                     progress: bool = False, threads: int | None = 1) -> np.ndarray:
+    def resynthesise(self, codes, *, prompt=None, temperature: float = 1.0, seed: int = 0,
+                     progress: bool = False, threads: int | None = 1, layout: str | None = None) -> np.ndarray:
         """Codes (N,) -> float32 audio (N * samples_per_code,) at ``sample_rate``.
 
-        ``prompt``: float audio (P,) at ``sample_rate`` for the first P <= N * samples_per_code
-        samples; it is teacher-forced (mu-law quantised) instead of generated, and the rest
+        ``prompt``: float audio (P,), (C, P) or (P, C) (numpy or torch; its channel mean; an
+        ambiguous 2-D shape needs ``layout``, tokenlm.data.audio_layout) at ``sample_rate`` for the
+        first P <= N * samples_per_code samples; it is teacher-forced (mu-law quantised) instead of generated, and the rest
         continues it. ``temperature`` <= 0 takes the likeliest class at each sample.
         """
         codes = _as_codes(codes)
         self.check_codes(codes)
         prompt_q = None
         if prompt is not None:
-            prompt = network_signal(self.model, np.asarray(prompt, dtype=np.float32)[: len(codes) * self.samples_per_code],
+            prompt = network_signal(self.model, as_mono(prompt, layout, "prompt")[: len(codes) * self.samples_per_code],
                                     codes)
             prompt_q = mu_law_encode(torch.from_numpy(prompt), self.config.n_classes).unsqueeze(0)  # (1, P)
         return self._generate(codes[None], temperature, seed, progress, threads, prompt_q=prompt_q)[0]
