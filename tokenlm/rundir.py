@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from tokenlm.artifacts import STAGE_FILE, check_outputs
 from tokenlm.datasets import SPLITS  # noqa: F401  (re-exported: every split-wise store folder uses them)
-from tokenlm.errors import ArtifactError
+from tokenlm.errors import ArtifactError, ConfigError
 from tokenlm.fileio import read_json, read_jsonl, write_json
 
 if TYPE_CHECKING:
@@ -362,6 +362,15 @@ class TokensMeta:
     sample_rate: int | None
     samples_per_code: int | None
     raw: dict
+    levels: int = 1  # codes per patch (tokenlm.quantizers): the bins are (codes, levels) when > 1
+
+    def require_single_level(self, what: str) -> "TokensMeta":
+        """Fail in one line when ``what`` reads one code per patch and these tokens have more."""
+        if self.levels > 1:
+            raise ConfigError(f"{what} reads one code per patch, but {self.directory} holds {self.levels} "
+                              f"({self.raw.get('quantizer', 'residual')} codes, tokenizer.levels/groups): "
+                              "use a one-level tokenizer for it")
+        return self
 
     def require(self, *keys: str) -> "TokensMeta":
         """Fail in one line when a consumer needs a field that this record lacks."""
@@ -389,4 +398,7 @@ def read_tokens_meta(directory: str | Path, codebook_size: int | None = None) ->
         raise ArtifactError(f"{directory}: codes stored as {meta['dtype']}, expected uint16")
     optional = {"code_rate": float, "sample_rate": int, "samples_per_code": int}
     values = {k: (cast(meta[k]) if meta.get(k) is not None else None) for k, cast in optional.items()}
-    return TokensMeta(directory, size, raw=meta, **values)
+    levels = meta.get("levels", 1)
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+        raise ArtifactError(f"{directory / META}: levels must be an integer >= 1, got {levels!r}")
+    return TokensMeta(directory, size, raw=meta, levels=levels, **values)

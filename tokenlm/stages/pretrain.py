@@ -158,7 +158,7 @@ def pretrain(run: str | Path, model: LMConfig = LMConfig(), training: TrainConfi
     training = training or build(TrainConfig, LM_TRAINING_DEFAULTS)
     if device is not None:
         training = dataclasses.replace(training, device=device)
-    tokens = read_tokens_meta(run.tokens(k), k)
+    tokens = read_tokens_meta(run.tokens(k), k).require_single_level("the code LM")
     key_training = {name: value for name, value in to_dict(training).items() if name != "device"}
     stage = Stage(Path(out_dir) if out_dir is not None else run.lm,
                   config={"model": model.key(), "training": key_training, "codebook_size": tokens.codebook_size},

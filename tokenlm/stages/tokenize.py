@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from tokenlm.artifacts import Stage, stage_key
-from tokenlm.codebook import CodebookConfig, fit_codebook
+from tokenlm.codebook import CodebookConfig
 from tokenlm.config import build, to_dict
 from tokenlm.datasets import scan_dataset
 from tokenlm.encoding import encode_clips
@@ -33,6 +33,7 @@ from tokenlm.fileio import fingerprint, publish_copy, read_json, write_json, wri
 from tokenlm.input_files import check_unchanged, file_stamp
 from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
 from tokenlm.pipeline import RunContext
+from tokenlm.quantizers import fit_quantizer, quantizer_kind
 from tokenlm.rundir import (
     CODEBOOK, CONFIG, MANIFEST, METRICS, STAGE_FILE, TRAINING, RunDir, as_run, is_finished, read_feature_meta,
     read_run_manifest,
@@ -55,7 +56,8 @@ def tokenize(run: str | Path, config: TokenizerConfig = TokenizerConfig(), codeb
     run = as_run(run)
     device = pick_device(device)
     train_autoencoder_stage(run, config.autoencoder, config.training, device=device, progress=progress)
-    fit_codebook_stage(run, config.codebook_size, codebook, device=device)
+    fit_codebook_stage(run, config.codebook_size, codebook, device=device, levels=config.levels,
+                       groups=config.groups)
     out = encode_run_stage(run, config.codebook_size, device=device, progress=progress, engine=engine)
     run.set_codebook_size(config.codebook_size)
     return out
@@ -96,28 +98,37 @@ def _train_autoencoder(run: RunDir, work: Path, ae: AutoencoderConfig, training:
 
 # ---- codebook ---------------------------------------------------------------------------
 
-def fit_codebook_stage(run: str | Path | RunDir, k: int, config: CodebookConfig, *, device: torch.device) -> Path:
-    """RUN/tokenizer/k{K}: k-means on the train split's bottleneck vectors + code metrics."""
+def fit_codebook_stage(run: str | Path | RunDir, k: int, config: CodebookConfig, *, device: torch.device,
+                       levels: int = 1, groups: int = 1) -> Path:
+    """RUN/tokenizer/k{K}: k-means on the train split's bottleneck vectors + code metrics;
+    with ``levels`` or ``groups`` > 1, several codes per patch (tokenlm.quantizers)."""
     run = as_run(run)
-    stage = Stage(run.codebook(k), config={"k": k, "codebook": to_dict(config)},
+    kind = quantizer_kind(levels, groups)
+    # One code per patch keeps the key it always had (its finished stages stay valid).
+    shape = {} if kind == "single" else {"quantizer": kind, "levels": max(levels, groups)}
+    stage = Stage(run.codebook(k), config={"k": k, "codebook": to_dict(config), **shape},
                   inputs={"autoencoder": stage_key(run.tokenizer)})
-    return stage.build(f"codebook K={k}", lambda work: _fit_codebook(run, work, k, config, device))
+    return stage.build(f"codebook K={k}", lambda work: _fit_codebook(run, work, k, config, device, kind,
+                                                                   max(levels, groups)))
 
 
-def _fit_codebook(run: RunDir, work: Path, k: int, config: CodebookConfig, device: torch.device) -> dict:
+def _fit_codebook(run: RunDir, work: Path, k: int, config: CodebookConfig, device: torch.device,
+                  kind: str = "single", levels: int = 1) -> dict:
     coder = load_patch_coder(run.tokenizer).to(device)
     feats = run.features
     train = PatchSampler(feats, "train", coder.features, coder)
     vectors = bottlenecks(coder, train)
     start = time.time()
-    centroids, record = fit_codebook(vectors, k, config)
+    quantizer, record = fit_quantizer(vectors, k, kind, levels, config)
     record["fit_seconds"] = round(time.time() - start, 3)
-    np.save(work / CODEBOOK, centroids)
-    metrics = codebook_metrics(coder, centroids, vectors, train, PatchSampler(feats, "val", coder.features, coder))
+    np.save(work / CODEBOOK, quantizer.to_array())
+    metrics = codebook_metrics(coder, quantizer, vectors, train, PatchSampler(feats, "val", coder.features, coder))
     write_json(work / CONFIG, {**record, "bottleneck_variance": float(vectors.var(axis=0).sum())})
     write_json(work / METRICS, metrics)
-    _say(f"codebook K={k}: {metrics['used_codes']} codes used, perplexity {metrics['perplexity']:.1f}, "
-         f"{metrics['bits_per_second']:.0f} bit/s -> {run.codebook(k)}")
+    shape = "" if kind == "single" else f" x {levels} {'levels' if kind == 'residual' else 'groups'}"
+    _say(f"codebook K={k}{shape}: {metrics['used_codes']} codes used, perplexity {metrics['perplexity']:.1f}, "
+         f"relative quantisation error {metrics['relative_quantisation_error']:.3f}, "
+         f"{metrics['nominal_bits_per_second']:.0f} bit/s -> {run.codebook(k)}")
     return {"metrics": {k_: v for k_, v in metrics.items() if not isinstance(v, (list, dict))}}
 
 
@@ -279,4 +290,5 @@ def tokenizer_config(section: dict | None, overrides: dict, current: dict | None
     training = build(AutoencoderTraining, current.get("training"), section.pop("training", None),
                      {"epochs": overrides.get("epochs")}, where="tokenizer.training")
     top = build(TokenizerConfig, section, {"codebook_size": overrides.get("codebook_size")}, where="tokenizer")
-    return TokenizerConfig(codebook_size=top.codebook_size, autoencoder=ae, training=training)
+    return TokenizerConfig(codebook_size=top.codebook_size, autoencoder=ae, training=training, levels=top.levels,
+                           groups=top.groups)
