@@ -171,10 +171,10 @@ def lm_layers(clips: LabelledClips, codes: Codes, lm_dir: Path, layers: str, bat
     Every statistic comes out of one pass of the LM over the codes."""
     if not is_finished(lm_dir):
         raise Unavailable(f"no trained LM at {lm_dir} (run `tokenlm pretrain {clips.run.root}` first)")
-    if codes.levels > 1:
-        raise Unavailable(f"the code LM reads one code per patch; {codes.directory} holds {codes.levels} "
-                          "(tokenizer.levels / groups)")
     lm = CodeLM.load(lm_dir, device=device)
+    if lm.levels != codes.levels:
+        raise Unavailable(f"the LM was trained on {lm.levels} code(s) per patch, {codes.directory} holds "
+                          f"{codes.levels} (tokenizer.levels / groups)")
     if lm.codebook_size != codes.codebook_size:
         raise Unavailable(f"the LM was trained on {lm.codebook_size}-code tokens, the probed codes have "
                           f"{codes.codebook_size} (pass -K {lm.codebook_size})")
