@@ -95,7 +95,8 @@ def test_likelihood_is_the_training_loss_and_sums_the_levels(tmp_path):
     batches = [multilevel.pad([i], [lab], K * L) for i, lab in multilevel.scoring_windows(clips[0], K, 8)]
     total = count = 0
     for batch in batches:
-        loss, n = multilevel.level_loss(lm.model, batch, levels=L, size=K)
+        with torch.no_grad():
+            loss, n = multilevel.level_loss(lm.model, batch, levels=L, size=K)
         total, count = total + float(loss) * n, count + n
     assert count == 20 * L
     assert math.isclose(math.exp(-float(logps[0].sum()) / (20 * L)), math.exp(total / count), rel_tol=1e-5)
@@ -113,3 +114,52 @@ def test_packed_sequences_keep_every_level_behind_a_bos_row(tmp_path):
     bos = (labels == K).all(-1)
     assert ((labels == K).any(-1) == bos).all()  # a BOS is a whole row, never one level
     assert int(labels.max()) <= K and int(ids.max()) <= K * L
+
+
+def test_pretrain_on_two_level_tokens_learns_both_levels_and_generates(tmp_path):
+    """The pretrain stage on (patches, 2) tokens: level 1 repeats motifs, level 2 is a function
+    of level 1 (plus noise), so a model that reads both beats the first level's bigram and its
+    per-code perplexity equals CodeLM.perplexity; generate-codes continues a (T, 2) prompt."""
+    from stages.test_pretrain import tiny_training
+
+    from tokenlm.artifacts import Stage
+    from tokenlm.fileio import read_json, write_json
+    from tokenlm.stages.generate_codes import generate_codes
+    from tokenlm.stages.pretrain import pretrain
+
+    k, rng = 16, np.random.default_rng(0)
+    motifs = [rng.choice(k, size=int(rng.integers(3, 6)), replace=False) for _ in range(6)]
+    run = tmp_path / "run"
+    stage = Stage(run / "tokens" / f"k{k}", config={"k": k, "levels": 2}, inputs={})
+    work = stage.start()
+    for split, n in zip(("train", "val", "test"), (60, 12, 12)):
+        with RaggedWriter(work, split, "uint16", width=2) as writer:
+            for i in range(n):
+                motif = motifs[rng.integers(len(motifs))]
+                first = motif[(np.arange(40) + rng.integers(len(motif))) % len(motif)]
+                second = (3 * first + 1) % k
+                noise = rng.random(40) < 0.1
+                second[noise] = rng.integers(0, k, size=int(noise.sum()))
+                writer.add({"id": f"{split}-{i}", "label": f"m{i % 3}"}, np.stack([first, second], axis=1))
+    write_json(work / "meta.json", {"codebook_size": k, "levels": 2, "quantizer": "residual", "code_rate": 20.0,
+                                    "sample_rate": 16000, "samples_per_code": 800, "dtype": "uint16",
+                                    "tokenizer_hash": "fab"})
+    stage.finish()
+    (run / "tokenizer").mkdir(parents=True)
+    write_json(run / "tokenizer" / "current.json", {"codebook_size": k})
+    out = pretrain(run, LMConfig(n_layer=2, n_head=2, n_embd=32, context=32), tiny_training(steps=120),
+                   progress=False)
+    metrics = read_json(out / "metrics.json")
+    lm = CodeLM.load(out, device="cpu")
+    assert lm.levels == 2 and lm.codebook_size == k and lm.model.config.vocab_size == 2 * k + 1
+    val = [c for _, c in RaggedSplit(run / "tokens" / f"k{k}", "val", "uint16", width=2)]
+    assert lm.perplexity(val) == pytest.approx(metrics["val_ppl"], rel=1e-4)
+    assert metrics["val_ppl"] < metrics["bigram_ppl"] < metrics["unigram_ppl"], metrics
+    prompt = tmp_path / "prompt.npy"
+    np.save(prompt, val[0][:5].astype(np.int64))
+    codes = np.load(generate_codes(run, prompt_codes=prompt, n=20, temperature=0.0, device="cpu"))
+    assert codes.shape == (25, 2) and int(codes.max()) < k
+    np.testing.assert_array_equal(codes[:5], val[0][:5])
+    with pytest.raises(ConfigError, match="objective masked"):
+        pretrain(run, LMConfig(n_layer=2, n_head=2, n_embd=32, context=32, objective="masked"),
+                 tiny_training(steps=2), progress=False)

@@ -228,7 +228,8 @@ class _LMJob:
         val = val_batches(splits["val"]) if len(splits["val"].data) else None
         if dist.is_main:
             params = sum(p.numel() for p in model.parameters())
-            _say(f"lm: {params / 1e6:.2f} M parameters, {len(splits['train'].data)} train codes, "
+            shape = "" if levels == 1 else f" (patches) x {levels} levels"
+            _say(f"lm: {params / 1e6:.2f} M parameters, {len(splits['train'].data)} train codes{shape}, "
                  f"K={tokens.codebook_size}, context {model_cfg.context}, {dist.world_size} process(es) on "
                  f"{dist.device} ({model.config._attn_implementation} attention, {model_cfg.objective} objective)")
         result = train(

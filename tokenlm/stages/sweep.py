@@ -93,10 +93,9 @@ def _sweep(ctx: RunContext, config: SweepConfig, codebook: CodebookConfig) -> Pa
     # Every K at the recipe's codes per patch (tokenizer.levels / groups), so the run's own
     # codebook is one of the sweep's, never refitted with another shape.
     shape = tokenizer_config(ctx.section("tokenizer"), {})
-    if shape.codes_per_patch > 1 and (config.with_lm or config.with_probe or config.with_vocoder):
-        raise ConfigError(f"sweep.with_lm, with_probe and with_vocoder read one code per patch (its LM); "
-                          f"tokenizer.levels/groups give "
-                          f"{shape.codes_per_patch}: set them false")
+    if shape.codes_per_patch > 1 and config.with_vocoder:
+        raise ConfigError(f"sweep.with_vocoder: the vocoder reads one code per patch, tokenizer.levels/groups give "
+                          f"{shape.codes_per_patch}: set it false")
     rows = []
     sizes = sorted(config.codebook_sizes)
     for i, k in enumerate(sizes, 1):
