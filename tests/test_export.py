@@ -66,8 +66,9 @@ def test_default_folder_and_missing_codes(run_with_task):
         export(run_with_task, "npy", codebook_size=16)
 
 
-@pytest.mark.parametrize("levels, groups", [(1, 1), (2, 1), (3, 1), (1, 2)])
-def test_codes_of_every_quantiser_round_trip_through_export_and_decode(tiny_run, tmp_path, levels, groups):
+@pytest.mark.parametrize("levels, groups, whiten", [(1, 1, False), (2, 1, False), (3, 1, False), (1, 2, False),
+                                                    (2, 1, True)])
+def test_codes_of_every_quantiser_round_trip_through_export_and_decode(tiny_run, tmp_path, levels, groups, whiten):
     """One code per patch, residual levels and product groups: tokens store (patches, levels),
     every format reads them back exactly, and decoding the exported codes is decoding the
     codebook's reconstruction of them (sum of levels' centroids, or the groups side by side)."""
@@ -79,7 +80,7 @@ def test_codes_of_every_quantiser_round_trip_through_export_and_decode(tiny_run,
     from tokenlm.tokenizer import AudioTokenizer
 
     run = RunDir(shutil.copytree(tiny_run, tmp_path / "run"))
-    fit_codebook_stage(run, 8, CodebookConfig(niter=5), device="cpu", levels=levels, groups=groups)
+    fit_codebook_stage(run, 8, CodebookConfig(niter=5), device="cpu", levels=levels, groups=groups, whiten=whiten)
     encode_run_stage(run, 8, device="cpu", progress=False)
     width = max(levels, groups)
     assert read_tokens_meta(run.tokens(8)).levels == width
@@ -99,6 +100,11 @@ def test_codes_of_every_quantiser_round_trip_through_export_and_decode(tiny_run,
     books = tokenizer.quantizer.codebooks
     parts = [books[level][codes.reshape(len(codes), -1)[:, level]] for level in range(width)]
     z = np.concatenate(parts, axis=1) if groups > 1 else np.sum(parts, axis=0)
+    if whiten:  # the centroids live in the whitened space (whitening.npy beside the codebook)
+        from tokenlm.quantizers import unwhiten
+
+        assert (run.codebook(8) / "whitening.npy").is_file()
+        z = unwhiten(z, tokenizer.quantizer.whitening)
     with torch.no_grad():
         expected_frames = tokenizer.coder.frames_from_patches(tokenizer.coder.autoencoder.decode(torch.from_numpy(z)))
     torch.testing.assert_close(frames, expected_frames)

@@ -99,3 +99,24 @@ def test_settings_and_bitrate():
         fit_quantizer(blobs(d=8), 4, "product", 3, CONFIG)
     assert bits_per_second(256, 2, 20.0) == 2 * 8 * 20.0
     assert math.isclose(bits_per_second(1024, 1, 20.0), 200.0)
+
+
+def test_whitening_makes_unit_covariance_and_reconstructs_in_the_bottleneck_space():
+    from tokenlm.quantizers import fit_whitening, unwhiten, whiten
+
+    rng = np.random.default_rng(0)
+    vectors = (rng.normal(size=(2000, 4)) @ np.array([[3, 1, 0, 0], [0, 1, 0, 0], [0, 0, .1, 0], [0, 0, 0, .01]])
+               + 5).astype(np.float32)
+    whitening = fit_whitening(vectors)
+    white = whiten(vectors, whitening)
+    np.testing.assert_allclose(np.cov(white, rowvar=False), np.eye(4), atol=1e-3)
+    np.testing.assert_allclose(unwhiten(white, whitening), vectors, rtol=1e-4, atol=1e-3)
+    quantizer, record = fit_quantizer(vectors, 16, "residual", 2, CONFIG, whitened=True)
+    assert record["whitened"] and quantizer.whitening is not None
+    codes, dists = quantizer.assign(vectors)
+    rebuilt = quantizer.reconstruct(codes)  # in the bottleneck's own space
+    np.testing.assert_allclose(dists, np.square(rebuilt - vectors).sum(1), rtol=1e-3, atol=1e-4)
+    # the low-variance directions get codes: the whitened error is spread over every direction
+    plain, _ = fit_quantizer(vectors, 16, "residual", 2, CONFIG)
+    small = np.abs(quantizer.quantise(vectors)[:, 3] - vectors[:, 3]).mean()
+    assert small < np.abs(plain.quantise(vectors)[:, 3] - vectors[:, 3]).mean()

@@ -15,6 +15,12 @@ Either way a patch is L codes in [0, K) (L = levels or groups): tokens store the
 code, (L, K, d) for residual levels, (L, K, d / L) for product groups (the shape says which).
 
 Bits per second of audio: L x log2 K x code rate, the figure configurations are compared by.
+
+Whitening (``tokenizer.whiten: true``): k-means then runs on the PCA-whitened bottleneck
+(every principal direction at unit variance), so low-variance directions, which plain k-means
+all but ignores, get their share of the centroids; codes are assigned there and reconstructed
+back in the bottleneck's own space. Saved beside the codebook as ``whitening.npy``, (d + 1, d):
+the mean, then the whitening matrix.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ class Quantizer:
     """L codebooks (L, K, d_l) and the rule that combines them (``kind``); see the module
     docstring. ``assign`` gives codes, ``reconstruct`` the vector the codes stand for."""
 
-    def __init__(self, codebooks: np.ndarray, kind: str):
+    def __init__(self, codebooks: np.ndarray, kind: str, whitening: np.ndarray | None = None):
         codebooks = np.ascontiguousarray(codebooks, dtype=np.float32)
         if kind not in KINDS:
             raise ConfigError(f"quantizer kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -60,6 +66,7 @@ class Quantizer:
         self.kind = kind
         self.codebooks = codebooks  # (L, K, d_l)
         self.assigners = [CodeAssigner(c) for c in codebooks]
+        self.whitening = None if whitening is None else np.ascontiguousarray(whitening, dtype=np.float32)
 
     @property
     def levels(self) -> int:
@@ -95,6 +102,12 @@ class Quantizer:
     def assign(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Codes (n, L) int64 and each vector's squared distance to its reconstruction (n,)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.whitening is not None:  # codes of the whitened vectors; distances in the bottleneck's space
+            codes, _ = self._assign(whiten(vectors, self.whitening))
+            return codes, np.square(self.reconstruct(codes) - vectors).sum(axis=1).astype(np.float32)
+        return self._assign(vectors)
+
+    def _assign(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         codes = np.empty((len(vectors), self.levels), dtype=np.int64)
         if self.kind == "product":
             dists = np.zeros(len(vectors), dtype=np.float32)
@@ -117,8 +130,10 @@ class Quantizer:
             raise ValueError(f"codes of {codes.shape[1]} levels for a quantiser of {self.levels}")
         parts = [self.codebooks[level][codes[:, level]] for level in range(self.levels)]
         if self.kind == "product":
-            return np.concatenate(parts, axis=1)
-        return np.sum(parts, axis=0, dtype=np.float32) if self.levels > 1 else parts[0]
+            out = np.concatenate(parts, axis=1)
+        else:
+            out = np.sum(parts, axis=0, dtype=np.float32) if self.levels > 1 else parts[0]
+        return out if self.whitening is None else unwhiten(out, self.whitening)
 
     def quantise(self, vectors: np.ndarray) -> np.ndarray:
         """Each vector replaced by its reconstruction through the codes (n, d)."""
@@ -129,8 +144,37 @@ class Quantizer:
         return [np.ascontiguousarray(vectors[:, g * width:(g + 1) * width]) for g in range(self.levels)]
 
 
+def fit_whitening(vectors: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """PCA whitening of ``vectors`` (n, d): (d + 1, d), the mean then W, so that
+    (x - mean) @ W has identity covariance (directions of near-zero variance floored at eps)."""
+    vectors = np.asarray(vectors, dtype=np.float64)
+    mean = vectors.mean(axis=0)
+    values, vecs = np.linalg.eigh(np.cov(vectors - mean, rowvar=False))
+    transform = vecs / np.sqrt(np.maximum(values, eps * max(values.max(), eps)))
+    return np.concatenate([mean[None], transform]).astype(np.float32)
+
+
+def whiten(vectors: np.ndarray, whitening: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray((vectors - whitening[0]) @ whitening[1:], dtype=np.float32)
+
+
+def unwhiten(vectors: np.ndarray, whitening: np.ndarray) -> np.ndarray:
+    inverse = np.linalg.inv(whitening[1:].astype(np.float64))
+    return (vectors @ inverse + whitening[0]).astype(np.float32)
+
+
 def fit_quantizer(vectors: np.ndarray, k: int, kind: str, levels: int,
-                  config: CodebookConfig = CodebookConfig()) -> tuple[Quantizer, dict]:
+                  config: CodebookConfig = CodebookConfig(), whitened: bool = False) -> tuple[Quantizer, dict]:
+    """``_fit_quantizer`` on the vectors as they are, or PCA-whitened first (``whitened``)."""
+    if not whitened:
+        return _fit_quantizer(vectors, k, kind, levels, config)
+    whitening = fit_whitening(vectors)
+    quantizer, record = _fit_quantizer(whiten(vectors, whitening), k, kind, levels, config)
+    return Quantizer(quantizer.codebooks, kind, whitening), {**record, "whitened": True}
+
+
+def _fit_quantizer(vectors: np.ndarray, k: int, kind: str, levels: int,
+                   config: CodebookConfig = CodebookConfig()) -> tuple[Quantizer, dict]:
     """Fit a quantiser of ``kind`` with ``levels`` codes per patch on ``vectors`` (n, d).
 
     Level (group) 0 is fitted exactly as the single codebook is (same seed, same sample), so

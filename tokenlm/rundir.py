@@ -55,6 +55,7 @@ REPORT = "report.md"
 TRAIN_LOG = "train_log.csv"
 CURRENT = "current.json"  # the tokenizer's current codebook size
 CODEBOOK = "codebook.npy"
+WHITENING = "whitening.npy"  # beside codebook.npy when k-means ran on the whitened bottleneck
 AUTOENCODER_WEIGHTS = "autoencoder.safetensors"
 MODEL_WEIGHTS = "model.safetensors"  # LM (save_pretrained's name) and CNN baselines
 WAVENET_WEIGHTS = "wavenet.safetensors"

@@ -31,7 +31,7 @@ from tokenlm.fileio import read_json, write_json
 from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
 from tokenlm.quantizers import Quantizer, quantizer_kind
 from tokenlm.rundir import (
-    AUTOENCODER_WEIGHTS, CODEBOOK, CONFIG, META, STAGE_FILE, RunDir, codebook_dir, codebook_sizes,
+    AUTOENCODER_WEIGHTS, CODEBOOK, CONFIG, META, STAGE_FILE, WHITENING, RunDir, codebook_dir, codebook_sizes,
     current_codebook_size, is_finished, read_feature_meta,
 )
 
@@ -61,6 +61,7 @@ class TokenizerConfig:
     # bottleneck cut into ``groups`` with a codebook each; 1 and 1 is one code per patch.
     levels: int = 1
     groups: int = 1
+    whiten: bool = False  # k-means on the PCA-whitened bottleneck (tokenlm.quantizers)
 
     def __post_init__(self):
         check_codebook_size(self.codebook_size)  # before the autoencoder trains, not after
@@ -259,6 +260,8 @@ class AudioTokenizer:
             have = ", ".join(codebook_dir(path, k).name for k in sorted(codebook_sizes(path), reverse=True)) or "none"
             raise ArtifactError(f"no codebook at {codebook} (this tokenizer has: {have})")
         quantizer = load_codebook(codebook / CODEBOOK, coder.autoencoder.encoder[-1].out_features)
+        if (codebook / WHITENING).is_file():
+            quantizer = Quantizer(quantizer.codebooks, quantizer.kind, load_whitening(codebook / WHITENING, quantizer.dim))
         check_outputs(codebook)  # missing or truncated files: one line naming the file
         info = {"tokenizer_dir": str(path.resolve()), "codebook_dir": str(codebook.resolve()),
                 "tokenizer_hash": _key_or_none(codebook)}
@@ -380,6 +383,17 @@ def load_codebook(path: Path, bottleneck: int) -> Quantizer:
     if not np.isfinite(centroids).all():
         raise ArtifactError(f"{path}: centroids are not finite (NaN or inf)")
     return quantizer
+
+
+def load_whitening(path: Path, bottleneck: int) -> np.ndarray:
+    """whitening.npy: (d + 1, d) finite floats (the mean, then an invertible matrix)."""
+    try:
+        whitening = np.load(path, allow_pickle=False)
+    except (OSError, EOFError, ValueError) as err:
+        raise ArtifactError(f"{path}: not a readable whitening ({str(err).splitlines()[0] or type(err).__name__})") from None
+    if whitening.shape != (bottleneck + 1, bottleneck) or not np.isfinite(whitening).all():
+        raise ArtifactError(f"{path}: expected finite ({bottleneck + 1}, {bottleneck}), got {whitening.shape}")
+    return whitening
 
 
 def _autoencoder_config(autoencoder: PatchAutoencoder) -> AutoencoderConfig:

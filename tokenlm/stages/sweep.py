@@ -101,7 +101,8 @@ def _sweep(ctx: RunContext, config: SweepConfig, codebook: CodebookConfig) -> Pa
     for i, k in enumerate(sizes, 1):
         click.secho(f"-- K={k} ({i}/{len(sizes)})", bold=True, err=True)
         started = time.time()
-        fit_codebook_stage(run, k, codebook, device=torch_device, levels=shape.levels, groups=shape.groups)
+        fit_codebook_stage(run, k, codebook, device=torch_device, levels=shape.levels, groups=shape.groups,
+                           whiten=shape.whiten)
         encode_run_stage(run, k, device=torch_device, progress=ctx.progress)
         for task in tasks:
             encode_task(run, task, k, device=torch_device, progress=ctx.progress)

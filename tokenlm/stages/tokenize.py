@@ -35,7 +35,7 @@ from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
 from tokenlm.pipeline import RunContext
 from tokenlm.quantizers import fit_quantizer, quantizer_kind
 from tokenlm.rundir import (
-    CODEBOOK, CONFIG, MANIFEST, METRICS, STAGE_FILE, TRAINING, RunDir, as_run, is_finished, read_feature_meta,
+    CODEBOOK, CONFIG, MANIFEST, METRICS, STAGE_FILE, TRAINING, WHITENING, RunDir, as_run, is_finished, read_feature_meta,
     read_run_manifest,
 )
 from tokenlm.runtime import pick_device, seed_everything
@@ -57,7 +57,7 @@ def tokenize(run: str | Path, config: TokenizerConfig = TokenizerConfig(), codeb
     device = pick_device(device)
     train_autoencoder_stage(run, config.autoencoder, config.training, device=device, progress=progress)
     fit_codebook_stage(run, config.codebook_size, codebook, device=device, levels=config.levels,
-                       groups=config.groups)
+                       groups=config.groups, whiten=config.whiten)
     out = encode_run_stage(run, config.codebook_size, device=device, progress=progress, engine=engine)
     run.set_codebook_size(config.codebook_size)
     return out
@@ -99,29 +99,32 @@ def _train_autoencoder(run: RunDir, work: Path, ae: AutoencoderConfig, training:
 # ---- codebook ---------------------------------------------------------------------------
 
 def fit_codebook_stage(run: str | Path | RunDir, k: int, config: CodebookConfig, *, device: torch.device,
-                       levels: int = 1, groups: int = 1) -> Path:
+                       levels: int = 1, groups: int = 1, whiten: bool = False) -> Path:
     """RUN/tokenizer/k{K}: k-means on the train split's bottleneck vectors + code metrics;
     with ``levels`` or ``groups`` > 1, several codes per patch (tokenlm.quantizers)."""
     run = as_run(run)
     kind = quantizer_kind(levels, groups)
     # One code per patch keeps the key it always had (its finished stages stay valid).
     shape = {} if kind == "single" else {"quantizer": kind, "levels": max(levels, groups)}
+    shape.update({"whiten": True} if whiten else {})
     stage = Stage(run.codebook(k), config={"k": k, "codebook": to_dict(config), **shape},
                   inputs={"autoencoder": stage_key(run.tokenizer)})
     return stage.build(f"codebook K={k}", lambda work: _fit_codebook(run, work, k, config, device, kind,
-                                                                   max(levels, groups)))
+                                                                   max(levels, groups), whiten))
 
 
 def _fit_codebook(run: RunDir, work: Path, k: int, config: CodebookConfig, device: torch.device,
-                  kind: str = "single", levels: int = 1) -> dict:
+                  kind: str = "single", levels: int = 1, whiten: bool = False) -> dict:
     coder = load_patch_coder(run.tokenizer).to(device)
     feats = run.features
     train = PatchSampler(feats, "train", coder.features, coder)
     vectors = bottlenecks(coder, train)
     start = time.time()
-    quantizer, record = fit_quantizer(vectors, k, kind, levels, config)
+    quantizer, record = fit_quantizer(vectors, k, kind, levels, config, whitened=whiten)
     record["fit_seconds"] = round(time.time() - start, 3)
     np.save(work / CODEBOOK, quantizer.to_array())
+    if quantizer.whitening is not None:
+        np.save(work / WHITENING, quantizer.whitening)
     metrics = codebook_metrics(coder, quantizer, vectors, train, PatchSampler(feats, "val", coder.features, coder))
     write_json(work / CONFIG, {**record, "bottleneck_variance": float(vectors.var(axis=0).sum())})
     write_json(work / METRICS, metrics)
@@ -291,4 +294,4 @@ def tokenizer_config(section: dict | None, overrides: dict, current: dict | None
                      {"epochs": overrides.get("epochs")}, where="tokenizer.training")
     top = build(TokenizerConfig, section, {"codebook_size": overrides.get("codebook_size")}, where="tokenizer")
     return TokenizerConfig(codebook_size=top.codebook_size, autoencoder=ae, training=training, levels=top.levels,
-                           groups=top.groups)
+                           groups=top.groups, whiten=top.whiten)
