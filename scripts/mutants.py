@@ -52,7 +52,7 @@ MUTANTS = (
              '"mulaw": mulaw}'),),
            ("tests/test_reported_numbers.py::test_decoder_distances_against_known_answers",)),
     Mutant("unit files written and read with commas (only tokenlm's reader agrees)",
-           (("tokenlm/pipeline/export.py", "{' '.join(map(str, codes.tolist()))}", "{','.join(map(str, codes.tolist()))}"),
+           (("tokenlm/pipeline/export.py", "{' '.join(map(str, stream.tolist()))}", "{','.join(map(str, stream.tolist()))}"),
             ("tokenlm/pipeline/export.py", "np.array(units.split(), dtype=np.uint16)",
              'np.array(units.split(","), dtype=np.uint16)')),
            ("tests/test_export.py::test_each_format_reads_back_with_the_consumers_own_tools",)),

@@ -135,3 +135,56 @@ def test_encode_only_output_exports_without_k_as_one_stream(tiny_run, tmp_path, 
     assert "has no codes at K=16 (it has: K=8)" in capsys.readouterr().err
     assert run_cli("export", tmp_path / "not_made", "--format", "units") == 1
     assert "no such run folder" in capsys.readouterr().err
+@pytest.mark.parametrize("levels, groups, whiten", [(1, 1, False), (2, 1, False), (3, 1, False), (1, 2, False),
+                                                    (2, 1, True)])
+def test_codes_of_every_quantiser_round_trip_through_export_and_decode(tiny_run, tmp_path, levels, groups, whiten):
+    """One code per patch, residual levels and product groups: tokens store (patches, levels),
+    every format reads them back exactly, and decoding the exported codes is decoding the
+    codebook's reconstruction of them (sum of levels' centroids, or the groups side by side)."""
+    import torch
+
+    from tokenlm.tokenizer.codebook import CodebookConfig
+    from tokenlm.run.rundir import read_tokens_meta
+    from tokenlm.pipeline.tokenize import encode_run_stage, fit_codebook_stage
+    from tokenlm.tokenizer.tokenizer import AudioTokenizer
+
+    run = RunDir(shutil.copytree(tiny_run, tmp_path / "run"))
+    fit_codebook_stage(run, 8, CodebookConfig(niter=5), device="cpu", levels=levels, groups=groups, whiten=whiten)
+    encode_run_stage(run, 8, device="cpu", progress=False)
+    width = max(levels, groups)
+    assert read_tokens_meta(run.tokens(8)).levels == width
+    expected = {split: {row["id"]: np.array(codes) for row, codes in RaggedSplit(run.tokens(8), split, "uint16",
+                                                                                 width=width)}
+                for split in SPLITS}
+    some = next(c for clips in expected.values() for c in clips.values())
+    assert some.shape[1:] == (() if width == 1 else (width,))
+    tokenizer = AudioTokenizer.load(run.tokenizer, codebook_size=8, device="cpu")
+    assert tokenizer.levels == width
+    for fmt in ("units", "npy") + (("hf",) if _has_datasets() else ()):
+        found = read_export(export(run, fmt, 8, tmp_path / fmt), fmt)
+        assert_same(found, expected)
+    codes = some.astype(np.int64)
+    frames = tokenizer.decode(codes)
+    assert frames.shape == (len(codes) * tokenizer.patch_frames, tokenizer.coder.features.n_mels)
+    books = tokenizer.quantizer.codebooks
+    parts = [books[level][codes.reshape(len(codes), -1)[:, level]] for level in range(width)]
+    z = np.concatenate(parts, axis=1) if groups > 1 else np.sum(parts, axis=0)
+    if whiten:  # the centroids live in the whitened space (whitening.npy beside the codebook)
+        from tokenlm.tokenizer.quantizers import unwhiten
+
+        assert (run.codebook(8) / "whitening.npy").is_file()
+        z = unwhiten(z, tokenizer.quantizer.whitening)
+    with torch.no_grad():
+        expected_frames = tokenizer.coder.frames_from_patches(tokenizer.coder.autoencoder.decode(torch.from_numpy(z)))
+    torch.testing.assert_close(frames, expected_frames)
+    if width > 1:
+        with pytest.raises(ValueError, match="codes of shape"):
+            tokenizer.decode(codes[:, 0])
+
+
+def _has_datasets() -> bool:
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -43,7 +43,7 @@ def render_report(results: dict) -> str:
     lines += [
         "",
         f"*{LINEAR}*: the same standardised multinomial logistic regression on frozen features for every "
-        "row (C chosen on val). Sequences (autoencoder bottleneck, LM states) are pooled over time as "
+        "row (C chosen on val). Sequences (autoencoder bottleneck, quantised bottleneck, LM states) are pooled over time as "
         "the title says: mean, mean+std or mean+max, chosen on val unless the probe's `pooling` fixes it. "
         f"*{SUPERVISED}*: the network's own classifier, trained with labels (not a probe).",
         "Log-mel statistics are the floor a learned representation must beat. " + _pretraining_note(results),

@@ -2,13 +2,17 @@
 
 - ``logmel_stats``: mean + std of each mel bin over time, the floor every learned
   representation must beat;
-- ``bag_of_codes``: the normalised histogram of a clip's codes (RUN/tokens/k{K});
+- ``bag_of_codes``: the normalised histogram of a clip's codes (RUN/tokens/k{K}; with several
+  codes per patch, one histogram per level side by side);
 - ``autoencoder_bottleneck``: the tokenizer's un-quantised bottleneck per patch;
+- ``quantised_bottleneck``: the same with each patch replaced by what its codes stand for
+  (its centroid, or the sum / concatenation of its levels'), pooled the same way: the rung
+  between the bottleneck and the codes, where quantisation alone loses what it loses;
 - ``lm_layers``: the code LM's hidden states per code, one per layer (0 is the embedding
   output), and optionally all of those layers concatenated;
 - ``simclr_embeddings``: the SimCLR trunk's embedding, averaged over a clip's windows.
 
-The autoencoder and LM rows are sequences: they carry their statistics over time
+The autoencoder, quantised and LM rows are sequences: they carry their statistics over time
 (``tokenlm.evaluation.pooling``) and the probe pools them (mean, mean+std or mean+max, chosen
 on val).
 
@@ -68,9 +72,10 @@ class Representation:
 class Codes:
     """Every labelled clip's codes by clip id, from one tokens folder."""
 
-    by_id: dict[str, np.ndarray]
+    by_id: dict[str, np.ndarray]  # (T,) codes, or (T, levels) with several codes per patch
     codebook_size: int
     directory: Path
+    levels: int = 1
 
 
 @dataclass(frozen=True)
@@ -100,14 +105,18 @@ def logmel_stats(clips: LabelledClips, progress: bool = True) -> Representation:
 
 
 def bag_of_codes(clips: LabelledClips, codes: Codes, cost: TokenizerCost) -> Representation:
-    """Normalised histogram of each clip's codes: (N, K)."""
+    """Normalised histogram of each clip's codes: (N, K); with L codes per patch, each
+    level's histogram side by side, (N, L * K)."""
     start = time.perf_counter()
-    size = codes.codebook_size
-    vectors = np.zeros((len(clips), size), dtype=np.float32)
+    size, levels = codes.codebook_size, codes.levels
+    vectors = np.zeros((len(clips), levels * size), dtype=np.float32)
     for i, clip_id in enumerate(clips.ids):
-        counts = np.bincount(codes.by_id[clip_id].astype(np.int64), minlength=size)[:size]
-        vectors[i] = counts / max(counts.sum(), 1)
-    return Representation("bag_of_codes", f"bag of codes (K={size})", vectors, encoder_params=cost.code_params,
+        clip = codes.by_id[clip_id].astype(np.int64).reshape(-1, levels)
+        offsets = clip + size * np.arange(levels)  # level l's code c counts in column l * K + c
+        counts = np.bincount(offsets.ravel(), minlength=levels * size)
+        vectors[i] = counts / max(len(clip), 1)
+    shape = f"K={size}" if levels == 1 else f"{levels} x K={size}"
+    return Representation("bag_of_codes", f"bag of codes ({shape})", vectors, encoder_params=cost.code_params,
                           encoder_train_s=cost.train_s, extract_s=time.perf_counter() - start,
                           notes="encoder = autoencoder encoder + codebook")
 
@@ -131,6 +140,28 @@ def autoencoder_bottleneck(clips: LabelledClips, models: RunDir, codebook_size: 
                           statistics=_stacked(per_clip), pooling="mean+std")
 
 
+def quantised_bottleneck(clips: LabelledClips, models: RunDir, codebook_size: int | None, device,
+                         progress: bool = True) -> Representation:
+    """The autoencoder row after quantisation: each patch's bottleneck replaced by what its
+    codes (the codebook of ``codebook_size``) stand for, as statistics over patches, pooled as
+    the autoencoder row is. Between the two, what quantisation alone loses."""
+    tokenizer = load_tokenizer(models, codebook_size, device)
+    _check_same_features(tokenizer, clips)
+    start = time.perf_counter()
+    per_clip = []
+    for i in _bar(range(len(clips)), "quantised", progress):
+        frames = torch.from_numpy(clips.logmel(i).astype(np.float32))  # (T, M) dB
+        per_clip.append(time_statistics(tokenizer.quantise_frames(frames.to(device)).numpy()))
+    cost = tokenizer_cost(models, tokenizer)
+    quantizer = tokenizer.quantizer
+    shape = f"K={quantizer.codebook_size}" if quantizer.levels == 1 else \
+        f"{quantizer.kind}, {quantizer.levels} x K={quantizer.codebook_size}"
+    return Representation("quantised", f"quantised bottleneck ({shape})", None, encoder_params=cost.code_params,
+                          encoder_train_s=cost.train_s, extract_s=time.perf_counter() - start,
+                          statistics=_stacked(per_clip), pooling="mean+std",
+                          notes="each patch replaced by its codes' centroid(s)")
+
+
 def lm_layers(clips: LabelledClips, codes: Codes, lm_dir: Path, layers: str, batch_clips: int,
               cost: TokenizerCost, device, progress: bool = True, concat: bool = False) -> list[Representation]:
     """The code LM's hidden states (the LM at ``lm_dir``): their statistics over time, one
@@ -141,6 +172,9 @@ def lm_layers(clips: LabelledClips, codes: Codes, lm_dir: Path, layers: str, bat
     if not is_finished(lm_dir):
         raise Unavailable(f"no trained LM at {lm_dir} (run `tokenlm pretrain {clips.run.root}` first)")
     lm = CodeLM.load(lm_dir, device=device)
+    if lm.levels != codes.levels:
+        raise Unavailable(f"the LM was trained on {lm.levels} code(s) per patch, {codes.directory} holds "
+                          f"{codes.levels} (tokenizer.levels / groups)")
     if lm.codebook_size != codes.codebook_size:
         raise Unavailable(f"the LM was trained on {lm.codebook_size}-code tokens, the probed codes have "
                           f"{codes.codebook_size} (pass -K {lm.codebook_size})")
@@ -240,12 +274,13 @@ def load_codes(clips: LabelledClips, codebook_size: int | None) -> Codes:
     with the features about a clip's split or lie outside the codebook.
     """
     directory = _tokens_folder(clips.run, codebook_size)
-    size = read_tokens_meta(directory).codebook_size
+    meta = read_tokens_meta(directory)
+    size, levels = meta.codebook_size, meta.levels
     by_id, split_of = {}, {}
     for split in SPLITS:
         if not (directory / index_file(split)).is_file():
             continue
-        for row, array in RaggedSplit(directory, split, "uint16"):
+        for row, array in RaggedSplit(directory, split, "uint16", width=levels):
             by_id[str(row["id"])] = np.asarray(array)
             split_of[str(row["id"])] = split
     for clip_id, split in zip(clips.ids, clips.splits):
@@ -257,7 +292,7 @@ def load_codes(clips: LabelledClips, codebook_size: int | None) -> Codes:
         raise Unavailable(f"{len(missing)} labelled clip(s) have no codes in {directory} (e.g. {missing[0]})")
     if any(len(c) and int(c.max()) >= size for c in by_id.values()):
         raise ArtifactError(f"codes beyond the codebook of {size} in {directory}: the tokens are corrupt")
-    return Codes(by_id, size, directory)
+    return Codes(by_id, size, directory, levels)
 
 
 def tokens_folder_or_none(run: RunDir, codebook_size: int | None) -> Path | None:
@@ -307,7 +342,7 @@ def tokenizer_cost(run: RunDir, tokenizer=None, codebook_size: int | None = None
     codebook_s = _stage_seconds(run.codebook(tokenizer.codebook_size))
     return TokenizerCost(
         encoder_params=_module_params(tokenizer.coder.autoencoder.encoder),
-        codebook_params=int(tokenizer.centroids.size),
+        codebook_params=int(tokenizer.quantizer.codebooks.size),
         autoencoder_train_s=autoencoder_s,
         train_s=None if autoencoder_s is None else autoencoder_s + (codebook_s or 0.0),
     )

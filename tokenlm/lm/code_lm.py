@@ -26,6 +26,8 @@ import torch.nn.functional as F
 
 from tokenlm.run.artifacts import check_outputs
 from tokenlm.core.errors import ArtifactError, ConfigError
+from tokenlm.lm import multilevel
+from tokenlm.lm.windows import plan_windows
 from tokenlm.models.gpt import resolve_attn_implementation, same_clip_mask, with_causal_lm_loss
 from tokenlm.run.rundir import CONFIG
 from tokenlm.core.runtime import pick_device
@@ -44,22 +46,6 @@ IGNORE = -100  # label of positions that are not scored (padding, context-only p
 
 
 # ---- sequences shared by training, validation and CodeLM ----------------------------------
-
-def plan_windows(num_positions: int, context: int, first: int = 0) -> list[tuple[int, int, int]]:
-    """Cover positions ``first .. num_positions-1`` of a sequence with windows of at most
-    ``context`` positions. Returns ``(start, end, emit_from)`` per window: feed positions
-    ``start:end``, keep the outputs of ``emit_from:end``. See the module docstring."""
-    if num_positions <= first:
-        return []
-    end = min(num_positions, context)
-    windows = [(0, end, first)]
-    hop = context - context // 2
-    while end < num_positions:
-        new_end = min(end + hop, num_positions)
-        windows.append((new_end - context, new_end, end))
-        end = new_end
-    return windows
-
 
 def scoring_windows(clip: np.ndarray, bos: int, context: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(input_ids, labels) windows that score every code of a clip exactly once: code t is
@@ -160,7 +146,10 @@ class CodeLM:
         self.model = model.eval()
         self.info = dict(info)
         self.device = device or next(model.parameters()).device
-        self.codebook_size = int(info["codebook_size"])
+        # Several codes per patch (tokenlm.lm.multilevel): the config's codebook_size counts every
+        # level's ids; K, the codes of one level, is what codes are checked against.
+        self.levels = int(info.get("levels", 1))
+        self.codebook_size = int(info["codebook_size"]) // self.levels
         self.bos = int(info["bos_token_id"])
         self.context = int(model.config.n_positions)
         # LMs from before objectives existed are next-code LMs.
@@ -213,16 +202,23 @@ class CodeLM:
                                 f"on a {self.codebook_size}-code tokenizer (codes 0..{self.codebook_size - 1})")
 
     def _clips(self, codes) -> list[np.ndarray]:
-        """A list of 1-D clips from a list of arrays/tensors, a (B, T) tensor or one 1-D clip."""
+        """A list of 1-D clips from a list of arrays/tensors, a (B, T) tensor or one 1-D clip
+        ((T, L) clips, a (B, T, L) tensor or one (T, L) clip for an LM of L levels)."""
+        dims = 1 if self.levels == 1 else 2
         if isinstance(codes, (torch.Tensor, np.ndarray)):
             array = codes.detach().cpu().numpy() if isinstance(codes, torch.Tensor) else codes
-            clips = [array] if array.ndim == 1 else list(array)
+            clips = [array] if array.ndim == dims else list(array)
         else:
             clips = [c.detach().cpu().numpy() if isinstance(c, torch.Tensor) else np.asarray(c) for c in codes]
         out = []
         for i, clip in enumerate(clips):
-            if clip.ndim != 1:
+            if self.levels > 1 and clip.size == 0:
+                clip = clip.reshape(0, self.levels)
+            if self.levels == 1 and clip.ndim != 1:
                 raise ConfigError(f"clip {i}: codes must be 1-D, got shape {tuple(clip.shape)}")
+            if self.levels > 1 and (clip.ndim != 2 or clip.shape[1] != self.levels):
+                raise ConfigError(f"clip {i}: codes must be (T, {self.levels}) for this {self.levels}-level LM, "
+                                  f"got shape {tuple(clip.shape)}")
             clip = clip.astype(np.int64)
             self.check_codes(clip, where=f"clip {i}'s codes")
             out.append(clip)
@@ -260,11 +256,19 @@ class CodeLM:
         for i, clip in enumerate(clips):
             jobs += [(i, *w) for w in plan_windows(len(clip) + 1, self.context, first=1)]
         for batch in _batches_by_length(jobs, batch_size):
-            inputs = [np.concatenate([[self.bos], clips[i]])[a:b] for i, a, b, _ in batch]
-            ids, _ = pad_batch(inputs, None, self.bos)
-            ids = ids.to(self.device)
-            result = self.model(input_ids=ids, attention_mask=self._bidirectional_mask(ids),
-                                output_hidden_states=True, use_cache=False)
+            if self.levels > 1:  # a patch: the sum of its levels' embeddings (tokenlm.lm.multilevel)
+                bos_row = np.full((1, self.levels), self.codebook_size)
+                inputs = [multilevel.to_ids(np.concatenate([bos_row, clips[i]])[a:b], self.codebook_size)
+                          for i, a, b, _ in batch]
+                ids, _ = multilevel.pad(inputs, None, self.bos)
+                result = multilevel.forward(self.model, ids.to(self.device), output_hidden_states=True,
+                                            use_cache=False)
+            else:
+                inputs = [np.concatenate([[self.bos], clips[i]])[a:b] for i, a, b, _ in batch]
+                ids, _ = pad_batch(inputs, None, self.bos)
+                ids = ids.to(self.device)
+                result = self.model(input_ids=ids, attention_mask=self._bidirectional_mask(ids),
+                                    output_hidden_states=True, use_cache=False)
             stacked = torch.stack(result.hidden_states, dim=1).float().cpu()  # (B, layers+1, T, d)
             for row, (i, a, b, emit) in enumerate(batch):
                 # Sequence position p holds clip position p-1 (BOS is position 0).
@@ -285,6 +289,8 @@ class CodeLM:
         of the model), which is what training's validation loss measures too."""
         self._require_causal("likelihood")
         clips = self._clips(codes)
+        if self.levels > 1:  # each patch's log-probability: the sum over its levels
+            return multilevel.log_likelihood(self, clips, batch_size)
         out = [torch.zeros(len(c)) for c in clips]
         jobs = []
         for i, clip in enumerate(clips):
@@ -305,6 +311,8 @@ class CodeLM:
     def perplexity(self, codes, batch_size: int = 16) -> float:
         """exp(mean negative log-likelihood per code) over all codes of all clips."""
         logps = self.log_likelihood(codes, batch_size=batch_size)
+        if self.levels > 1:
+            return multilevel.perplexity_per_code(logps, self.levels)
         n = sum(len(x) for x in logps)
         if n == 0:
             return float("nan")
@@ -325,6 +333,8 @@ class CodeLM:
         """
         self._require_causal("generation")
         prompt = self._clips([[] if prompt is None else prompt])[0]
+        if self.levels > 1:  # (n, L): every level of a patch per step (tokenlm.lm.multilevel)
+            return multilevel.generate(self, prompt, n, temperature, top_k, seed, use_cache)
         generator = torch.Generator(device=self.device).manual_seed(int(seed))
         window = [self.bos, *prompt.tolist()][-self.context:]  # a long prompt: its last context codes
         keep = self.context // 2

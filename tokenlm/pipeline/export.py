@@ -21,6 +21,12 @@ run's manifest; HF takes any split name). Encode-only codes of an unlabelled fol
 splits (``tokenlm tokenize OUT --tokenizer ...``) are one stream, ``all``. Without ``-K`` the
 K is the run's current one, else the only one tokenized (an encode-only OUT has no tokenizer).
 
+Tokens of several codes per patch (``tokenizer.levels`` / ``groups``) are exported as one
+unit stream per level, not flattened (a flattened stream would interleave levels that mean
+different things): units writes level 1 to {split}.units, as for one level, so a tool that
+reads one stream gets the coarse codes, and level l+1 to {split}.level{l}.units; npy saves each
+clip as a (patches, levels) array; hf's codes column holds one list of levels per patch.
+
 Each format reads back to exactly the stored codes (``read_export``).
 """
 
@@ -55,12 +61,11 @@ def export(run: str | Path | RunDir, fmt: str, codebook_size: int | None = None,
         out = Path(out) if out else run.export(fmt, k)
         stores = [(Path(), run.tokens(k))] + [(Path("tasks") / name, run.task(name).tokens(k))
                                               for name in run.task_names() if is_finished(run.task(name).tokens(k))]
-        for _, tokens in stores:
-            read_tokens_meta(tokens, k)  # finished, complete, and of this K
+        levels = [read_tokens_meta(tokens, k).levels for _, tokens in stores]  # finished, complete, of this K
 
         def write(work: Path) -> None:
-            for where, tokens in stores:
-                WRITERS[fmt](_clips(tokens), work / where, _names(tokens))
+            for (where, tokens), n_levels in zip(stores, levels):
+                WRITERS[fmt](_clips(tokens, n_levels), work / where, _names(tokens))
 
         # Built beside OUT and swapped in whole: a kill leaves the previous export (or none),
         # no stale file of an earlier export stays, and a folder of the user's is refused.
@@ -99,26 +104,35 @@ def _names(tokens: Path) -> dict[str, str]:
     return {split: split for split in SPLITS}
 
 
-def _clips(tokens: Path):
-    """(split, index row, codes) of every stored clip, split by split."""
+def _clips(tokens: Path, levels: int = 1):
+    """(split, index row, codes) of every stored clip, split by split: codes (T,), or (T, L)."""
     for split in SPLITS:
-        for row, codes in RaggedSplit(tokens, split, "uint16"):
+        for row, codes in RaggedSplit(tokens, split, "uint16", width=levels):
             yield split, row, np.asarray(codes, dtype=np.uint16)
 
 
 def _write_units(clips, out: Path, names: dict[str, str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    lines = {split: [] for split in names}
+    lines = {}  # (split, level) -> lines
     labels = {split: [] for split in names}
     for split, row, codes in clips:
         if "|" in row["id"] or "\n" in row["id"]:
             raise ArtifactError(f"clip id {row['id']!r} holds '|' or a line break: it cannot be a unit file's name")
-        lines[split].append(f"{row['id']}|{' '.join(map(str, codes.tolist()))}\n")
+        streams = [codes] if codes.ndim == 1 else list(codes.T)  # one stream per level
+        for level, stream in enumerate(streams):
+            lines.setdefault((split, level), []).append(f"{row['id']}|{' '.join(map(str, stream.tolist()))}\n")
         labels[split].append({"id": row["id"], "label": row.get("label")})
+    levels = 1 + max((level for _, level in lines), default=0)
     for split, name in names.items():
-        (out / f"{name}.units").write_text("".join(lines[split]))
+        for level in range(levels):
+            (out / units_file(name, level)).write_text("".join(lines.get((split, level), [])))
         if name != STREAM_NAME or any(row["label"] is not None for row in labels[split]):  # an unlabelled stream has none
             write_jsonl(out / f"{name}.labels.jsonl", labels[split])
+
+
+def units_file(split: str, level: int) -> str:
+    """Level 0's stream is {split}.units (what one level writes); level l's {split}.level{l}.units."""
+    return f"{split}.units" if level == 0 else f"{split}.level{level}.units"
 
 
 def _write_npy(clips, out: Path, names: dict[str, str]) -> None:
@@ -137,7 +151,9 @@ def _write_hf(clips, out: Path, names: dict[str, str]) -> None:
 
     datasets = require_datasets()
     columns = {split: {"id": [], "label": [], "split": [], "codes": []} for split in names}
+    multi = False
     for split, row, codes in clips:
+        multi = multi or codes.ndim == 2
         for name, value in (("id", row["id"]), ("label", row.get("label")), ("split", names[split]),
                             ("codes", codes)):
             columns[split][name].append(value)
@@ -150,12 +166,21 @@ def _write_hf(clips, out: Path, names: dict[str, str]) -> None:
         label_feature = datasets.Value("string")
     features = datasets.Features({"id": datasets.Value("string"), "label": label_feature,
                                   "split": datasets.Value("string"),
-                                  "codes": datasets.Sequence(datasets.Value("uint16"))})
+                                  "codes": datasets.Sequence(datasets.Sequence(datasets.Value("uint16")) if multi
+                                                             else datasets.Value("uint16"))})
     parts = {names[s]: datasets.Dataset.from_dict(c, features=features) for s, c in columns.items() if c["id"]}
     datasets.DatasetDict(parts).save_to_disk(str(out))
 
 
 WRITERS = {"units": _write_units, "npy": _write_npy, "hf": _write_hf}
+
+
+def _read_units(path: Path) -> dict[str, np.ndarray]:
+    streams = {}
+    for line in path.read_text().splitlines():
+        clip_id, units = line.rsplit("|", 1)
+        streams[clip_id] = np.array(units.split(), dtype=np.uint16)
+    return streams
 
 
 def read_export(out: str | Path, fmt: str) -> dict[str, dict[str, np.ndarray]]:
@@ -164,11 +189,12 @@ def read_export(out: str | Path, fmt: str) -> dict[str, dict[str, np.ndarray]]:
     out = Path(out)
     found: dict[str, dict[str, np.ndarray]] = {}
     if fmt == "units":
-        for path in sorted(out.glob("*.units")):
-            found[path.stem] = {}
-            for line in path.read_text().splitlines():
-                clip_id, units = line.rsplit("|", 1)
-                found[path.stem][clip_id] = np.array(units.split(), dtype=np.uint16)
+        for path in sorted(p for p in out.glob("*.units") if ".level" not in p.name):
+            streams = [_read_units(path)]
+            while (out / units_file(path.stem, len(streams))).is_file():
+                streams.append(_read_units(out / units_file(path.stem, len(streams))))
+            found[path.stem] = {clip_id: codes if len(streams) == 1 else np.stack([s[clip_id] for s in streams], axis=1)
+                                for clip_id, codes in streams[0].items()}
     elif fmt == "npy":
         for row in read_jsonl(out / "index.jsonl"):
             found.setdefault(row["split"], {})[row["id"]] = np.load(out / row["file"])

@@ -22,8 +22,10 @@ from tokenlm.pipeline.loaders import load_lm, load_lm_tokenizer
 from tokenlm.core.outputs import has_generation_record, publish_json, publish_npy
 
 
-def read_prompt_codes(path: str | Path) -> np.ndarray:
-    """1-D codes from a .npy file or a text file of whitespace/comma separated integers."""
+def read_prompt_codes(path: str | Path, levels: int = 1) -> np.ndarray:
+    """1-D codes from a .npy file or a text file of whitespace/comma separated integers; for an
+    LM of several codes per patch, a (T, levels) .npy (or a text file of T x levels integers,
+    a patch's levels side by side)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"prompt codes not found: {path}")
@@ -34,8 +36,12 @@ def read_prompt_codes(path: str | Path) -> np.ndarray:
             codes = np.array(path.read_text().replace(",", " ").split(), dtype=np.int64)
     except (ValueError, EOFError) as err:  # EOFError: an empty or truncated .npy
         raise ConfigError(f"{path}: not a list of integer codes ({err})") from None
-    if codes.ndim != 1 or not np.issubdtype(codes.dtype, np.integer):
-        raise ConfigError(f"{path}: expected a 1-D array of integer codes, got {codes.dtype} {codes.shape}")
+    if levels > 1 and codes.ndim == 1 and path.suffix != ".npy" and len(codes) % levels == 0:
+        codes = codes.reshape(-1, levels)
+    shape = "a 1-D array" if levels == 1 else f"a (T, {levels}) array"
+    if codes.ndim != (1 if levels == 1 else 2) or (levels > 1 and codes.shape[1] != levels) \
+            or not np.issubdtype(codes.dtype, np.integer):
+        raise ConfigError(f"{path}: expected {shape} of integer codes, got {codes.dtype} {codes.shape}")
     return codes.astype(np.int64)
 
 
@@ -58,12 +64,12 @@ def generate_codes(run: str | RunDir, *, prompt_codes: str | Path | None = None,
         raise ConfigError(f"--n must be >= 1, got {n}")
     lm = load_lm(run, device)
     if prompt_codes:
-        prompt = read_prompt_codes(prompt_codes)
+        prompt = read_prompt_codes(prompt_codes, lm.levels)
         lm.check_codes(prompt, where=f"{prompt_codes}")
     elif prompt_audio:
         prompt = encode_prompt_audio(run, prompt_audio, lm)
     else:
-        prompt = np.zeros(0, dtype=np.int64)
+        prompt = np.zeros(0 if lm.levels == 1 else (0, lm.levels), dtype=np.int64)
     new = lm.generate(prompt, n, temperature=temperature, top_k=top_k, seed=seed).numpy()
     codes = np.concatenate([prompt, new]) if include_prompt else new
     source = prompt_codes or prompt_audio
@@ -74,7 +80,7 @@ def generate_codes(run: str | RunDir, *, prompt_codes: str | Path | None = None,
         "lm": str(run.lm), "prompt": str(source) if source else None,
         "prompt_length": int(len(prompt)) if include_prompt else 0, "generated": int(n),
         "temperature": temperature, "top_k": top_k, "seed": seed,
-        "codebook_size": lm.codebook_size, "code_rate": rate,
+        "codebook_size": lm.codebook_size, "code_rate": rate, "levels": lm.levels,
         "seconds": round(len(codes) / rate, 3) if rate else None,
     })
     return out

@@ -25,6 +25,11 @@ Validation scores every code of every val clip once, exactly as ``CodeLM.perplex
 (``tokenlm.lm.code_lm.scoring_windows``), so the logged val perplexity, metrics.json and the
 benchmark's figure are one number, comparable with the unigram/bigram references.
 
+Tokens of several codes per patch (``tokenizer.levels`` / ``groups``) train one position per
+patch that reads the sum of its levels' embeddings and predicts every level of the next patch,
+one head per level (``tokenlm.lm.multilevel``, which says why not the delay pattern); their
+perplexity is per code (every level's), and the count references are the first level's.
+
 ``lm.objective`` chooses what is learnt (tokenlm.lm.objectives): ``next`` (the above), ``multi``
 (also codes t+2..t+n; validation judges the next-code head) or ``masked`` (masked spans,
 bidirectional; its metrics.json has masked-code loss and accuracy instead of perplexity).
@@ -55,6 +60,8 @@ from tokenlm.pipeline.registry import RunContext
 from tokenlm.run.rundir import METRICS, SPLITS, STAGE_FILE, TRAIN_LOG, RunDir, TokensMeta, read_tokens_meta, as_run
 from tokenlm.data.store import bin_file, RaggedSplit
 from tokenlm.data.store import sample_clips
+from tokenlm.lm import multilevel
+from tokenlm.core.errors import ConfigError
 from tokenlm.training import TrainConfig, distributed_stage, train
 
 
@@ -161,6 +168,9 @@ def pretrain(run: str | Path, model: LMConfig = LMConfig(), training: TrainConfi
     if device is not None:
         training = dataclasses.replace(training, device=device)
     tokens = read_tokens_meta(run.tokens(k), k)
+    if tokens.levels > 1 and model.objective != "next":
+        raise ConfigError(f"lm.objective {model.objective} reads one code per patch; {tokens.directory} holds "
+                          f"{tokens.levels} (a multi-level LM is trained with objective next)")
     key_training = {name: value for name, value in to_dict(training).items() if name != "device"}
     stage = Stage(Path(out_dir) if out_dir is not None else run.lm,
                   config={"model": model.key(), "training": key_training, "codebook_size": tokens.codebook_size},
@@ -199,23 +209,30 @@ class _LMJob:
 
     def train(self, work: Path, dist, progress: bool, callbacks) -> None:
         tokens, model_cfg, training = self.tokens, self.model_cfg, self.training
-        splits = {name: RaggedSplit(tokens.directory, name, "uint16") for name in SPLITS}
+        levels = tokens.levels
+        splits = {name: RaggedSplit(tokens.directory, name, "uint16", width=levels) for name in SPLITS}
         for split in splits.values():
             _check_codes(split, tokens.codebook_size)
         if len(splits["train"].data) == 0:
             raise TokenlmError(f"{tokens.directory}: the train split has no codes to learn from")
-        bos = vocab_layout(tokens.codebook_size)["bos_token_id"]
+        bos = vocab_layout(tokens.codebook_size * levels)["bos_token_id"]  # level l's codes are ids l*K..
         info = {"code_rate": tokens.code_rate, "sample_rate": tokens.sample_rate,
                 "samples_per_code": tokens.samples_per_code, "tokens_key": stage_key(tokens.directory),
-                "tokenizer_hash": tokens.raw.get("tokenizer_hash"), "tokenizer_dir": self.tokenizer_dir()}
+                "tokenizer_hash": tokens.raw.get("tokenizer_hash"), "tokenizer_dir": self.tokenizer_dir(),
+                **({"levels": levels} if levels > 1 else {})}
         torch.manual_seed(training.seed)  # the initial weights
-        model = build_gpt2(model_cfg, tokens.codebook_size, device=dist.device, info=info)
-        trained, loss_fn, train_batch, val_batches = _objective(model, model_cfg, splits, bos, training.batch_size)
+        model = build_gpt2(model_cfg, tokens.codebook_size * levels, device=dist.device, info=info)
+        if levels > 1:
+            trained, loss_fn, train_batch, val_batches = _level_objective(model, model_cfg, splits, tokens.codebook_size,
+                                                                          training.batch_size)
+        else:
+            trained, loss_fn, train_batch, val_batches = _objective(model, model_cfg, splits, bos, training.batch_size)
         code_rate = tokens.code_rate or 0.0
         val = val_batches(splits["val"]) if len(splits["val"].data) else None
         if dist.is_main:
             params = sum(p.numel() for p in model.parameters())
-            _say(f"lm: {params / 1e6:.2f} M parameters, {len(splits['train'].data)} train codes, "
+            shape = "" if levels == 1 else f" (patches) x {levels} levels"
+            _say(f"lm: {params / 1e6:.2f} M parameters, {len(splits['train'].data)} train codes{shape}, "
                  f"K={tokens.codebook_size}, context {model_cfg.context}, {dist.world_size} process(es) on "
                  f"{dist.device} ({model.config._attn_implementation} attention, {model_cfg.objective} objective)")
         result = train(
@@ -224,7 +241,7 @@ class _LMJob:
             train_batch=train_batch,
             val_batches=(lambda: val) if val else None,
             val_metrics=None if model_cfg.objective == "masked" else (
-                lambda loss: {"val_ppl": math.exp(min(loss, 700.0)), "val_bits_per_s": loss / math.log(2) * code_rate}),
+                lambda loss: {"val_ppl": math.exp(min(loss, 700.0)), "val_bits_per_s": loss / math.log(2) * code_rate * levels}),
             count_items=count_targets,
             items_name="tokens",
             dist=dist,
@@ -236,7 +253,7 @@ class _LMJob:
             from transformers.utils import logging as hf_logging  # transformers loads lazily
 
             hf_logging.disable_progress_bar()  # "Writing model shards" for a one-file model is noise
-            self.metrics = _final_metrics(model, result, splits, bos, self, work, dist, val_batches)
+            self.metrics = _final_metrics(model, result, splits, bos, self, work, dist, val_batches, loss_fn)
             model.cpu().save_pretrained(work)
             write_json(work / METRICS, self.metrics)
 
@@ -256,7 +273,16 @@ def _objective(model, cfg: LMConfig, splits: dict, bos: int, batch_size: int):
     return model, lm_loss, packed, batches
 
 
-def _final_metrics(model, result, splits, bos, job: _LMJob, work: Path, dist, val_batches) -> dict:
+def _level_objective(model, cfg: LMConfig, splits: dict, size: int, batch_size: int):
+    """``_objective`` for tokens of several codes per patch (tokenlm.lm.multilevel): next patch,
+    every level."""
+    levels = splits["train"].width
+    return (model, functools.partial(multilevel.level_loss, levels=levels, size=size),
+            multilevel.PackedLevels(splits["train"], size, cfg.context),
+            lambda split: multilevel.validation_batches(split, size, cfg.context, batch_size))
+
+
+def _final_metrics(model, result, splits, bos, job: _LMJob, work: Path, dist, val_batches, loss_fn=lm_loss) -> dict:
     """Val and test perplexity of the kept weights next to the count references (a masked-code
     LM: its masked-prediction loss and accuracy instead, perplexity does not apply)."""
     code_rate, context, batch_size = job.tokens.code_rate or 0.0, job.model_cfg.context, job.training.batch_size
@@ -272,19 +298,38 @@ def _final_metrics(model, result, splits, bos, job: _LMJob, work: Path, dist, va
             loss, accuracy = masked_scores(model, val_batches(splits[name]), bos, job.tokens.codebook_size,
                                            dist.device)
             metrics[f"{name}_masked_loss"], metrics[f"{name}_masked_accuracy"] = loss, accuracy
+        elif len(splits[name].data) and job.tokens.levels > 1:
+            loss = _batches_loss(model, val_batches(splits[name]), loss_fn, dist.device)
+            metrics[f"{name}_loss"] = loss
+            metrics[f"{name}_ppl"] = math.exp(loss)  # per code, every level's
+            metrics[f"{name}_bits_per_s"] = loss / math.log(2) * code_rate * job.tokens.levels
         elif len(splits[name].data):
             loss = _split_loss(model, splits[name], bos, context, batch_size, dist.device)
             metrics[f"{name}_loss"] = loss
             metrics[f"{name}_ppl"] = math.exp(loss)
             metrics[f"{name}_bits_per_s"] = loss / math.log(2) * code_rate
     ref_split = splits["val"] if len(splits["val"].data) else splits["test"]
-    refs = count_baselines(_sampled(splits["train"]), _sampled(ref_split), job.tokens.codebook_size)
+    first = (lambda c: c[:, 0]) if job.tokens.levels > 1 else (lambda c: c)  # the references' codes: level 1's
+    refs = count_baselines((first(c) for c in _sampled(splits["train"])), (first(c) for c in _sampled(ref_split)),
+                           job.tokens.codebook_size)
     metrics["unigram_ppl"], metrics["bigram_ppl"] = refs["unigram_ppl"], refs["bigram_ppl"]
     metrics["reference_split"] = ref_split.split
     metrics["eval_sample"] = {name: int(split.lengths[sample_clips(split.lengths, EVAL_CODES)].sum())
                               for name, split in splits.items()}  # codes scored (val, test) or counted (train)
     metrics["tokens_per_s"] = _mean_rate(work / TRAIN_LOG)
     return metrics
+
+
+@torch.no_grad()
+def _batches_loss(model, batches, loss_fn, device) -> float:
+    """Mean loss per scored code over fixed ``batches`` (each weighted by its codes)."""
+    model.eval()
+    total, count = 0.0, 0
+    for ids, labels in batches:
+        loss, n = loss_fn(model, (ids.to(device), labels.to(device)))
+        total += float(loss) * n
+        count += n
+    return total / count
 
 
 @torch.no_grad()

@@ -15,6 +15,10 @@ on val, test scored once) reads the label out of it. Rows:
   representation must beat;
 - ``bag_of_codes``: the normalised histogram of a clip's codes (TASK/tokens/k{K});
 - ``autoencoder``: the tokenizer's un-quantised bottleneck, pooled over time;
+- ``quantised``: the same bottleneck with each patch replaced by its codes' centroid (or the
+  sum / concatenation of its levels'), pooled as the autoencoder row is. The rows read as a
+  ladder, bottleneck -> quantised -> bag of codes -> LM layers: each step shows what is lost
+  there;
 - ``lm_layer_<i>``: the code LM's hidden states, pooled over time, per layer (0 is the
   embedding output), ``lm_best``: the layer with the best val accuracy, and with
   ``concat_layers`` ``lm_concat``: the probed layers side by side, pooled as lm_best is;
@@ -47,8 +51,8 @@ from tokenlm.core.errors import ArtifactError
 from tokenlm.evaluation.clips import LabelledClips
 from tokenlm.evaluation.probe_table import render_report
 from tokenlm.evaluation.representations import (
-    Unavailable, autoencoder_bottleneck, bag_of_codes, lm_layers, load_codes, logmel_stats, simclr_embeddings,
-    tokenizer_cost, tokens_folder_or_none,
+    Unavailable, autoencoder_bottleneck, bag_of_codes, lm_layers, load_codes, logmel_stats, quantised_bottleneck,
+    simclr_embeddings, tokenizer_cost, tokens_folder_or_none,
 )
 from tokenlm.evaluation.rows import baseline_row, headline, representation_row, selection_score, skipped_row
 from tokenlm.evaluation.summary import summary_tasks, write_summary
@@ -152,16 +156,22 @@ def representation_rows(clips: LabelledClips, run: RunDir, codebook_size: int | 
         codes, codes_missing = None, str(why)
     cost = tokenizer_cost(run, codebook_size=None if codes is None else codes.codebook_size)
 
-    if codes is None:
-        rows.append(skipped_row("bag_of_codes", "bag of codes", codes_missing))
-    else:
-        rows.append(representation_row(bag_of_codes(clips, codes, cost), clips, config))
-
+    # The ladder, in order: bottleneck -> quantised -> bag of codes -> LM layers.
     try:
         bottleneck = autoencoder_bottleneck(clips, run, codebook_size, device, progress)
         rows.append(representation_row(bottleneck, clips, config))
     except Unavailable as why:
         rows.append(skipped_row("autoencoder", "autoencoder bottleneck", str(why)))
+    try:  # the codebook of the probed codes (they name its K), else the run's
+        quantised = quantised_bottleneck(clips, run, codebook_size if codes is None else codes.codebook_size, device,
+                                         progress)
+        rows.append(representation_row(quantised, clips, config))
+    except Unavailable as why:
+        rows.append(skipped_row("quantised", "quantised bottleneck", str(why)))
+    if codes is None:
+        rows.append(skipped_row("bag_of_codes", "bag of codes", codes_missing))
+    else:
+        rows.append(representation_row(bag_of_codes(clips, codes, cost), clips, config))
 
     if codes is None:
         return rows + [skipped_row("lm", "LM hidden states", codes_missing)]

@@ -180,6 +180,7 @@ def rawlm(run: str | Path | RunDir, config: RawLMConfig = RawLMConfig(), *, devi
     """Train and score every model of ``config.models`` on the run's tokenized audio; RUN/rawlm."""
     run = as_run(run)
     tokens = read_tokens_meta(run.tokens()).require("sample_rate", "samples_per_code")
+    tokens.require_single_level("rawlm's code-conditioned models")
     stage = Stage(run.rawlm, config=to_dict(config), inputs={"tokens": tokens.directory}, lock_root=run.lock_root)
 
     def make(work: Path) -> dict:

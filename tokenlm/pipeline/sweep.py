@@ -26,18 +26,19 @@ import numpy as np
 from tokenlm.run.artifacts import Stage
 from tokenlm.tokenizer.codebook import CodebookConfig, label_code_agreement
 from tokenlm.core.config import load_yaml, to_dict
-from tokenlm.core.errors import TokenlmError
+from tokenlm.core.errors import ConfigError, TokenlmError
 from tokenlm.core.fileio import read_json, write_json
 from tokenlm.pipeline.registry import RunContext
-from tokenlm.run.rundir import METRICS, REPORT, RESULTS, SWEEP_JSON, SWEEP_TABLE, RunDir, figure_file, is_finished
+from tokenlm.run.rundir import (
+    METRICS, REPORT, RESULTS, SWEEP_JSON, SWEEP_TABLE, RunDir, figure_file, is_finished, read_tokens_meta,
+)
 from tokenlm.core.runtime import pick_device
 from tokenlm.pipeline.pretrain import lm_configs, pretrain
 from tokenlm.pipeline.probe import probe
 from tokenlm.pipeline.probe_config import configs
-from tokenlm.pipeline.tokenize import encode_run_stage, fit_codebook_stage
+from tokenlm.pipeline.tokenize import encode_run_stage, encode_task, fit_codebook_stage, tokenizer_config
 from tokenlm.pipeline.vocoder import VocoderConfig, train_vocoder
 from tokenlm.data.store import RaggedSplit
-from tokenlm.pipeline.tokenize import encode_task
 from tokenlm.core.extras import pyplot, require
 from tokenlm.reporting.figures import panel_grid
 
@@ -68,7 +69,8 @@ METRIC_GROUPS = {
               ("bits_per_second", "entropy bitrate (bit/s)", True)],
     "labels": [("purity", "code purity", True), ("pnmi", "PNMI", True)],
     "lm": [("lm_val_perplexity", "LM val perplexity", False), ("lm_bits_per_second", "LM bits per second", False)],
-    "probe": [("probe_lm_accuracy", "LM probe accuracy", True), ("probe_bag_accuracy", "bag-of-codes accuracy", True)],
+    "probe": [("probe_lm_accuracy", "LM probe accuracy", True), ("probe_bag_accuracy", "bag-of-codes accuracy", True),
+              ("probe_quantised_accuracy", "quantised bottleneck accuracy", True)],
     "vocoder": [("vocoder_logmel_db", "resynthesis log-mel distance (dB)", False),
                 ("griffinlim_logmel_db", "Griffin-Lim log-mel distance (dB)", False)],
 }
@@ -90,12 +92,19 @@ def _sweep(ctx: RunContext, config: SweepConfig, codebook: CodebookConfig) -> Pa
         raise TokenlmError(f"{run.root} has no trained autoencoder: run `tokenlm tokenize {run.root} --data DIR` first")
     torch_device = pick_device(ctx.device)
     tasks = ctx.tasks()
+    # Every K at the recipe's codes per patch (tokenizer.levels / groups), so the run's own
+    # codebook is one of the sweep's, never refitted with another shape.
+    shape = tokenizer_config(ctx.section("tokenizer"), {})
+    if shape.codes_per_patch > 1 and config.with_vocoder:
+        raise ConfigError(f"sweep.with_vocoder: the vocoder reads one code per patch, tokenizer.levels/groups give "
+                          f"{shape.codes_per_patch}: set it false")
     rows = []
     sizes = sorted(config.codebook_sizes)
     for i, k in enumerate(sizes, 1):
         click.secho(f"-- K={k} ({i}/{len(sizes)})", bold=True, err=True)
         started = time.time()
-        fit_codebook_stage(run, k, codebook, device=torch_device)
+        fit_codebook_stage(run, k, codebook, device=torch_device, levels=shape.levels, groups=shape.groups,
+                           whiten=shape.whiten)
         encode_run_stage(run, k, device=torch_device, progress=ctx.progress)
         for task in tasks:
             encode_task(run, task, k, device=torch_device, progress=ctx.progress)
@@ -129,13 +138,20 @@ def codebook_row(run: RunDir, k: int, labelled: RunDir | None = None) -> dict:
     row = {key: metrics[key] for key in (
         "k", "inertia", "relative_quantisation_error", "recon_rmse_db", "autoencoder_recon_rmse_db",
         "used_codes", "dead_codes", "perplexity", "entropy_bits", "bits_per_second")}
+    # Codes per patch and the bits per second of audio they cost (levels x log2 K x code
+    # rate): configurations are compared at equal bitrate (older metrics: one level).
+    row["levels"] = metrics.get("levels", 1)
+    row["nominal_bits_per_second"] = metrics.get("nominal_bits_per_second",
+                                                 math.log2(k) * metrics.get("code_rate", float("nan")))
     labelled = labelled or run
-    tokens = RaggedSplit(labelled.tokens(k), "val", "uint16")
+    levels = read_tokens_meta(labelled.tokens(k)).levels
+    tokens = RaggedSplit(labelled.tokens(k), "val", "uint16", width=levels)
     if len(tokens) == 0:
-        tokens = RaggedSplit(labelled.tokens(k), "train", "uint16")
+        tokens = RaggedSplit(labelled.tokens(k), "train", "uint16", width=levels)
     labels = np.repeat(np.array([str(r["label"]) for r in tokens.rows]), [r["length"] for r in tokens.rows])
     if len(set(labels)) > 1 and all(r["label"] is not None for r in tokens.rows):
-        row.update(label_code_agreement(np.asarray(tokens.data), labels, k))
+        codes = np.asarray(tokens.data)  # agreement of the first level's codes (the one-code reference)
+        row.update(label_code_agreement(codes if levels == 1 else codes[:, 0], labels, k))
     return row
 
 
@@ -175,6 +191,7 @@ def probe_columns(ctx: RunContext, k: int) -> dict:
         suffix = f"_{task.name}" if len(tasks) > 1 else ""
         columns.update({**_accuracy(f"probe_lm_accuracy{suffix}", rows.get("lm_best")),
                         **_accuracy(f"probe_bag_accuracy{suffix}", rows.get("bag_of_codes")),
+                        **_accuracy(f"probe_quantised_accuracy{suffix}", rows.get("quantised")),
                         f"probe_lm_pooling{suffix}": (rows.get("lm_best") or {}).get("pooling"),
                         # the figure's reference lines: 1 / classes and the log-mel statistics' probe
                         f"probe_chance{suffix}": 1 / max(1, len(results["dataset"]["classes"])),

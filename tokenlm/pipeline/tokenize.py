@@ -36,8 +36,9 @@ from tokenlm.data.files import check_unchanged, file_stamp
 from tokenlm.run import lock as runlock
 from tokenlm.run.input_check import run_input_hashes
 from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
+from tokenlm.tokenizer.quantizers import Quantizer, fit_quantizer, quantizer_kind
 from tokenlm.run.rundir import (
-    CODEBOOK, CONFIG, MANIFEST, METRICS, STAGE_FILE, STREAM_SPLIT, TRAINING, RunDir, as_run, is_finished,
+    CODEBOOK, CONFIG, MANIFEST, METRICS, STAGE_FILE, STREAM_SPLIT, TRAINING, WHITENING, RunDir, as_run, is_finished,
     read_feature_meta, read_run_manifest,
 )
 from tokenlm.core.runtime import pick_device, seed_everything
@@ -62,7 +63,8 @@ def tokenize(run: str | Path, config: TokenizerConfig = TokenizerConfig(), codeb
     run = as_run(run)
     device = pick_device(device)
     train_autoencoder_stage(run, config.autoencoder, config.training, device=device, progress=progress)
-    fit_codebook_stage(run, config.codebook_size, codebook, device=device)
+    fit_codebook_stage(run, config.codebook_size, codebook, device=device, levels=config.levels,
+                       groups=config.groups, whiten=config.whiten)
     out = encode_run_stage(run, config.codebook_size, device=device, progress=progress, engine=engine)
     run.set_codebook_size(config.codebook_size)
     return out
@@ -100,15 +102,23 @@ def _train_autoencoder(run: RunDir, work: Path, ae: AutoencoderConfig, training:
     return {"metrics": {k: v for k, v in metrics.items() if not isinstance(v, list)}}
 
 
-def fit_codebook_stage(run: str | Path | RunDir, k: int, config: CodebookConfig, *, device: torch.device) -> Path:
-    """RUN/tokenizer/k{K}: k-means on the train split's bottleneck vectors + code metrics."""
+def fit_codebook_stage(run: str | Path | RunDir, k: int, config: CodebookConfig, *, device: torch.device,
+                       levels: int = 1, groups: int = 1, whiten: bool = False) -> Path:
+    """RUN/tokenizer/k{K}: k-means on the train split's bottleneck vectors + code metrics;
+    with ``levels`` or ``groups`` > 1, several codes per patch (tokenlm.tokenizer.quantizers)."""
     run = as_run(run)
-    stage = Stage(run.codebook(k), config={"k": k, "codebook": to_dict(config)},
+    kind = quantizer_kind(levels, groups)
+    # One code per patch keeps the key it always had (its finished stages stay valid).
+    shape = {} if kind == "single" else {"quantizer": kind, "levels": max(levels, groups)}
+    shape.update({"whiten": True} if whiten else {})
+    stage = Stage(run.codebook(k), config={"k": k, "codebook": to_dict(config), **shape},
                   inputs={"autoencoder": run.tokenizer}, lock_root=run.lock_root)
-    return stage.build(f"codebook K={k}", lambda work: _fit_codebook(run, work, k, config, device))
+    return stage.build(f"codebook K={k}", lambda work: _fit_codebook(run, work, k, config, device, kind,
+                                                                   max(levels, groups), whiten))
 
 
-def _fit_codebook(run: RunDir, work: Path, k: int, config: CodebookConfig, device: torch.device) -> dict:
+def _fit_codebook(run: RunDir, work: Path, k: int, config: CodebookConfig, device: torch.device,
+                  kind: str = "single", levels: int = 1, whiten: bool = False) -> dict:
     coder = load_patch_coder(run.tokenizer).to(device)
     feats = run.features
     # The k-means sample is drawn first and only its patches are read and encoded: the same
@@ -117,15 +127,23 @@ def _fit_codebook(run: RunDir, work: Path, k: int, config: CodebookConfig, devic
     train = PatchSampler(feats, "train", coder.features, coder, k * config.points_per_centroid, config.seed)
     vectors = bottlenecks(coder, train)
     start = time.time()
-    centroids, record = fit_codebook(vectors, k, config, population=train.population)
+    if kind == "single" and not whiten:  # the reference: k-means on the sample of the whole train split
+        centroids, record = fit_codebook(vectors, k, config, population=train.population)
+        quantizer = Quantizer(centroids, "single")
+    else:
+        quantizer, record = fit_quantizer(vectors, k, kind, levels, config, whitened=whiten)
     record["fit_seconds"] = round(time.time() - start, 3)
-    np.save(work / CODEBOOK, centroids)
-    metrics = codebook_metrics(coder, centroids, vectors, train, PatchSampler(feats, "val", coder.features, coder,
+    np.save(work / CODEBOOK, quantizer.to_array())
+    if quantizer.whitening is not None:
+        np.save(work / WHITENING, quantizer.whitening)
+    metrics = codebook_metrics(coder, quantizer, vectors, train, PatchSampler(feats, "val", coder.features, coder,
                                                                              RECON_PATCHES, 0))
     write_json(work / CONFIG, {**record, "bottleneck_variance": float(vectors.var(axis=0).sum())})
     write_json(work / METRICS, metrics)
-    _say(f"codebook K={k}: {metrics['used_codes']} codes used, perplexity {metrics['perplexity']:.1f}, "
-         f"{metrics['bits_per_second']:.0f} bit/s -> {run.codebook(k)}")
+    shape = "" if kind == "single" else f" x {levels} {'levels' if kind == 'residual' else 'groups'}"
+    _say(f"codebook K={k}{shape}: {metrics['used_codes']} codes used, perplexity {metrics['perplexity']:.1f}, "
+         f"relative quantisation error {metrics['relative_quantisation_error']:.3f}, "
+         f"{metrics['nominal_bits_per_second']:.0f} bit/s -> {run.codebook(k)}")
     return {"metrics": {k_: v for k_, v in metrics.items() if not isinstance(v, (list, dict))}}
 
 
@@ -251,7 +269,8 @@ def tokenizer_config(section: dict | None, overrides: dict, current: dict | None
     training = build(AutoencoderTraining, current.get("training"), section.pop("training", None),
                      {"epochs": overrides.get("epochs")}, where="tokenizer.training")
     top = build(TokenizerConfig, section, {"codebook_size": overrides.get("codebook_size")}, where="tokenizer")
-    return TokenizerConfig(codebook_size=top.codebook_size, autoencoder=ae, training=training)
+    return TokenizerConfig(codebook_size=top.codebook_size, autoencoder=ae, training=training, levels=top.levels,
+                           groups=top.groups, whiten=top.whiten)
 
 
 def encode_task(run: RunDir, task: Task, codebook_size: int, *, device, progress: bool = True,

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from tokenlm.run import lock as runlock
 from tokenlm.run.artifacts import CHECKPOINTS, STAGE_FILE, check_outputs  # noqa: F401  (CHECKPOINTS: re-exported)
 from tokenlm.data.clips import SPLITS  # noqa: F401  (re-exported: every split-wise store folder uses them)
-from tokenlm.core.errors import ArtifactError
+from tokenlm.core.errors import ArtifactError, ConfigError
 from tokenlm.core.fileio import read_json, read_jsonl, write_json
 
 # Encode-only codes of an unlabelled, unsplit folder (tokenize --tokenizer) are one stream: stored
@@ -60,6 +60,7 @@ REPORT = "report.md"
 TRAIN_LOG = "train_log.csv"
 CURRENT = "current.json"  # the tokenizer's current codebook size
 CODEBOOK = "codebook.npy"
+WHITENING = "whitening.npy"  # beside codebook.npy when k-means ran on the whitened bottleneck
 AUTOENCODER_WEIGHTS = "autoencoder.safetensors"
 MODEL_WEIGHTS = "model.safetensors"  # LM (save_pretrained's name) and CNN baselines
 WAVENET_WEIGHTS = "wavenet.safetensors"
@@ -262,7 +263,7 @@ class RunDir:
     def codebook_size(self) -> int:
         """The K that ``tokenlm tokenize`` was last asked for: every consumer's default."""
         if not self.root.is_dir():
-            raise ArtifactError(f"{self.root}: no such run folder")
+            raise ArtifactError(f"{self.root}: no such run folder (make one: `tokenlm tokenize {self.root} --data DIR`)")
         if not self.codebooks() and not (self.tokenizer / CURRENT).is_file():
             raise ArtifactError(f"{self.root} has no tokenizer yet: run `tokenlm tokenize {self.root}` first")
         return current_codebook_size(self.tokenizer)
@@ -360,6 +361,15 @@ class TokensMeta:
     sample_rate: int | None
     samples_per_code: int | None
     raw: dict
+    levels: int = 1  # codes per patch (tokenlm.tokenizer.quantizers): the bins are (codes, levels) when > 1
+
+    def require_single_level(self, what: str) -> "TokensMeta":
+        """Fail in one line when ``what`` reads one code per patch and these tokens have more."""
+        if self.levels > 1:
+            raise ConfigError(f"{what} reads one code per patch, but {self.directory} holds {self.levels} "
+                              f"({self.raw.get('quantizer', 'residual')} codes, tokenizer.levels/groups): "
+                              "use a one-level tokenizer for it")
+        return self
 
     def require(self, *keys: str) -> "TokensMeta":
         """Fail in one line when a consumer needs a field that this record lacks."""
@@ -387,4 +397,7 @@ def read_tokens_meta(directory: str | Path, codebook_size: int | None = None) ->
         raise ArtifactError(f"{directory}: codes stored as {meta['dtype']}, expected uint16")
     optional = {"code_rate": float, "sample_rate": int, "samples_per_code": int}
     values = {k: (cast(meta[k]) if meta.get(k) is not None else None) for k, cast in optional.items()}
-    return TokensMeta(directory, size, raw=meta, **values)
+    levels = meta.get("levels", 1)
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+        raise ArtifactError(f"{directory / META}: levels must be an integer >= 1, got {levels!r}")
+    return TokensMeta(directory, size, raw=meta, levels=levels, **values)

@@ -65,7 +65,7 @@ def encode_clips(tokenizer: AudioTokenizer, rows: list[dict], out: Path, *, prog
         tokens = {s: sum(r["length"] for _, index in shards[s] for r in index) for s in SPLITS}
         clips = {s: sum(len(index) for _, index in shards[s]) for s in SPLITS}
     else:
-        writers = {s: RaggedWriter(out, s, "uint16") for s in SPLITS}
+        writers = {s: RaggedWriter(out, s, "uint16", width=tokenizer.levels) for s in SPLITS}
         starts = set(np.cumsum([0] + [len(b) for b in work[:-1]]).tolist())
         bar = progress_bar(encode_rows(tokenizer, rows, writers, batch_seconds, starts, seconds), total=len(rows),
                            desc="encode", unit="clip", enabled=progress)
@@ -80,6 +80,9 @@ def encode_clips(tokenizer: AudioTokenizer, rows: list[dict], out: Path, *, prog
         "samples_per_code": tokenizer.samples_per_code,
         "patch_frames": tokenizer.patch_frames,
         "dtype": "uint16",
+        # Several codes per patch: each split's bin is (codes, levels) row-major, a patch's
+        # levels (or groups) side by side; one code per patch leaves these keys out.
+        **({"levels": tokenizer.levels, "quantizer": tokenizer.quantizer.kind} if tokenizer.levels > 1 else {}),
         "tokenizer_hash": tokenizer.info.get("tokenizer_hash"),
         "tokenizer_dir": tokenizer.info.get("tokenizer_dir"),
         "tokens": tokens,
@@ -122,7 +125,7 @@ class EncodeBlocks:
         self.out, self.batch_seconds = Path(out), batch_seconds
 
     def __call__(self, number: int, rows: list[dict]) -> dict:
-        writers = {s: RaggedWriter(self.out, s, "uint16", shard=number) for s in SPLITS}
+        writers = {s: RaggedWriter(self.out, s, "uint16", width=self.tokenizer.levels, shard=number) for s in SPLITS}
         results = list(encode_rows(self.tokenizer, rows, writers, self.batch_seconds, starts={0}))
         return {"clips": results, "shards": close_shards(writers)}
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tokenlm.tokenizer.codebook import CodeAssigner, code_statistics
+from tokenlm.tokenizer.codebook import code_statistics
 from tokenlm.data.features import FeatureConfig
 from tokenlm.data.store import RaggedSplit
 from tokenlm.tokenizer.tokenizer import AutoencoderTraining, PatchCoder
+from tokenlm.tokenizer.quantizers import Quantizer, bits_per_second
 from tokenlm.training import DistContext, EpochBatches, TrainConfig
 from tokenlm.training import train as train_loop
 
@@ -125,18 +126,18 @@ def _mse(model, sampler: PatchSampler, indices: np.ndarray, batch_size: int) -> 
 
 @torch.no_grad()
 def reconstruction_metrics(coder: PatchCoder, sampler: PatchSampler, limit: int, seed: int,
-                           centroids: np.ndarray | None = None) -> dict:
+                           centroids: np.ndarray | Quantizer | None = None) -> dict:
     """Log-mel reconstruction error in dB (RMSE after de-normalising) and as a fraction of the
-    normalised patch variance; through the codebook when ``centroids`` are given."""
+    normalised patch variance; through the codebook (a (K, d) array or a Quantizer) when
+    ``centroids`` are given."""
     idx = _subsample(len(sampler), limit, seed)
     squared_db = squared_norm = variance_sum = 0.0
-    assigner = CodeAssigner(centroids) if centroids is not None else None
+    quantizer = centroids if centroids is None or isinstance(centroids, Quantizer) else Quantizer(centroids, "single")
     for start in range(0, len(idx), 8192):
         patches = sampler.get(idx[start:start + 8192])  # (B, P*M) normalised
         z = coder.autoencoder.encode(patches)
-        if assigner is not None:
-            codes, _ = assigner.assign(z.cpu().numpy())
-            z = torch.from_numpy(centroids[codes]).to(patches.device)
+        if quantizer is not None:
+            z = torch.from_numpy(quantizer.quantise(z.cpu().numpy())).to(patches.device)
         recon = coder.autoencoder.decode(z)
         std = coder.std.repeat(coder.features.patch_frames)  # de-normalise: error in dB
         squared_db += ((recon - patches) * std).square().sum().item()
@@ -160,17 +161,31 @@ def bottlenecks(coder: PatchCoder, sampler: PatchSampler, batch: int = 16384) ->
     return np.concatenate(parts).astype(np.float32)
 
 
-def codebook_metrics(coder: PatchCoder, centroids: np.ndarray, train_vectors: np.ndarray,
+def codebook_metrics(coder: PatchCoder, centroids: np.ndarray | Quantizer, train_vectors: np.ndarray,
                      train: PatchSampler, val: PatchSampler) -> dict:
-    """Quantisation error, code usage and reconstruction through the codebook."""
-    codes, dists = CodeAssigner(centroids).assign(train_vectors)
+    """Quantisation error, code usage and reconstruction through the codebook. With several
+    codes per patch, usage is level 0's (the reference codebook's) plus each level's entropy
+    and perplexity under ``levels_usage``; ``bits_per_second`` is then the sum of the levels'
+    entropy rates, and ``nominal_bits_per_second`` is levels x log2 K x code rate."""
+    quantizer = centroids if isinstance(centroids, Quantizer) else Quantizer(centroids, "single")
+    codes, dists = quantizer.assign(train_vectors)
     variance = float(train_vectors.var(axis=0).sum())
-    usage = code_statistics(codes, len(centroids), coder.features.code_rate)
+    rate = coder.features.code_rate
+    per_level = [code_statistics(codes[:, level], quantizer.codebook_size, rate) for level in range(quantizer.levels)]
+    usage = dict(per_level[0])
+    extra = {}
+    if quantizer.levels > 1:
+        usage["bits_per_second"] = sum(u["bits_per_second"] for u in per_level)
+        extra["levels_usage"] = [{k: u[k] for k in ("used_codes", "perplexity", "entropy_bits")} for u in per_level]
     eval_split = val if len(val) else train
-    quantised = reconstruction_metrics(coder, eval_split, RECON_PATCHES, 0, centroids)
+    quantised = reconstruction_metrics(coder, eval_split, RECON_PATCHES, 0, quantizer)
     unquantised = reconstruction_metrics(coder, eval_split, RECON_PATCHES, 0)
     return {
-        "k": len(centroids),
+        "k": quantizer.codebook_size,
+        "quantizer": quantizer.kind,
+        "levels": quantizer.levels,
+        "nominal_bits_per_second": bits_per_second(quantizer.codebook_size, quantizer.levels, rate),
+        **extra,
         "inertia": float(dists.mean()),  # mean squared distance to the nearest centroid (train)
         "relative_quantisation_error": float(dists.mean()) / max(variance, 1e-12),
         **usage,  # on the k-means sample (usage_sample of the split's population_patches)

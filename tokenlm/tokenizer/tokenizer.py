@@ -2,11 +2,14 @@
 
     tok = AudioTokenizer.load("runs/demo/tokenizer")      # the run's current codebook
     codes = tok.encode(wav, sr)                            # LongTensor (N,), tok.code_rate codes/s
+                                                           # (N, L) with L levels (tokenlm.tokenizer.quantizers)
     log_mel = tok.decode(codes)                            # (N * patch_frames, n_mels) in dB
 
 On disk: ``tokenizer/`` holds the feature config, normalisation statistics and autoencoder
 (config.json, autoencoder.safetensors); ``tokenizer/k{K}/`` holds one codebook per size
 (codebook.npy, config.json, metrics.json). Every codebook shares its folder's autoencoder.
+A codebook may give several codes per patch (residual levels or product groups,
+``tokenlm.tokenizer.quantizers``): codebook.npy is then (L, K, d_l) and codes are (N, L).
 """
 
 from __future__ import annotations
@@ -20,15 +23,16 @@ from safetensors.torch import load_file, save_file
 
 from tokenlm.run.artifacts import check_outputs, stage_key
 from tokenlm.data.audio import prepare_waveform
-from tokenlm.tokenizer.codebook import CodeAssigner, check_codebook_size
+from tokenlm.tokenizer.codebook import check_codebook_size
 from tokenlm.core.config import build, to_dict
 from tokenlm.core.errors import ArtifactError, ConfigError
 from tokenlm.data.features import FeatureConfig, LogMel, patchify
 from tokenlm.core.fileio import read_json, write_json
 from tokenlm.data.audio_layout import as_samples_by_channels
 from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
+from tokenlm.tokenizer.quantizers import Quantizer, quantizer_kind
 from tokenlm.run.rundir import (
-    AUTOENCODER_WEIGHTS, CODEBOOK, CONFIG, META, STAGE_FILE, RunDir, codebook_dir, codebook_sizes,
+    AUTOENCODER_WEIGHTS, CODEBOOK, CONFIG, META, STAGE_FILE, WHITENING, RunDir, codebook_dir, codebook_sizes,
     current_codebook_size, is_finished, read_feature_meta,
 )
 
@@ -59,9 +63,27 @@ class TokenizerConfig:
     codebook_size: int = 256
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     training: AutoencoderTraining = field(default_factory=AutoencoderTraining)
+    # Codes per patch (tokenlm.tokenizer.quantizers): ``levels`` residual k-means levels, or the
+    # bottleneck cut into ``groups`` with a codebook each; 1 and 1 is one code per patch.
+    levels: int = 1
+    groups: int = 1
+    whiten: bool = False  # k-means on the PCA-whitened bottleneck (tokenlm.tokenizer.quantizers)
 
     def __post_init__(self):
         check_codebook_size(self.codebook_size)  # before the autoencoder trains, not after
+        quantizer_kind(self.levels, self.groups)  # both > 1: an error now, not after training
+        if self.groups > 1 and self.autoencoder.bottleneck % self.groups:
+            raise ConfigError(f"tokenizer.groups={self.groups} must divide the bottleneck width "
+                              f"{self.autoencoder.bottleneck}")
+
+    @property
+    def quantizer(self) -> str:
+        """single, residual or product."""
+        return quantizer_kind(self.levels, self.groups)
+
+    @property
+    def codes_per_patch(self) -> int:
+        return max(self.levels, self.groups)
 
 
 class PatchCoder(torch.nn.Module):
@@ -95,11 +117,23 @@ class PatchCoder(torch.nn.Module):
 class AudioTokenizer:
     """Encodes audio to codes with a trained autoencoder + codebook. See the module docstring."""
 
-    def __init__(self, coder: PatchCoder, centroids: np.ndarray, info: dict | None = None):
+    def __init__(self, coder: PatchCoder, centroids: np.ndarray | Quantizer, info: dict | None = None):
         self.coder = coder.eval()
-        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
-        self.assigner = CodeAssigner(self.centroids)
+        self.quantizer = centroids if isinstance(centroids, Quantizer) else Quantizer(centroids, "single")
         self.info = info or {}
+
+    @property
+    def centroids(self) -> np.ndarray:
+        """The (K, d) codebook of a one-code-per-patch tokenizer."""
+        if self.levels > 1:
+            raise ConfigError(f"this tokenizer gives {self.levels} codes per patch ({self.quantizer.kind}): "
+                              "it has no single (K, d) codebook")
+        return self.quantizer.codebooks[0]
+
+    @property
+    def levels(self) -> int:
+        """Codes per patch: 1, or the residual levels / product groups."""
+        return self.quantizer.levels
 
     # -- the contract every codec honours ------------------------------------------------
     @property
@@ -114,7 +148,7 @@ class AudioTokenizer:
     @property
     def codebook_size(self) -> int:
         """K: codes are integers in [0, K)."""
-        return len(self.centroids)
+        return self.quantizer.codebook_size
 
     @property
     def patch_frames(self) -> int:
@@ -151,13 +185,15 @@ class AudioTokenizer:
 
     @torch.inference_mode()
     def encode_frames(self, frames: torch.Tensor) -> torch.LongTensor:
-        """Log-mel frames (frames, M) in dB -> codes (N,)."""
+        """Log-mel frames (frames, M) in dB -> codes (N,), or (N, L) with L levels."""
         return self.encode_frames_batch([frames])[0]
 
     @torch.inference_mode()
     def encode_frames_batch(self, frames_list: list[torch.Tensor]) -> list[torch.LongTensor]:
         z = torch.cat([self.coder.embed_frames(torch.as_tensor(f)) for f in frames_list])  # (sum N, d)
-        codes, _ = self.assigner.assign(z.float().cpu().numpy())
+        codes, _ = self.quantizer.assign(z.float().cpu().numpy())  # (sum N, L)
+        if self.levels == 1:
+            codes = codes[:, 0]
         lengths = [_num_patches(len(f), self.coder.features) for f in frames_list]
         return list(torch.from_numpy(codes).split(lengths))
 
@@ -167,12 +203,24 @@ class AudioTokenizer:
         return self.coder.embed_frames(torch.as_tensor(frames))
 
     @torch.inference_mode()
+    def quantise_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """Log-mel frames (frames, M) in dB -> each patch's bottleneck replaced by what its
+        codes stand for (centroid, or sum / concatenation of its levels'), (N, d)."""
+        z = self.embed_frames(frames).float().cpu().numpy()
+        return torch.from_numpy(self.quantizer.quantise(z))
+
+    @torch.inference_mode()
     def decode(self, codes) -> torch.Tensor:
-        """Codes (N,) -> log-mel frames (N * patch_frames, M) in dB: centroid -> decoder."""
-        codes = torch.as_tensor(codes, dtype=torch.long).cpu()
-        if len(codes) and (codes.min() < 0 or codes.max() >= self.codebook_size):
+        """Codes (N,) (or (N, L) with L levels) -> log-mel frames (N * patch_frames, M) in dB:
+        centroids -> decoder."""
+        codes = torch.as_tensor(np.asarray(codes) if not isinstance(codes, torch.Tensor) else codes,
+                                dtype=torch.long).cpu()
+        expected = (codes.ndim == 1) if self.levels == 1 else (codes.ndim == 2 and codes.shape[1] == self.levels)
+        if not expected and not (self.levels == 1 and codes.ndim == 2 and codes.shape[1] == 1):
+            raise ValueError(f"codes of shape {tuple(codes.shape)} for a tokenizer of {self.levels} code(s) per patch")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
             raise ValueError(f"codes must be in [0, {self.codebook_size}), got [{int(codes.min())}, {int(codes.max())}]")
-        z = torch.from_numpy(self.centroids)[codes].to(self.device)
+        z = torch.from_numpy(self.quantizer.reconstruct(codes.numpy())).to(self.device)
         return self.coder.frames_from_patches(self.coder.autoencoder.decode(z))
 
     # -- files ---------------------------------------------------------------------------
@@ -190,11 +238,13 @@ class AudioTokenizer:
         if not (codebook / CODEBOOK).is_file():
             have = ", ".join(codebook_dir(path, k).name for k in sorted(codebook_sizes(path), reverse=True)) or "none"
             raise ArtifactError(f"no codebook at {codebook} (this tokenizer has: {have})")
-        centroids = load_codebook(codebook / CODEBOOK, coder.autoencoder.encoder[-1].out_features)
+        quantizer = load_codebook(codebook / CODEBOOK, coder.autoencoder.encoder[-1].out_features)
+        if (codebook / WHITENING).is_file():
+            quantizer = Quantizer(quantizer.codebooks, quantizer.kind, load_whitening(codebook / WHITENING, quantizer.dim))
         check_outputs(codebook)  # missing or truncated files: one line naming the file
         info = {"tokenizer_dir": str(path.resolve()), "codebook_dir": str(codebook.resolve()),
                 "tokenizer_hash": _key_or_none(codebook)}
-        tokenizer = cls(coder, centroids, info)
+        tokenizer = cls(coder, quantizer, info)
         return tokenizer.to(device) if device is not None else tokenizer
 
 
@@ -289,26 +339,40 @@ def _check_against_features(directory: Path, features: FeatureConfig, mean: np.n
                             f"({feats_dir / META}): {', '.join(differ)}")
 
 
-def load_codebook(path: Path, bottleneck: int) -> np.ndarray:
-    """codebook.npy: (K, bottleneck) finite floats, 2 <= K <= 65535; else an ArtifactError."""
+def load_codebook(path: Path, bottleneck: int) -> Quantizer:
+    """codebook.npy: (K, bottleneck) finite floats, 2 <= K <= 65535 (or (L, K, d_l): several
+    codes per patch, tokenlm.tokenizer.quantizers); else an ArtifactError."""
     try:
         centroids = np.load(path, allow_pickle=False)
     except (OSError, EOFError, ValueError) as err:  # empty or truncated file
         raise ArtifactError(f"{path}: not a readable codebook ({str(err).splitlines()[0] or type(err).__name__})") from None
-    if centroids.ndim != 2 or centroids.shape[1] != bottleneck:
+    quantizer = Quantizer.from_array(centroids, bottleneck, where=str(path)) if centroids.ndim in (2, 3) else None
+    if quantizer is None:
         raise ArtifactError(f"{path}: shape {centroids.shape} does not fit a {bottleneck}-d bottleneck")
     if not np.issubdtype(centroids.dtype, np.floating):
         raise ArtifactError(f"{path}: centroids of dtype {centroids.dtype}, expected float32")
+    size = quantizer.codebook_size
     try:
-        check_codebook_size(len(centroids))
+        check_codebook_size(size)
     except ConfigError as err:
-        raise ArtifactError(f"{path}: {len(centroids)} centroids ({err})") from None
+        raise ArtifactError(f"{path}: {size} centroids ({err})") from None
     expected = path.parent.name
-    if expected.startswith("k") and expected[1:].isdigit() and int(expected[1:]) != len(centroids):
-        raise ArtifactError(f"{path}: {len(centroids)} centroids in the folder of K={expected[1:]}")
+    if expected.startswith("k") and expected[1:].isdigit() and int(expected[1:]) != size:
+        raise ArtifactError(f"{path}: {size} centroids in the folder of K={expected[1:]}")
     if not np.isfinite(centroids).all():
         raise ArtifactError(f"{path}: centroids are not finite (NaN or inf)")
-    return centroids
+    return quantizer
+
+
+def load_whitening(path: Path, bottleneck: int) -> np.ndarray:
+    """whitening.npy: (d + 1, d) finite floats (the mean, then an invertible matrix)."""
+    try:
+        whitening = np.load(path, allow_pickle=False)
+    except (OSError, EOFError, ValueError) as err:
+        raise ArtifactError(f"{path}: not a readable whitening ({str(err).splitlines()[0] or type(err).__name__})") from None
+    if whitening.shape != (bottleneck + 1, bottleneck) or not np.isfinite(whitening).all():
+        raise ArtifactError(f"{path}: expected finite ({bottleneck + 1}, {bottleneck}), got {whitening.shape}")
+    return whitening
 
 
 def _autoencoder_config(autoencoder: PatchAutoencoder) -> AutoencoderConfig:

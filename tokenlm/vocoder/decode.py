@@ -23,7 +23,7 @@ def decode_audio(tokenizer: "AudioTokenizer", codes, *, vocoder: Vocoder | None 
     through ``vocoder``, else the vocoder of the tokenizer's run (RUN/vocoder, when it was
     trained on these very codes), else Griffin-Lim phase reconstruction of the decoded log-mel
     (tokenlm.vocoder.griffin_lim), a reference rather than a good decoder."""
-    vocoder = vocoder or run_vocoder(tokenizer)
+    vocoder = vocoder or (run_vocoder(tokenizer) if tokenizer.levels == 1 else None)  # vocoders read one level
     codes = np.asarray(codes, dtype=np.int64)
     if vocoder is not None:
         vocoder.check_tokenizer(tokenizer)
