@@ -33,6 +33,7 @@ from tokenlm.artifacts import read_stage
 from tokenlm.errors import ArtifactError, ConfigError, TokenlmError
 from tokenlm.evaluation.clips import LabelledClips
 from tokenlm.fileio import read_json
+from tokenlm.evaluation.lm_readings import keep_reading, read_codes, reading_title
 from tokenlm.evaluation.pooling import time_statistics
 from tokenlm.lm import CodeLM
 from tokenlm.rundir import METRICS, SPLITS, RunDir, index_file, is_finished, read_tokens_meta
@@ -132,10 +133,12 @@ def autoencoder_bottleneck(clips: LabelledClips, models: RunDir, codebook_size: 
 
 
 def lm_layers(clips: LabelledClips, codes: Codes, lm_dir: Path, layers: str, batch_clips: int,
-              cost: TokenizerCost, device, progress: bool = True, concat: bool = False) -> list[Representation]:
+              cost: TokenizerCost, device, progress: bool = True, concat: bool = False,
+              reading: str = "once") -> list[Representation]:
     """The code LM's hidden states (the LM at ``lm_dir``): their statistics over time, one
     representation per layer of ``layers`` ("all" or "0,2,4"), mean pooled unless val says
-    otherwise; with ``concat``, then ``lm_concat``: those layers side by side.
+    otherwise; with ``concat``, then ``lm_concat``: those layers side by side. ``reading``:
+    how each clip is fed (tokenlm.evaluation.lm_readings: once, or twice keeping the second).
 
     Every statistic comes out of one pass of the LM over the codes."""
     if not is_finished(lm_dir):
@@ -148,9 +151,10 @@ def lm_layers(clips: LabelledClips, codes: Codes, lm_dir: Path, layers: str, bat
     per_clip = []  # statistics over time, (layers + 1, d) each
     # Several LM batches per call (the LM sorts windows by length inside it), bounded by codes,
     # not clips: a call holds every hidden state of its clips until they are pooled.
-    clip_codes = [codes.by_id[clip_id] for clip_id in clips.ids]
+    clip_codes = read_codes([codes.by_id[clip_id] for clip_id in clips.ids], reading)
     for batch in _bar(list(chunks_by_length(clip_codes, 4 * batch_clips * lm.context)), "LM", progress):
-        per_clip += [time_statistics(states.numpy(), axis=1) for states in lm.hidden_states(batch, batch_clips)]
+        per_clip += [time_statistics(keep_reading(states, reading).numpy(), axis=1)
+                     for states in lm.hidden_states(batch, batch_clips)]
     stacked = _stacked(per_clip)  # (N, layers + 1, d) each
     n_states = stacked["mean"].shape[1]
     extract_s = (time.perf_counter() - start) / n_states
@@ -165,7 +169,8 @@ def lm_layers(clips: LabelledClips, codes: Codes, lm_dir: Path, layers: str, bat
     reps = [
         Representation(f"lm_layer_{n}", f"LM layer {n}" + (" (embeddings)" if n == 0 else ""), None,
                        encoder_params=params, encoder_train_s=train_s, extract_s=extract_s, flops_per_second=flops,
-                       notes="encoder = tokenizer + LM", statistics={k: v[:, n] for k, v in stacked.items()})
+                       notes=f"encoder = tokenizer + LM; {reading_title(reading, lm.objective)}",
+                       statistics={k: v[:, n] for k, v in stacked.items()})
         for n in chosen
     ]
     if concat:

@@ -50,6 +50,7 @@ from tokenlm.config import build, to_dict
 from tokenlm.errors import ArtifactError, TokenlmError
 from tokenlm.fileio import write_json
 from tokenlm.lm import IGNORE, count_baselines, lm_loss, pad_batch, scoring_windows
+from tokenlm.models.code_embeddings import codebook_centroids, init_from_centroids
 from tokenlm.models.gpt import OBJECTIVES, LMConfig, build_gpt2, vocab_layout
 from tokenlm.objectives import AheadHeads, MaskedSpans, masked_loss, masked_scores, masked_validation_batches, multi_loss
 from tokenlm.pipeline import RunContext
@@ -57,6 +58,7 @@ from tokenlm.rundir import METRICS, SPLITS, STAGE_FILE, TRAIN_LOG, RunDir, Token
 from tokenlm.stages.options import training_options
 from tokenlm.store import RaggedSplit
 from tokenlm.training import TrainConfig, distributed_stage, train
+from tokenlm.training.clip_starts import ClipStarts
 
 # The LM's training defaults where they differ from TrainConfig's generic ones.
 LM_TRAINING_DEFAULTS = {"steps": 2000, "batch_size": 8, "lr": 1e-3, "warmup_steps": 100, "eval_every": 100,
@@ -100,7 +102,7 @@ class PackedClips:
         width = self.context + 1
         parts, filled = [], 0
         while filled < width:
-            clip = self._draw(rng)
+            clip = self.draw_clip(rng)
             n = int(self.lengths[clip])
             if filled == 0 and n + 1 > width:
                 # [BOS] + clip is longer than a sequence: a random crop of it (no BOS past 0).
@@ -116,7 +118,7 @@ class PackedClips:
             filled += len(part)
         return np.concatenate(parts)[:width]
 
-    def _draw(self, rng: np.random.Generator) -> int:
+    def draw_clip(self, rng: np.random.Generator) -> int:
         # A uniform code position picks its clip: clips are drawn in proportion to their length.
         return int(np.searchsorted(self.ends, rng.integers(0, self.total), side="right"))
 
@@ -208,6 +210,8 @@ class _LMJob:
                 "tokenizer_hash": tokens.raw.get("tokenizer_hash"), "tokenizer_dir": self.tokenizer_dir()}
         torch.manual_seed(training.seed)  # the initial weights
         model = build_gpt2(model_cfg, tokens.codebook_size, device=dist.device, info=info)
+        if model_cfg.embeddings == "centroids":
+            init_from_centroids(model, codebook_centroids(info["tokenizer_dir"], tokens.codebook_size), training.seed)
         trained, loss_fn, train_batch, val_batches = _objective(model, model_cfg, splits, bos, training.batch_size)
         code_rate = tokens.code_rate or 0.0
         val = val_batches(splits["val"]) if len(splits["val"].data) else None
@@ -243,6 +247,8 @@ def _objective(model, cfg: LMConfig, splits: dict, bos: int, batch_size: int):
     """(module the loop trains, loss_fn, train batches, split -> val batches) of ``cfg.objective``
     (tokenlm.objectives)."""
     packed = PackedClips(splits["train"], bos, cfg.context)
+    if cfg.start_crops:  # a share of sequences made of clip openings, as the probe reads clips
+        packed = ClipStarts(packed, cfg.start_crops, cfg.crop_codes)
     if cfg.objective == "masked":
         masking = {"mask_id": model.config.tokenlm["mask_token_id"], "bos": bos, "prob": cfg.mask_prob,
                    "span": cfg.mask_span}

@@ -45,6 +45,7 @@ from tokenlm.artifacts import Stage, stage_key
 from tokenlm.config import to_dict
 from tokenlm.errors import ArtifactError
 from tokenlm.evaluation.clips import LabelledClips
+from tokenlm.evaluation.lm_readings import lm_objective, reading_candidates
 from tokenlm.evaluation.probe_table import render_report
 from tokenlm.evaluation.representations import (
     Unavailable, autoencoder_bottleneck, bag_of_codes, lm_layers, load_codes, logmel_stats, simclr_embeddings,
@@ -165,16 +166,23 @@ def representation_rows(clips: LabelledClips, run: RunDir, codebook_size: int | 
 
     if codes is None:
         return rows + [skipped_row("lm", "LM hidden states", codes_missing)]
-    try:
-        layers = lm_layers(clips, codes, lm_dir, config.layers, config.lm_batch_clips, cost, device, progress,
-                           concat=config.concat_layers)
-    except Unavailable as why:
-        return rows + [skipped_row("lm", "LM hidden states", str(why))]
-    layer_rows = [representation_row(rep, clips, config) for rep in layers if rep.name != "lm_concat"]
-    best = max(layer_rows, key=selection_score)
+    read = {}  # reading -> (its LM representations, its layer rows, its best layer row)
+    for reading in reading_candidates(config.lm_reading, lm_objective(lm_dir)):
+        try:
+            layers = lm_layers(clips, codes, lm_dir, config.layers, config.lm_batch_clips, cost, device, progress,
+                               concat=config.concat_layers, reading=reading)
+        except Unavailable as why:
+            return rows + [skipped_row("lm", "LM hidden states", str(why))]
+        layer_rows = [representation_row(rep, clips, config) for rep in layers if rep.name != "lm_concat"]
+        read[reading] = (layers, layer_rows, max(layer_rows, key=selection_score))
+    # The reading whose best layer is best on val (ties: the first, reading once).
+    reading = max(read, key=lambda r: selection_score(read[r][2]))
+    layers, layer_rows, best = read[reading]
     layer = best["name"].removeprefix("lm_layer_")
-    rows += layer_rows + [{**best, "name": "lm_best", "layer": best["name"],
-                           "title": f"LM best layer (layer {layer}, {best['pooling']}, chosen on val)"}]
+    rows += layer_rows + [{**best, "name": "lm_best", "layer": best["name"], "reading": reading,
+                           "reading_val_accuracy": {r: selection_score(v[2]) for r, v in read.items()},
+                           "title": f"LM best layer (layer {layer}, {best['pooling']}, reading {reading}, "
+                                    "chosen on val)"}]
     # The concatenation is pooled as the best layer is: one more probe, not one per pooling.
     return rows + [representation_row(rep, clips, config, poolings=(best["pooling"],))
                    for rep in layers if rep.name == "lm_concat"]

@@ -14,6 +14,7 @@ from typing import Mapping
 from tokenlm.config import build
 from tokenlm.errors import ConfigError
 from tokenlm.evaluation.linear_probe import DEFAULT_CS
+from tokenlm.evaluation.lm_readings import reading_candidates
 from tokenlm.evaluation.pooling import AUTO, check_pooling
 
 BASELINES = ("vgg", "simclr", "timbre")  # what `tokenlm baselines` trains when nothing is listed
@@ -41,10 +42,15 @@ class ProbeConfig:
     # Pooling over time of the autoencoder and LM rows: auto (the best on val), mean, mean+std, mean+max.
     pooling: str = AUTO
     concat_layers: bool = False  # also an lm_concat row: the probed LM layers side by side
+    # How the LM reads a clip (tokenlm.evaluation.lm_readings): once (causal, or both ways for a
+    # masked LM), twice (a causal LM fed the clip twice, the second reading kept) or auto (the
+    # better on val, recorded on lm_best as ``reading``).
+    lm_reading: str = "auto"
 
     def __post_init__(self):
         object.__setattr__(self, "baselines", parse_baselines(self.baselines))
         check_pooling(self.pooling, allow_auto=True)
+        reading_candidates(self.lm_reading, "next")  # a clear error for an unknown reading
         object.__setattr__(self, "layers", _layers_text(self.layers))
         if not self.cs or min(self.cs) <= 0:
             raise ValueError("cs must be a non-empty list of positive numbers")
