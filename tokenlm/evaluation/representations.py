@@ -199,10 +199,13 @@ def lm_flops_per_second(lm: CodeLM, code_rate: float | None) -> float | None:
         lm.model.set_attn_implementation(fast)
 
 
-def simclr_embeddings(clips: LabelledClips, simclr_dir: Path, device, progress: bool = True) -> Representation:
+def simclr_embeddings(clips: LabelledClips, simclr_dir: Path, device, progress: bool = True,
+                      embedding: str = "pooled") -> Representation:
     """The SimCLR trunk pretrained on the run's corpus (``simclr_dir``) on the clips: its
-    embedding averaged over each clip's windows, the input normalised as in its training."""
+    embedding averaged over each clip's windows, the input normalised as in its training;
+    ``embedding`` bands keeps each frequency band's channels (models.simclr.FrequencyBands)."""
     from tokenlm.baselines.cnn import embed_clips, load_model
+    from tokenlm.models.simclr import FrequencyBands
 
     if not is_finished(simclr_dir):
         raise Unavailable(f"no trained SimCLR at {simclr_dir} (run `tokenlm baselines --baselines simclr` first)")
@@ -216,9 +219,11 @@ def simclr_embeddings(clips: LabelledClips, simclr_dir: Path, device, progress: 
     std = np.asarray(record["norm"]["std"], dtype=np.float32)
     start = time.perf_counter()
     normalised = [(clips.logmel(i).astype(np.float32) - mean) / std for i in _bar(range(len(clips)), "SimCLR", progress)]
-    vectors = embed_clips(trunk, normalised, record["crop_frames"], device)
+    reader = FrequencyBands(trunk) if embedding == "bands" else trunk
+    vectors = embed_clips(reader, normalised, record["crop_frames"], device)
     metrics = read_json(simclr_dir / METRICS)
-    return Representation("simclr", "SimCLR CNN trunk (self-supervised)", vectors,
+    title = "SimCLR CNN trunk (self-supervised" + (", frequency bands kept)" if embedding == "bands" else ")")
+    return Representation("simclr", title, vectors,
                           encoder_params=metrics.get("encoder_params"), encoder_train_s=metrics.get("train_seconds"),
                           flops_per_second=metrics.get("flops_per_second"), extract_s=time.perf_counter() - start,
                           notes="pretrained on the run's corpus")

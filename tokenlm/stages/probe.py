@@ -103,8 +103,7 @@ def probe(run: str | Path | RunDir, config: ProbeConfig = ProbeConfig(),
     def make(work: Path) -> dict:
         rows = representation_rows(clips, run, codebook_size, config, torch_device, progress, lm_dir)
         if simclr_dir is not None:
-            rows.append(representation_row(simclr_embeddings(clips, simclr_dir, torch_device, progress), clips,
-                                           config))
+            rows.append(simclr_row(clips, simclr_dir, config, baseline_config, torch_device, progress))
         rows += [baseline_row(results) for results in supervised.values()]
         results = {"run": str(run.root), "task": task.name, "task_data": str(task.path or run.features),
                    "pretraining_data": _pretraining_source(run), "pretrained_apart": not task.is_own,
@@ -186,6 +185,19 @@ def representation_rows(clips: LabelledClips, run: RunDir, codebook_size: int | 
     # The concatenation is pooled as the best layer is: one more probe, not one per pooling.
     return rows + [representation_row(rep, clips, config, poolings=(best["pooling"],))
                    for rep in layers if rep.name == "lm_concat"]
+
+
+def simclr_row(clips: LabelledClips, simclr_dir: Path, config: ProbeConfig, baseline_config: BaselinesConfig,
+               device, progress: bool) -> dict:
+    """The SimCLR row: its trunk read as ``simclr_embedding`` says (auto: pooled and bands,
+    the better on val, the choice recorded as ``embedding``)."""
+    setting = baseline_config.simclr_embedding
+    choices = ("pooled", "bands") if setting == "auto" else (setting,)
+    tried = {c: representation_row(simclr_embeddings(clips, simclr_dir, device, progress, embedding=c), clips,
+                                   config) for c in choices}
+    best = max(choices, key=lambda c: selection_score(tried[c]))  # ties: pooled, the reference
+    return {**tried[best], "embedding": best,
+            "embedding_val_accuracy": {c: selection_score(row) for c, row in tried.items()}}
 
 
 def _optional_key(directory: Path | None) -> str | None:

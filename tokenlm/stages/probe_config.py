@@ -104,10 +104,20 @@ class BaselinesConfig:
     simclr_batch_size: int = 64
     simclr_temperature: float = 0.1
     simclr_projection_dim: int = 128
+    # The two views' crops: None anywhere in the clip (independent); S seconds: the second
+    # starts within S s of the first (near crops share notes and words: tokenlm.baselines.simclr).
+    simclr_view_offset: float | None = None
+    # What the probe reads of the SimCLR trunk: pooled (frequency averaged out, as VGG's head
+    # reads it), bands (each frequency band's channels kept) or auto (the better on val).
+    simclr_embedding: str = "pooled"
 
     def __post_init__(self):
         if self.crop_seconds <= 0:
             raise ValueError("crop_seconds must be positive")
+        if self.simclr_view_offset is not None and self.simclr_view_offset < 0:
+            raise ValueError("simclr_view_offset must be >= 0 seconds (or null: independent crops)")
+        if self.simclr_embedding not in ("pooled", "bands", "auto"):
+            raise ValueError(f"simclr_embedding takes pooled, bands or auto, got {self.simclr_embedding!r}")
 
 
 def parse_baselines(value) -> tuple[str, ...]:
