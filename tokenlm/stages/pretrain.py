@@ -147,6 +147,21 @@ def _check_codes(split: RaggedSplit, codebook_size: int) -> None:
                             f"another tokenizer")
 
 
+def fit_schedule_to_data(training: TrainConfig, train_codes: int, context: int) -> tuple[TrainConfig, dict]:
+    """The schedule fitted to the corpus: at least one validation per pass over the train codes
+    and a warmup of at most three passes. Early stopping keeps only weights it has validated;
+    on a small corpus (706 one-second clips, 10k codes: 2.5 passes a step at the default batch)
+    the default 100 steps between validations overfit long before the first one, and the LM
+    ended above the bigram's perplexity (3.83 against 3.61). Returns the schedule and what changed."""
+    per_pass = max(1, math.ceil(train_codes / (training.batch_size * context)))
+    changed = {}
+    if training.eval_every > per_pass:
+        changed["eval_every"] = per_pass
+    if training.warmup_steps > 3 * per_pass:
+        changed["warmup_steps"] = 3 * per_pass
+    return dataclasses.replace(training, **changed), changed
+
+
 # ---- the stage ------------------------------------------------------------------------
 
 def pretrain(run: str | Path, model: LMConfig = LMConfig(), training: TrainConfig | None = None, *,
@@ -161,6 +176,11 @@ def pretrain(run: str | Path, model: LMConfig = LMConfig(), training: TrainConfi
     if device is not None:
         training = dataclasses.replace(training, device=device)
     tokens = read_tokens_meta(run.tokens(k), k)
+    training, changed = fit_schedule_to_data(training, len(RaggedSplit(tokens.directory, "train", "uint16").data),
+                                             model.context)
+    if changed and int(os.environ.get("RANK", "0")) == 0:
+        _say("lm: a small corpus: " + ", ".join(f"{name} {value}" for name, value in changed.items()) +
+             " (at least one validation per pass over the train codes)")
     key_training = {name: value for name, value in to_dict(training).items() if name != "device"}
     stage = Stage(Path(out_dir) if out_dir is not None else run.lm,
                   config={"model": model.key(), "training": key_training, "codebook_size": tokens.codebook_size},
