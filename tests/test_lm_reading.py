@@ -75,6 +75,8 @@ def test_openings_are_a_function_of_the_step_and_off_by_default(tmp_path):
     assert LMConfig(start_crops=0.25).key()["crop_codes"] == (20, 40)
     with pytest.raises(ValueError, match="start_crops"):
         LMConfig(start_crops=1.5)
+    with pytest.raises(ValueError, match="not multi"):
+        LMConfig(start_crops=0.2, objective="multi")
 
 
 # ---- centroid-initialised embeddings ---------------------------------------------------

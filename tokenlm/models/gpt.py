@@ -100,6 +100,9 @@ class LMConfig:
             raise ValueError(f"embeddings must be random or centroids, got {self.embeddings!r}")
         if not 0.0 <= self.start_crops <= 1.0:
             raise ValueError(f"start_crops must be in [0, 1], got {self.start_crops}")
+        if self.start_crops and self.objective == "multi":
+            # multi's targets ahead find clip ends by BOS labels; an opening ends on its clip's next code.
+            raise ValueError("start_crops applies to objectives next and masked, not multi")
         if len(self.crop_codes) != 2 or not 1 <= self.crop_codes[0] <= self.crop_codes[1]:
             raise ValueError(f"crop_codes takes two lengths 1 <= low <= high, got {self.crop_codes!r}")
 
