@@ -178,15 +178,15 @@ def pretrain(run: str | Path, model: LMConfig = LMConfig(), training: TrainConfi
     tokens = read_tokens_meta(run.tokens(k), k)
     training, changed = fit_schedule_to_data(training, len(RaggedSplit(tokens.directory, "train", "uint16").data),
                                              model.context)
-    if changed and int(os.environ.get("RANK", "0")) == 0:
-        _say("lm: a small corpus: " + ", ".join(f"{name} {value}" for name, value in changed.items()) +
-             " (at least one validation per pass over the train codes)")
     key_training = {name: value for name, value in to_dict(training).items() if name != "device"}
     stage = Stage(Path(out_dir) if out_dir is not None else run.lm,
                   config={"model": model.key(), "training": key_training, "codebook_size": tokens.codebook_size},
                   inputs={"tokens": stage_key(tokens.directory)})
     if stage.up_to_date("lm"):
         return stage.out_dir
+    if changed and int(os.environ.get("RANK", "0")) == 0:
+        _say("lm: a small corpus: " + ", ".join(f"{name} {value}" for name, value in changed.items()) +
+             " (at least one validation per pass over the train codes)")
     with distributed_stage(stage, training.device) as (work, dist):
         job = _LMJob(tokens, model, training)
         job.train(work, dist, progress, callbacks)
