@@ -180,11 +180,19 @@ def representation_rows(clips: LabelledClips, run: RunDir, codebook_size: int | 
     layer = best["name"].removeprefix("lm_layer_")
     rows += layer_rows + [{**best, "name": "lm_best", "layer": best["name"], "reading": reading,
                            "reading_val_accuracy": {r: selection_score(v[2]) for r, v in read.items()},
+                           "readings": {r: _reading_record(v[2]) for r, v in read.items()},
                            "title": f"LM best layer (layer {layer}, {best['pooling']}, reading {reading}, "
                                     "chosen on val)"}]
     # The concatenation is pooled as the best layer is: one more probe, not one per pooling.
     return rows + [representation_row(rep, clips, config, poolings=(best["pooling"],))
                    for rep in layers if rep.name == "lm_concat"]
+
+
+def _reading_record(best: dict) -> dict:
+    """One reading's best layer in brief (the choice is made on val; test is for the record)."""
+    test = best.get("test") or {}
+    return {"layer": best["name"], "pooling": best.get("pooling"), "val_accuracy": selection_score(best),
+            "accuracy": headline(best), "accuracy_ci": test.get("accuracy_ci")}
 
 
 def simclr_row(clips: LabelledClips, simclr_dir: Path, config: ProbeConfig, baseline_config: BaselinesConfig,
