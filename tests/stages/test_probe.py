@@ -259,7 +259,7 @@ def test_autoencoder_and_lm_rows_with_a_real_tokenizer_and_lm(tmp_path):
     pytest.importorskip("transformers")
     run = make_run(tmp_path, per_split=(4, 2, 2))
     _train_tokenizer_and_lm(run)
-    probe(run, ProbeConfig(cs=(1.0,)), device="cpu", progress=False)
+    probe(run, ProbeConfig(cs=(1.0,), lm_reading="auto"), device="cpu", progress=False)
     rows = _rows(run)
     assert rows["autoencoder"]["status"] == "ok" and rows["autoencoder"]["dim"] == 2 * 8
     assert rows["autoencoder"]["encoder_params"] > 0
