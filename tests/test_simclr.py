@@ -132,3 +132,39 @@ def test_training_resumes_exactly_after_an_interruption(tmp_path, capsys):
     assert "resuming from step 3" in err  # the end of epoch 1
     assert history == ref_history and len(history) == 2
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+
+
+def test_near_views_start_within_the_offset_and_independent_views_are_the_reference():
+    from tokenlm.baselines.cnn import random_crops
+    from tokenlm.baselines.simclr import view_crops
+
+    # Frame t of every clip holds the value t in every mel bin: a crop's first value is its start.
+    clips = [np.repeat(np.arange(500, dtype=np.float32)[:, None], 4, axis=1) for _ in range(64)]
+    a, b = view_crops(clips, 50, 10, np.random.default_rng(0))
+    assert a.shape == b.shape == (64, 1, 4, 50)
+    gaps = (a[:, 0, 0, 0] - b[:, 0, 0, 0]).abs()
+    assert gaps.max() <= 10 and gaps.max() > 0
+    # None: two independent random crops, drawn exactly as before the option existed.
+    rng1, rng2 = np.random.default_rng(3), np.random.default_rng(3)
+    first, second = view_crops(clips, 50, None, rng1)
+    assert torch.equal(first, random_crops(clips, 50, rng2)) and torch.equal(second, random_crops(clips, 50, rng2))
+    assert "view_offset_frames" not in SimCLRConfig().key()  # SimCLRs trained before keep their key
+    assert SimCLRConfig(view_offset_frames=25).key()["view_offset_frames"] == 25
+
+
+def test_frequency_bands_keep_where_in_frequency_a_pattern_sits():
+    from tokenlm.models.simclr import FrequencyBands
+
+    torch.manual_seed(0)
+    trunk = VGGish(VGGConfig(n_mels=16, channels=(4, 8)))
+    trunk.eval()
+    bands = FrequencyBands(trunk)
+    low, high = torch.zeros(1, 1, 16, 20), torch.zeros(1, 1, 16, 20)
+    low[..., 2, :], high[..., 13, :] = 5.0, 5.0  # one tone, low or high
+    with torch.no_grad():
+        assert bands.embed(low).shape == (1, 8 * 4) and bands.embed_dim == 8 * 4
+        # The same pattern in another band: the pooled embedding barely tells them apart, the
+        # bands put it in another place of the vector.
+        pooled_gap = (trunk.embed(low) - trunk.embed(high)).norm() / trunk.embed(low).norm()
+        band_gap = (bands.embed(low) - bands.embed(high)).norm() / bands.embed(low).norm()
+    assert band_gap > pooled_gap

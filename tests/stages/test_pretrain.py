@@ -25,6 +25,7 @@ from tokenlm.core.config import load_yaml
 from tokenlm.core.errors import ArtifactError, ConfigError, TokenlmError
 from tokenlm.core.fileio import read_json, write_json
 from tokenlm.lm.code_lm import CodeLM
+from tokenlm.core.config import build
 from tokenlm.models.gpt import LMConfig, build_gpt2
 from tokenlm.pipeline.generate_codes import generate_codes
 from tokenlm.pipeline.pretrain import PackedClips, lm_configs, pretrain
@@ -334,3 +335,27 @@ def test_cli_help_and_one_line_errors(tmp_path, capsys):
     assert err.strip().count("\n") == 0 and err.startswith("error:") and "tokenize" in err, err
     with pytest.raises(TokenlmError):
         generate_codes(tmp_path, n=3)
+
+
+def test_schedule_fits_a_small_corpus_and_leaves_a_large_one_alone():
+    from tokenlm.pipeline.pretrain import LM_TRAINING_DEFAULTS, fit_schedule_to_data
+
+    defaults = build(TrainConfig, LM_TRAINING_DEFAULTS)
+    small, changed = fit_schedule_to_data(defaults, 9600, 512)  # 706 clips of 1 s: 2.3 passes a step
+    assert (small.eval_every, small.warmup_steps) == (3, 9) and changed == {"eval_every": 3, "warmup_steps": 9}
+    large, changed = fit_schedule_to_data(defaults, 10_000_000, 512)
+    assert large == defaults and not changed
+
+
+def test_with_cli_defaults_the_lm_matches_the_count_models_on_a_small_set(tmp_path):
+    """Issue 21: on a small set the default LM (4 x 256, 512 context, early stopping) must not
+    end above the bigram. Before the schedule fitted the data, its first validation came after
+    100 steps (~200 passes over these 2.2k codes) and its val perplexity ended above the
+    bigram's."""
+    from tokenlm.pipeline.pretrain import lm_configs
+
+    run = make_token_run(tmp_path / "run")
+    model, training = lm_configs({}, {"device": "cpu"})
+    metrics = read_json(pretrain(run, model, training, progress=False) / "metrics.json")
+    assert metrics["val_ppl"] <= metrics["bigram_ppl"]
+    assert metrics["stopped_early"] and metrics["steps"] < 2000

@@ -260,7 +260,7 @@ def test_autoencoder_and_lm_rows_with_a_real_tokenizer_and_lm(tmp_path):
     pytest.importorskip("transformers")
     run = make_run(tmp_path, per_split=(4, 2, 2))
     _train_tokenizer_and_lm(run)
-    probe(run, ProbeConfig(cs=(1.0,)), device="cpu", progress=False)
+    probe(run, ProbeConfig(cs=(1.0,), lm_reading="auto"), device="cpu", progress=False)
     rows = _rows(run)
     assert rows["autoencoder"]["status"] == "ok" and rows["autoencoder"]["dim"] == 2 * 8
     assert rows["autoencoder"]["encoder_params"] > 0
@@ -270,6 +270,11 @@ def test_autoencoder_and_lm_rows_with_a_real_tokenizer_and_lm(tmp_path):
     assert rows["lm_best"]["layer"] in rows and rows["lm_best"]["test"] == rows[rows["lm_best"]["layer"]]["test"]
     assert rows["bag_of_codes"]["status"] == "ok"
     assert "LM best layer" in (run / "probe" / "data" / "report.md").read_text()
+    # The reading (once, or the clip twice keeping the second) is chosen on val and recorded.
+    readings = rows["lm_best"]["reading_val_accuracy"]
+    assert set(readings) == {"once", "twice"}
+    assert readings[rows["lm_best"]["reading"]] == max(readings.values())
+    assert rows["lm_best"]["test"]["val_accuracy"] == max(readings.values())
 
     # Pooling is chosen per row on val (ties: the row's customary pooling) and recorded.
     assert rows["lm_best"]["pooling"] == rows[rows["lm_best"]["layer"]]["pooling"]
@@ -282,6 +287,11 @@ def test_autoencoder_and_lm_rows_with_a_real_tokenizer_and_lm(tmp_path):
     assert [n for n in rows if n.startswith("lm_layer_")] == ["lm_layer_0", "lm_layer_2"]
     assert rows["lm_concat"]["dim"] == 2 * 2 * 16 and rows["lm_concat"]["pooling"] == "mean+max"
     assert rows["autoencoder"]["pooling"] == "mean+max" and rows["autoencoder"]["dim"] == 2 * 8
+    # A fixed reading is the only one tried.
+    probe(run, ProbeConfig(cs=(1.0,), lm_reading="twice"), device="cpu", progress=False)
+    rows = _rows(run)
+    assert rows["lm_best"]["reading"] == "twice" and set(rows["lm_best"]["reading_val_accuracy"]) == {"twice"}
+    assert "clip read twice" in rows["lm_layer_1"]["notes"]
     # A layer the LM does not have is a clear error.
     with pytest.raises(ConfigError, match="layers"):
         probe(run, ProbeConfig(cs=(1.0,), layers="7"), device="cpu", progress=False)

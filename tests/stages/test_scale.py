@@ -82,3 +82,17 @@ def test_scale_study_end_to_end(tmp_path):
     assert (run.scale_point(0.003).lm / "stage.json").stat().st_mtime_ns == stamp  # the reference is reused
     assert read_json(run.scale / "scale.json")["levers"][0]["lever"] == "multi"
     assert "## Levers at 0.003 h" in (run.scale / "report.md").read_text()
+
+
+def test_lm_steps_scale_with_the_corpus_at_a_fixed_number_of_passes(tmp_path):
+    from stages.test_pretrain import make_token_run  # 60 train clips of known lengths
+
+    from tokenlm.pipeline.scale import steps_for_passes
+
+    run = RunDir(make_token_run(tmp_path / "run"))
+    codes = sum(int(r["length"]) for r in read_jsonl(run.tokens() / "train.index.jsonl"))
+    assert codes > 60 * 25
+    assert steps_for_passes(3.0, run, context=32, batch_size=4) == -(-3 * codes // 128)
+    assert steps_for_passes(1e-9, run, context=32, batch_size=4) == 1
+    with pytest.raises(ValueError, match="lm_passes"):
+        ScaleConfig(lm_passes=0)

@@ -101,7 +101,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
 # --------------------------------------------------------------------------- crops
 
 
-def _fit_length(clip: np.ndarray, frames: int) -> np.ndarray:
+def fit_length(clip: np.ndarray, frames: int) -> np.ndarray:
     """Loop a clip shorter than ``frames`` (T, F) until it is long enough."""
     if len(clip) >= frames:
         return clip
@@ -112,7 +112,7 @@ def random_crops(clips: list[np.ndarray], frames: int, rng: np.random.Generator)
     """One random ``frames``-long crop per clip (T, F) -> batch (B, 1, F, frames) float32."""
     batch = []
     for clip in clips:
-        clip = _fit_length(clip, frames)
+        clip = fit_length(clip, frames)
         start = int(rng.integers(0, len(clip) - frames + 1))
         batch.append(clip[start : start + frames])
     return torch.from_numpy(np.stack(batch).astype(np.float32)).transpose(1, 2).unsqueeze(1)
@@ -124,7 +124,7 @@ def clip_windows(clip: np.ndarray, frames: int) -> np.ndarray:
     Windows do not overlap except the last, which ends on the clip's last frame so that no
     frame is left out; a short clip is looped to one window.
     """
-    clip = _fit_length(clip, frames)
+    clip = fit_length(clip, frames)
     starts = list(range(0, len(clip) - frames + 1, frames))
     if starts[-1] + frames < len(clip):
         starts.append(len(clip) - frames)

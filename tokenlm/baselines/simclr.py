@@ -19,7 +19,7 @@ Training runs on the shared loop, one epoch a pass over the clips.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -28,12 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tokenlm.baselines.cnn import random_crops
+from tokenlm.baselines.cnn import fit_length, random_crops
 from tokenlm.models.simclr import SimCLRModel
 from tokenlm.training import DistContext, EpochBatches, TrainConfig, checkpoint_folder
 from tokenlm.training import train as train_loop
 
-__all__ = ["AugmentConfig", "SimCLRConfig", "augment", "nt_xent", "train_simclr"]
+__all__ = ["AugmentConfig", "SimCLRConfig", "augment", "nt_xent", "train_simclr", "view_crops"]
 
 _DB = 10.0 / math.log(10.0)  # dB per neper of power: 10*log10(p) = _DB * ln(p)
 
@@ -64,6 +64,18 @@ class SimCLRConfig:
     temperature: float = 0.1
     projection_dim: int = 128
     seed: int = 0
+    # The two views' crops: None draws them independently anywhere in the clip (the reference);
+    # N starts the second within N frames of the first. Far-apart crops of a song or a sentence
+    # hold different notes and words, so independent crops teach the trunk to ignore pitch.
+    view_offset_frames: int | None = None
+
+    def key(self) -> dict:
+        """The settings as a stage records them; view_offset_frames only when set (no rerun of
+        SimCLRs trained before it existed)."""
+        out = asdict(self)
+        if self.view_offset_frames is None:
+            del out["view_offset_frames"]
+        return out
 
 
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
@@ -139,9 +151,10 @@ def train_simclr(
     def views(rng, indices):
         batch = [clips_db[i] for i in indices]
         generator = torch.Generator().manual_seed(int(rng.integers(2**63)))  # the step's augmentations
-        # Two independent crops: the views see different stretches of the clip.
-        return tuple(augment(random_crops(batch, config.crop_frames, rng), mean_t, std_t, augment_config, generator)
-                     for _ in range(2))
+        # Two crops: the views see different stretches of the clip (near each other with
+        # view_offset_frames), each augmented on its own.
+        return tuple(augment(crops, mean_t, std_t, augment_config, generator)
+                     for crops in view_crops(batch, config.crop_frames, config.view_offset_frames, rng))
 
     # A lone clip has no negatives: an epoch's single last clip waits for the next shuffle.
     data = EpochBatches(len(clips_db), config.batch_size, views, min_batch=2)
@@ -153,6 +166,24 @@ def train_simclr(
                             desc="simclr")
     history = [{"epoch": h["step"] // data.steps_per_epoch, "train_loss": h["train_loss"]} for h in result.history]
     return {"history": history, "epochs_run": len(history), "train_seconds": result.elapsed_s}
+
+
+def view_crops(clips: list[np.ndarray], frames: int, max_offset: int | None,
+               rng: np.random.Generator) -> tuple[Tensor, Tensor]:
+    """Two ``frames``-long crops per clip (T, F) -> two (B, 1, F, frames) batches: independent
+    (``max_offset`` None), or the second starting within ``max_offset`` frames of the first."""
+    if max_offset is None:
+        return random_crops(clips, frames, rng), random_crops(clips, frames, rng)
+    firsts, seconds = [], []
+    for clip in clips:
+        clip = fit_length(clip, frames)
+        last = len(clip) - frames
+        start = int(rng.integers(0, last + 1))
+        other = int(np.clip(start + rng.integers(-max_offset, max_offset + 1), 0, last))
+        firsts.append(clip[start:start + frames])
+        seconds.append(clip[other:other + frames])
+    return tuple(torch.from_numpy(np.stack(c).astype(np.float32)).transpose(1, 2).unsqueeze(1)
+                 for c in (firsts, seconds))
 
 
 # ---- helpers ------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from tokenlm.run.artifacts import read_stage
 from tokenlm.core.errors import ArtifactError, ConfigError, TokenlmError
 from tokenlm.evaluation.clips import LabelledClips
 from tokenlm.core.fileio import read_json
+from tokenlm.evaluation.lm_readings import keep_reading, read_codes, reading_title
 from tokenlm.evaluation.pooling import time_statistics
 from tokenlm.lm.code_lm import CodeLM
 from tokenlm.run.rundir import METRICS, SPLITS, RunDir, is_finished, read_tokens_meta
@@ -163,10 +164,12 @@ def quantised_bottleneck(clips: LabelledClips, models: RunDir, codebook_size: in
 
 
 def lm_layers(clips: LabelledClips, codes: Codes, lm_dir: Path, layers: str, batch_clips: int,
-              cost: TokenizerCost, device, progress: bool = True, concat: bool = False) -> list[Representation]:
+              cost: TokenizerCost, device, progress: bool = True, concat: bool = False,
+              reading: str = "once") -> list[Representation]:
     """The code LM's hidden states (the LM at ``lm_dir``): their statistics over time, one
     representation per layer of ``layers`` ("all" or "0,2,4"), mean pooled unless val says
-    otherwise; with ``concat``, then ``lm_concat``: those layers side by side.
+    otherwise; with ``concat``, then ``lm_concat``: those layers side by side. ``reading``:
+    how each clip is fed (tokenlm.evaluation.lm_readings: once, or twice keeping the second).
 
     Every statistic comes out of one pass of the LM over the codes."""
     if not is_finished(lm_dir):
@@ -182,9 +185,10 @@ def lm_layers(clips: LabelledClips, codes: Codes, lm_dir: Path, layers: str, bat
     per_clip = []  # statistics over time, (layers + 1, d) each
     # Several LM batches per call (the LM sorts windows by length inside it), bounded by codes,
     # not clips: a call holds every hidden state of its clips until they are pooled.
-    clip_codes = [codes.by_id[clip_id] for clip_id in clips.ids]
+    clip_codes = read_codes([codes.by_id[clip_id] for clip_id in clips.ids], reading)
     for batch in _bar(list(chunks_by_length(clip_codes, 4 * batch_clips * lm.context)), "LM", progress):
-        per_clip += [time_statistics(states.numpy(), axis=1) for states in lm.hidden_states(batch, batch_clips)]
+        per_clip += [time_statistics(keep_reading(states, reading).numpy(), axis=1)
+                     for states in lm.hidden_states(batch, batch_clips)]
     stacked = _stacked(per_clip)  # (N, layers + 1, d) each
     n_states = stacked["mean"].shape[1]
     extract_s = (time.perf_counter() - start) / n_states
@@ -199,7 +203,8 @@ def lm_layers(clips: LabelledClips, codes: Codes, lm_dir: Path, layers: str, bat
     reps = [
         Representation(f"lm_layer_{n}", f"LM layer {n}" + (" (embeddings)" if n == 0 else ""), None,
                        encoder_params=params, encoder_train_s=train_s, extract_s=extract_s, flops_per_second=flops,
-                       notes="encoder = tokenizer + LM", statistics={k: v[:, n] for k, v in stacked.items()})
+                       notes=f"encoder = tokenizer + LM; {reading_title(reading, lm.objective)}",
+                       statistics={k: v[:, n] for k, v in stacked.items()})
         for n in chosen
     ]
     if concat:
@@ -228,10 +233,13 @@ def lm_flops_per_second(lm: CodeLM, code_rate: float | None) -> float | None:
         lm.model.set_attn_implementation(fast)
 
 
-def simclr_embeddings(clips: LabelledClips, simclr_dir: Path, device, progress: bool = True) -> Representation:
+def simclr_embeddings(clips: LabelledClips, simclr_dir: Path, device, progress: bool = True,
+                      embedding: str = "pooled") -> Representation:
     """The SimCLR trunk pretrained on the run's corpus (``simclr_dir``) on the clips: its
-    embedding averaged over each clip's windows, the input normalised as in its training."""
+    embedding averaged over each clip's windows, the input normalised as in its training;
+    ``embedding`` bands keeps each frequency band's channels (models.simclr.FrequencyBands)."""
     from tokenlm.baselines.cnn import embed_clips, load_model
+    from tokenlm.models.simclr import FrequencyBands
 
     if not is_finished(simclr_dir):
         raise Unavailable(f"no trained SimCLR at {simclr_dir} (run `tokenlm baselines --baselines simclr` first)")
@@ -245,9 +253,11 @@ def simclr_embeddings(clips: LabelledClips, simclr_dir: Path, device, progress: 
     std = np.asarray(record["norm"]["std"], dtype=np.float32)
     start = time.perf_counter()
     normalised = [(clips.logmel(i).astype(np.float32) - mean) / std for i in _bar(range(len(clips)), "SimCLR", progress)]
-    vectors = embed_clips(trunk, normalised, record["crop_frames"], device)
+    reader = FrequencyBands(trunk) if embedding == "bands" else trunk
+    vectors = embed_clips(reader, normalised, record["crop_frames"], device)
     metrics = read_json(simclr_dir / METRICS)
-    return Representation("simclr", "SimCLR CNN trunk (self-supervised)", vectors,
+    title = "SimCLR CNN trunk (self-supervised" + (", frequency bands kept)" if embedding == "bands" else ")")
+    return Representation("simclr", title, vectors,
                           encoder_params=metrics.get("encoder_params"), encoder_train_s=metrics.get("train_seconds"),
                           flops_per_second=metrics.get("flops_per_second"), extract_s=time.perf_counter() - start,
                           notes="pretrained on the run's corpus")

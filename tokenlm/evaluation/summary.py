@@ -50,7 +50,7 @@ def write_summary(probe_dir: Path, tasks: list[str]) -> Path:
 def _task_free_title(row: dict) -> str:
     """A row's title without what each task chose for itself (the LM layer, the pooling)."""
     if row["name"] == "lm_best":
-        return "LM best layer (layer and pooling chosen on val per task)"
+        return "LM best layer (layer, pooling and reading chosen on val per task)"
     return row.get("title", row["name"]).removesuffix(f", {row['pooling']}" if row.get("pooling") else "")
 
 

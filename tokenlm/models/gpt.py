@@ -68,6 +68,13 @@ class LMConfig:
     # (0.15 and 4 mask about half of the codes in spans of 0.2 s at 20 codes/s, HuBERT's share).
     mask_prob: float = 0.15
     mask_span: int = 4
+    # Input embeddings: "random" (GPT-2's, tied to the output head) or "centroids" (each code's
+    # k-means centroid through a fixed projection, head untied: tokenlm.models.code_embeddings).
+    embeddings: str = "random"
+    # Share of training sequences made of clip openings (tokenlm.training.clip_starts): crops
+    # of crop_codes[0]..crop_codes[1] codes from a clip's first code, as the probe reads clips.
+    start_crops: float = 0.0
+    crop_codes: tuple[int, int] = (20, 40)
 
     def __post_init__(self):
         for name in ("n_layer", "n_head", "n_embd"):
@@ -89,6 +96,15 @@ class LMConfig:
             raise ValueError(f"predict_ahead must be >= 1, got {self.predict_ahead}")
         if not 0.0 < self.mask_prob < 1.0 or self.mask_span < 1:
             raise ValueError(f"mask_prob must be in (0, 1) and mask_span >= 1, got {self.mask_prob} and {self.mask_span}")
+        if self.embeddings not in ("random", "centroids"):
+            raise ValueError(f"embeddings must be random or centroids, got {self.embeddings!r}")
+        if not 0.0 <= self.start_crops <= 1.0:
+            raise ValueError(f"start_crops must be in [0, 1], got {self.start_crops}")
+        if self.start_crops and self.objective == "multi":
+            # multi's targets ahead find clip ends by BOS labels; an opening ends on its clip's next code.
+            raise ValueError("start_crops applies to objectives next and masked, not multi")
+        if len(self.crop_codes) != 2 or not 1 <= self.crop_codes[0] <= self.crop_codes[1]:
+            raise ValueError(f"crop_codes takes two lengths 1 <= low <= high, got {self.crop_codes!r}")
 
     def key(self) -> dict:
         """The settings that shape this model: those of other objectives are left out, so an
@@ -100,6 +116,10 @@ class LMConfig:
             del out["predict_ahead"]
         if self.objective != "masked":
             del out["mask_prob"], out["mask_span"]
+        if self.embeddings == "random":  # keys added later stay out at their defaults: no rerun
+            del out["embeddings"]
+        if not self.start_crops:
+            del out["start_crops"], out["crop_codes"]
         return out
 
 
@@ -152,7 +172,8 @@ def build_gpt2(cfg: LMConfig, codebook_size: int, *, device=None, info: dict | N
         # No pad id: batches are right-padded (with BOS) and need no attention mask under the
         # causal mask; a pad id would only make transformers scan every batch for padding.
         pad_token_id=None,
-        tie_word_embeddings=True,
+        # Centroid embeddings (tokenlm.models.code_embeddings) come with an output head of its own.
+        tie_word_embeddings=cfg.embeddings == "random",
         # GPT-2's "gelu_new" is a tanh formula spelled out in python ops: on CPU its forward and
         # backward took a quarter of the step time. torch's GELU is one fused kernel each way.
         activation_function="gelu",

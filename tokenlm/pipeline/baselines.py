@@ -178,10 +178,12 @@ def pretrain_simclr(run: RunDir, probe: ProbeConfig, config: BaselinesConfig, de
     simclr_config = SimCLRConfig(crop_frames=crop_frames, batch_size=config.simclr_batch_size,
                                  epochs=config.simclr_epochs, lr=config.lr, weight_decay=config.weight_decay,
                                  temperature=config.simclr_temperature,
-                                 projection_dim=config.simclr_projection_dim, seed=probe.seed)
+                                 projection_dim=config.simclr_projection_dim, seed=probe.seed,
+                                 view_offset_frames=None if config.simclr_view_offset is None else
+                                 round(config.simclr_view_offset * meta.config.frame_rate))
     augment_config = AugmentConfig()
     stage = Stage(run.baseline("simclr"),
-                  config={"trunk": to_dict(trunk_config), "simclr": to_dict(simclr_config),
+                  config={"trunk": to_dict(trunk_config), "simclr": simclr_config.key(),
                           "augment": to_dict(augment_config)},
                   inputs={"features": run.features}, lock_root=run.lock_root)
 

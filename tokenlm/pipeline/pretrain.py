@@ -43,6 +43,7 @@ import csv
 import dataclasses
 import functools
 import math
+import os
 from pathlib import Path
 
 import click
@@ -62,7 +63,9 @@ from tokenlm.data.store import bin_file, RaggedSplit
 from tokenlm.data.store import sample_clips
 from tokenlm.lm import multilevel
 from tokenlm.core.errors import ConfigError
+from tokenlm.models.code_embeddings import codebook_centroids, init_from_centroids
 from tokenlm.training import TrainConfig, distributed_stage, train
+from tokenlm.training.clip_starts import ClipStarts
 
 
 # The LM's training defaults where they differ from TrainConfig's generic ones.
@@ -110,7 +113,7 @@ class PackedClips:
         width = self.context + 1
         parts, filled = [], 0
         while filled < width:
-            clip = self._draw(rng)
+            clip = self.draw_clip(rng)
             n = int(self.lengths[clip])
             if filled == 0 and n + 1 > width:
                 # [BOS] + clip is longer than a sequence: a random crop of it (no BOS past 0).
@@ -126,7 +129,7 @@ class PackedClips:
             filled += len(part)
         return np.concatenate(parts)[:width]
 
-    def _draw(self, rng: np.random.Generator) -> int:
+    def draw_clip(self, rng: np.random.Generator) -> int:
         # A uniform code position picks its clip: clips are drawn in proportion to their length.
         return int(np.searchsorted(self.ends, rng.integers(0, self.total), side="right"))
 
@@ -156,6 +159,23 @@ def _check_codes(split: RaggedSplit, codebook_size: int) -> None:
                             f"another tokenizer")
 
 
+def fit_schedule_to_data(training: TrainConfig, train_codes: int, context: int) -> tuple[TrainConfig, dict]:
+    """The schedule fitted to the corpus: at least one validation per pass over the train codes
+    and a warmup of at most three passes. Early stopping keeps only weights it has validated;
+    on a small corpus (706 one-second clips, 10k codes: 2.5 passes a step at the default batch)
+    the default 100 steps between validations overfit long before the first one, and the LM
+    ended above the bigram's perplexity (3.83 against 3.61). Returns the schedule and what changed."""
+    per_pass = max(1, math.ceil(train_codes / (training.batch_size * context)))
+    changed = {}
+    if training.eval_every > per_pass:
+        changed["eval_every"] = per_pass
+    if training.warmup_steps > 3 * per_pass:
+        changed["warmup_steps"] = 3 * per_pass
+    return dataclasses.replace(training, **changed), changed
+
+
+# ---- the stage ------------------------------------------------------------------------
+
 def pretrain(run: str | Path, model: LMConfig = LMConfig(), training: TrainConfig | None = None, *,
              k: int | None = None, device: str | None = None, progress: bool = True,
              callbacks=(), out_dir: str | Path | None = None) -> Path:
@@ -168,15 +188,21 @@ def pretrain(run: str | Path, model: LMConfig = LMConfig(), training: TrainConfi
     if device is not None:
         training = dataclasses.replace(training, device=device)
     tokens = read_tokens_meta(run.tokens(k), k)
-    if tokens.levels > 1 and model.objective != "next":
-        raise ConfigError(f"lm.objective {model.objective} reads one code per patch; {tokens.directory} holds "
-                          f"{tokens.levels} (a multi-level LM is trained with objective next)")
+    if tokens.levels > 1 and (model.objective != "next" or model.embeddings != "random"):
+        raise ConfigError(f"lm.objective {model.objective} with lm.embeddings {model.embeddings} reads one code per "
+                          f"patch; {tokens.directory} holds {tokens.levels} (a multi-level LM is trained with "
+                          f"objective next and random embeddings)")
+    training, changed = fit_schedule_to_data(
+        training, len(RaggedSplit(tokens.directory, "train", "uint16", width=tokens.levels).data), model.context)
     key_training = {name: value for name, value in to_dict(training).items() if name != "device"}
     stage = Stage(Path(out_dir) if out_dir is not None else run.lm,
                   config={"model": model.key(), "training": key_training, "codebook_size": tokens.codebook_size},
                   inputs={"tokens": tokens.directory}, lock_root=run.lock_root)
     if stage.up_to_date("lm"):
         return stage.out_dir
+    if changed and int(os.environ.get("RANK", "0")) == 0:
+        _say("lm: a small corpus: " + ", ".join(f"{name} {value}" for name, value in changed.items()) +
+             " (at least one validation per pass over the train codes)")
     with distributed_stage(stage, training.device) as (work, dist):
         job = _LMJob(read_tokens_meta(tokens.directory, k), model, training)  # as they are under the lock
         job.train(work, dist, progress, callbacks)
@@ -226,6 +252,8 @@ class _LMJob:
             trained, loss_fn, train_batch, val_batches = _level_objective(model, model_cfg, splits, tokens.codebook_size,
                                                                           training.batch_size)
         else:
+            if model_cfg.embeddings == "centroids":
+                init_from_centroids(model, codebook_centroids(info["tokenizer_dir"], tokens.codebook_size), training.seed)
             trained, loss_fn, train_batch, val_batches = _objective(model, model_cfg, splits, bos, training.batch_size)
         code_rate = tokens.code_rate or 0.0
         val = val_batches(splits["val"]) if len(splits["val"].data) else None
@@ -262,6 +290,8 @@ def _objective(model, cfg: LMConfig, splits: dict, bos: int, batch_size: int):
     """(module the loop trains, loss_fn, train batches, split -> val batches) of ``cfg.objective``
     (tokenlm.lm.objectives)."""
     packed = PackedClips(splits["train"], bos, cfg.context)
+    if cfg.start_crops:  # a share of sequences made of clip openings, as the probe reads clips
+        packed = ClipStarts(packed, cfg.start_crops, cfg.crop_codes)
     if cfg.objective == "masked":
         masking = {"mask_id": model.config.tokenlm["mask_token_id"], "bos": bos, "prob": cfg.mask_prob,
                    "span": cfg.mask_span}

@@ -49,6 +49,7 @@ from tokenlm.run.artifacts import Stage
 from tokenlm.core.config import to_dict
 from tokenlm.core.errors import ArtifactError
 from tokenlm.evaluation.clips import LabelledClips
+from tokenlm.evaluation.lm_readings import lm_objective, reading_candidates
 from tokenlm.evaluation.probe_table import render_report
 from tokenlm.evaluation.representations import (
     Unavailable, autoencoder_bottleneck, bag_of_codes, lm_layers, load_codes, logmel_stats, quantised_bottleneck,
@@ -106,8 +107,7 @@ def probe(run: str | Path | RunDir, config: ProbeConfig = ProbeConfig(),
     def make(work: Path) -> dict:
         rows = representation_rows(clips, run, codebook_size, config, torch_device, progress, lm_dir)
         if simclr_dir is not None:
-            rows.append(representation_row(simclr_embeddings(clips, simclr_dir, torch_device, progress), clips,
-                                           config))
+            rows.append(simclr_row(clips, simclr_dir, config, baseline_config, torch_device, progress))
         rows += [baseline_row(results) for results in supervised.values()]
         results = {"run": str(run.root), "task": task.name, "task_data": str(task.path or run.features),
                    "pretraining_data": _pretraining_source(run), "pretrained_apart": not task.is_own,
@@ -175,19 +175,47 @@ def representation_rows(clips: LabelledClips, run: RunDir, codebook_size: int | 
 
     if codes is None:
         return rows + [skipped_row("lm", "LM hidden states", codes_missing)]
-    try:
-        layers = lm_layers(clips, codes, lm_dir, config.layers, config.lm_batch_clips, cost, device, progress,
-                           concat=config.concat_layers)
-    except Unavailable as why:
-        return rows + [skipped_row("lm", "LM hidden states", str(why))]
-    layer_rows = [representation_row(rep, clips, config) for rep in layers if rep.name != "lm_concat"]
-    best = max(layer_rows, key=selection_score)
+    read = {}  # reading -> (its LM representations, its layer rows, its best layer row)
+    for reading in reading_candidates(config.lm_reading, lm_objective(lm_dir)):
+        try:
+            layers = lm_layers(clips, codes, lm_dir, config.layers, config.lm_batch_clips, cost, device, progress,
+                               concat=config.concat_layers, reading=reading)
+        except Unavailable as why:
+            return rows + [skipped_row("lm", "LM hidden states", str(why))]
+        layer_rows = [representation_row(rep, clips, config) for rep in layers if rep.name != "lm_concat"]
+        read[reading] = (layers, layer_rows, max(layer_rows, key=selection_score))
+    # The reading whose best layer is best on val (ties: the first, reading once).
+    reading = max(read, key=lambda r: selection_score(read[r][2]))
+    layers, layer_rows, best = read[reading]
     layer = best["name"].removeprefix("lm_layer_")
-    rows += layer_rows + [{**best, "name": "lm_best", "layer": best["name"],
-                           "title": f"LM best layer (layer {layer}, {best['pooling']}, chosen on val)"}]
+    rows += layer_rows + [{**best, "name": "lm_best", "layer": best["name"], "reading": reading,
+                           "reading_val_accuracy": {r: selection_score(v[2]) for r, v in read.items()},
+                           "readings": {r: _reading_record(v[2]) for r, v in read.items()},
+                           "title": f"LM best layer (layer {layer}, {best['pooling']}, reading {reading}, "
+                                    "chosen on val)"}]
     # The concatenation is pooled as the best layer is: one more probe, not one per pooling.
     return rows + [representation_row(rep, clips, config, poolings=(best["pooling"],))
                    for rep in layers if rep.name == "lm_concat"]
+
+
+def _reading_record(best: dict) -> dict:
+    """One reading's best layer in brief (the choice is made on val; test is for the record)."""
+    test = best.get("test") or {}
+    return {"layer": best["name"], "pooling": best.get("pooling"), "val_accuracy": selection_score(best),
+            "accuracy": headline(best), "accuracy_ci": test.get("accuracy_ci")}
+
+
+def simclr_row(clips: LabelledClips, simclr_dir: Path, config: ProbeConfig, baseline_config: BaselinesConfig,
+               device, progress: bool) -> dict:
+    """The SimCLR row: its trunk read as ``simclr_embedding`` says (auto: pooled and bands,
+    the better on val, the choice recorded as ``embedding``)."""
+    setting = baseline_config.simclr_embedding
+    choices = ("pooled", "bands") if setting == "auto" else (setting,)
+    tried = {c: representation_row(simclr_embeddings(clips, simclr_dir, device, progress, embedding=c), clips,
+                                   config) for c in choices}
+    best = max(choices, key=lambda c: selection_score(tried[c]))  # ties: pooled, the reference
+    return {**tried[best], "embedding": best,
+            "embedding_val_accuracy": {c: selection_score(row) for c, row in tried.items()}}
 
 
 def _optional_key(directory: Path | None) -> Path | None:

@@ -15,6 +15,7 @@ from tokenlm.core.config import build
 from tokenlm.core.errors import ConfigError
 from tokenlm.core.config import unknown_option
 from tokenlm.evaluation.linear_probe import DEFAULT_CS
+from tokenlm.evaluation.lm_readings import reading_candidates
 from tokenlm.evaluation.pooling import AUTO, check_pooling
 
 BASELINES = ("vgg", "simclr", "timbre")  # what `tokenlm baselines` trains when nothing is listed
@@ -42,10 +43,16 @@ class ProbeConfig:
     # Pooling over time of the autoencoder and LM rows: auto (the best on val), mean, mean+std, mean+max.
     pooling: str = AUTO
     concat_layers: bool = False  # also an lm_concat row: the probed LM layers side by side
+    # How the LM reads a clip (tokenlm.evaluation.lm_readings): once (causal, or both ways for a
+    # masked LM; the default: twice won on val on two demo tasks of three, not on keywords),
+    # twice (a causal LM fed the clip twice, the second reading kept) or auto (the better on
+    # val per task, recorded on lm_best as ``reading``).
+    lm_reading: str = "once"
 
     def __post_init__(self):
         object.__setattr__(self, "baselines", parse_baselines(self.baselines))
         check_pooling(self.pooling, allow_auto=True)
+        reading_candidates(self.lm_reading, "next")  # a clear error for an unknown reading
         object.__setattr__(self, "layers", _layers_text(self.layers))
         if not self.cs or min(self.cs) <= 0:
             raise ValueError("cs must be a non-empty list of positive numbers")
@@ -99,10 +106,20 @@ class BaselinesConfig:
     simclr_batch_size: int = 64
     simclr_temperature: float = 0.1
     simclr_projection_dim: int = 128
+    # The two views' crops: None anywhere in the clip (independent); S seconds: the second
+    # starts within S s of the first (near crops share notes and words: tokenlm.baselines.simclr).
+    simclr_view_offset: float | None = None
+    # What the probe reads of the SimCLR trunk: pooled (frequency averaged out, as VGG's head
+    # reads it), bands (each frequency band's channels kept) or auto (the better on val).
+    simclr_embedding: str = "pooled"
 
     def __post_init__(self):
         if self.crop_seconds <= 0:
             raise ValueError("crop_seconds must be positive")
+        if self.simclr_view_offset is not None and self.simclr_view_offset < 0:
+            raise ValueError("simclr_view_offset must be >= 0 seconds (or null: independent crops)")
+        if self.simclr_embedding not in ("pooled", "bands", "auto"):
+            raise ValueError(f"simclr_embedding takes pooled, bands or auto, got {self.simclr_embedding!r}")
 
 
 def parse_baselines(value) -> tuple[str, ...]:

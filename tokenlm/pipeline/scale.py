@@ -22,6 +22,7 @@ pretraining hours, one panel per task) and report.md, which the run's report inc
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -53,6 +54,7 @@ from tokenlm.pipeline.prepare import prepare_task
 from tokenlm.pipeline.tasks import Task, own_task
 from tokenlm.pipeline.tokenize import encode_task
 
+from tokenlm.data.store import RaggedSplit
 
 SECTION = "scale"
 
@@ -66,10 +68,16 @@ class ScaleConfig:
     hours: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  # pretraining sizes (hours of train-split audio)
     seed: int = 0  # the order in which the corpus's clips join the nested subsets
     with_levers: bool = False  # also train the recipe's ``levers:`` LMs at the largest size
+    # LM budget per size in passes over its train codes (steps = passes x codes / (batch x
+    # context)), so a larger corpus is trained on as often as a smaller one; None: the lm:
+    # section's steps at every size. Early stopping still applies; the report says the steps.
+    lm_passes: float | None = None
 
     def __post_init__(self):
         if not self.hours or min(self.hours) <= 0:
             raise ValueError("hours needs positive sizes")
+        if self.lm_passes is not None and self.lm_passes <= 0:
+            raise ValueError(f"lm_passes must be positive, got {self.lm_passes}")
         object.__setattr__(self, "hours", tuple(sorted(set(float(h) for h in self.hours))))
 
 
@@ -90,7 +98,7 @@ def scale(ctx: RunContext, config: ScaleConfig) -> Path:
         click.secho(f"-- {hours:g} h of pretraining audio", bold=True, err=True)
         point = run.scale_point(hours)
         point_record, point_rows = _train_and_probe(ctx, point, subsets[hours], tasks, probe_config,
-                                                    baseline_config, device)
+                                                    baseline_config, device, config.lm_passes)
         points.append({"hours": hours, **point_record})
         rows += [{"hours": hours, "train_hours": point_record["train_hours"], **row} for row in point_rows]
 
@@ -125,7 +133,7 @@ def nested_subsets(manifest: list[dict], hours: tuple[float, ...], seed: int) ->
 
 
 def _train_and_probe(ctx: RunContext, point: RunDir, clips: list[dict], tasks: list[Task], probe_config,
-                     baseline_config, device) -> tuple[dict, list[dict]]:
+                     baseline_config, device, lm_passes: float | None = None) -> tuple[dict, list[dict]]:
     """One size: its corpus subset prepared, tokenizer, LM (and SimCLR) trained, each task
     featurised, encoded and probed with them. Returns (the size's record, its probe rows)."""
     point.root.mkdir(parents=True, exist_ok=True)
@@ -136,7 +144,10 @@ def _train_and_probe(ctx: RunContext, point: RunDir, clips: list[dict], tasks: l
     prepare(subset, point, features, SplitConfig(), progress=ctx.progress, **flags)
     tokenizer = tokenizer_config(ctx.section("tokenizer"), {})
     tokenize(point, tokenizer, ctx.config(CodebookConfig, "codebook"), device=ctx.device, progress=ctx.progress)
-    pretrain(point, *lm_configs(ctx.section("lm")), device=ctx.device, progress=ctx.progress)
+    model, training = lm_configs(ctx.section("lm"))
+    if lm_passes is not None:
+        training = replace(training, steps=steps_for_passes(lm_passes, point, model.context, training.batch_size))
+    pretrain(point, model, training, device=ctx.device, progress=ctx.progress)
     if "simclr" in probe_config.baselines:
         pretrain_simclr(point, probe_config, baseline_config, device, ctx.progress)
     self_supervised = replace(probe_config, baselines=tuple(b for b in probe_config.baselines if b == "simclr"))
@@ -154,7 +165,15 @@ def _train_and_probe(ctx: RunContext, point: RunDir, clips: list[dict], tasks: l
     train_seconds = sum(r["duration"] for r in clips if r["split"] == "train")
     return {"train_hours": round(train_seconds / 3600, 4), "clips": len(clips),
             "lm_val_perplexity": lm.get("val_ppl"), "lm_bigram_perplexity": lm.get("bigram_ppl"),
-            "lm_unigram_perplexity": lm.get("unigram_ppl"), "lm_best_step": lm.get("best_step")}, rows
+            "lm_unigram_perplexity": lm.get("unigram_ppl"), "lm_best_step": lm.get("best_step"),
+            "lm_steps_budget": training.steps, "lm_steps": lm.get("steps"), "lm_train_codes": lm.get("train_codes"),
+            "lm_passes": lm_passes, "lm_batch_codes": training.batch_size * model.context}, rows
+
+
+def steps_for_passes(passes: float, point: RunDir, context: int, batch_size: int) -> int:
+    """LM steps that read the size's train codes ``passes`` times (at least one step)."""
+    codes = len(RaggedSplit(point.tokens(), "train", "uint16").data)
+    return max(1, math.ceil(passes * codes / (batch_size * context)))
 
 
 def _point_task(ctx: RunContext, point: RunDir, task: Task) -> Task:

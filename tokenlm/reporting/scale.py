@@ -120,7 +120,12 @@ def render_scale_report(points: list[dict], curves: list[dict], lines: dict, tas
             "| train hours | " + " | ".join(f"{p['train_hours']:.3g}" for p in points) + " |",
             "| clips | " + " | ".join(str(p["clips"]) for p in points) + " |",
             "| LM val perplexity (bigram) | " + " | ".join(
-                _ppl(p["lm_val_perplexity"]) + f" ({_ppl(p['lm_bigram_perplexity'])})" for p in points) + " |", ""]
+                _ppl(p["lm_val_perplexity"]) + f" ({_ppl(p['lm_bigram_perplexity'])})" for p in points) + " |",
+            "| LM steps run (budget) | " + " | ".join(
+                f"{p.get('lm_steps', '?')} ({p.get('lm_steps_budget', '?')})" for p in points) + " |",
+            *([f"LM budget: {points[0]['lm_passes']:g} passes over each size's train codes "
+               f"({points[0]['lm_batch_codes']} codes a step), early-stopped on val.\n"]
+              if points and points[0].get("lm_passes") else []), ""]
     for task in tasks:
         text += [f"## {task}\n", "| representation | " + " | ".join(f"{h:g} h" for h in hours) + " |",
                  "|---|" + "---:|" * len(hours)]
