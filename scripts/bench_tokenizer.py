@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
-from tokenlm.run.artifacts import read_jsonl  # noqa: E402
+from tokenlm.core.fileio import read_jsonl  # noqa: E402
 from tokenlm.data.audio import prepare_waveform  # noqa: E402
 from tokenlm.data.layouts import scan_dataset  # noqa: E402
 from tokenlm.run.rundir import AUTOENCODER_WEIGHTS, RunDir  # noqa: E402
