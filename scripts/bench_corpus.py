@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", type=Path, help="build here and keep it")
     args = parser.parse_args(argv)
 
-    from tokenlm.demo.corpus import _default_workers, build_corpus
+    from tokenlm.demo.corpus import default_workers, build_corpus
 
     out = args.keep or Path(tempfile.mkdtemp(prefix="bench-corpus-")) / "corpus"
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     finally:
         if args.keep is None:
             shutil.rmtree(out.parent, ignore_errors=True)
-    workers = args.workers or _default_workers()
+    workers = args.workers or default_workers()
     print(f"corpus {summary['hours']:.3f} h ({summary['n_files']} files, {size / 2**20:.0f} MiB), "
           f"{workers} worker(s), noise={args.noise}, reverb={args.reverb}"
           f"{' (cached: nothing rendered)' if summary['cached'] else ''}")

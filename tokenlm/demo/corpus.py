@@ -211,7 +211,7 @@ def summarise(plans: list[FilePlan]) -> dict:
 
 # ---- rendering -------------------------------------------------------------------------
 
-def _default_workers() -> int:
+def default_workers() -> int:
     try:
         return max(len(os.sched_getaffinity(0)), 1)
     except AttributeError:  # not Linux
@@ -222,7 +222,7 @@ def _render_all(out_dir: Path, todo: list[FilePlan], seed: int, sf_path: Path,
                 workers: int | None, progress: bool) -> None:
     from tokenlm.core.progress import progress_bar
 
-    workers = min(workers or _default_workers(), max(len(todo), 1))
+    workers = min(workers or default_workers(), max(len(todo), 1))
     jobs = [(str(out_dir), plan, seed, str(sf_path)) for plan in todo]
     with progress_bar(total=sum(p.seconds for p in todo), desc="corpus", unit="s", enabled=progress) as bar:
         if workers == 1:
