@@ -81,7 +81,7 @@ def run_recipe(recipe: str | Path, *, stages: tuple[str, ...] | None = None, dev
 def refuse_folders_tokenlm_did_not_make(run: RunDir) -> None:
     """Before anything is written: a folder where a stage goes that tokenlm did not make is
     refused by that stage; say so now, not after recipe.yaml and the stages before it."""
-    stages = [run.features, run.tokenizer, run.lm, run.vocoder, run.sweep, run.scale, run.root / "rawlm"]
+    stages = [run.features, run.tokenizer, run.lm, run.vocoder, run.sweep, run.scale, run.rawlm]
     stages += sorted(run.tokens_root.glob("k*")) if run.tokens_root.is_dir() else []
     for folder in stages:
         if not made_by_tokenlm(folder):

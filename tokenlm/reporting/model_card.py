@@ -15,12 +15,9 @@ from tokenlm.run.artifacts import STAGE_FILE
 from tokenlm.core.fileio import read_json
 from tokenlm.run.rundir import METRICS, RunDir, codebook_dir, read_run_manifest
 
-SAVED_RECIPE = "recipe.yaml"  # RUN/recipe.yaml, written by `tokenlm run`
-
-
 def card_facts(run: RunDir, tokenizer, lm, vocoder) -> dict:
     """Everything the card says, from the run's files (absent ones are left out)."""
-    recipe = run.root / SAVED_RECIPE
+    recipe = run.saved_recipe
     return {
         "run": run.root.name,
         "data": _data_summary(run),
