@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", type=Path, help="build here and keep it")
     args = parser.parse_args(argv)
 
-    from tokenlm.demo.corpus import default_workers, build_corpus
+    from tokenlm.demo.corpus import build_corpus, default_workers
 
     out = args.keep or Path(tempfile.mkdtemp(prefix="bench-corpus-")) / "corpus"
     t0, cpu0 = time.perf_counter(), _cpu_seconds()

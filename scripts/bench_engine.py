@@ -105,8 +105,8 @@ class _WarmUp:
     """A block that makes a Ray worker import what the stages' workers import."""
 
     def __init__(self):
-        import tokenlm.tokenizer.encoding  # noqa: F401  (torch, FAISS)
         import tokenlm.pipeline.prepare  # noqa: F401
+        import tokenlm.tokenizer.encoding  # noqa: F401  (torch, FAISS)
 
     def __call__(self, number: int, block: list) -> int:
         time.sleep(1.0)  # long enough for every worker to take one
@@ -126,9 +126,9 @@ def _peak_rss_mb() -> float:
 def _driver_run(manifest_dir: str, tokenizer: str, out: str, engine_name: str) -> None:
     """(In a fresh process) prepare + encode ``manifest_dir`` on ``local`` or ``ray`` (2
     workers, warmed up first); print each stage's wall time and the driver's peak RSS."""
+    from tokenlm.data.splits import SplitConfig
     from tokenlm.engine import EngineConfig, engine_session
     from tokenlm.engine.ray_map import map_blocks
-    from tokenlm.data.splits import SplitConfig
     from tokenlm.pipeline.prepare import prepare
     from tokenlm.pipeline.tokenize import encode_new_data
 
@@ -157,10 +157,10 @@ def main(argv=None) -> int:
 
     from tokenlm.data.audio import audio_seconds
     from tokenlm.data.layouts import scan_dataset
+    from tokenlm.data.splits import SplitConfig
     from tokenlm.engine import EngineConfig
     from tokenlm.engine.ray_map import map_blocks, ray_session
     from tokenlm.models.autoencoder import AutoencoderConfig
-    from tokenlm.data.splits import SplitConfig
     from tokenlm.pipeline.prepare import prepare
     from tokenlm.pipeline.tokenize import encode_new_data, tokenize
     from tokenlm.tokenizer.tokenizer import AutoencoderTraining, TokenizerConfig

@@ -96,8 +96,8 @@ def child(manifest: str, run: str, threads: int) -> None:
     import torch
 
     from tokenlm.core.fileio import read_json
-    from tokenlm.run.rundir import META, RunDir
     from tokenlm.pipeline.prepare import prepare
+    from tokenlm.run.rundir import META, RunDir
 
     torch.set_num_threads(threads)
     before = resource.getrusage(resource.RUSAGE_SELF)

@@ -93,13 +93,13 @@ def _stage(name: str, work: Path, settings: dict) -> None:
         train_autoencoder_stage(run, AutoencoderConfig(hidden=tuple(settings["hidden"]), bottleneck=settings["bottleneck"]),
                                 AutoencoderTraining(**training), device=device, progress=False)
     elif name == "codebook":
-        from tokenlm.tokenizer.codebook import CodebookConfig
         from tokenlm.pipeline.tokenize import fit_codebook_stage
+        from tokenlm.tokenizer.codebook import CodebookConfig
 
         fit_codebook_stage(run, k, CodebookConfig(niter=settings["niter"], gpu="never"), device=device)
     elif name == "encode_run":
-        from tokenlm.run.rundir import RunDir
         from tokenlm.pipeline.tokenize import encode_run_stage
+        from tokenlm.run.rundir import RunDir
 
         encode_run_stage(run, k, device=device, progress=False)
         RunDir(run).set_codebook_size(k)
@@ -122,9 +122,9 @@ def _stage(name: str, work: Path, settings: dict) -> None:
 def _lm_open(run: Path, k: int, settings: dict) -> None:
     """What pretrain does before its first step: open the token stores, check the codes, build
     the packed batches and the validation batches; the seconds it took go to stdout."""
-    from tokenlm.run.rundir import SPLITS, RunDir
-    from tokenlm.pipeline.pretrain import PackedClips, validation_batches
     from tokenlm.data.store import RaggedSplit
+    from tokenlm.pipeline.pretrain import PackedClips, validation_batches
+    from tokenlm.run.rundir import SPLITS, RunDir
 
     start = time.perf_counter()
     tokens = RunDir(run).tokens(k)

@@ -102,11 +102,11 @@ def main() -> None:
 
 
 def compare(name: str, vectors: np.ndarray, k: int, args) -> None:
-    from tokenlm.tokenizer.faiss_runtime import faiss, search_blocks
     from sklearn.cluster import KMeans, MiniBatchKMeans, kmeans_plusplus
     from threadpoolctl import threadpool_limits
 
     from tokenlm.tokenizer.codebook import CodebookConfig, fit_codebook
+    from tokenlm.tokenizer.faiss_runtime import faiss, search_blocks
 
     n, d = vectors.shape
     niter = args.niter

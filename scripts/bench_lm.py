@@ -44,11 +44,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tokenlm.core.runtime import cpu_threads  # noqa: E402
 from tokenlm.lm.code_lm import IGNORE, CodeLM, count_baselines  # noqa: E402
 from tokenlm.models.gpt import LMConfig, build_gpt2, train_flops_per_token  # noqa: E402
-from tokenlm.run.rundir import RunDir, is_finished, read_tokens_meta  # noqa: E402
-from tokenlm.core.runtime import cpu_threads  # noqa: E402
 from tokenlm.pipeline.pretrain import LM_TRAINING_DEFAULTS, PackedClips, count_targets  # noqa: E402
+from tokenlm.run.rundir import RunDir, is_finished, read_tokens_meta  # noqa: E402
 from tokenlm.training import DistContext, TrainConfig, train  # noqa: E402
 
 

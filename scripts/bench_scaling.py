@@ -73,18 +73,18 @@ def run_size(data: Path, run: Path, task: Path, args) -> dict:
     """Every stage on one subset, in this process; {stage: {wall_s, cpu_s}} plus sizes."""
     import torch
 
-    from tokenlm.tokenizer.codebook import CodebookConfig
     from tokenlm.data.features import FeatureConfig
+    from tokenlm.data.splits import SplitConfig
     from tokenlm.models.autoencoder import AutoencoderConfig
     from tokenlm.models.gpt import LMConfig
-    from tokenlm.run.rundir import RunDir
-    from tokenlm.data.splits import SplitConfig
+    from tokenlm.pipeline.prepare import prepare
     from tokenlm.pipeline.pretrain import pretrain
     from tokenlm.pipeline.probe import probe_tasks
-    from tokenlm.pipeline.probe_config import ProbeConfig, BaselinesConfig
-    from tokenlm.pipeline.prepare import prepare
-    from tokenlm.pipeline.tokenize import encode_run_stage, fit_codebook_stage, train_autoencoder_stage
+    from tokenlm.pipeline.probe_config import BaselinesConfig, ProbeConfig
     from tokenlm.pipeline.tasks import task_at
+    from tokenlm.pipeline.tokenize import encode_run_stage, fit_codebook_stage, train_autoencoder_stage
+    from tokenlm.run.rundir import RunDir
+    from tokenlm.tokenizer.codebook import CodebookConfig
     from tokenlm.tokenizer.tokenizer import AutoencoderTraining
     from tokenlm.training import TrainConfig
 

@@ -23,17 +23,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import tokenlm  # noqa: E402,F401  first: sets OpenMP's passive waiting before torch loads it
-
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
+import tokenlm  # noqa: E402,F401  first: sets OpenMP's passive waiting before torch loads it
 from tokenlm.core.fileio import read_jsonl  # noqa: E402
 from tokenlm.data.audio import prepare_waveform  # noqa: E402
 from tokenlm.data.layouts import scan_dataset  # noqa: E402
-from tokenlm.run.rundir import AUTOENCODER_WEIGHTS, RunDir  # noqa: E402
 from tokenlm.data.splits import SplitConfig, assign_splits
+from tokenlm.run.rundir import AUTOENCODER_WEIGHTS, RunDir  # noqa: E402
 from tokenlm.tokenizer.encoding import encode_clips  # noqa: E402
 from tokenlm.tokenizer.tokenizer import AudioTokenizer  # noqa: E402
 
@@ -234,9 +233,9 @@ def synthesize(root: Path, clips: int, seconds: float, sample_rate: int = 16000)
 
 
 def train_small_tokenizer(data: Path, run_dir: Path, k: int, epochs: int, threads: int) -> Path:
-    from tokenlm.tokenizer.codebook import CodebookConfig
     from tokenlm.pipeline.prepare import prepare
     from tokenlm.pipeline.tokenize import fit_codebook_stage, train_autoencoder_stage
+    from tokenlm.tokenizer.codebook import CodebookConfig
     from tokenlm.tokenizer.tokenizer import AutoencoderTraining, TokenizerConfig
 
     print(f"training a tokenizer (default autoencoder, {epochs} epochs, K={k}) into {run_dir}")

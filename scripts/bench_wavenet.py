@@ -36,17 +36,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-import tokenlm  # noqa: E402,F401  first: sets OpenMP's passive waiting before torch loads it
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from tokenlm.vocoder.vocoder import lpc  # noqa: E402
+import tokenlm  # noqa: E402,F401  first: sets OpenMP's passive waiting before torch loads it
 from tokenlm.core.config import build, recipe_section  # noqa: E402
 from tokenlm.data.features import FeatureConfig  # noqa: E402
 from tokenlm.models.wavenet import WaveNet, WaveNetConfig  # noqa: E402
 from tokenlm.models.wavenet.fused import fused_available  # noqa: E402
 from tokenlm.pipeline.vocoder import vocoder_config  # noqa: E402
+from tokenlm.vocoder.vocoder import lpc  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

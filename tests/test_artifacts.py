@@ -9,11 +9,11 @@ import os
 import numpy as np
 import pytest
 
-from tokenlm.run import artifacts
-from tokenlm.run.artifacts import STAGE_FILE, Stage, read_stage, stage_key
 from tokenlm.core.errors import ArtifactError
 from tokenlm.core.fileio import file_hash, fingerprint, read_json, read_jsonl, write_json, write_jsonl
 from tokenlm.data.store import RaggedSplit, RaggedWriter
+from tokenlm.run import artifacts
+from tokenlm.run.artifacts import STAGE_FILE, Stage, read_stage, stage_key
 
 
 def test_fingerprint_ignores_key_order_and_sees_values():

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tokenlm.data.audio import audio_blocks, load_audio, prepare_waveform
 from tokenlm.core.errors import AudioError, TokenlmError
+from tokenlm.data.audio import audio_blocks, load_audio, prepare_waveform
 
 SR = 16000
 

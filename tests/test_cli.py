@@ -8,9 +8,9 @@ import types
 import click
 import pytest
 
-from tokenlm.pipeline import registry as pipeline
 from tokenlm.cli import main
 from tokenlm.core.errors import TokenlmError
+from tokenlm.pipeline import registry as pipeline
 from tokenlm.pipeline.registry import BY_NAME, StageSpec
 
 # Every command, in the order `tokenlm --help` lists them (pipeline order). Written out rather

@@ -13,17 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import run_cli
+
 from tokenlm.data.layouts import scan_dataset
+from tokenlm.data.splits import SplitConfig, assign_splits
 from tokenlm.demo import PITCH_CLASSES, PITCH_PROGRAMS, build_demo
 from tokenlm.demo.common import PEAK_LIMIT, SILENT_PEAK
 from tokenlm.demo.corpus import BUILD_FILE, INFO_FILE, MANIFEST_FILE, build_corpus
 from tokenlm.demo.sentences import VOCABULARY, draw_sentence
 from tokenlm.demo.speech import KEYWORDS
-from tokenlm.pipeline.registry import RunContext
-from tokenlm.data.splits import SplitConfig, assign_splits
 from tokenlm.pipeline import data as data_stage
+from tokenlm.pipeline.registry import RunContext
 
 pytest.importorskip("tinysoundfont")
 pytest.importorskip("pretty_midi")

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tokenlm.data.layouts import detect_layout, scan_dataset
-from tokenlm.data.clips import Clip
 from tokenlm.core.errors import ConfigError
+from tokenlm.data.clips import Clip
+from tokenlm.data.layouts import detect_layout, scan_dataset
 from tokenlm.data.splits import SplitConfig, assign_splits
 
 

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from tokenlm.evaluation.audio_quality import clip_distances, decoder_table
-from tokenlm.vocoder.griffin_lim import griffin_lim_from_codes, griffin_lim_missing
-from tokenlm.evaluation.spectral import logmel_distance_db, mr_stft_distance, stoi, stoi_missing
+from tests.conftest import sound
 from tokenlm.data.features import FeatureConfig
+from tokenlm.evaluation.audio_quality import clip_distances, decoder_table
+from tokenlm.evaluation.spectral import logmel_distance_db, mr_stft_distance, stoi, stoi_missing
 from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
 from tokenlm.tokenizer.tokenizer import AudioTokenizer, PatchCoder
-from tests.conftest import sound
+from tokenlm.vocoder.griffin_lim import griffin_lim_from_codes, griffin_lim_missing
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

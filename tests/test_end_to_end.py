@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tokenlm.cli import main
 from tests.conftest import write_corpus
+from tokenlm.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

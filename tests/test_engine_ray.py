@@ -145,8 +145,8 @@ def test_ray_engine_without_ray_says_how_to_install(tmp_path, corpus):
 
 
 def test_engine_recipe_section_and_blocks():
-    from tokenlm.engine import blocks, engine_config
     from tokenlm.core.errors import ConfigError
+    from tokenlm.engine import blocks, engine_config
 
     assert engine_config({"name": "ray", "workers": 4}, None, "auto").address == "auto"
     assert engine_config({"name": "ray"}, "local").name == "local"  # the command line wins
@@ -177,9 +177,9 @@ def test_gpus_per_worker_setting_reaches_ray_and_the_workers(tmp_path, ray_clust
     """engine.gpus_per_worker / --ray-gpus-per-worker: on a cluster with no GPU a one-line error
     (Ray Data would otherwise wait forever); 0 keeps the CPU path. Only the plumbing: no GPU here,
     the GPU path itself is untested."""
+    from tokenlm.core.errors import ConfigError
     from tokenlm.engine import EngineConfig, engine_config
     from tokenlm.engine.ray_map import map_blocks
-    from tokenlm.core.errors import ConfigError
 
     assert engine_config({"gpus_per_worker": 0.5}).gpus_per_worker == 0.5
     assert engine_config({"gpus_per_worker": 0.5}, gpus_per_worker=1).gpus_per_worker == 1  # the command line wins

@@ -8,17 +8,17 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import run_cli, write_corpus
+
 from tokenlm.core.errors import ArtifactError
-from tokenlm.run.rundir import SPLITS, RunDir
+from tokenlm.core.fileio import read_jsonl
 from tokenlm.data.splits import SplitConfig
-from tokenlm.pipeline.export import export, read_export
 from tokenlm.data.store import RaggedSplit
+from tokenlm.pipeline.export import export, read_export
 from tokenlm.pipeline.prepare import prepare_task
 from tokenlm.pipeline.tasks import task_at
 from tokenlm.pipeline.tokenize import encode_task
-from tokenlm.core.fileio import read_jsonl
+from tokenlm.run.rundir import SPLITS, RunDir
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -143,9 +143,9 @@ def test_codes_of_every_quantiser_round_trip_through_export_and_decode(tiny_run,
     codebook's reconstruction of them (sum of levels' centroids, or the groups side by side)."""
     import torch
 
-    from tokenlm.tokenizer.codebook import CodebookConfig
-    from tokenlm.run.rundir import read_tokens_meta
     from tokenlm.pipeline.tokenize import encode_run_stage, fit_codebook_stage
+    from tokenlm.run.rundir import read_tokens_meta
+    from tokenlm.tokenizer.codebook import CodebookConfig
     from tokenlm.tokenizer.tokenizer import AudioTokenizer
 
     run = RunDir(shutil.copytree(tiny_run, tmp_path / "run"))

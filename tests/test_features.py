@@ -20,7 +20,6 @@ from tokenlm.data.features import (
     unpatchify,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

@@ -9,19 +9,19 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from conftest import sound
+
 from tokenlm import hear
-from tokenlm.tokenizer.codebook import CodebookConfig
 from tokenlm.core.config import build
 from tokenlm.core.errors import ArtifactError, ConfigError, TokenlmError
 from tokenlm.core.fileio import read_json
 from tokenlm.models.gpt import LMConfig
-from tokenlm.run.rundir import RunDir
 from tokenlm.pipeline.pretrain import pretrain
 from tokenlm.pipeline.probe import probe
 from tokenlm.pipeline.probe_config import ProbeConfig
 from tokenlm.pipeline.tokenize import fit_codebook_stage
+from tokenlm.run.rundir import RunDir
+from tokenlm.tokenizer.codebook import CodebookConfig
 from tokenlm.training import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

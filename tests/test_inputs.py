@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import sound, write_corpus
-from tokenlm.data.audio import Span, audio_blocks, audio_seconds, load_audio
-from tokenlm.data.layouts import scan_dataset
-from tokenlm.data.clips import SPLITS
+
 from tokenlm.core.errors import ConfigError
 from tokenlm.core.fileio import read_json, read_jsonl
-from tokenlm.pipeline.prepare import prepare
+from tokenlm.data.audio import Span, audio_blocks, audio_seconds, load_audio
+from tokenlm.data.clips import SPLITS
+from tokenlm.data.layouts import scan_dataset
 from tokenlm.data.store import RaggedSplit
+from tokenlm.pipeline.prepare import prepare
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -9,15 +9,15 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_cli
+
 from tokenlm.core.errors import ConfigError
 from tokenlm.core.fileio import read_json
-from tokenlm.lm.code_lm import IGNORE, CodeLM, lm_loss
-from tokenlm.models.gpt import LMConfig, build_gpt2
-from tokenlm.lm.objectives import ahead_labels, mask_spans, masked_loss, multi_loss
-from tokenlm.pipeline.pretrain import _objective, pretrain
 from tokenlm.data.store import RaggedSplit
+from tokenlm.lm.code_lm import IGNORE, CodeLM, lm_loss
+from tokenlm.lm.objectives import ahead_labels, mask_spans, masked_loss, multi_loss
+from tokenlm.models.gpt import LMConfig, build_gpt2
+from tokenlm.pipeline.pretrain import _objective, pretrain
 from tokenlm.training import TrainConfig
 
 K = 16

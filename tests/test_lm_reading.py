@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from tokenlm.run.artifacts import Stage
+from tokenlm.core.fileio import read_json
+from tokenlm.data.store import RaggedSplit, RaggedWriter
 from tokenlm.evaluation.linear_probe import fit_linear_probe
 from tokenlm.evaluation.lm_readings import keep_reading, read_codes, reading_candidates
-from tokenlm.core.fileio import read_json
 from tokenlm.lm.code_lm import IGNORE, CodeLM
 from tokenlm.models.code_embeddings import centroid_embeddings, init_from_centroids
 from tokenlm.models.gpt import LMConfig, build_gpt2, vocab_layout
-from tokenlm.run.rundir import RunDir
 from tokenlm.pipeline.pretrain import PackedClips, pretrain
-from tokenlm.data.store import RaggedSplit, RaggedWriter
+from tokenlm.run.artifacts import Stage
+from tokenlm.run.rundir import RunDir
 from tokenlm.training import TrainConfig
 from tokenlm.training.clip_starts import ClipStarts
 

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from tokenlm.vocoder import lpc
-from tokenlm.evaluation.spectral import logmel_distance_db
-from tokenlm.data.features import FeatureConfig, LogMel
 from tests.conftest import sound
+from tokenlm.data.features import FeatureConfig, LogMel
+from tokenlm.evaluation.spectral import logmel_distance_db
+from tokenlm.vocoder import lpc
 
 SR, HOP = 8000, 80
 FEATURES = FeatureConfig(sample_rate=SR, n_fft=200, hop_length=HOP, n_mels=16, patch_frames=2)

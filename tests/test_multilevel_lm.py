@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from tokenlm.lm import multilevel
 from tokenlm.core.errors import ConfigError
+from tokenlm.data.store import RaggedSplit, RaggedWriter
+from tokenlm.lm import multilevel
 from tokenlm.lm.code_lm import CodeLM
 from tokenlm.models.gpt import LMConfig, build_gpt2
-from tokenlm.data.store import RaggedSplit, RaggedWriter
 
 K, L = 8, 3
 TINY = dict(n_layer=2, n_head=2, n_embd=32, context=16)
@@ -122,10 +122,10 @@ def test_pretrain_on_two_level_tokens_learns_both_levels_and_generates(tmp_path)
     per-code perplexity equals CodeLM.perplexity; generate-codes continues a (T, 2) prompt."""
     from stages.test_pretrain import tiny_training
 
-    from tokenlm.run.artifacts import Stage
     from tokenlm.core.fileio import read_json, write_json
     from tokenlm.pipeline.generate_codes import generate_codes
     from tokenlm.pipeline.pretrain import pretrain
+    from tokenlm.run.artifacts import Stage
 
     k, rng = 16, np.random.default_rng(0)
     motifs = [rng.choice(k, size=int(rng.integers(3, 6)), replace=False) for _ in range(6)]

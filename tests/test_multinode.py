@@ -32,10 +32,10 @@ import torch
 from safetensors.torch import load_file
 
 from tests.stages.test_pretrain import K, make_token_run
+from tokenlm.data.store import RaggedSplit
 from tokenlm.lm.code_lm import lm_loss
 from tokenlm.models.gpt import LMConfig, build_gpt2
 from tokenlm.pipeline.pretrain import PackedClips, count_targets
-from tokenlm.data.store import RaggedSplit
 from tokenlm.training import DistContext, TrainConfig, batch_rng, train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,20 +10,20 @@ import numpy as np
 import pytest
 import torch
 
-from tokenlm.tokenizer.published import load_tokenizer, tokenizer_from_pretrained
+from tests.conftest import run_cli, sound
 from tokenlm.core.config import build
 from tokenlm.core.errors import ArtifactError
 from tokenlm.core.fileio import read_json
 from tokenlm.models.gpt import LMConfig
 from tokenlm.models.wavenet import WaveNetConfig
-from tokenlm.pipeline.pretrained import PretrainedModel
-from tokenlm.run.rundir import RunDir
 from tokenlm.pipeline.pretrain import pretrain
+from tokenlm.pipeline.pretrained import PretrainedModel
 from tokenlm.pipeline.probe import probe
 from tokenlm.pipeline.probe_config import ProbeConfig
 from tokenlm.pipeline.vocoder import VocoderConfig, train_vocoder
+from tokenlm.run.rundir import RunDir
+from tokenlm.tokenizer.published import load_tokenizer, tokenizer_from_pretrained
 from tokenlm.training import TrainConfig
-from tests.conftest import run_cli, sound
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SR = 16000

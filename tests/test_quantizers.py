@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from tokenlm.tokenizer.codebook import CodebookConfig, fit_codebook
 from tokenlm.core.errors import ArtifactError, ConfigError
+from tokenlm.tokenizer.codebook import CodebookConfig, fit_codebook
 from tokenlm.tokenizer.quantizers import Quantizer, bits_per_second, fit_quantizer, quantizer_kind
 
 CONFIG = CodebookConfig(niter=10, points_per_centroid=64, seed=0)

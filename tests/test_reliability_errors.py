@@ -17,24 +17,24 @@ import pytest
 import torch
 from torch import nn
 
-from tokenlm.run.artifacts import STAGE_FILE, record_outputs
-from tokenlm.tokenizer.codebook import CodebookConfig, fit_codebook
+from tests.conftest import run_cli, write_corpus
 from tokenlm.core.config import build
 from tokenlm.core.errors import ArtifactError, ConfigError, TokenlmError
-from tokenlm.data.features import FeatureConfig
 from tokenlm.core.fileio import read_json, write_json
+from tokenlm.data.features import FeatureConfig
+from tokenlm.data.store import RaggedSplit, RaggedWriter
 from tokenlm.lm.code_lm import CodeLM
 from tokenlm.models.gpt import LMConfig, build_gpt2
 from tokenlm.models.wavenet import WaveNet, WaveNetConfig
-from tokenlm.run.rundir import AUTOENCODER_WEIGHTS, CODEBOOK, CONFIG, META, MODEL_WEIGHTS, WAVENET_WEIGHTS
 from tokenlm.pipeline.generate_codes import read_prompt_codes
 from tokenlm.pipeline.prepare import prepare
 from tokenlm.pipeline.probe_config import configs as probe_configs
-from tokenlm.data.store import RaggedSplit, RaggedWriter
+from tokenlm.run.artifacts import STAGE_FILE, record_outputs
+from tokenlm.run.rundir import AUTOENCODER_WEIGHTS, CODEBOOK, CONFIG, META, MODEL_WEIGHTS, WAVENET_WEIGHTS
+from tokenlm.tokenizer.codebook import CodebookConfig, fit_codebook
 from tokenlm.tokenizer.tokenizer import AudioTokenizer
 from tokenlm.training import TrainConfig, train
 from tokenlm.vocoder.vocoder import Vocoder, save_vocoder
-from tests.conftest import run_cli, write_corpus
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-
 from conftest import run_cli, tone, write_corpus
-from tokenlm.run.artifacts import STAGE_FILE
-from tokenlm.data.layouts import scan_dataset
+
 from tokenlm.core.errors import ArtifactError, ConfigError, TokenlmError
 from tokenlm.core.fileio import read_json, read_jsonl
+from tokenlm.data.layouts import scan_dataset
+from tokenlm.data.store import RaggedSplit
 from tokenlm.models.autoencoder import AutoencoderConfig
-from tokenlm.run.rundir import MANIFEST, RunDir
 from tokenlm.pipeline.prepare import prepare
 from tokenlm.pipeline.tokenize import encode_run_stage, tokenize
-from tokenlm.data.store import RaggedSplit
+from tokenlm.run.artifacts import STAGE_FILE
+from tokenlm.run.rundir import MANIFEST, RunDir
 from tokenlm.tokenizer.tokenizer import AutoencoderTraining, TokenizerConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

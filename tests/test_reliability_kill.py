@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli, write_corpus
-from tokenlm.run.artifacts import Stage, stage_key, verify
+
 from tokenlm.core.fileio import read_json, read_jsonl
+from tokenlm.run.artifacts import Stage, stage_key, verify
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

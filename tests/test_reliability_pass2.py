@@ -17,9 +17,9 @@ import pytest
 
 import tokenlm
 from tests.conftest import tone
-from tokenlm.run.artifacts import STAGE_FILE, Stage, stage_key
 from tokenlm.core.errors import ArtifactError, ConfigError, TokenlmError
 from tokenlm.core.fileio import read_json, read_jsonl, write_json
+from tokenlm.run.artifacts import STAGE_FILE, Stage, stage_key
 from tokenlm.run.rundir import MANIFEST, RunDir
 
 CODE_ROOT = Path(tokenlm.__file__).resolve().parents[1]  # the tokenlm under test, for the subprocesses
@@ -153,8 +153,8 @@ sys.stdin.readline()
 
 
 def test_a_refused_second_run_leaves_recipe_yaml_as_it_was(make_corpus, tmp_path, monkeypatch):
-    from tokenlm.run.lock import RunLocked
     from tokenlm.pipeline.run import run_recipe
+    from tokenlm.run.lock import RunLocked
 
     run = tmp_path / "run"
     run.mkdir()
@@ -175,8 +175,8 @@ def test_a_refused_second_run_leaves_recipe_yaml_as_it_was(make_corpus, tmp_path
 
 
 def test_prepare_publishes_run_manifest_jsonl_under_the_runs_lock(make_corpus, tmp_path, monkeypatch):
-    from tokenlm.run import lock as runlock
     from tokenlm.pipeline import prepare as prepare_module
+    from tokenlm.run import lock as runlock
 
     run = tmp_path / "run"
     held = []

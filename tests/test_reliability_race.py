@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 import tokenlm
-from tokenlm.run.artifacts import STAGE_FILE, Stage, stage_key
 from tokenlm.core.fileio import read_json
+from tokenlm.run.artifacts import STAGE_FILE, Stage, stage_key
 
 CODE_ROOT = Path(tokenlm.__file__).resolve().parents[1]  # the tokenlm under test, for the subprocesses
 

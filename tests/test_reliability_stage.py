@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli
-from tokenlm.run import artifacts
-from tokenlm.run.artifacts import STAGE_FILE, Stage, keeping_checkpoints
 from tokenlm.core.errors import ArtifactError
 from tokenlm.core.fileio import read_json, write_json
+from tokenlm.run import artifacts
+from tokenlm.run.artifacts import STAGE_FILE, Stage, keeping_checkpoints
 from tokenlm.run.rundir import RunDir
 
 # Spelled here rather than imported, so that this module runs (and fails test by test) on the

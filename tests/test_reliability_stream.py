@@ -13,18 +13,18 @@ import soundfile as sf
 import torch
 
 from tests.conftest import sound
-from tokenlm.data.audio import audio_blocks, load_audio
 from tokenlm.core.errors import AudioError
-from tokenlm.evaluation.representations import chunks_by_length
-from tokenlm.data.features import FeatureConfig, LogMel, RunningStats, file_log_mel
 from tokenlm.core.fileio import read_jsonl
-from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
-from tokenlm.run.rundir import read_feature_meta
 from tokenlm.core.runtime import bounded_map
+from tokenlm.data.audio import audio_blocks, load_audio
+from tokenlm.data.features import FeatureConfig, LogMel, RunningStats, file_log_mel
+from tokenlm.data.store import RaggedSplit, RaggedWriter
+from tokenlm.evaluation.representations import chunks_by_length
+from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
 from tokenlm.pipeline import prepare as prepare_stage
 from tokenlm.pipeline.prepare import prepare
+from tokenlm.run.rundir import read_feature_meta
 from tokenlm.tokenizer.encoding import encode_clips
-from tokenlm.data.store import RaggedSplit, RaggedWriter
 from tokenlm.tokenizer.tokenizer import AudioTokenizer, PatchCoder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

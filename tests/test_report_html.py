@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import tone
-from tokenlm.reporting.listening import audio_flags
 from tokenlm.pipeline.report import loss_references, write_report
 from tokenlm.pipeline.sweep import reference_curves, reference_lines
+from tokenlm.reporting.listening import audio_flags
 from tokenlm.vocoder.vocoder import write_wav
 
 SR = 16000

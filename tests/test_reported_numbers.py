@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import sound
 from tokenlm.data.features import FeatureConfig, LogMel
 from tokenlm.evaluation.audio_quality import clip_distances
 from tokenlm.evaluation.spectral import logmel_distance_db
 from tokenlm.pipeline.rawlm import scores
 from tokenlm.tokenizer.codebook import label_code_agreement
 from tokenlm.vocoder.griffin_lim import griffin_lim_from_log_mel, griffin_lim_missing
-from tests.conftest import sound
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -13,14 +13,14 @@ import pytest
 import torch
 import yaml
 
-from tokenlm.run.artifacts import STAGE_FILE, Stage, keeping_checkpoints, stage_key
-from tokenlm.core.errors import ConfigError
+from tests.conftest import run_cli as tokenlm
+from tests.conftest import write_corpus
+from tokenlm.core.errors import ConfigError, TokenlmError
 from tokenlm.core.fileio import read_json
 from tokenlm.core.overrides import apply_overrides
-from tokenlm.core.errors import TokenlmError
+from tokenlm.run.artifacts import STAGE_FILE, Stage, keeping_checkpoints, stage_key
 from tokenlm.training import TrainConfig, load_checkpoint, save_checkpoint, train
 from tokenlm.training.checkpoint import remove_partial_writes
-from tests.conftest import run_cli as tokenlm, write_corpus
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import crash_and_resume, crash_at
 from tokenlm.baselines.cnn import embed_clips
 from tokenlm.baselines.simclr import AugmentConfig, SimCLRConfig, augment, nt_xent, train_simclr
 from tokenlm.models.cnn import VGGConfig, VGGish
 from tokenlm.models.simclr import SimCLRModel
-from tests.conftest import crash_and_resume, crash_at
 
 # Tiny models: one torch thread (see conftest.py).
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from tokenlm.core.errors import ArtifactError
-from tokenlm.pipeline.pretrain import PackedClips
 from tokenlm.data.store import RaggedSplit, RaggedWriter, close_shards, shard_file, shards_file, write_shard_list
+from tokenlm.pipeline.pretrain import PackedClips
 
 # Clips per shard: an empty shard, a clip of no rows, and shards of uneven sizes.
 SHARDS = [[3, 0, 5], [], [7], [2, 4, 1, 6]]

@@ -12,11 +12,11 @@ import yaml
 
 from tests.conftest import run_cli, write_corpus
 from tests.test_end_to_end import TINY
-from tokenlm.run.artifacts import stage_key
 from tokenlm.core.errors import ConfigError
 from tokenlm.core.fileio import read_json, read_jsonl
-from tokenlm.run.rundir import RunDir
 from tokenlm.pipeline.tasks import recipe_tasks, task_at
+from tokenlm.run.artifacts import stage_key
+from tokenlm.run.rundir import RunDir
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -12,14 +12,14 @@ import soundfile as sf
 import soxr
 import torch
 
-from tokenlm.tokenizer.codebook import CodebookConfig
+from tests.conftest import sound
 from tokenlm.core.errors import ArtifactError, AudioError
 from tokenlm.core.fileio import write_json
 from tokenlm.models.autoencoder import AutoencoderConfig
 from tokenlm.pipeline.prepare import prepare
 from tokenlm.pipeline.tokenize import tokenize
+from tokenlm.tokenizer.codebook import CodebookConfig
 from tokenlm.tokenizer.tokenizer import AudioTokenizer, AutoencoderTraining, TokenizerConfig
-from tests.conftest import sound
 
 SR = 16000
 

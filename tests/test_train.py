@@ -14,13 +14,20 @@ import pytest
 import torch
 from torch import nn
 
+from tests.conftest import Crash, crash_at
 from tokenlm.core.config import build
 from tokenlm.core.errors import ConfigError
 from tokenlm.training import (
-    EpochBatches, TrainConfig, batch_rng, load_checkpoint, lr_factor, rng_state, save_checkpoint, set_rng_state,
+    EpochBatches,
+    TrainConfig,
+    batch_rng,
+    load_checkpoint,
+    lr_factor,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
     train,
 )
-from tests.conftest import Crash, crash_at
 
 W_TRUE = torch.tensor([[2.0, -1.0, 0.5]])
 

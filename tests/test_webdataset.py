@@ -14,18 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import run_cli, write_corpus
-from tokenlm.data.audio import load_audio, row_source
-from tokenlm.data.layouts import detect_layout, scan_dataset
+
 from tokenlm.core.errors import ArtifactError, ConfigError
 from tokenlm.core.fileio import read_jsonl
+from tokenlm.data.audio import load_audio, row_source
 from tokenlm.data.files import check_unchanged, file_stamp
-from tokenlm.run.rundir import MANIFEST, META
-from tokenlm.pipeline.prepare import prepare
+from tokenlm.data.layouts import detect_layout, scan_dataset
 from tokenlm.data.store import RaggedSplit
 from tokenlm.data.tar_member import TarMember
 from tokenlm.data.webdataset import expand_braces, read_webdataset
+from tokenlm.pipeline.prepare import prepare
+from tokenlm.run.rundir import MANIFEST, META
 
 
 def pack(folder: Path, out: Path, shards: int = 2, meta: str = "json") -> list[Path]:
@@ -214,6 +214,7 @@ def test_layout_detection(corpus, tmp_path):
 def test_a_member_streams_in_blocks_as_its_file_does(tmp_path):
     """Long clips are decoded block by block, straight from the tar (and a span of one too)."""
     from conftest import sound
+
     from tokenlm.data.audio import audio_blocks, audio_seconds, audio_source
 
     file = tmp_path / "long.flac"

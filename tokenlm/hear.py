@@ -33,14 +33,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tokenlm.run.artifacts import read_stage, stage_key
 from tokenlm.core.errors import ArtifactError, ConfigError
+from tokenlm.core.fileio import read_json
+from tokenlm.core.runtime import pick_device
 from tokenlm.data.audio_layout import as_mono
 from tokenlm.evaluation.pooling import POOLINGS, pool, time_statistics
-from tokenlm.core.fileio import read_json
 from tokenlm.lm.code_lm import CodeLM
+from tokenlm.run.artifacts import read_stage, stage_key
 from tokenlm.run.rundir import CONFIG, META, RESULTS, RunDir, is_finished
-from tokenlm.core.runtime import pick_device
 from tokenlm.tokenizer.tokenizer import AudioTokenizer
 
 __all__ = ["TokenlmEmbedding", "load_model", "get_timestamp_embeddings", "get_scene_embeddings"]

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import run_cli as tokenlm
+from tests.stages.test_probe import TINY, make_run
 from tokenlm.core.errors import ConfigError
 from tokenlm.core.fileio import read_json
-from tokenlm.pipeline.registry import RunContext
 from tokenlm.pipeline import baselines as baselines_stage
 from tokenlm.pipeline import probe as probe_stage
 from tokenlm.pipeline.probe_config import BaselinesConfig, ProbeConfig, configs
-from tests.conftest import run_cli as tokenlm
-from tests.stages.test_probe import TINY, make_run
+from tokenlm.pipeline.registry import RunContext
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

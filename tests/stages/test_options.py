@@ -19,8 +19,8 @@ def test_each_command_shows_its_own_defaults(name, steps, eval_every, capsys):
 
 def test_every_command_takes_no_progress_and_it_silences_every_bar(tmp_path, capsys):
     from tokenlm.cli import cli
-    from tokenlm.pipeline.registry import STAGES
     from tokenlm.core.progress import progress_bar
+    from tokenlm.pipeline.registry import STAGES
 
     for spec in STAGES:
         command = cli.get_command(None, spec.name)

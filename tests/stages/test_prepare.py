@@ -10,16 +10,16 @@ import pytest
 import soundfile as sf
 import torch
 
-from tokenlm.run.artifacts import STAGE_FILE, Stage
-from tokenlm.data.audio import load_audio
 from tokenlm.cli import main
-from tokenlm.data.clips import SPLITS
 from tokenlm.core.errors import TokenlmError
-from tokenlm.data.features import FeatureConfig, LogMel
 from tokenlm.core.fileio import read_json, read_jsonl
-from tokenlm.run.rundir import MANIFEST, RunDir, read_feature_meta
-from tokenlm.pipeline.prepare import prepare
+from tokenlm.data.audio import load_audio
+from tokenlm.data.clips import SPLITS
+from tokenlm.data.features import FeatureConfig, LogMel
 from tokenlm.data.store import RaggedSplit
+from tokenlm.pipeline.prepare import prepare
+from tokenlm.run.artifacts import STAGE_FILE, Stage
+from tokenlm.run.rundir import MANIFEST, RunDir, read_feature_meta
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

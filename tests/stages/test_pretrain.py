@@ -19,17 +19,16 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from tokenlm.run.artifacts import Stage, keeping_checkpoints
 from tokenlm.cli import cli, main
-from tokenlm.core.config import load_yaml
+from tokenlm.core.config import build, load_yaml
 from tokenlm.core.errors import ArtifactError, ConfigError, TokenlmError
 from tokenlm.core.fileio import read_json, write_json
+from tokenlm.data.store import RaggedSplit, RaggedWriter
 from tokenlm.lm.code_lm import CodeLM
-from tokenlm.core.config import build
 from tokenlm.models.gpt import LMConfig, build_gpt2
 from tokenlm.pipeline.generate_codes import generate_codes
 from tokenlm.pipeline.pretrain import PackedClips, lm_configs, pretrain
-from tokenlm.data.store import RaggedSplit, RaggedWriter
+from tokenlm.run.artifacts import Stage, keeping_checkpoints
 from tokenlm.training import TrainConfig, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]

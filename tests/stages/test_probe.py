@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tokenlm.run.artifacts import Stage
+from tokenlm.cli.probe import command
 from tokenlm.core.errors import ArtifactError, ConfigError, TokenlmError
+from tokenlm.core.fileio import read_json, write_json, write_jsonl
+from tokenlm.data.store import RaggedSplit, RaggedWriter
 from tokenlm.evaluation.clips import LabelledClips
 from tokenlm.evaluation.representations import Representation, parse_layers
 from tokenlm.evaluation.rows import representation_row
-from tokenlm.core.fileio import read_json, write_json, write_jsonl
-from tokenlm.run.rundir import RunDir
 from tokenlm.pipeline.probe import probe
-from tokenlm.cli.probe import command
 from tokenlm.pipeline.probe_config import ProbeConfig, configs
-from tokenlm.data.store import RaggedSplit, RaggedWriter
+from tokenlm.run.artifacts import Stage
+from tokenlm.run.rundir import RunDir
 
 # Tiny models: one torch thread (see conftest.py).
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -223,12 +223,12 @@ def _train_tokenizer_and_lm(run: Path) -> None:
     """A real (tiny) tokenizer and code LM on the fabricated run, through their own stages."""
     import torch
 
-    from tokenlm.tokenizer.codebook import CodebookConfig
     from tokenlm.core.config import build
     from tokenlm.models.autoencoder import AutoencoderConfig
     from tokenlm.models.gpt import LMConfig
     from tokenlm.pipeline.pretrain import pretrain
     from tokenlm.pipeline.tokenize import fit_codebook_stage, train_autoencoder_stage
+    from tokenlm.tokenizer.codebook import CodebookConfig
     from tokenlm.tokenizer.tokenizer import AudioTokenizer, AutoencoderTraining
     from tokenlm.training import TrainConfig
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tokenlm.core.fileio import read_json
-from tokenlm.pipeline.report import write_report
-from tokenlm.models.sample_transformer import SampleTransformer, SampleTransformerConfig, matched_width
 from tests.conftest import run_cli as tokenlm
+from tokenlm.core.fileio import read_json
+from tokenlm.models.sample_transformer import SampleTransformer, SampleTransformerConfig, matched_width
+from tokenlm.pipeline.report import write_report
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -90,8 +90,8 @@ def test_rawlm_writes_results_with_the_fields(tiny_run, tmp_path):
 
 
 def test_the_pipeline_step_does_nothing_without_a_rawlm_section(tiny_run):
-    from tokenlm.pipeline.registry import RunContext
     from tokenlm.pipeline import rawlm as rawlm_stage
+    from tokenlm.pipeline.registry import RunContext
 
     rawlm_stage.run(RunContext.create(tiny_run))  # the shared run stays read-only: nothing is written
     assert not (tiny_run / "rawlm").exists()

@@ -12,8 +12,8 @@ from tests.conftest import run_cli, write_corpus
 from tests.test_end_to_end import TINY
 from tokenlm.core.errors import ConfigError
 from tokenlm.core.fileio import read_json, read_jsonl
-from tokenlm.run.rundir import RunDir
 from tokenlm.pipeline.scale import ScaleConfig, nested_subsets
+from tokenlm.run.rundir import RunDir
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

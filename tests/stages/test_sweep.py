@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from tokenlm.run.rundir import RunDir
 from tokenlm.pipeline.sweep import NO_STEADY_GAIN, STILL_IMPROVING, SweepConfig, flattening_k, sweep
+from tokenlm.run.rundir import RunDir
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -12,10 +12,11 @@ import pytest
 import soundfile as sf
 import torch
 
+from tests.conftest import Crash, crash_and_resume, sound
+from tests.conftest import run_cli as tokenlm
 from tokenlm.core.fileio import read_json, read_jsonl
 from tokenlm.data.store import RaggedSplit
 from tokenlm.tokenizer.tokenizer import AudioTokenizer, load_patch_coder
-from tests.conftest import Crash, crash_and_resume, run_cli as tokenlm, sound
 
 SR = 16000
 RECIPE = """\
@@ -265,9 +266,8 @@ def test_new_data_never_overwrites_a_training_run(run, corpus, capsys):
 def test_encoding_restores_thread_counts(run, tmp_path):
     """encode_clips runs torch and FAISS single-threaded (clip-sized work) and gives the
     caller's settings back."""
-    from tokenlm.tokenizer.faiss_runtime import faiss
-
     from tokenlm.tokenizer.encoding import encode_clips
+    from tokenlm.tokenizer.faiss_runtime import faiss
 
     rows = [r for r in read_jsonl(run / "manifest.jsonl") if r["status"] == "ok"][:3]
     faiss_before = faiss.omp_get_max_threads()
@@ -333,8 +333,8 @@ def test_codebook_encodes_only_its_k_means_sample(run, points_per_centroid):
     """The codebook stage reads and encodes only the patches of its k-means sample: exactly
     the patches fit_codebook would draw from every train bottleneck (all of them when the
     budget covers the split), and the centroids equal those of fitting on every bottleneck."""
-    from tokenlm.tokenizer.codebook import CodebookConfig, fit_codebook
     from tokenlm.run.rundir import RunDir
+    from tokenlm.tokenizer.codebook import CodebookConfig, fit_codebook
     from tokenlm.tokenizer.fit import PatchSampler, bottlenecks
 
     coder = load_patch_coder(RunDir(run).tokenizer)

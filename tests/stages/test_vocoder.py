@@ -15,18 +15,18 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
-from tokenlm.data.audio import load_audio
+from tests.conftest import run_cli as tokenlm
+from tests.conftest import sound
 from tokenlm.core.errors import ArtifactError, ConfigError
+from tokenlm.core.fileio import file_hash, read_json, write_json
+from tokenlm.data.audio import load_audio
 from tokenlm.evaluation.audio_quality import log_spectral_distance, logmel_distance_db
-from tokenlm.core.fileio import read_json, write_json
-from tokenlm.core.fileio import file_hash
 from tokenlm.models.wavenet import WaveNetConfig, mu_law_decode, mu_law_encode
 from tokenlm.pipeline.vocoder import VocoderConfig, train_vocoder, vocoder_config
 from tokenlm.tokenizer.tokenizer import AudioTokenizer
 from tokenlm.training import TrainConfig, load_checkpoint
-from tokenlm.vocoder.vocoder import Vocoder
 from tokenlm.vocoder.training_data import IGNORE, AlignedAudio, CropBatches
-from tests.conftest import run_cli as tokenlm, sound
+from tokenlm.vocoder.vocoder import Vocoder
 
 SR_IN = 16000  # the corpus; the run resamples to 8 kHz
 SR = 8000
@@ -291,11 +291,11 @@ def test_the_flat_recipe_section_nests_the_wavenet_config():
 def test_streamed_crops_equal_the_in_memory_crops(run, cache_mb):
     """The training crops read through the bounded cache (a cache too small for one clip, and
     one that holds them all) are the in-memory loading's crops for the same seed."""
+    from tokenlm.data.store import RaggedSplit
     from tokenlm.models.wavenet import WaveNet
     from tokenlm.run.rundir import RunDir, read_tokens_meta
-    from tokenlm.data.store import RaggedSplit
-    from tokenlm.vocoder.vocoder import network_signal
     from tokenlm.vocoder.training_data import StreamedAudio
+    from tokenlm.vocoder.vocoder import network_signal
 
     tokens = read_tokens_meta(RunDir(run).tokens(K))
     split = RaggedSplit(tokens.directory, "train", "uint16")

@@ -17,8 +17,8 @@ import sys
 import click
 
 from tokenlm.core.errors import TokenlmError
-from tokenlm.pipeline.registry import BY_NAME, STAGES
 from tokenlm.core.fileio import os_error_of
+from tokenlm.pipeline.registry import BY_NAME, STAGES
 
 
 class LazyGroup(click.Group):

@@ -6,12 +6,12 @@ from dataclasses import replace
 
 import click
 
+from tokenlm.cli.options import baseline_options
 from tokenlm.evaluation.probe_table import pct
 from tokenlm.evaluation.rows import headline
-from tokenlm.pipeline.registry import RunContext
-from tokenlm.cli.options import baseline_options
+from tokenlm.pipeline.baselines import baseline_configs, baselines, say
 from tokenlm.pipeline.probe_config import BASELINES
-from tokenlm.pipeline.baselines import baseline_configs, say, baselines
+from tokenlm.pipeline.registry import RunContext
 
 
 @click.command("baselines")

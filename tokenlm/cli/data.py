@@ -8,10 +8,9 @@ from pathlib import Path
 import click
 
 from tokenlm.cli.options import default_option
-
 from tokenlm.core.config import build, recipe_section
-from tokenlm.data.layouts import scan_dataset
 from tokenlm.data.clips import SPLITS
+from tokenlm.data.layouts import scan_dataset
 from tokenlm.data.splits import SplitConfig, assign_splits, link_duplicates
 
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-
 import click
 
 from tokenlm.cli.options import default_option
-
 from tokenlm.pipeline.decode import decode_file
 
 

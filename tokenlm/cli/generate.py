@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-
 import click
 
 from tokenlm.cli.options import default_option
-
-from tokenlm.run.rundir import info_file
 from tokenlm.pipeline.generate import Continuation, generate_file
+from tokenlm.run.rundir import info_file
 
 
 @click.command("generate")

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-
 import click
 
 from tokenlm.cli.options import default_option
-
-from tokenlm.run.rundir import info_file
 from tokenlm.pipeline.generate_codes import generate_codes
+from tokenlm.run.rundir import info_file
 
 
 @click.command("generate-codes")

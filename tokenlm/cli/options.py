@@ -15,9 +15,8 @@ from typing import Any, Callable, Mapping
 
 import click
 
-from tokenlm.pipeline.registry import artifact_settings
-
 from tokenlm.core.config import build
+from tokenlm.pipeline.registry import artifact_settings
 
 
 def shown(value) -> str:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-
 import click
 
-from tokenlm.engine import engine_config
-from tokenlm.core.errors import TokenlmError
-from tokenlm.pipeline.registry import RunContext
 from tokenlm.cli.options import data_options, engine_options, run_argument
+from tokenlm.core.errors import TokenlmError
+from tokenlm.engine import engine_config
 from tokenlm.pipeline.prepare import prepare_from_context
+from tokenlm.pipeline.registry import RunContext
 
 
 @click.command("prepare")

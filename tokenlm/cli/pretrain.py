@@ -6,13 +6,11 @@ import os
 
 import click
 
-from tokenlm.models.gpt import LMConfig
-
-from tokenlm.models.gpt import OBJECTIVES
+from tokenlm.cli.options import config_option, training_options
+from tokenlm.models.gpt import OBJECTIVES, LMConfig
+from tokenlm.pipeline.pretrain import LM_TRAINING_DEFAULTS, pretrain_from_context
 from tokenlm.pipeline.registry import RunContext
 from tokenlm.run.rundir import TRAIN_LOG
-from tokenlm.cli.options import config_option, training_options
-from tokenlm.pipeline.pretrain import LM_TRAINING_DEFAULTS, pretrain_from_context
 
 
 @click.command("pretrain")

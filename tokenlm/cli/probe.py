@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-
 import click
 
-from tokenlm.evaluation.summary import summary_path
-from tokenlm.pipeline.registry import RunContext
-from tokenlm.run.rundir import REPORT
-from tokenlm.data.splits import SplitConfig
 from tokenlm.cli.options import baseline_options
+from tokenlm.data.splits import SplitConfig
+from tokenlm.evaluation.summary import summary_path
 from tokenlm.pipeline.prepare import data_flags
-from tokenlm.pipeline.probe_config import SECTION, configs
-from tokenlm.pipeline.tasks import task_at
 from tokenlm.pipeline.probe import probe_tasks
+from tokenlm.pipeline.probe_config import SECTION, configs
+from tokenlm.pipeline.registry import RunContext
+from tokenlm.pipeline.tasks import task_at
+from tokenlm.run.rundir import REPORT
 
 
 @click.command("probe")

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-
 import click
 
 from tokenlm.cli.options import config_option
-
-from tokenlm.pipeline.rawlm import RawLMConfig
-
+from tokenlm.pipeline.rawlm import MODELS, RawLMConfig, rawlm, rawlm_config
 from tokenlm.pipeline.registry import RunContext
 from tokenlm.run.rundir import REPORT
-from tokenlm.pipeline.rawlm import MODELS, rawlm_config, rawlm
 
 
 @click.command("rawlm")

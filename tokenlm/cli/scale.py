@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-
 import click
 
 from tokenlm.core.errors import ConfigError
 from tokenlm.pipeline.registry import RunContext
-from tokenlm.run.rundir import REPORT
 from tokenlm.pipeline.scale import SECTION, ScaleConfig, scale
+from tokenlm.run.rundir import REPORT
 
 
 @click.command("scale")

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-
 import click
 
 from tokenlm.cli.options import config_option
-
-from tokenlm.pipeline.sweep import SweepConfig
-
 from tokenlm.pipeline.registry import RunContext
-from tokenlm.pipeline.sweep import sweep_from_context
+from tokenlm.pipeline.sweep import SweepConfig, sweep_from_context
 
 
 @click.command("sweep")

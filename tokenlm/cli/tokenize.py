@@ -6,21 +6,19 @@ from pathlib import Path
 
 import click
 
-from tokenlm.tokenizer.tokenizer import AutoencoderTraining, TokenizerConfig
-
-from tokenlm.models.autoencoder import AutoencoderConfig
-
-from tokenlm.engine import engine_config, engine_session
+from tokenlm.cli.options import config_option, data_options, engine_options, run_argument
 from tokenlm.core.errors import TokenlmError
 from tokenlm.data.features import FeatureConfig
+from tokenlm.data.splits import SplitConfig
+from tokenlm.engine import engine_config, engine_session
+from tokenlm.models.autoencoder import AutoencoderConfig
+from tokenlm.pipeline.prepare import data_flags, prepare
 from tokenlm.pipeline.registry import RunContext
+from tokenlm.pipeline.tokenize import encode_new_data, tokenize_from_context
 from tokenlm.run.rundir import (
     is_finished,
 )
-from tokenlm.data.splits import SplitConfig
-from tokenlm.cli.options import config_option, data_options, engine_options, run_argument
-from tokenlm.pipeline.prepare import data_flags, prepare
-from tokenlm.pipeline.tokenize import tokenize_from_context, encode_new_data
+from tokenlm.tokenizer.tokenizer import AutoencoderTraining, TokenizerConfig
 
 
 @click.command("tokenize")

@@ -6,12 +6,13 @@ import os
 
 import click
 
-from tokenlm.pipeline.registry import RunContext
-from tokenlm.run.rundir import (
-    METRICS, SAMPLES,
-)
 from tokenlm.cli.options import config_option, training_options
+from tokenlm.pipeline.registry import RunContext
 from tokenlm.pipeline.vocoder import DEFAULT, VOCODER_TRAINING_DEFAULTS, VocoderConfig, train_vocoder
+from tokenlm.run.rundir import (
+    METRICS,
+    SAMPLES,
+)
 
 
 @click.command("vocoder")

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tokenlm.data.audio import BLOCK_SECONDS, audio_blocks, audio_seconds
 from tokenlm.core.errors import AudioError
+from tokenlm.data.audio import BLOCK_SECONDS, audio_blocks, audio_seconds
 
 
 @dataclass(frozen=True)

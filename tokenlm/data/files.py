@@ -13,8 +13,8 @@ from typing import Iterator
 
 from tokenlm.core.errors import ArtifactError
 from tokenlm.core.fileio import sha256_file
-from tokenlm.data.tar_member import TarMember
 from tokenlm.data.input_content import METADATA_ONLY, InputHashes
+from tokenlm.data.tar_member import TarMember
 
 
 def find_audio_files(root: Path, extensions, skipped: list[dict]) -> Iterator[Path]:

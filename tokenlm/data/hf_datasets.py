@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from tokenlm.data.clips import Clip, split_name
 from tokenlm.core.errors import ConfigError
+from tokenlm.data.clips import Clip, split_name
 
 ROWS_PER_READ = 256  # rows fetched from the arrow table at a time: bounded memory
 

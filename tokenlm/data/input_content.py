@@ -22,7 +22,6 @@ import json
 from pathlib import Path
 from typing import Callable
 
-
 from tokenlm.core.fileio import sha256_file
 from tokenlm.data.tar_member import TarMember
 

@@ -12,8 +12,8 @@ import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, replace
 
-from tokenlm.data.clips import SPLITS, Clip
 from tokenlm.core.errors import ConfigError
+from tokenlm.data.clips import SPLITS, Clip
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ import re
 import tarfile
 from pathlib import Path, PurePosixPath
 
-from tokenlm.data.clips import AUDIO_EXTENSIONS, Clip, split_name
 from tokenlm.core.errors import ConfigError
+from tokenlm.data.clips import AUDIO_EXTENSIONS, Clip, split_name
 from tokenlm.data.tar_member import TarMember
 
 COMPRESSED_TAR = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst", ".tar.lz4")

@@ -33,22 +33,25 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenlm.demo.common import SAMPLE_RATE, Clip, DemoError
+# Not used here: the tests check these parts of the kinds through this package.
+from tokenlm.demo.common import PEAK_LIMIT, SAMPLE_RATE, SILENT_PEAK, Clip, DemoError  # noqa: F401
 from tokenlm.demo.files import (
     cached_summary,
     check_out_dir,
-    new_work_folder,
-    publish_folder,
     file_sha256,
-    summarise,
+    new_work_folder,
     package_version,
-    write_index,
+    publish_folder,
+    summarise,
     write_demo_wav,
+    write_index,
 )
-from tokenlm.demo.instruments import (
+from tokenlm.demo.instruments import (  # noqa: F401
     INSTRUMENT_CLIP_SECONDS,
     INSTRUMENT_CLIPS_PER_GROUP,
     INSTRUMENT_FAMILIES,
+    InstrumentRenderer,
+    draw_phrase,
     import_tinysoundfont,
     instrument_clips,
     soundfont_path,
@@ -62,10 +65,6 @@ from tokenlm.demo.speech import (
     espeak_paths,
     speech_clips,
 )
-
-# Not used here: the tests check these parts of the kinds through this package.
-from tokenlm.demo.common import PEAK_LIMIT, SILENT_PEAK  # noqa: F401
-from tokenlm.demo.instruments import InstrumentRenderer, draw_phrase  # noqa: F401
 
 __all__ = ["build_demo", "DemoError", "INSTRUMENT_FAMILIES", "KEYWORDS", "VOICES", "PITCH_CLASSES",
            "PITCH_PROGRAMS", "KINDS"]

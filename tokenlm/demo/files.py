@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenlm.demo.common import SAMPLE_RATE, DemoError
 from tokenlm.core.fileio import sha256_file
+from tokenlm.demo.common import SAMPLE_RATE, DemoError
 
 META_FILE = "meta.csv"
 INFO_FILE = "demo.json"

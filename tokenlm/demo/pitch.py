@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tokenlm.demo.common import MAX_ATTEMPTS, SAMPLE_RATE, Clip, to_pcm16
-from tokenlm.demo.instruments import VELOCITY_LEVELS, Note, Program, InstrumentRenderer
+from tokenlm.demo.instruments import VELOCITY_LEVELS, InstrumentRenderer, Note, Program
 from tokenlm.demo.music import FAMILY_REGISTERS
 
 PITCH_CLASSES = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")

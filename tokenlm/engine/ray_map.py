@@ -23,8 +23,8 @@ import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
-from tokenlm.engine import EngineConfig
 from tokenlm.core.errors import ConfigError, TokenlmError
+from tokenlm.engine import EngineConfig
 
 
 def import_ray():

@@ -24,11 +24,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from tokenlm.vocoder.griffin_lim import griffin_lim_from_codes, griffin_lim_missing
 from tokenlm.evaluation.spectral import (  # noqa: F401 (re-exported: the distances' old home)
-    log_spectral_distance, logmel_distance_db, mr_stft_distance, stoi, stoi_missing,
+    log_spectral_distance,
+    logmel_distance_db,
+    mr_stft_distance,
+    stoi,
+    stoi_missing,
 )
 from tokenlm.models.wavenet import mu_law_decode, mu_law_encode
+from tokenlm.vocoder.griffin_lim import griffin_lim_from_codes, griffin_lim_missing
 from tokenlm.vocoder.vocoder import Vocoder
 
 if TYPE_CHECKING:  # annotation only: loading the tokenizer module pulls in faiss

@@ -13,8 +13,8 @@ import numpy as np
 
 from tokenlm.core.errors import ArtifactError
 from tokenlm.core.fileio import read_jsonl
+from tokenlm.data.store import RaggedSplit, index_file
 from tokenlm.run.rundir import SPLITS, RunDir, as_run, is_finished, read_feature_meta
-from tokenlm.data.store import index_file, RaggedSplit
 
 
 class LabelledClips:

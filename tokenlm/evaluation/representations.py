@@ -33,15 +33,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tokenlm.run.artifacts import read_stage
 from tokenlm.core.errors import ArtifactError, ConfigError, TokenlmError
-from tokenlm.evaluation.clips import LabelledClips
 from tokenlm.core.fileio import read_json
+from tokenlm.data.store import RaggedSplit, index_file
+from tokenlm.evaluation.clips import LabelledClips
 from tokenlm.evaluation.lm_readings import keep_reading, read_codes, reading_title
 from tokenlm.evaluation.pooling import time_statistics
 from tokenlm.lm.code_lm import CodeLM
+from tokenlm.run.artifacts import read_stage
 from tokenlm.run.rundir import METRICS, SPLITS, RunDir, is_finished, read_tokens_meta
-from tokenlm.data.store import index_file, RaggedSplit
 from tokenlm.tokenizer.tokenizer import AudioTokenizer
 
 
@@ -128,17 +128,12 @@ def autoencoder_bottleneck(clips: LabelledClips, models: RunDir, codebook_size: 
     as statistics over patches, (N, d) each, mean+std pooled unless val says otherwise."""
     # Any codebook will do (the bottleneck comes before quantisation), but loading needs one.
     tokenizer = load_tokenizer(models, codebook_size, device)
-    _check_same_features(tokenizer, clips)
-    start = time.perf_counter()
-    per_clip = []
-    for i in _bar(range(len(clips)), "autoencoder", progress):
-        frames = torch.from_numpy(clips.logmel(i).astype(np.float32))  # (T, M) dB
-        z = tokenizer.embed_frames(frames.to(device))  # (N, d)
-        per_clip.append(time_statistics(z.float().cpu().numpy()))
+    statistics, seconds = _per_patch_statistics(clips, tokenizer, lambda frames: tokenizer.embed_frames(frames),
+                                                "autoencoder", progress)
     cost = tokenizer_cost(models, tokenizer)
     return Representation("autoencoder", "autoencoder bottleneck", None, encoder_params=cost.encoder_params,
-                          encoder_train_s=cost.autoencoder_train_s, extract_s=time.perf_counter() - start,
-                          statistics=_stacked(per_clip), pooling="mean+std")
+                          encoder_train_s=cost.autoencoder_train_s, extract_s=seconds,
+                          statistics=statistics, pooling="mean+std")
 
 
 def quantised_bottleneck(clips: LabelledClips, models: RunDir, codebook_size: int | None, device,
@@ -147,20 +142,28 @@ def quantised_bottleneck(clips: LabelledClips, models: RunDir, codebook_size: in
     codes (the codebook of ``codebook_size``) stand for, as statistics over patches, pooled as
     the autoencoder row is. Between the two, what quantisation alone loses."""
     tokenizer = load_tokenizer(models, codebook_size, device)
-    _check_same_features(tokenizer, clips)
-    start = time.perf_counter()
-    per_clip = []
-    for i in _bar(range(len(clips)), "quantised", progress):
-        frames = torch.from_numpy(clips.logmel(i).astype(np.float32))  # (T, M) dB
-        per_clip.append(time_statistics(tokenizer.quantise_frames(frames.to(device)).numpy()))
+    statistics, seconds = _per_patch_statistics(clips, tokenizer, lambda frames: tokenizer.quantise_frames(frames),
+                                                "quantised", progress)
     cost = tokenizer_cost(models, tokenizer)
     quantizer = tokenizer.quantizer
     shape = f"K={quantizer.codebook_size}" if quantizer.levels == 1 else \
         f"{quantizer.kind}, {quantizer.levels} x K={quantizer.codebook_size}"
     return Representation("quantised", f"quantised bottleneck ({shape})", None, encoder_params=cost.code_params,
-                          encoder_train_s=cost.train_s, extract_s=time.perf_counter() - start,
-                          statistics=_stacked(per_clip), pooling="mean+std",
+                          encoder_train_s=cost.train_s, extract_s=seconds,
+                          statistics=statistics, pooling="mean+std",
                           notes="each patch replaced by its codes' centroid(s)")
+
+
+def _per_patch_statistics(clips: LabelledClips, tokenizer, per_patch, what: str, progress: bool):
+    """({mean, std, max} over patches, (N, d) each, seconds): ``per_patch(frames)`` of every clip's
+    log-mel, (T, M) dB -> (patches, d); the autoencoder and quantised rows differ only there."""
+    _check_same_features(tokenizer, clips)
+    start = time.perf_counter()
+    per_clip = []
+    for i in _bar(range(len(clips)), what, progress):
+        frames = torch.from_numpy(clips.logmel(i).astype(np.float32)).to(tokenizer.device)  # (T, M) dB
+        per_clip.append(time_statistics(per_patch(frames).float().cpu().numpy()))
+    return _stacked(per_clip), time.perf_counter() - start
 
 
 def lm_layers(clips: LabelledClips, codes: Codes, lm_dir: Path, layers: str, batch_clips: int,

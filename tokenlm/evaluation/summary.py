@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tokenlm.core.fileio import read_json, write_text
 from tokenlm.evaluation.probe_table import pct
 from tokenlm.evaluation.rows import headline
-from tokenlm.core.fileio import read_json, write_text
 from tokenlm.run.rundir import RESULTS, SUMMARY
 
 

@@ -24,13 +24,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tokenlm.run.artifacts import check_outputs
 from tokenlm.core.errors import ArtifactError, ConfigError
+from tokenlm.core.runtime import pick_device
 from tokenlm.lm import multilevel
 from tokenlm.lm.windows import plan_windows
 from tokenlm.models.gpt import resolve_attn_implementation, same_clip_mask, with_causal_lm_loss
+from tokenlm.run.artifacts import check_outputs
 from tokenlm.run.rundir import CONFIG
-from tokenlm.core.runtime import pick_device
 
 __all__ = [
     "CodeLM",

@@ -25,31 +25,44 @@ import numpy as np
 import torch
 from sklearn.metrics import f1_score
 
-from tokenlm.run.artifacts import Stage
 from tokenlm.baselines.cnn import (
-    ClassifierTraining, count_flops, count_parameters, load_model, predict_clips, save_model,
+    ClassifierTraining,
+    count_flops,
+    count_parameters,
+    load_model,
+    predict_clips,
+    save_model,
     train_classifier,
 )
 from tokenlm.baselines.networks import build_network, network_config, title
 from tokenlm.baselines.simclr import AugmentConfig, SimCLRConfig, train_simclr
 from tokenlm.core.config import to_dict
 from tokenlm.core.errors import TokenlmError
+from tokenlm.core.fileio import read_json, write_json
+from tokenlm.core.runtime import pick_device, seed_everything
+from tokenlm.data.store import RaggedSplit
 from tokenlm.evaluation.clips import LabelledClips
 from tokenlm.evaluation.intervals import bootstrap_intervals
 from tokenlm.evaluation.linear_probe import fold_assignments, summarise_folds
 from tokenlm.evaluation.probe_table import pct
 from tokenlm.evaluation.rows import SUPERVISED
-from tokenlm.core.fileio import read_json, write_json
 from tokenlm.models.cnn import VGGConfig, VGGish
 from tokenlm.models.simclr import SimCLRModel
-from tokenlm.pipeline.registry import RunContext
-from tokenlm.run.rundir import (
-    METRICS, MODEL_RESULTS, MODEL_WEIGHTS, RESULTS, SPLITS, RunDir, as_run, fold_folder, read_feature_meta,
-)
-from tokenlm.core.runtime import pick_device, seed_everything
 from tokenlm.pipeline.probe_config import SECTION, BaselinesConfig, ProbeConfig, configs
-from tokenlm.data.store import RaggedSplit
+from tokenlm.pipeline.registry import RunContext
 from tokenlm.pipeline.tasks import Task, run_tasks
+from tokenlm.run.artifacts import Stage
+from tokenlm.run.rundir import (
+    METRICS,
+    MODEL_RESULTS,
+    MODEL_WEIGHTS,
+    RESULTS,
+    SPLITS,
+    RunDir,
+    as_run,
+    fold_folder,
+    read_feature_meta,
+)
 
 
 def baselines(run: str | Path | RunDir, probe: ProbeConfig, config: BaselinesConfig = BaselinesConfig(), *,

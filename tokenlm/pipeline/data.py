@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from tokenlm.core.errors import ConfigError
 from tokenlm.pipeline.registry import RunContext
 

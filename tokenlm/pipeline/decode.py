@@ -11,10 +11,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-
 from tokenlm.data.audio import load_audio
-from tokenlm.run.rundir import RunDir
 from tokenlm.pipeline.loaders import load_vocoder
+from tokenlm.run.rundir import RunDir
 from tokenlm.vocoder.vocoder import publish_wav
 
 

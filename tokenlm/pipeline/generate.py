@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenlm.run.artifacts import STAGE_FILE
-from tokenlm.data.audio import load_audio
 from tokenlm.core.errors import ConfigError
 from tokenlm.core.fileio import read_jsonl
-from tokenlm.run.rundir import RunDir, as_run, continuation_file, info_file, is_finished
-from tokenlm.pipeline.loaders import check_same_codes, load_lm, load_vocoder
 from tokenlm.core.outputs import has_generation_record, publish_json
+from tokenlm.data.audio import load_audio
+from tokenlm.pipeline.loaders import check_same_codes, load_lm, load_vocoder
+from tokenlm.run.artifacts import STAGE_FILE
+from tokenlm.run.rundir import RunDir, as_run, continuation_file, info_file, is_finished
 from tokenlm.vocoder.vocoder import publish_wav
 
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenlm.data.audio import load_audio
 from tokenlm.core.errors import ConfigError
-from tokenlm.lm.code_lm import CodeLM
-from tokenlm.run.rundir import RunDir, as_run, generated_codes_file, info_file
-from tokenlm.pipeline.loaders import load_lm, load_lm_tokenizer
 from tokenlm.core.outputs import has_generation_record, publish_json, publish_npy
+from tokenlm.data.audio import load_audio
+from tokenlm.lm.code_lm import CodeLM
+from tokenlm.pipeline.loaders import load_lm, load_lm_tokenizer
+from tokenlm.run.rundir import RunDir, as_run, generated_codes_file, info_file
 
 
 def read_prompt_codes(path: str | Path, levels: int = 1) -> np.ndarray:

@@ -11,35 +11,34 @@ stages that read the manifest read the features' own copy (``rundir.read_manifes
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import json
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
+from tokenlm.core.config import build, to_dict
+from tokenlm.core.errors import AudioError, ConfigError, TokenlmError
+from tokenlm.core.fileio import fingerprint, read_jsonl, write_json, write_jsonl
+from tokenlm.core.outputs import publish_copy
+from tokenlm.core.progress import progress_bar
+from tokenlm.core.runtime import bounded_map, cpu_threads, kernel_threads
+from tokenlm.data.audio import audio_seconds, audio_source
+from tokenlm.data.clips import SPLITS, Clip
+from tokenlm.data.features import FeatureConfig, LogMel, RunningStats, file_log_mel, log_mel_blocks
+from tokenlm.data.files import file_stamp
+from tokenlm.data.input_content import settled_stamps
+from tokenlm.data.layouts import scan_sources, source_text
+from tokenlm.data.splits import SplitConfig, assign_splits, link_duplicates
+from tokenlm.data.store import RaggedWriter, close_shards, write_shard_list
+from tokenlm.engine import LOCAL, EngineConfig, blocks, engine_config, engine_session
+from tokenlm.pipeline.tasks import Task
 from tokenlm.run import lock as runlock
 from tokenlm.run.artifacts import Stage
-from tokenlm.data.audio import audio_seconds, audio_source
-from tokenlm.core.config import build, to_dict
-from tokenlm.data.layouts import scan_sources, source_text
-from tokenlm.data.clips import SPLITS, Clip
-from tokenlm.engine import LOCAL, EngineConfig, blocks, engine_config, engine_session
-from tokenlm.core.errors import AudioError, ConfigError, TokenlmError
-from tokenlm.data.features import FeatureConfig, LogMel, RunningStats, file_log_mel, log_mel_blocks
-from tokenlm.core.fileio import fingerprint, read_jsonl, write_json, write_jsonl
-from tokenlm.data.input_content import settled_stamps
 from tokenlm.run.input_check import run_input_hashes
-from tokenlm.data.files import file_stamp
-from tokenlm.core.outputs import publish_copy
 from tokenlm.run.rundir import MANIFEST, META, STAGE_FILE, RunDir, as_run, is_finished, read_feature_meta
-from tokenlm.core.runtime import bounded_map, cpu_threads, kernel_threads
-from tokenlm.data.splits import SplitConfig, assign_splits, link_duplicates
-from tokenlm.pipeline.tasks import Task
-from tokenlm.data.store import RaggedWriter, close_shards, write_shard_list
-from tokenlm.core.progress import progress_bar
 
 if TYPE_CHECKING:  # the context imports the tasks, which import this module
     from tokenlm.pipeline.registry import RunContext

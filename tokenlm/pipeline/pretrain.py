@@ -50,23 +50,27 @@ import click
 import numpy as np
 import torch
 
-from tokenlm.run.artifacts import Stage, stage_key
 from tokenlm.core.config import build, to_dict
-from tokenlm.core.errors import ArtifactError, TokenlmError
+from tokenlm.core.errors import ArtifactError, ConfigError, TokenlmError
 from tokenlm.core.fileio import write_json
-from tokenlm.lm.code_lm import IGNORE, count_baselines, lm_loss, pad_batch, scoring_windows
-from tokenlm.models.gpt import LMConfig, build_gpt2, vocab_layout
-from tokenlm.lm.objectives import AheadHeads, MaskedSpans, masked_loss, masked_scores, masked_validation_batches, multi_loss
-from tokenlm.pipeline.registry import RunContext
-from tokenlm.run.rundir import METRICS, SPLITS, STAGE_FILE, TRAIN_LOG, RunDir, TokensMeta, read_tokens_meta, as_run
-from tokenlm.data.store import bin_file, RaggedSplit
-from tokenlm.data.store import sample_clips
+from tokenlm.data.store import RaggedSplit, bin_file, sample_clips
 from tokenlm.lm import multilevel
-from tokenlm.core.errors import ConfigError
+from tokenlm.lm.code_lm import IGNORE, count_baselines, lm_loss, pad_batch, scoring_windows
+from tokenlm.lm.objectives import (
+    AheadHeads,
+    MaskedSpans,
+    masked_loss,
+    masked_scores,
+    masked_validation_batches,
+    multi_loss,
+)
 from tokenlm.models.code_embeddings import codebook_centroids, init_from_centroids
+from tokenlm.models.gpt import LMConfig, build_gpt2, vocab_layout
+from tokenlm.pipeline.registry import RunContext
+from tokenlm.run.artifacts import Stage, stage_key
+from tokenlm.run.rundir import METRICS, SPLITS, STAGE_FILE, TRAIN_LOG, RunDir, TokensMeta, as_run, read_tokens_meta
 from tokenlm.training import TrainConfig, distributed_stage, train
 from tokenlm.training.clip_starts import ClipStarts
-
 
 # The LM's training defaults where they differ from TrainConfig's generic ones.
 LM_TRAINING_DEFAULTS = {"steps": 2000, "batch_size": 8, "lr": 1e-3, "warmup_steps": 100, "eval_every": 100,

@@ -34,7 +34,14 @@ from tokenlm.core.fileio import read_json, sha256_file, write_json, write_text
 from tokenlm.lm.code_lm import CodeLM
 from tokenlm.run.rundir import CONFIG, RunDir, as_run, is_finished
 from tokenlm.tokenizer.published import (
-    CODEBOOK_WEIGHTS, FORMAT, FORMAT_VERSION, MANIFEST, check_folder, download, hub, load_pretrained_tokenizer,
+    CODEBOOK_WEIGHTS,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    check_folder,
+    download,
+    hub,
+    load_pretrained_tokenizer,
 )
 from tokenlm.tokenizer.tokenizer import AudioTokenizer, save_patch_coder
 from tokenlm.vocoder.decode import decode_audio

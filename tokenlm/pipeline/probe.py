@@ -45,29 +45,36 @@ from pathlib import Path
 
 import click
 
-from tokenlm.run.artifacts import Stage
 from tokenlm.core.config import to_dict
 from tokenlm.core.errors import ArtifactError
+from tokenlm.core.fileio import write_json
+from tokenlm.core.runtime import pick_device, seed_everything
+from tokenlm.data.splits import SplitConfig
 from tokenlm.evaluation.clips import LabelledClips
 from tokenlm.evaluation.lm_readings import lm_objective, reading_candidates
 from tokenlm.evaluation.probe_table import render_report
 from tokenlm.evaluation.representations import (
-    Unavailable, autoencoder_bottleneck, bag_of_codes, lm_layers, load_codes, logmel_stats, quantised_bottleneck,
-    simclr_embeddings, tokenizer_cost, tokens_folder_or_none,
+    Unavailable,
+    autoencoder_bottleneck,
+    bag_of_codes,
+    lm_layers,
+    load_codes,
+    logmel_stats,
+    quantised_bottleneck,
+    simclr_embeddings,
+    tokenizer_cost,
+    tokens_folder_or_none,
 )
 from tokenlm.evaluation.rows import baseline_row, headline, representation_row, selection_score, skipped_row
 from tokenlm.evaluation.summary import summary_tasks, write_summary
-from tokenlm.core.fileio import write_json
-from tokenlm.pipeline.registry import RunContext
-from tokenlm.run.rundir import REPORT, RESULTS, RunDir, as_run, is_finished, read_feature_meta
-from tokenlm.core.runtime import pick_device, seed_everything
-from tokenlm.data.splits import SplitConfig
 from tokenlm.pipeline.baselines import pretrain_simclr, supervised_baselines
-from tokenlm.pipeline.prepare import data_flags
+from tokenlm.pipeline.prepare import data_flags, prepare_task
 from tokenlm.pipeline.probe_config import SECTION, BaselinesConfig, ProbeConfig, configs
-from tokenlm.pipeline.prepare import prepare_task
+from tokenlm.pipeline.registry import RunContext
 from tokenlm.pipeline.tasks import Task, own_task
 from tokenlm.pipeline.tokenize import encode_task
+from tokenlm.run.artifacts import Stage
+from tokenlm.run.rundir import REPORT, RESULTS, RunDir, as_run, is_finished, read_feature_meta
 
 
 def probe(run: str | Path | RunDir, config: ProbeConfig = ProbeConfig(),

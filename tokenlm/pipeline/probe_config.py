@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from tokenlm.core.config import build
+from tokenlm.core.config import build, unknown_option
 from tokenlm.core.errors import ConfigError
-from tokenlm.core.config import unknown_option
 from tokenlm.evaluation.linear_probe import DEFAULT_CS
 from tokenlm.evaluation.lm_readings import reading_candidates
 from tokenlm.evaluation.pooling import AUTO, check_pooling

@@ -32,20 +32,19 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from tokenlm.run.artifacts import Stage
 from tokenlm.core.config import to_dict
 from tokenlm.core.errors import TokenlmError
 from tokenlm.core.fileio import write_json
+from tokenlm.core.runtime import pick_device, seed_everything
+from tokenlm.data.store import RaggedSplit
 from tokenlm.models.sample_transformer import SampleTransformer, SampleTransformerConfig, matched_width
 from tokenlm.models.wavenet import WaveNet, WaveNetConfig, mu_law_decode
 from tokenlm.pipeline.registry import RunContext
+from tokenlm.run.artifacts import Stage
 from tokenlm.run.rundir import REPORT, RESULTS, SAMPLES, RunDir, as_run, read_tokens_meta
-from tokenlm.core.runtime import pick_device, seed_everything
-from tokenlm.data.store import RaggedSplit
 from tokenlm.training import DistContext, TrainConfig, checkpoint_folder, to_device, train
-from tokenlm.vocoder.vocoder import write_wav
 from tokenlm.vocoder.training_data import AlignedAudio, spread
-
+from tokenlm.vocoder.vocoder import write_wav
 
 SECTION = "rawlm"
 

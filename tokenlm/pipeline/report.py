@@ -14,16 +14,27 @@ import math
 from collections import Counter
 from pathlib import Path
 
-
-from tokenlm.run import lock as runlock
-from tokenlm.evaluation.audio_quality import decoder_table
 from tokenlm.core.extras import pyplot
 from tokenlm.core.fileio import read_json, read_jsonl
 from tokenlm.core.outputs import publish_text
+from tokenlm.evaluation.audio_quality import decoder_table
 from tokenlm.reporting.html import write_html
 from tokenlm.reporting.listening import listening_section, other_audio_section
+from tokenlm.run import lock as runlock
 from tokenlm.run.rundir import (
-    CONFIG, MANIFEST, META, METRICS, REPORT, RESULTS, SAMPLES, SPLITS, SUMMARY, SWEEP_JSON, TRAIN_LOG, RunDir, as_run,
+    CONFIG,
+    MANIFEST,
+    META,
+    METRICS,
+    REPORT,
+    RESULTS,
+    SAMPLES,
+    SPLITS,
+    SUMMARY,
+    SWEEP_JSON,
+    TRAIN_LOG,
+    RunDir,
+    as_run,
     figure_file,
 )
 

@@ -17,16 +17,16 @@ from pathlib import Path
 import click
 import yaml
 
-from tokenlm.run import lock as runlock
-from tokenlm.run.artifacts import STAGE_FILE, made_by_tokenlm
 from tokenlm.core.config import load_yaml
 from tokenlm.core.errors import ArtifactError, ConfigError
+from tokenlm.core.extras import require
 from tokenlm.core.outputs import publish_text
 from tokenlm.core.overrides import apply_overrides
-from tokenlm.pipeline.registry import BY_NAME, PIPELINE, RunContext, artifact_settings
-from tokenlm.run.rundir import RunDir
-from tokenlm.core.extras import require
 from tokenlm.pipeline.recipe_check import check_recipe
+from tokenlm.pipeline.registry import BY_NAME, PIPELINE, RunContext, artifact_settings
+from tokenlm.run import lock as runlock
+from tokenlm.run.artifacts import STAGE_FILE, made_by_tokenlm
+from tokenlm.run.rundir import RunDir
 
 RECIPE_HEADER = "# The recipe as run (overrides applied): `tokenlm run` this file to reproduce the run.\n"
 

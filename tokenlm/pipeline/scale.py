@@ -29,32 +29,29 @@ from pathlib import Path
 import click
 import numpy as np
 
-from tokenlm.run.artifacts import Stage
-from tokenlm.tokenizer.codebook import CodebookConfig
 from tokenlm.core.config import to_dict
 from tokenlm.core.errors import ConfigError
-from tokenlm.evaluation.clips import LabelledClips
-from tokenlm.evaluation.summary import cell
-from tokenlm.core.fileio import read_json, write_text
-from tokenlm.pipeline.registry import RunContext
 from tokenlm.core.extras import require
-from tokenlm.reporting.scale import CURVES, LINES, write_scale_outputs
-from tokenlm.run.rundir import METRICS, REPORT, RESULTS, RunDir, read_feature_meta, read_run_manifest
+from tokenlm.core.fileio import read_json, write_text
 from tokenlm.core.runtime import pick_device
 from tokenlm.data.splits import SplitConfig
+from tokenlm.data.store import RaggedSplit
+from tokenlm.evaluation.clips import LabelledClips
+from tokenlm.evaluation.summary import cell
 from tokenlm.pipeline import data as data_stage
 from tokenlm.pipeline import prepare as prepare_stage
 from tokenlm.pipeline.baselines import pretrain_simclr, supervised_baselines
-from tokenlm.pipeline.prepare import data_flags, prepare
+from tokenlm.pipeline.prepare import data_flags, prepare, prepare_task
 from tokenlm.pipeline.pretrain import lm_configs, pretrain
 from tokenlm.pipeline.probe import probe
 from tokenlm.pipeline.probe_config import configs
-from tokenlm.pipeline.tokenize import tokenize, tokenizer_config
-from tokenlm.pipeline.prepare import prepare_task
+from tokenlm.pipeline.registry import RunContext
 from tokenlm.pipeline.tasks import Task, own_task
-from tokenlm.pipeline.tokenize import encode_task
-
-from tokenlm.data.store import RaggedSplit
+from tokenlm.pipeline.tokenize import encode_task, tokenize, tokenizer_config
+from tokenlm.reporting.scale import CURVES, LINES, write_scale_outputs
+from tokenlm.run.artifacts import Stage
+from tokenlm.run.rundir import METRICS, REPORT, RESULTS, RunDir, read_feature_meta, read_run_manifest
+from tokenlm.tokenizer.codebook import CodebookConfig
 
 SECTION = "scale"
 

@@ -23,24 +23,32 @@ from pathlib import Path
 import click
 import numpy as np
 
-from tokenlm.run.artifacts import Stage
-from tokenlm.tokenizer.codebook import CodebookConfig, label_code_agreement
 from tokenlm.core.config import load_yaml, to_dict
 from tokenlm.core.errors import ConfigError, TokenlmError
+from tokenlm.core.extras import pyplot, require
 from tokenlm.core.fileio import read_json, write_json
-from tokenlm.pipeline.registry import RunContext
-from tokenlm.run.rundir import (
-    METRICS, REPORT, RESULTS, SWEEP_JSON, SWEEP_TABLE, RunDir, figure_file, is_finished, read_tokens_meta,
-)
 from tokenlm.core.runtime import pick_device
+from tokenlm.data.store import RaggedSplit
 from tokenlm.pipeline.pretrain import lm_configs, pretrain
 from tokenlm.pipeline.probe import probe
 from tokenlm.pipeline.probe_config import configs
+from tokenlm.pipeline.registry import RunContext
 from tokenlm.pipeline.tokenize import encode_run_stage, encode_task, fit_codebook_stage, tokenizer_config
 from tokenlm.pipeline.vocoder import VocoderConfig, train_vocoder
-from tokenlm.data.store import RaggedSplit
-from tokenlm.core.extras import pyplot, require
 from tokenlm.reporting.figures import panel_grid
+from tokenlm.run.artifacts import Stage
+from tokenlm.run.rundir import (
+    METRICS,
+    REPORT,
+    RESULTS,
+    SWEEP_JSON,
+    SWEEP_TABLE,
+    RunDir,
+    figure_file,
+    is_finished,
+    read_tokens_meta,
+)
+from tokenlm.tokenizer.codebook import CodebookConfig, label_code_agreement
 
 
 @dataclass(frozen=True)

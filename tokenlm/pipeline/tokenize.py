@@ -13,44 +13,65 @@ clip gets the same codes however it is encoded: bit for bit on the CPU up to one
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
 import torch
 
-from tokenlm.run.artifacts import Stage
-from tokenlm.tokenizer.codebook import CodebookConfig, fit_codebook
 from tokenlm.core.config import build, to_dict
-from tokenlm.data.layouts import scan_dataset
-from tokenlm.tokenizer.encoding import encode_clips
-from tokenlm.engine import LOCAL, EngineConfig, engine_config, engine_session
 from tokenlm.core.errors import ArtifactError, TokenlmError
 from tokenlm.core.fileio import fingerprint, read_json, write_json, write_jsonl
-from tokenlm.data.files import check_unchanged, file_stamp
-from tokenlm.run import lock as runlock
-from tokenlm.run.input_check import run_input_hashes
-from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
-from tokenlm.tokenizer.quantizers import Quantizer, fit_quantizer, quantizer_kind
-from tokenlm.run.rundir import (
-    CODEBOOK, CONFIG, MANIFEST, METRICS, STAGE_FILE, STREAM_SPLIT, TRAINING, WHITENING, RunDir, as_run, is_finished,
-    read_feature_meta, read_run_manifest,
-)
 from tokenlm.core.runtime import pick_device, seed_everything
+from tokenlm.data.files import check_unchanged, file_stamp
+from tokenlm.data.layouts import scan_dataset
 from tokenlm.data.splits import SplitConfig, assign_splits, link_duplicates
+from tokenlm.engine import LOCAL, EngineConfig, engine_config, engine_session
+from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
 from tokenlm.pipeline.prepare import check_strict, publish_run_manifest
 from tokenlm.pipeline.tasks import Task
-from tokenlm.tokenizer.published import load_tokenizer
-from tokenlm.tokenizer.tokenizer import (
-    AudioTokenizer, AutoencoderTraining, PatchCoder, TokenizerConfig, load_patch_coder, save_patch_coder,
+from tokenlm.run import lock as runlock
+from tokenlm.run.artifacts import Stage
+from tokenlm.run.input_check import run_input_hashes
+from tokenlm.run.rundir import (
+    CODEBOOK,
+    CONFIG,
+    MANIFEST,
+    METRICS,
+    STAGE_FILE,
+    STREAM_SPLIT,
+    TRAINING,
+    WHITENING,
+    RunDir,
+    as_run,
+    is_finished,
+    read_feature_meta,
+    read_run_manifest,
 )
-from tokenlm.tokenizer.fit import (RECON_PATCHES, PatchSampler, bottlenecks, codebook_metrics, fit_autoencoder,
-                                   reconstruction_metrics)
+from tokenlm.tokenizer.codebook import CodebookConfig, fit_codebook
+from tokenlm.tokenizer.encoding import encode_clips
+from tokenlm.tokenizer.fit import (
+    RECON_PATCHES,
+    PatchSampler,
+    bottlenecks,
+    codebook_metrics,
+    fit_autoencoder,
+    reconstruction_metrics,
+)
+from tokenlm.tokenizer.published import load_tokenizer
+from tokenlm.tokenizer.quantizers import Quantizer, fit_quantizer, quantizer_kind
+from tokenlm.tokenizer.tokenizer import (
+    AudioTokenizer,
+    AutoencoderTraining,
+    PatchCoder,
+    TokenizerConfig,
+    load_patch_coder,
+    save_patch_coder,
+)
 
 if TYPE_CHECKING:  # the context imports the tasks, which import this module
     from tokenlm.pipeline.registry import RunContext

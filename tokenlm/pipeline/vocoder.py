@@ -37,27 +37,41 @@ import click
 import numpy as np
 import torch
 
-from tokenlm.vocoder import lpc
-from tokenlm.run.artifacts import Stage, stage_key
-from tokenlm.core.config import build, recipe_section, to_dict
+from tokenlm.core.config import build, recipe_section, to_dict, unknown_option
 from tokenlm.core.errors import ArtifactError, TokenlmError
-from tokenlm.core.config import unknown_option
-from tokenlm.evaluation.audio_quality import quality_metrics
 from tokenlm.core.fileio import read_json, write_json
+from tokenlm.data.store import RaggedSplit, bin_file
+from tokenlm.evaluation.audio_quality import quality_metrics
 from tokenlm.models.wavenet import WaveNet, WaveNetConfig
-from tokenlm.pipeline.registry import RunContext
-from tokenlm.run.rundir import (
-    CONFIG, METRICS, SAMPLES, SPLITS, RunDir, TokensMeta, as_run, read_tokens_meta, sample_files,
-)
 from tokenlm.pipeline.generate import pipeline_example
-from tokenlm.data.store import bin_file, RaggedSplit
+from tokenlm.pipeline.registry import RunContext
+from tokenlm.run.artifacts import Stage, stage_key
+from tokenlm.run.rundir import (
+    CONFIG,
+    METRICS,
+    SAMPLES,
+    SPLITS,
+    RunDir,
+    TokensMeta,
+    as_run,
+    read_tokens_meta,
+    sample_files,
+)
 from tokenlm.tokenizer.tokenizer import AudioTokenizer
 from tokenlm.training import TrainConfig, distributed_stage, train
-from tokenlm.vocoder.vocoder import Vocoder, network_signal, save_vocoder, write_wav
+from tokenlm.vocoder import lpc
 from tokenlm.vocoder.training_data import (
-    AlignedAudio, CropBatches, StreamedAudio, clip_rows, count_scored, load_aligned, spread, validation_crops, wavenet_loss,
+    AlignedAudio,
+    CropBatches,
+    StreamedAudio,
+    clip_rows,
+    count_scored,
+    load_aligned,
+    spread,
+    validation_crops,
+    wavenet_loss,
 )
-
+from tokenlm.vocoder.vocoder import Vocoder, network_signal, save_vocoder, write_wav
 
 # The vocoder's training defaults where they differ from TrainConfig's generic ones.
 VOCODER_TRAINING_DEFAULTS = {"steps": 20000, "batch_size": 8, "lr": 1e-3, "warmup_steps": 200,

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from tokenlm.data.features import FeatureConfig
 from tokenlm.core.fileio import read_json
+from tokenlm.data.features import FeatureConfig
 from tokenlm.run.rundir import META, SAMPLES, RunDir, figure_file, info_file
 
 # Below this RMS a clip is flagged silent: -60 dBFS is far under any recorded sound kept by the

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from tokenlm.run.artifacts import STAGE_FILE
 from tokenlm.core.fileio import read_json
+from tokenlm.run.artifacts import STAGE_FILE
 from tokenlm.run.rundir import METRICS, RunDir, codebook_dir, read_run_manifest
+
 
 def card_facts(run: RunDir, tokenizer, lm, vocoder) -> dict:
     """Everything the card says, from the run's files (absent ones are left out)."""

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenlm.core.fileio import write_text
-from tokenlm.run.rundir import REPORT, SCALE_JSON, SCALE_TABLE, figure_file
 from tokenlm.core.extras import pyplot
+from tokenlm.core.fileio import write_text
 from tokenlm.reporting.figures import panel_grid
+from tokenlm.run.rundir import REPORT, SCALE_JSON, SCALE_TABLE, figure_file
 
 CURVES = {"lm_best": "code LM (best layer)", "simclr": "SimCLR", "autoencoder": "autoencoder bottleneck",
           "bag_of_codes": "bag of codes"}  # drawn against hours

@@ -35,9 +35,9 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Callable
 
-from tokenlm.run import lock as runlock
 from tokenlm.core.errors import ArtifactError
 from tokenlm.core.fileio import file_hash, fingerprint, fsync_dir, fsync_file, read_json, write_json
+from tokenlm.run import lock as runlock
 
 STAGE_FILE = "stage.json"
 KEY_FILE = ".key"  # in a work folder: the key of the stage it is being built for

@@ -36,11 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tokenlm.run import lock as runlock
-from tokenlm.run.artifacts import CHECKPOINTS, STAGE_FILE, check_outputs  # noqa: F401  (CHECKPOINTS: re-exported)
-from tokenlm.data.clips import SPLITS  # noqa: F401  (re-exported: every split-wise store folder uses them)
 from tokenlm.core.errors import ArtifactError, ConfigError
 from tokenlm.core.fileio import read_json, read_jsonl, write_json
+from tokenlm.data.clips import SPLITS  # noqa: F401  (re-exported: every split-wise store folder uses them)
+from tokenlm.run import lock as runlock
+from tokenlm.run.artifacts import CHECKPOINTS, STAGE_FILE, check_outputs  # noqa: F401  (CHECKPOINTS: re-exported)
 
 # Encode-only codes of an unlabelled, unsplit folder (tokenize --tokenizer) are one stream: stored
 # as the train split (its stage.json config says "stream": true), exported under STREAM_NAME.

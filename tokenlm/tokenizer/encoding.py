@@ -14,19 +14,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tokenlm.core.errors import AudioError
+from tokenlm.core.fileio import write_json
+from tokenlm.core.progress import progress_bar
+from tokenlm.core.runtime import bounded_map, kernel_threads, pick_device
 from tokenlm.data.audio import audio_seconds, row_source
 from tokenlm.data.clips import SPLITS
-from tokenlm.engine import LOCAL, EngineConfig, blocks
-from tokenlm.core.errors import AudioError
 from tokenlm.data.features import LogMel, file_log_mel, log_mel_blocks
-from tokenlm.core.fileio import write_json
-from tokenlm.run.rundir import META
-from tokenlm.core.runtime import bounded_map, kernel_threads
 from tokenlm.data.store import RaggedWriter, close_shards, write_shard_list
+from tokenlm.engine import LOCAL, EngineConfig, blocks
+from tokenlm.run.rundir import META
 from tokenlm.tokenizer.published import load_tokenizer
 from tokenlm.tokenizer.tokenizer import AudioTokenizer
-from tokenlm.core.progress import progress_bar
-from tokenlm.core.runtime import pick_device
 
 # encode_clips' passes: seconds of audio decoded ahead and encoded at once (10 minutes of
 # log-mel is 15 MB), and at most this many clips in one pass (short clips).

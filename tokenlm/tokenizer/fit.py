@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tokenlm.tokenizer.codebook import code_statistics
 from tokenlm.data.features import FeatureConfig
 from tokenlm.data.store import RaggedSplit
-from tokenlm.tokenizer.tokenizer import AutoencoderTraining, PatchCoder
+from tokenlm.tokenizer.codebook import code_statistics
 from tokenlm.tokenizer.quantizers import Quantizer, bits_per_second
+from tokenlm.tokenizer.tokenizer import AutoencoderTraining, PatchCoder
 from tokenlm.training import DistContext, EpochBatches, TrainConfig
 from tokenlm.training import train as train_loop
-
 
 RECON_PATCHES = 20000  # patches the codebook's reconstruction figures are measured on
 

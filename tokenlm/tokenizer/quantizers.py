@@ -30,8 +30,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from tokenlm.tokenizer.codebook import CodeAssigner, CodebookConfig, fit_codebook
 from tokenlm.core.errors import ArtifactError, ConfigError
+from tokenlm.tokenizer.codebook import CodeAssigner, CodebookConfig, fit_codebook
 
 KINDS = ("single", "residual", "product")
 

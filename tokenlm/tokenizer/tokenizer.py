@@ -21,21 +21,30 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from tokenlm.run.artifacts import check_outputs, stage_key
-from tokenlm.data.audio import prepare_waveform
-from tokenlm.tokenizer.codebook import check_codebook_size
 from tokenlm.core.config import build, to_dict
 from tokenlm.core.errors import ArtifactError, ConfigError
-from tokenlm.data.features import FeatureConfig, LogMel, patchify
 from tokenlm.core.fileio import read_json, write_json
+from tokenlm.data.audio import prepare_waveform
 from tokenlm.data.audio_layout import as_samples_by_channels
+from tokenlm.data.features import FeatureConfig, LogMel, patchify
 from tokenlm.models.autoencoder import AutoencoderConfig, PatchAutoencoder
-from tokenlm.tokenizer.quantizers import Quantizer, quantizer_kind
+from tokenlm.run.artifacts import check_outputs, stage_key
 from tokenlm.run.rundir import (
-    AUTOENCODER_WEIGHTS, CODEBOOK, CONFIG, META, STAGE_FILE, WHITENING, RunDir, codebook_dir, codebook_sizes,
-    current_codebook_size, is_finished, read_feature_meta,
+    AUTOENCODER_WEIGHTS,
+    CODEBOOK,
+    CONFIG,
+    META,
+    STAGE_FILE,
+    WHITENING,
+    RunDir,
+    codebook_dir,
+    codebook_sizes,
+    current_codebook_size,
+    is_finished,
+    read_feature_meta,
 )
-
+from tokenlm.tokenizer.codebook import check_codebook_size
+from tokenlm.tokenizer.quantizers import Quantizer, quantizer_kind
 
 
 @dataclass(frozen=True)

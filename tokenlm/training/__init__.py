@@ -38,7 +38,11 @@ Modules: ``loop`` (train), ``config`` (TrainConfig, TrainResult), ``data`` (batc
 """
 
 from tokenlm.training.checkpoint import (
-    checkpoint_folder, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
+    checkpoint_folder,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
 )
 from tokenlm.training.config import TrainConfig, TrainResult
 from tokenlm.training.data import EpochBatches, batch_rng, to_device

@@ -24,8 +24,7 @@ import torch
 from torch import nn
 
 from tokenlm.core.errors import ArtifactError
-from tokenlm.core.fileio import fsync_dir, write_json
-from tokenlm.core.fileio import os_error_of
+from tokenlm.core.fileio import fsync_dir, os_error_of, write_json
 
 FORMAT = "tokenlm-checkpoint/1"
 _TENSOR = "__tensor__"  # {"__tensor__": name}: the tensor `name` of the safetensors file

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from tokenlm.core.errors import ArtifactError, ConfigError
+from tokenlm.core.tracking import close_all, open_trackers
 from tokenlm.run.rundir import BEST_CHECKPOINT, CHECKPOINTS, LAST_CHECKPOINT, TRAIN_LOG
 from tokenlm.training import checkpoint
 from tokenlm.training.checkpoint import load_checkpoint, save_checkpoint, unwrap, weights
@@ -22,7 +23,6 @@ from tokenlm.training.data import Batch, EpochBatches, draw_batch, step_torch_se
 from tokenlm.training.distributed import DistContext, all_reduce_sum, setup_distributed
 from tokenlm.training.log import CsvLog, GracefulInterrupt, Window, log_row, postfix, progress_bar
 from tokenlm.training.optim import autocast, make_optimizer, make_scheduler
-from tokenlm.core.tracking import close_all, open_trackers
 
 MODES = ("min", "max")
 

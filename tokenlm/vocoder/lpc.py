@@ -22,8 +22,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.signal import lfilter, lfiltic
 
+from tokenlm.data.features import FeatureConfig, hz_to_mel, mel_filterbank, mel_to_hz
 from tokenlm.models.wavenet.config import GAINS  # what sets the excitation's level in ``analyse``
-from tokenlm.data.features import FeatureConfig, mel_filterbank, mel_to_hz, hz_to_mel
 
 HEADROOM = 16.0  # the excitation's scale: sigma maps to 1/16, so pulses of 16 sigma fit mu-law's [-1, 1]
 # White noise added to lag 0 (-40 dB): keeps Levinson well conditioned. (A 60 Hz Gaussian lag

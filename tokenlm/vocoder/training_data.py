@@ -28,16 +28,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tokenlm.data.audio import load_audio, row_source
 from tokenlm.core.errors import ArtifactError, AudioError
+from tokenlm.core.progress import progress_bar
+from tokenlm.data.audio import load_audio, row_source
 from tokenlm.data.files import check_unchanged
+from tokenlm.data.store import RaggedSplit
+from tokenlm.models.wavenet import mu_law_encode
 from tokenlm.run import lock as runlock
 from tokenlm.run.input_check import run_input_hashes
-from tokenlm.models.wavenet import mu_law_encode
 from tokenlm.run.rundir import RunDir, read_run_manifest
-from tokenlm.data.store import RaggedSplit
 from tokenlm.training.checkpoint import unwrap
-from tokenlm.core.progress import progress_bar
 
 IGNORE = -100  # target of samples that are not scored
 

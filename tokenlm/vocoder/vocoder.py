@@ -22,14 +22,14 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file, save_file
 
-from tokenlm.vocoder import lpc
-from tokenlm.run.artifacts import check_outputs
 from tokenlm.core.errors import ArtifactError, ConfigError
 from tokenlm.core.fileio import read_json, write_json
+from tokenlm.core.runtime import kernel_threads, pick_device
 from tokenlm.data.audio_layout import as_mono
 from tokenlm.models.wavenet import WaveNet, WaveNetConfig, de_emphasis, mu_law_encode, pre_emphasis
+from tokenlm.run.artifacts import check_outputs
 from tokenlm.run.rundir import CONFIG, WAVENET_WEIGHTS
-from tokenlm.core.runtime import kernel_threads, pick_device
+from tokenlm.vocoder import lpc
 
 __all__ = ["Vocoder", "save_vocoder", "write_wav", "network_signal", "audio_from_network", "FORMAT"]
 
